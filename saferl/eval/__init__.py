@@ -1,0 +1,1 @@
+"""saferl.eval."""
