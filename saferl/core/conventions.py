@@ -66,11 +66,9 @@ def limit_from_margin(
         The cost limit ``d``, shape ``(m,)`` (``(1,)`` for scalar inputs), float64 unless the
         inputs are tensors of another floating dtype.
     """
-    ref = torch.as_tensor(reference_expected_cost)
-    b = torch.as_tensor(margin)
+    ref = _as_tensor(reference_expected_cost)
+    b = _as_tensor(margin)
     dtype = torch.promote_types(ref.dtype, b.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.float64
     return torch.atleast_1d(ref.to(dtype) - b.to(dtype))
 
 
@@ -87,3 +85,10 @@ def margin_from_limit(
         The margin ``b``, shape ``(m,)``.
     """
     return limit_from_margin(reference_expected_cost, cost_limit)
+
+
+def _as_tensor(value: torch.Tensor | float) -> torch.Tensor:
+    """Tensors keep a floating dtype; Python numbers and integer tensors become float64."""
+    if isinstance(value, torch.Tensor) and value.dtype.is_floating_point:
+        return value
+    return torch.as_tensor(value, dtype=torch.float64)
