@@ -1,1 +1,96 @@
-"""saferl.data."""
+"""saferl.data: records, loaders, validation, templates and tokenising collators.
+
+* :mod:`~saferl.data.records`: the typed records (prompt, SFT example, preference pair, safety
+  preference pair in the PKU-SafeRLHF format).
+* :mod:`~saferl.data.loading` / :mod:`~saferl.data.sources`: load a hub dataset (pinned by
+  ``revision``) or a local ``.json``/``.jsonl``/``.parquet`` file or folder through ``datasets``,
+  with field maps; :mod:`~saferl.data.writing` writes records back.
+* :mod:`~saferl.data.validation`: per-record checks with :class:`DataError` messages that name the
+  source, record and field; strict or skip-and-report.
+* :mod:`~saferl.data.templates` and :mod:`~saferl.data.collators`: prompt templates and padded
+  tensor batches with exact response masks.
+
+The built-in synthetic task lives in :mod:`saferl.data.world`.
+"""
+
+from __future__ import annotations
+
+from saferl.data.collators import (
+    PairBatch,
+    PromptBatch,
+    SequenceBatch,
+    collate_preference_pairs,
+    collate_prompts,
+    collate_safety_pairs,
+    collate_sequences,
+)
+from saferl.data.errors import DataError, ErrorReason
+from saferl.data.loading import (
+    LoadedDataset,
+    PairwiseDataset,
+    PreferenceDataset,
+    PromptDataset,
+    SFTDataset,
+    load_pairwise_dataset,
+    load_preference_dataset,
+    load_prompt_dataset,
+    load_records,
+    load_sft_dataset,
+)
+from saferl.data.records import (
+    PreferencePair,
+    PromptRecord,
+    Record,
+    SafetyPreferencePair,
+    SFTExample,
+)
+from saferl.data.sources import SUPPORTED_EXTENSIONS
+from saferl.data.templates import (
+    SAFE_RLHF_TEMPLATE,
+    TEMPLATE_NAMES,
+    format_prompt,
+    response_separator,
+)
+from saferl.data.validation import ValidationReport, validate_record, validate_records
+from saferl.data.writing import write_records
+
+__all__ = [
+    # records
+    "PromptRecord",
+    "SFTExample",
+    "PreferencePair",
+    "SafetyPreferencePair",
+    "Record",
+    # errors and validation
+    "DataError",
+    "ErrorReason",
+    "ValidationReport",
+    "validate_record",
+    "validate_records",
+    # loading and writing
+    "SUPPORTED_EXTENSIONS",
+    "LoadedDataset",
+    "PreferenceDataset",
+    "PairwiseDataset",
+    "SFTDataset",
+    "PromptDataset",
+    "load_preference_dataset",
+    "load_pairwise_dataset",
+    "load_sft_dataset",
+    "load_prompt_dataset",
+    "load_records",
+    "write_records",
+    # templates
+    "SAFE_RLHF_TEMPLATE",
+    "TEMPLATE_NAMES",
+    "format_prompt",
+    "response_separator",
+    # collators
+    "PromptBatch",
+    "SequenceBatch",
+    "PairBatch",
+    "collate_prompts",
+    "collate_sequences",
+    "collate_preference_pairs",
+    "collate_safety_pairs",
+]
