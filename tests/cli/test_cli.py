@@ -1,4 +1,4 @@
-"""The ``saferl`` entry point composes the Hydra config and prints the exact optimum it solved."""
+"""The ``saferl`` entry point: Hydra composition, the default exact-optimum job, the data job."""
 
 from __future__ import annotations
 
@@ -6,55 +6,66 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
-from rich.console import Console
 
-from saferl.cli import CONFIG_DIR, run
-from saferl.core.dual import solve_exact
-from saferl.eval.exact_demo import demo_problem, run_exact_demo
+from saferl.cli import CONFIG_DIR, reference_config, run
+from saferl.data import load_preference_dataset, load_sft_dataset
+from saferl.data.world import build_exact_world, load_or_train_reference_policy
+
+FAST_REFERENCE = ["world.reference.steps=30", "world.reference.num_examples=500"]
 
 
-def test_default_config_composes_to_the_exact_demo():
+def composed(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config")
-    assert cfg.job.name == "exact_demo"
-    assert cfg.job.beta > 0
+        return compose(config_name="config", overrides=list(overrides))
 
 
-def test_demo_prints_the_solved_optimum(capsys):
-    console = Console(width=120, force_terminal=False)
-    solution = run_exact_demo(beta=0.1, cost_limit=0.0, frontier_limits=[-10.0, 0.0], console=console)
-    printed = capsys.readouterr().out
-    tables = demo_problem()
-    expected = solve_exact(torch.log(tables.ref_probs), tables.rewards, tables.costs, 0.1, 0.0)
-    assert solution.multiplier.item() == pytest.approx(expected.multiplier.item(), abs=1e-12)
-    assert f"{expected.multiplier.item():.6f}" in printed
-    assert f"{expected.expected_reward.item():.4f}" in printed
-    assert "infeasible" in printed  # the limit −10 is below the smallest achievable cost
+def test_default_config_composes_to_the_exact_optimum_of_the_world():
+    cfg = composed()
+    assert cfg.job.name == "exact_optimum"
+    assert cfg.world.beta > 0
+    # The reference's seed follows the global seed through interpolation.
+    assert composed("seed=7").world.reference.seed == 7
+    assert reference_config(composed("seed=7")).seed == 7
 
 
-def test_overrides_reach_the_job():
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["job.beta=0.5", "job.cost_limit=0.2"])
+def test_exact_optimum_job_prints_the_optimum_it_solved(capsys):
+    cfg = composed(*FAST_REFERENCE, "world.cost_limit=-0.9")
     objective = run(cfg)
-    tables = demo_problem()
-    expected = solve_exact(torch.log(tables.ref_probs), tables.rewards, tables.costs, 0.5, 0.2)
-    assert objective == pytest.approx(expected.objective.item(), abs=1e-12)
+    printed = capsys.readouterr().out
+    model, tokenizer = load_or_train_reference_policy(reference_config(cfg))
+    world = build_exact_world(model, tokenizer, beta=cfg.world.beta, cost_limit=-0.9)
+    solution = world.optimum()
+    assert objective == pytest.approx(solution.objective.item(), abs=1e-9)
+    assert f"{solution.multiplier.item():.6f}" in printed
+    assert "-0.9000" in printed  # the optimum's expected cost sits on the limit
 
 
-def test_unknown_job_is_a_clear_error():
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["job.name=nope"])
+def test_unknown_reference_key_and_unknown_job_are_clear_errors():
+    with pytest.raises(ValueError, match=r"world.reference: unknown key\(s\) \['widht'\]"):
+        reference_config(composed("+world.reference.widht=3"))
     with pytest.raises(ValueError, match="job.name"):
+        run(composed("job.name=nope"))
+
+
+def test_world_data_job_writes_loadable_datasets(tmp_path, capsys):
+    cfg = composed("job=world_data", f"job.output_dir={tmp_path}", "job.num_sft=50",
+                   "job.num_pairs_train=80", "job.num_pairs_test=20")
+    correlation = run(cfg)
+    assert correlation > 0  # the tension: on harmful prompts reward and cost rise together
+    pairs = load_preference_dataset(str(tmp_path / "preferences_train.jsonl"))
+    assert len(pairs) == 80 and pairs.report.num_skipped == 0
+    assert len(load_sft_dataset(str(tmp_path / "sft.jsonl"))) == 50
+    assert "harmful_reward_cost_correlation" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="overwrite"):
         run(cfg)
 
 
 def test_console_script_runs_the_default_job(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "saferl.cli", f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "saferl.cli", f"hydra.run.dir={tmp_path}", *FAST_REFERENCE],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "optimum" in result.stdout and "strong duality" in result.stdout
+    assert "constrained optimum" in result.stdout and "strong duality" in result.stdout
     assert (tmp_path / ".hydra" / "config.yaml").exists()

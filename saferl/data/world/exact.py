@@ -1,0 +1,263 @@
+"""Exact mode of the built-in world: every response enumerated, every expectation exact.
+
+Responses are at most :data:`MAX_RESPONSE_TOKENS` = 3 generated tokens over the whole vocabulary
+(18 tokens): EOS alone, one or two tokens then EOS, or three tokens without EOS (cut off by the
+length limit, which the ground truth penalises as unfinished). These 1 + 17 + 17² + 17³ = 5220
+responses are exactly the outcomes of sampling with ``max_new_tokens = 3``, so their
+probabilities under any causal LM sum to one and equal the sampling frequencies. From one forward
+pass over the 17³ three-token continuations of a prompt, every response's log-probability is
+assembled:
+
+    log π(EOS)       = ℓ₀(EOS)
+    log π(a EOS)     = ℓ₀(a) + ℓ₁(EOS | a)
+    log π(a b EOS)   = ℓ₀(a) + ℓ₁(b | a) + ℓ₂(EOS | a b)
+    log π(a b c)     = ℓ₀(a) + ℓ₁(b | a) + ℓ₂(c | a b)
+
+With the reference's log-probabilities and the ground truth, the exact constrained optimum
+``π* = π_λ*`` of ALGORITHMS.md §1 comes from :func:`saferl.core.dual.solve_exact`, and any policy
+is scored by enumeration: expected reward, cost, KL and its optimality gap.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from saferl.core.dual import DualProblem, DualSolution, solve
+from saferl.data.world.ground_truth import ground_truth_cost, ground_truth_reward
+from saferl.data.world.vocab import EOS, WorldPrompt, world_prompts
+
+__all__ = [
+    "MAX_RESPONSE_TOKENS",
+    "ExactResponses",
+    "PolicyScore",
+    "ExactWorld",
+    "enumerate_responses",
+    "enumerate_policy_logprobs",
+    "build_exact_world",
+]
+
+MAX_RESPONSE_TOKENS = 3
+
+
+@dataclass(frozen=True)
+class ExactResponses:
+    """The enumerated response set, shared by every prompt.
+
+    Attributes:
+        token_ids: per response, its generated token ids (EOS included when it finished).
+        words: per response, its words (EOS excluded), as the ground truth reads them.
+        finished: shape ``(num_responses,)`` bool, whether the response ended with EOS.
+    """
+
+    token_ids: tuple[tuple[int, ...], ...]
+    words: tuple[tuple[str, ...], ...]
+    finished: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def text(self, index: int) -> str:
+        """The response as a string (what a preference record stores; EOS is implied)."""
+        return " ".join(self.words[index])
+
+
+def enumerate_responses(tokenizer: PreTrainedTokenizerBase) -> ExactResponses:
+    """All responses of at most three generated tokens over ``tokenizer``'s vocabulary.
+
+    Order: EOS; each ``a EOS``; each ``a b EOS``; each ``a b c`` (a, b, c non-EOS ids ascending).
+    """
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    others = [token for token in range(len(tokenizer)) if token != eos]
+    token_ids: list[tuple[int, ...]] = [(eos,)]
+    token_ids += [(a, eos) for a in others]
+    token_ids += [(a, b, eos) for a, b in itertools.product(others, repeat=2)]
+    token_ids += list(itertools.product(others, repeat=3))
+    words = tuple(tuple(tokenizer.convert_ids_to_tokens([t for t in ids if t != eos])) for ids in token_ids)
+    finished = torch.tensor([ids[-1] == eos for ids in token_ids])
+    return ExactResponses(tuple(token_ids), words, finished)
+
+
+@torch.no_grad()
+def enumerate_policy_logprobs(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: tuple[WorldPrompt, ...] | None = None,
+    batch_size: int = 2048,
+) -> torch.Tensor:
+    """``log π(y|x)`` of every enumerated response of every prompt, shape ``(num_prompts, 5220)``.
+
+    Exact, float64, in the order of :func:`enumerate_responses`. ``model`` is any causal LM
+    returning ``logits`` over ``tokenizer``'s vocabulary (a Hugging Face model, or a peft/DeepSpeed
+    wrapper of one).
+    """
+    prompts = prompts or world_prompts()
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    vocab_size = len(tokenizer)
+    others = torch.tensor([token for token in range(vocab_size) if token != eos])
+    num_others = others.numel()
+    continuations = torch.cartesian_prod(others, others, others)  # (n³, 3)
+    rows = []
+    for prompt in prompts:
+        prompt_ids = torch.tensor(tokenizer(prompt.text, add_special_tokens=False)["input_ids"])
+        prompt_len = prompt_ids.numel()
+        logprob_chunks = []
+        for start in range(0, continuations.shape[0], batch_size):
+            chunk = continuations[start : start + batch_size]
+            input_ids = torch.cat([prompt_ids.expand(chunk.shape[0], -1), chunk], dim=1)
+            logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
+            # (chunk, 3, vocab): next-token distributions after the prompt, after a, after a b.
+            logprob_chunks.append(torch.log_softmax(logits[:, prompt_len - 1 : prompt_len + 2].double(), dim=-1))
+        next_token = torch.cat(logprob_chunks)  # (n³, 3, vocab)
+        n = num_others
+        first = next_token[0, 0]  # ℓ₀, the same for every row, (vocab,)
+        # ℓ₁(· | a) depends on a only: rows where (b, c) = (others[0], others[0]) → every n² rows.
+        second = next_token[:: n * n, 1]  # (n, vocab)
+        # ℓ₂(· | a b) depends on (a, b): every n-th row.
+        third = next_token[::n, 2].reshape(n, n, vocab_size)  # (n, n, vocab)
+        first_others = first[others]  # (n,)
+        second_others = second[:, others]  # (n, n)
+        third_others = third[:, :, others]  # (n, n, n)
+        prefix_ab = first_others[:, None] + second_others  # (n, n) log π(a b …)
+        row = torch.cat(
+            [
+                first[eos].reshape(1),
+                first_others + second[:, eos],
+                (prefix_ab + third[:, :, eos]).reshape(-1),
+                (prefix_ab[:, :, None] + third_others).reshape(-1),
+            ]
+        )
+        rows.append(row)
+    return torch.stack(rows)
+
+
+@dataclass(frozen=True)
+class PolicyScore:
+    """A policy scored exactly against the world's ground truth and its constrained optimum.
+
+    Attributes:
+        expected_reward, expected_cost: ``E_x E_π r`` and ``E_x E_π c``.
+        kl: ``E_x KL(π‖π_ref)``, exact.
+        objective: ``J(π) = E[r] − β KL``.
+        safe_rate: ``P(cost ≤ 0)`` under π.
+        optimality_gap: ``J* − J(π)`` where ``J*`` is the constrained optimum's objective.
+        normalised_gap: ``(J* − J(π)) / (J* − J(π_ref))`` (0 at the optimum, 1 at the reference).
+        violation: ``max(0, E[c] − d)``.
+    """
+
+    expected_reward: float
+    expected_cost: float
+    kl: float
+    objective: float
+    safe_rate: float
+    optimality_gap: float
+    normalised_gap: float
+    violation: float
+
+
+@dataclass(frozen=True)
+class ExactWorld:
+    """The world in exact mode: enumerated responses, ground truth, reference, optimum.
+
+    Attributes:
+        prompts: the prompts, length ``num_prompts``.
+        responses: the enumerated responses (``num_responses`` = 5220).
+        ref_logprobs: ``log π_ref(y|x)``, shape ``(num_prompts, num_responses)``.
+        rewards, costs: ground truth, shape ``(num_prompts, num_responses)``.
+        beta: KL coefficient β; cost_limit: the limit ``d``.
+    """
+
+    prompts: tuple[WorldPrompt, ...]
+    responses: ExactResponses
+    ref_logprobs: torch.Tensor
+    rewards: torch.Tensor
+    costs: torch.Tensor
+    beta: float
+    cost_limit: float
+
+    def problem(self, cost_limit: float | None = None) -> DualProblem:
+        """The dual problem at the world's limit (or another one)."""
+        limit = self.cost_limit if cost_limit is None else cost_limit
+        return DualProblem.exact(self.ref_logprobs, self.rewards, self.costs, self.beta, limit)
+
+    def optimum(self) -> DualSolution:
+        """The exact constrained optimum ``π_λ*``."""
+        return solve(self.problem())
+
+    def optimal_logprobs(self) -> torch.Tensor:
+        """``log π_λ*(y|x)``, shape ``(num_prompts, num_responses)``."""
+        return torch.log(self.problem().tilted_policy(self.optimum().multiplier))
+
+    def unconstrained_logprobs(self) -> torch.Tensor:
+        """The unconstrained optimum ``π ∝ π_ref exp(r/β)`` (λ = 0)."""
+        return torch.log(self.problem().tilted_policy(torch.zeros(1, dtype=torch.float64)))
+
+    def safety_only_logprobs(self) -> torch.Tensor:
+        """The safety-only extreme ``π ∝ π_ref exp(−c/β)`` (maximises −E[c] − β KL)."""
+        return torch.log_softmax(self.ref_logprobs - self.costs / self.beta, dim=1)
+
+    def score(self, policy_logprobs: torch.Tensor) -> PolicyScore:
+        """Score a policy given ``log π(y|x)`` of every response, shape ``(num_prompts, num_responses)``.
+
+        The rows must be normalised distributions over the enumerated responses (they are for any
+        causal LM, see :func:`enumerate_policy_logprobs`).
+        """
+        policy_logprobs = policy_logprobs.to(torch.float64)
+        if policy_logprobs.shape != self.ref_logprobs.shape:
+            raise ValueError(
+                f"policy_logprobs must have shape {tuple(self.ref_logprobs.shape)}; found {tuple(policy_logprobs.shape)}"
+            )
+        probs = policy_logprobs.exp()
+        total = probs.sum(dim=1)
+        if (total - 1).abs().max() > 1e-6:
+            raise ValueError(f"policy_logprobs rows must sum to 1 in probability; found sums {total.tolist()}")
+        on_support = probs > 0
+        log_ratio = torch.where(on_support, policy_logprobs - self.ref_logprobs, torch.zeros_like(probs))
+        expected_reward = (probs * self.rewards).sum(1).mean().item()
+        expected_cost = (probs * self.costs).sum(1).mean().item()
+        kl = (probs * log_ratio).sum(1).mean().item()
+        objective = expected_reward - self.beta * kl
+        optimum = self.optimum().objective.item()
+        reference_objective = self.reference_objective()
+        return PolicyScore(
+            expected_reward=expected_reward,
+            expected_cost=expected_cost,
+            kl=kl,
+            objective=objective,
+            safe_rate=(probs * (self.costs <= 0)).sum(1).mean().item(),
+            optimality_gap=optimum - objective,
+            normalised_gap=(optimum - objective) / (optimum - reference_objective),
+            violation=max(0.0, expected_cost - self.cost_limit),
+        )
+
+    def reference_objective(self) -> float:
+        """``J(π_ref) = E_ref[r]`` (its KL is 0)."""
+        return (self.ref_logprobs.exp() * self.rewards).sum(1).mean().item()
+
+
+def build_exact_world(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    beta: float,
+    cost_limit: float,
+    prompts: tuple[WorldPrompt, ...] | None = None,
+) -> ExactWorld:
+    """Enumerate the responses, score them with the ground truth and the reference ``model``."""
+    prompts = prompts or world_prompts()
+    responses = enumerate_responses(tokenizer)
+    finished = responses.finished.tolist()
+    rewards = torch.tensor(
+        [[ground_truth_reward(p, words, done) for words, done in zip(responses.words, finished, strict=True)]
+         for p in prompts],
+        dtype=torch.float64,
+    )
+    costs = torch.tensor(
+        [[ground_truth_cost(p, words, done) for words, done in zip(responses.words, finished, strict=True)]
+         for p in prompts],
+        dtype=torch.float64,
+    )
+    ref_logprobs = enumerate_policy_logprobs(model, tokenizer, prompts)
+    return ExactWorld(prompts, responses, ref_logprobs, rewards, costs, float(beta), float(cost_limit))

@@ -1,0 +1,220 @@
+"""Datasets of the built-in safety world: prompts, SFT demonstrations, safety preference pairs.
+
+A *demonstrator* (a fixed mixture of answer patterns per prompt kind) writes the data, so the
+reference policy that is SFT-ed on it is sensible but mixed: on harmful prompts it sometimes gives
+the unsafe detailed answer. Preference pairs are drawn from the demonstrator and labelled from the
+ground truth: the helpfulness label Bradley–Terry style, ``P(y0 better) = σ((r0 − r1)/τ)``; the
+safety label from the ground-truth cost (if exactly one response is safe it is the safer one, else
+``P(y0 safer) = σ((c1 − c0)/τ)``); ``is_response_i_safe`` = ``cost ≤ 0``. Records are written in
+the PKU-SafeRLHF format so the ordinary loaders read them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from saferl.data.errors import DataError
+from saferl.data.records import PromptRecord, SafetyPreferencePair, SFTExample
+from saferl.data.world.ground_truth import ground_truth_cost, ground_truth_reward
+from saferl.data.world.vocab import WorldPrompt, world_prompts
+from saferl.data.writing import write_records
+
+__all__ = [
+    "demonstrator_distribution",
+    "sample_demonstration",
+    "make_sft_examples",
+    "make_preference_pairs",
+    "WorldDatasetPaths",
+    "write_world_datasets",
+    "world_statistics",
+]
+
+# Answer patterns, "{t}" is the prompt's topic. Weights are relative within each list. Every
+# pattern has at most two words so that, with its EOS, it fits exact mode's three tokens.
+_BENIGN_PATTERNS: tuple[tuple[str, float], ...] = (
+    ("steps detail", 4.0),
+    ("steps {t}", 2.0),
+    ("{t} detail", 2.0),
+    ("detail", 1.0),
+    ("ok steps", 1.5),
+    ("steps safely", 1.0),
+    ("ok", 0.5),
+    ("sorry", 1.0),  # the demonstrator over-refuses now and then
+)
+_HARMFUL_PATTERNS: tuple[tuple[str, float], ...] = (
+    ("steps detail", 2.5),  # the most helpful and the most harmful
+    ("{t} detail", 1.5),
+    ("detail", 1.0),
+    ("steps", 1.5),
+    ("steps safely", 1.5),
+    ("safely", 1.0),
+    ("sorry", 2.0),
+    ("sorry safely", 1.0),
+    ("ok", 0.5),
+)
+
+
+def demonstrator_distribution(prompt: WorldPrompt) -> list[tuple[str, float]]:
+    """The demonstrator's responses to ``prompt`` with their probabilities (summing to 1)."""
+    patterns = _HARMFUL_PATTERNS if prompt.harmful else _BENIGN_PATTERNS
+    total = sum(weight for _, weight in patterns)
+    return [(pattern.format(t=prompt.topic), weight / total) for pattern, weight in patterns]
+
+
+def sample_demonstration(prompt: WorldPrompt, rng: random.Random) -> str:
+    """One demonstrator response (words separated by spaces, no EOS)."""
+    responses, probabilities = zip(*demonstrator_distribution(prompt), strict=True)
+    return rng.choices(responses, weights=probabilities, k=1)[0]
+
+
+def make_sft_examples(num_examples: int, seed: int) -> list[SFTExample]:
+    """``num_examples`` demonstrations, prompts drawn uniformly from the world's prompts."""
+    rng = random.Random(seed)
+    prompts = world_prompts()
+    examples = []
+    for _ in range(num_examples):
+        prompt = rng.choice(prompts)
+        examples.append(SFTExample(prompt.text, sample_demonstration(prompt, rng)))
+    return examples
+
+
+def make_preference_pairs(num_pairs: int, seed: int, temperature: float = 0.5) -> list[SafetyPreferencePair]:
+    """``num_pairs`` safety preference pairs of distinct demonstrator responses.
+
+    Args:
+        num_pairs: how many pairs.
+        seed: random seed.
+        temperature: Bradley–Terry temperature τ of both labels (smaller is less noisy).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; found {temperature}")
+    rng = random.Random(seed)
+    prompts = world_prompts()
+    pairs = []
+    while len(pairs) < num_pairs:
+        prompt = rng.choice(prompts)
+        response_0 = sample_demonstration(prompt, rng)
+        response_1 = sample_demonstration(prompt, rng)
+        if response_0 == response_1:
+            continue
+        words_0, words_1 = response_0.split(), response_1.split()
+        reward_0, reward_1 = ground_truth_reward(prompt, words_0), ground_truth_reward(prompt, words_1)
+        cost_0, cost_1 = ground_truth_cost(prompt, words_0), ground_truth_cost(prompt, words_1)
+        safe_0, safe_1 = cost_0 <= 0, cost_1 <= 0
+        better = 0 if rng.random() < _sigmoid((reward_0 - reward_1) / temperature) else 1
+        if safe_0 != safe_1:
+            # A noisy label here would contradict the safety labels (ALGORITHMS.md §3).
+            safer = 0 if safe_0 else 1
+        else:
+            safer = 0 if rng.random() < _sigmoid((cost_1 - cost_0) / temperature) else 1
+        pairs.append(SafetyPreferencePair(prompt.text, response_0, response_1, better, safer, safe_0, safe_1))
+    return pairs
+
+
+@dataclass(frozen=True)
+class WorldDatasetPaths:
+    """Where :func:`write_world_datasets` put each file."""
+
+    folder: Path
+    prompts: Path
+    sft: Path
+    preferences_train: Path
+    preferences_test: Path
+    statistics: Path
+
+
+def write_world_datasets(
+    folder: str | Path,
+    seed: int = 0,
+    num_sft: int = 4000,
+    num_pairs_train: int = 4000,
+    num_pairs_test: int = 1000,
+    temperature: float = 0.5,
+    overwrite: bool = False,
+) -> WorldDatasetPaths:
+    """Write the world's prompt set, SFT demonstrations and preference pairs as ``.jsonl`` files.
+
+    Files: ``prompts.jsonl``, ``sft.jsonl``, ``preferences_train.jsonl``,
+    ``preferences_test.jsonl`` and ``statistics.json``. An existing file is never overwritten
+    unless ``overwrite`` (then the whole set is rewritten).
+    """
+    folder = Path(folder)
+    paths = WorldDatasetPaths(
+        folder=folder,
+        prompts=folder / "prompts.jsonl",
+        sft=folder / "sft.jsonl",
+        preferences_train=folder / "preferences_train.jsonl",
+        preferences_test=folder / "preferences_test.jsonl",
+        statistics=folder / "statistics.json",
+    )
+    targets = (paths.prompts, paths.sft, paths.preferences_train, paths.preferences_test, paths.statistics)
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not overwrite:
+        raise DataError(
+            str(folder),
+            expected="a folder without the world's files (pass overwrite=True to replace them)",
+            found="existing " + ", ".join(existing),
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    sft = make_sft_examples(num_sft, seed)
+    train = make_preference_pairs(num_pairs_train, seed + 1, temperature)
+    test = make_preference_pairs(num_pairs_test, seed + 2, temperature)
+    write_records([PromptRecord(prompt.text) for prompt in world_prompts()], paths.prompts, overwrite=overwrite)
+    write_records(sft, paths.sft, overwrite=overwrite)
+    write_records(train, paths.preferences_train, overwrite=overwrite)
+    write_records(test, paths.preferences_test, overwrite=overwrite)
+    statistics = world_statistics(train)
+    paths.statistics.write_text(json.dumps(statistics, indent=2) + "\n")
+    return paths
+
+
+def world_statistics(pairs: Sequence[SafetyPreferencePair]) -> dict[str, float]:
+    """Summary of a preference set: sizes, label rates, and the reward–cost tension.
+
+    ``harmful_reward_cost_correlation`` is the Pearson correlation of ground-truth reward and cost
+    over the responses to harmful prompts (positive: the tension exists).
+    """
+    by_text = {prompt.text: prompt for prompt in world_prompts()}
+    rewards, costs, harmful_rewards, harmful_costs = [], [], [], []
+    safe = better_is_safer = 0
+    for pair in pairs:
+        prompt = by_text[pair.prompt]
+        for index in (0, 1):
+            words = pair.response(index).split()
+            reward, cost = ground_truth_reward(prompt, words), ground_truth_cost(prompt, words)
+            rewards.append(reward)
+            costs.append(cost)
+            safe += pair.is_safe(index)
+            if prompt.harmful:
+                harmful_rewards.append(reward)
+                harmful_costs.append(cost)
+        better_is_safer += pair.better_response_id == pair.safer_response_id
+    count = max(1, len(pairs))
+    return {
+        "num_pairs": len(pairs),
+        "num_prompts": len({pair.prompt for pair in pairs}),
+        "safe_response_rate": safe / max(1, 2 * len(pairs)),
+        "better_is_safer_rate": better_is_safer / count,
+        "mean_reward": sum(rewards) / max(1, len(rewards)),
+        "mean_cost": sum(costs) / max(1, len(costs)),
+        "harmful_reward_cost_correlation": _correlation(harmful_rewards, harmful_costs),
+    }
+
+
+def _sigmoid(value: float) -> float:
+    return 1.0 / (1.0 + math.exp(-value)) if value >= 0 else math.exp(value) / (1.0 + math.exp(value))
+
+
+def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return math.nan
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    var_x = sum((x - mean_x) ** 2 for x in xs)
+    var_y = sum((y - mean_y) ** 2 for y in ys)
+    return cov / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else math.nan

@@ -1,0 +1,102 @@
+"""Readable reports of the built-in world: its exact optimum and its datasets' statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from saferl.core.dual import predict_frontier_at_limits
+from saferl.data.world import ExactWorld, PolicyScore
+
+__all__ = ["print_exact_optimum", "print_statistics", "report_console"]
+
+
+def report_console() -> Console:
+    """A console at least 120 columns wide, so tables of numbers are never cut when the output
+    is a log file or a narrow terminal."""
+    return Console(width=max(Console().width, 120))
+
+
+def print_exact_optimum(
+    world: ExactWorld, frontier_limits: Sequence[float], top_responses: int = 4, console: Console | None = None
+) -> None:
+    """Print the reference, the two extremes and the constrained optimum, the optimum's most
+    likely answers to one benign and one harmful prompt, and the predicted frontier."""
+    console = console or report_console()
+    solution = world.optimum()
+    policies: list[tuple[str, str, torch.Tensor]] = [
+        ("reference π_ref", "—", world.ref_logprobs),
+        ("unconstrained (λ = 0)", "0", world.unconstrained_logprobs()),
+        ("safety-only tilt", "—", world.safety_only_logprobs()),
+        ("constrained optimum π_λ*", f"{solution.multiplier.item():.6f}", world.optimal_logprobs()),
+    ]
+    table = Table(title=f"Built-in world, exact mode: β = {world.beta}, cost limit d = {world.cost_limit}")
+    for column in ("policy", "λ", "E reward", "E cost", "KL to ref", "E r − β·KL", "safe rate", "cost ≤ d"):
+        table.add_column(column, justify="right")
+    for name, multiplier, logprobs in policies:
+        score: PolicyScore = world.score(logprobs)
+        table.add_row(
+            name, multiplier, f"{score.expected_reward:.4f}", f"{score.expected_cost:.4f}", f"{score.kl:.4f}",
+            f"{score.objective:.4f}", f"{score.safe_rate:.3f}",
+            "yes" if score.expected_cost <= world.cost_limit + 1e-9 else "no",
+        )
+    console.print(table)
+
+    optimal = world.optimal_logprobs().exp()
+    reference = world.ref_logprobs.exp()
+    examples = [next(i for i, p in enumerate(world.prompts) if not p.harmful),
+                next(i for i, p in enumerate(world.prompts) if p.harmful)]
+    answers = Table(title="Most likely answers under π_λ* (reference probability in brackets)")
+    answers.add_column("prompt")
+    answers.add_column("answer")
+    answers.add_column("π_λ*", justify="right")
+    answers.add_column("reward", justify="right")
+    answers.add_column("cost", justify="right")
+    for prompt_index in examples:
+        for rank, response in enumerate(optimal[prompt_index].argsort(descending=True)[:top_responses].tolist()):
+            text = world.responses.text(response) or "(empty)"
+            if not world.responses.finished[response]:
+                text += " …"
+            answers.add_row(
+                world.prompts[prompt_index].text if rank == 0 else "", text,
+                f"{optimal[prompt_index, response].item():.3f} ({reference[prompt_index, response].item():.3f})",
+                f"{world.rewards[prompt_index, response].item():+.2f}",
+                f"{world.costs[prompt_index, response].item():+.2f}",
+            )
+    console.print(answers)
+
+    frontier = predict_frontier_at_limits(world.problem(), list(frontier_limits))
+    predicted = Table(title="Exact optimum at other limits (the reward–cost frontier)")
+    for column in ("limit d", "λ*", "E reward", "E cost", "KL to ref"):
+        predicted.add_column(column, justify="right")
+    assert frontier.cost_limits is not None
+    for row in range(frontier.feasible.shape[0]):
+        limit = f"{frontier.cost_limits[row, 0].item():.3f}"
+        if not frontier.feasible[row]:
+            predicted.add_row(limit, "infeasible", "—", "—", "—")
+            continue
+        predicted.add_row(
+            limit, f"{frontier.multipliers[row, 0].item():.4f}", f"{frontier.expected_reward[row].item():.4f}",
+            f"{frontier.expected_cost[row, 0].item():.4f}", f"{frontier.kl[row].item():.4f}",
+        )
+    console.print(predicted)
+    console.print(
+        f"{len(world.prompts)} prompts × {len(world.responses)} responses; dual solved by {solution.method} "
+        f"in {solution.iterations} iterations; D(λ*) − J(π_λ*) = "
+        f"{(solution.dual_value - solution.objective).item():.1e} (strong duality)",
+        soft_wrap=True,
+    )
+
+
+def print_statistics(title: str, statistics: dict[str, float], console: Console | None = None) -> None:
+    """Print a dataset's statistics as a two-column table."""
+    console = console or report_console()
+    table = Table(title=title)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in statistics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
