@@ -25,7 +25,12 @@ from saferl.data.world.generator import (
     world_statistics,
     write_world_datasets,
 )
-from saferl.data.world.ground_truth import ground_truth_cost, ground_truth_reward, is_safe, response_features
+from saferl.data.world.ground_truth import (
+    ground_truth_cost,
+    ground_truth_reward,
+    is_safe,
+    response_features,
+)
 from saferl.data.world.reference import (
     ReferenceConfig,
     load_or_train_reference_policy,
