@@ -46,9 +46,15 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
         from saferl.data.world import build_exact_world, load_or_train_reference_policy
         from saferl.eval.world_report import print_exact_optimum
 
-        model, tokenizer = load_or_train_reference_policy(reference_config(cfg), cfg.world.cache_dir)
-        world = build_exact_world(model, tokenizer, beta=float(cfg.world.beta), cost_limit=float(cfg.world.cost_limit))
-        print_exact_optimum(world, [float(limit) for limit in cfg.job.frontier_limits], int(cfg.job.top_responses))
+        model, tokenizer = load_or_train_reference_policy(
+            reference_config(cfg), cfg.world.cache_dir
+        )
+        world = build_exact_world(
+            model, tokenizer, beta=float(cfg.world.beta), cost_limit=float(cfg.world.cost_limit)
+        )
+        print_exact_optimum(
+            world, [float(limit) for limit in cfg.job.frontier_limits], int(cfg.job.top_responses)
+        )
         return float(world.optimum().objective)
     if name == "world_data":
         import json
@@ -56,14 +62,24 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
         from saferl.data.world import write_world_datasets
         from saferl.eval.world_report import print_statistics
 
-        folder = Path(cfg.job.output_dir) if cfg.job.output_dir is not None else (output_dir or Path.cwd()) / "world_data"
+        folder = (
+            Path(cfg.job.output_dir)
+            if cfg.job.output_dir is not None
+            else (output_dir or Path.cwd()) / "world_data"
+        )
         paths = write_world_datasets(
-            folder, seed=int(cfg.seed), num_sft=int(cfg.job.num_sft), num_pairs_train=int(cfg.job.num_pairs_train),
-            num_pairs_test=int(cfg.job.num_pairs_test), temperature=float(cfg.job.temperature),
+            folder,
+            seed=int(cfg.seed),
+            num_sft=int(cfg.job.num_sft),
+            num_pairs_train=int(cfg.job.num_pairs_train),
+            num_pairs_test=int(cfg.job.num_pairs_test),
+            temperature=float(cfg.job.temperature),
             overwrite=bool(cfg.job.overwrite),
         )
         statistics = json.loads(paths.statistics.read_text())
-        print_statistics(f"Built-in world preference data (train split) in {paths.folder}", statistics)
+        print_statistics(
+            f"Built-in world preference data (train split) in {paths.folder}", statistics
+        )
         for path in (paths.prompts, paths.sft, paths.preferences_train, paths.preferences_test):
             print(f"wrote {path}")
         return float(statistics["harmful_reward_cost_correlation"])

@@ -91,14 +91,26 @@ def main() -> None:
                 solution = run()
                 seconds = time.perf_counter() - start
                 error = (solution.multiplier - reference).abs().max().item()
-                rows.append((num_prompts, num_samples, m, name, solution.iterations, seconds, error,
-                             solution.multiplier.tolist()))
+                rows.append(
+                    (
+                        num_prompts,
+                        num_samples,
+                        m,
+                        name,
+                        solution.iterations,
+                        seconds,
+                        error,
+                        solution.multiplier.tolist(),
+                    )
+                )
     header = f"{'N':>6} {'K':>4} {'m':>2}  {'solver':<10} {'iterations':>10} {'seconds':>9} {'|λ−λ_ref|':>10}  λ"
     print(header)
     print("-" * len(header))
     for n, k, m, name, iterations, seconds, error, multiplier in rows:
         shown = ", ".join(f"{value:.6f}" for value in multiplier)
-        print(f"{n:>6} {k:>4} {m:>2}  {name:<10} {iterations:>10} {seconds:>9.3f} {error:>10.2e}  [{shown}]")
+        print(
+            f"{n:>6} {k:>4} {m:>2}  {name:<10} {iterations:>10} {seconds:>9.3f} {error:>10.2e}  [{shown}]"
+        )
     print()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, β = {BETA}")
 

@@ -209,12 +209,18 @@ class DualProblem:
                 f"ref_logprobs must have shape (num_prompts, num_responses); found {tuple(ref_logprobs.shape)}"
             )
         if torch.isnan(ref_logprobs).any() or torch.isposinf(ref_logprobs).any():
-            raise ValueError("ref_logprobs must be finite or -inf (outside the support); found NaN or +inf")
+            raise ValueError(
+                "ref_logprobs must be finite or -inf (outside the support); found NaN or +inf"
+            )
         log_norm = torch.logsumexp(ref_logprobs, dim=1, keepdim=True)
         if torch.isneginf(log_norm).any():
             bad = int(torch.nonzero(torch.isneginf(log_norm.squeeze(1)))[0])
-            raise ValueError(f"ref_logprobs: prompt {bad} has no response with finite log-probability")
-        return cls._build(ref_logprobs - log_norm, rewards, costs, beta, cost_limit, prompt_weights, sampled=False)
+            raise ValueError(
+                f"ref_logprobs: prompt {bad} has no response with finite log-probability"
+            )
+        return cls._build(
+            ref_logprobs - log_norm, rewards, costs, beta, cost_limit, prompt_weights, sampled=False
+        )
 
     @classmethod
     def from_samples(
@@ -266,7 +272,9 @@ class DualProblem:
             if not torch.isfinite(tensor).all():
                 raise ValueError(f"{name} must be finite; found NaN or inf")
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-            raise ValueError(f"beta (the KL coefficient) must be a finite number > 0; found {beta!r}")
+            raise ValueError(
+                f"beta (the KL coefficient) must be a finite number > 0; found {beta!r}"
+            )
         num_constraints = costs.shape[-1]
         limit = torch.atleast_1d(_as_float64(cost_limit, "cost_limit"))
         if limit.ndim != 1 or limit.shape[0] not in (1, num_constraints):
@@ -282,7 +290,9 @@ class DualProblem:
         else:
             weights = _as_float64(prompt_weights, "prompt_weights")
             if weights.shape != (num_prompts,):
-                raise ValueError(f"prompt_weights must have shape ({num_prompts},); found {tuple(weights.shape)}")
+                raise ValueError(
+                    f"prompt_weights must have shape ({num_prompts},); found {tuple(weights.shape)}"
+                )
             if (weights < 0).any() or not torch.isfinite(weights).all() or weights.sum() <= 0:
                 raise ValueError("prompt_weights must be finite, non-negative and not all zero")
             weights = weights / weights.sum()
@@ -351,7 +361,9 @@ class DualProblem:
         expected_cost = self.prompt_weights @ tilt.cost_per_prompt
         kl_per_prompt = (tilt.probs * tilt.shaped).sum(1) - tilt.log_partition
         kl = (self.prompt_weights @ kl_per_prompt).clamp_min(0.0)
-        dual_value = self.beta * (self.prompt_weights @ tilt.log_partition) + multiplier @ self.cost_limit
+        dual_value = (
+            self.beta * (self.prompt_weights @ tilt.log_partition) + multiplier @ self.cost_limit
+        )
         return {
             "expected_reward": expected_reward,
             "expected_cost": expected_cost,
@@ -373,7 +385,13 @@ class DualProblem:
     def with_cost_limit(self, cost_limit: float | torch.Tensor | list[float]) -> DualProblem:
         """The same problem at another cost limit."""
         return DualProblem._build(
-            self.log_ref, self.rewards, self.costs, self.beta, cost_limit, self.prompt_weights, self.sampled
+            self.log_ref,
+            self.rewards,
+            self.costs,
+            self.beta,
+            cost_limit,
+            self.prompt_weights,
+            self.sampled,
         )
 
 
@@ -430,9 +448,15 @@ def solve(problem: DualProblem, max_iterations: int = 200) -> DualSolution:
     """
     _check_each_constraint_feasible(problem)
     if problem.num_constraints == 1:
-        multiplier, iterations, method = *_solve_one_constraint(problem, max_iterations), "bracketed_newton"
+        multiplier, iterations, method = (
+            *_solve_one_constraint(problem, max_iterations),
+            "bracketed_newton",
+        )
     else:
-        multiplier, iterations, method = *_solve_projected_newton(problem, max_iterations), "projected_newton"
+        multiplier, iterations, method = (
+            *_solve_projected_newton(problem, max_iterations),
+            "projected_newton",
+        )
     return _solution(problem, multiplier, iterations, method)
 
 
@@ -459,7 +483,9 @@ def projected_gradient_dual(
         if restart == 0:
             multiplier = torch.zeros(problem.num_constraints, dtype=_DTYPE)
         else:
-            multiplier = initial_scale * torch.rand(problem.num_constraints, generator=generator, dtype=_DTYPE)
+            multiplier = initial_scale * torch.rand(
+                problem.num_constraints, generator=generator, dtype=_DTYPE
+            )
         for _ in range(max_iterations):
             total_iterations += 1
             updated = (multiplier - step_size * problem.gradient(multiplier)).clamp_min(0.0)
@@ -501,7 +527,9 @@ def predict_frontier(problem: DualProblem, multipliers: torch.Tensor | list[floa
     )
 
 
-def predict_frontier_at_limits(problem: DualProblem, cost_limits: torch.Tensor | list[float]) -> Frontier:
+def predict_frontier_at_limits(
+    problem: DualProblem, cost_limits: torch.Tensor | list[float]
+) -> Frontier:
     """Solve the dual at each limit of a grid; infeasible limits give NaN rows, ``feasible=False``.
 
     Args:
@@ -636,7 +664,10 @@ def _solve_projected_newton(problem: DualProblem, max_iterations: int) -> tuple[
     for _ in range(max_iterations):
         iterations += 1
         tilt = problem._tilt(multiplier)
-        value = problem.beta * (problem.prompt_weights @ tilt.log_partition) + multiplier @ problem.cost_limit
+        value = (
+            problem.beta * (problem.prompt_weights @ tilt.log_partition)
+            + multiplier @ problem.cost_limit
+        )
         gradient = problem.cost_limit - problem.prompt_weights @ tilt.cost_per_prompt
         projected_gradient = multiplier - (multiplier - gradient).clamp_min(0.0)
         if projected_gradient.abs().max() <= 1e-15 * (1.0 + problem.costs.abs().max()):
@@ -691,7 +722,10 @@ def _raise_if_jointly_infeasible(problem: DualProblem) -> None:
     num_prompts = problem.log_ref.shape[0]
     a_eq = hstack(
         [
-            coo_matrix((np.ones(num_vars), (prompts.numpy(), np.arange(num_vars))), shape=(num_prompts, num_vars)),
+            coo_matrix(
+                (np.ones(num_vars), (prompts.numpy(), np.arange(num_vars))),
+                shape=(num_prompts, num_vars),
+            ),
             coo_matrix((num_prompts, 1)),
         ]
     )
@@ -718,7 +752,9 @@ def _raise_if_jointly_infeasible(problem: DualProblem) -> None:
     )
 
 
-def _solution(problem: DualProblem, multiplier: torch.Tensor, iterations: int, method: str) -> DualSolution:
+def _solution(
+    problem: DualProblem, multiplier: torch.Tensor, iterations: int, method: str
+) -> DualSolution:
     stats = problem.statistics(multiplier)
     return DualSolution(
         multiplier=multiplier.clone(),
@@ -739,7 +775,9 @@ def _as_float64(value: object, name: str) -> torch.Tensor:
         # Python floats go straight to float64 (as_tensor would round them through float32).
         tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=_DTYPE)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{name} must be a number or a tensor; found {type(value).__name__}") from error
+        raise ValueError(
+            f"{name} must be a number or a tensor; found {type(value).__name__}"
+        ) from error
     if tensor.is_complex():
         raise ValueError(f"{name} must be real; found a complex tensor")
     return tensor.detach().to(device="cpu", dtype=_DTYPE)

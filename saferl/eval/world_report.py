@@ -21,7 +21,10 @@ def report_console() -> Console:
 
 
 def print_exact_optimum(
-    world: ExactWorld, frontier_limits: Sequence[float], top_responses: int = 4, console: Console | None = None
+    world: ExactWorld,
+    frontier_limits: Sequence[float],
+    top_responses: int = 4,
+    console: Console | None = None,
 ) -> None:
     """Print the reference, the two extremes and the constrained optimum, the optimum's most
     likely answers to one benign and one harmful prompt, and the predicted frontier."""
@@ -33,22 +36,40 @@ def print_exact_optimum(
         ("safety-only tilt", "—", world.safety_only_logprobs()),
         ("constrained optimum π_λ*", f"{solution.multiplier.item():.6f}", world.optimal_logprobs()),
     ]
-    table = Table(title=f"Built-in world, exact mode: β = {world.beta}, cost limit d = {world.cost_limit}")
-    for column in ("policy", "λ", "E reward", "E cost", "KL to ref", "E r − β·KL", "safe rate", "cost ≤ d"):
+    table = Table(
+        title=f"Built-in world, exact mode: β = {world.beta}, cost limit d = {world.cost_limit}"
+    )
+    for column in (
+        "policy",
+        "λ",
+        "E reward",
+        "E cost",
+        "KL to ref",
+        "E r − β·KL",
+        "safe rate",
+        "cost ≤ d",
+    ):
         table.add_column(column, justify="right")
     for name, multiplier, logprobs in policies:
         score: PolicyScore = world.score(logprobs)
         table.add_row(
-            name, multiplier, f"{score.expected_reward:.4f}", f"{score.expected_cost:.4f}", f"{score.kl:.4f}",
-            f"{score.objective:.4f}", f"{score.safe_rate:.3f}",
+            name,
+            multiplier,
+            f"{score.expected_reward:.4f}",
+            f"{score.expected_cost:.4f}",
+            f"{score.kl:.4f}",
+            f"{score.objective:.4f}",
+            f"{score.safe_rate:.3f}",
             "yes" if score.expected_cost <= world.cost_limit + 1e-9 else "no",
         )
     console.print(table)
 
     optimal = world.optimal_logprobs().exp()
     reference = world.ref_logprobs.exp()
-    examples = [next(i for i, p in enumerate(world.prompts) if not p.harmful),
-                next(i for i, p in enumerate(world.prompts) if p.harmful)]
+    examples = [
+        next(i for i, p in enumerate(world.prompts) if not p.harmful),
+        next(i for i, p in enumerate(world.prompts) if p.harmful),
+    ]
     answers = Table(title="Most likely answers under π_λ* (reference probability in brackets)")
     answers.add_column("prompt")
     answers.add_column("answer")
@@ -56,12 +77,15 @@ def print_exact_optimum(
     answers.add_column("reward", justify="right")
     answers.add_column("cost", justify="right")
     for prompt_index in examples:
-        for rank, response in enumerate(optimal[prompt_index].argsort(descending=True)[:top_responses].tolist()):
+        for rank, response in enumerate(
+            optimal[prompt_index].argsort(descending=True)[:top_responses].tolist()
+        ):
             text = world.responses.text(response) or "(empty)"
             if not world.responses.finished[response]:
                 text += " …"
             answers.add_row(
-                world.prompts[prompt_index].text if rank == 0 else "", text,
+                world.prompts[prompt_index].text if rank == 0 else "",
+                text,
                 f"{optimal[prompt_index, response].item():.3f} ({reference[prompt_index, response].item():.3f})",
                 f"{world.rewards[prompt_index, response].item():+.2f}",
                 f"{world.costs[prompt_index, response].item():+.2f}",
@@ -79,8 +103,11 @@ def print_exact_optimum(
             predicted.add_row(limit, "infeasible", "—", "—", "—")
             continue
         predicted.add_row(
-            limit, f"{frontier.multipliers[row, 0].item():.4f}", f"{frontier.expected_reward[row].item():.4f}",
-            f"{frontier.expected_cost[row, 0].item():.4f}", f"{frontier.kl[row].item():.4f}",
+            limit,
+            f"{frontier.multipliers[row, 0].item():.4f}",
+            f"{frontier.expected_reward[row].item():.4f}",
+            f"{frontier.expected_cost[row, 0].item():.4f}",
+            f"{frontier.kl[row].item():.4f}",
         )
     console.print(predicted)
     console.print(
@@ -91,7 +118,9 @@ def print_exact_optimum(
     )
 
 
-def print_statistics(title: str, statistics: dict[str, float], console: Console | None = None) -> None:
+def print_statistics(
+    title: str, statistics: dict[str, float], console: Console | None = None
+) -> None:
     """Print a dataset's statistics as a two-column table."""
     console = console or report_console()
     table = Table(title=title)

@@ -49,8 +49,13 @@ def test_unknown_reference_key_and_unknown_job_are_clear_errors():
 
 
 def test_world_data_job_writes_loadable_datasets(tmp_path, capsys):
-    cfg = composed("job=world_data", f"job.output_dir={tmp_path}", "job.num_sft=50",
-                   "job.num_pairs_train=80", "job.num_pairs_test=20")
+    cfg = composed(
+        "job=world_data",
+        f"job.output_dir={tmp_path}",
+        "job.num_sft=50",
+        "job.num_pairs_train=80",
+        "job.num_pairs_test=20",
+    )
     correlation = run(cfg)
     assert correlation > 0  # the tension: on harmful prompts reward and cost rise together
     pairs = load_preference_dataset(str(tmp_path / "preferences_train.jsonl"))
@@ -64,7 +69,10 @@ def test_world_data_job_writes_loadable_datasets(tmp_path, capsys):
 def test_console_script_runs_the_default_job(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "saferl.cli", f"hydra.run.dir={tmp_path}", *FAST_REFERENCE],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "constrained optimum" in result.stdout and "strong duality" in result.stdout

@@ -76,7 +76,9 @@ def enumerate_responses(tokenizer: PreTrainedTokenizerBase) -> ExactResponses:
     token_ids += [(a, eos) for a in others]
     token_ids += [(a, b, eos) for a, b in itertools.product(others, repeat=2)]
     token_ids += list(itertools.product(others, repeat=3))
-    words = tuple(tuple(tokenizer.convert_ids_to_tokens([t for t in ids if t != eos])) for ids in token_ids)
+    words = tuple(
+        tuple(tokenizer.convert_ids_to_tokens([t for t in ids if t != eos])) for ids in token_ids
+    )
     finished = torch.tensor([ids[-1] == eos for ids in token_ids])
     return ExactResponses(tuple(token_ids), words, finished)
 
@@ -110,7 +112,9 @@ def enumerate_policy_logprobs(
             input_ids = torch.cat([prompt_ids.expand(chunk.shape[0], -1), chunk], dim=1)
             logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
             # (chunk, 3, vocab): next-token distributions after the prompt, after a, after a b.
-            logprob_chunks.append(torch.log_softmax(logits[:, prompt_len - 1 : prompt_len + 2].double(), dim=-1))
+            logprob_chunks.append(
+                torch.log_softmax(logits[:, prompt_len - 1 : prompt_len + 2].double(), dim=-1)
+            )
         next_token = torch.cat(logprob_chunks)  # (n³, 3, vocab)
         n = num_others
         first = next_token[0, 0]  # ℓ₀, the same for every row, (vocab,)
@@ -213,9 +217,13 @@ class ExactWorld:
         probs = policy_logprobs.exp()
         total = probs.sum(dim=1)
         if (total - 1).abs().max() > 1e-6:
-            raise ValueError(f"policy_logprobs rows must sum to 1 in probability; found sums {total.tolist()}")
+            raise ValueError(
+                f"policy_logprobs rows must sum to 1 in probability; found sums {total.tolist()}"
+            )
         on_support = probs > 0
-        log_ratio = torch.where(on_support, policy_logprobs - self.ref_logprobs, torch.zeros_like(probs))
+        log_ratio = torch.where(
+            on_support, policy_logprobs - self.ref_logprobs, torch.zeros_like(probs)
+        )
         expected_reward = (probs * self.rewards).sum(1).mean().item()
         expected_cost = (probs * self.costs).sum(1).mean().item()
         kl = (probs * log_ratio).sum(1).mean().item()
@@ -250,14 +258,26 @@ def build_exact_world(
     responses = enumerate_responses(tokenizer)
     finished = responses.finished.tolist()
     rewards = torch.tensor(
-        [[ground_truth_reward(p, words, done) for words, done in zip(responses.words, finished, strict=True)]
-         for p in prompts],
+        [
+            [
+                ground_truth_reward(p, words, done)
+                for words, done in zip(responses.words, finished, strict=True)
+            ]
+            for p in prompts
+        ],
         dtype=torch.float64,
     )
     costs = torch.tensor(
-        [[ground_truth_cost(p, words, done) for words, done in zip(responses.words, finished, strict=True)]
-         for p in prompts],
+        [
+            [
+                ground_truth_cost(p, words, done)
+                for words, done in zip(responses.words, finished, strict=True)
+            ]
+            for p in prompts
+        ],
         dtype=torch.float64,
     )
     ref_logprobs = enumerate_policy_logprobs(model, tokenizer, prompts)
-    return ExactWorld(prompts, responses, ref_logprobs, rewards, costs, float(beta), float(cost_limit))
+    return ExactWorld(
+        prompts, responses, ref_logprobs, rewards, costs, float(beta), float(cost_limit)
+    )

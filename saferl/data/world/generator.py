@@ -83,7 +83,9 @@ def make_sft_examples(num_examples: int, seed: int) -> list[SFTExample]:
     return examples
 
 
-def make_preference_pairs(num_pairs: int, seed: int, temperature: float = 0.5) -> list[SafetyPreferencePair]:
+def make_preference_pairs(
+    num_pairs: int, seed: int, temperature: float = 0.5
+) -> list[SafetyPreferencePair]:
     """``num_pairs`` safety preference pairs of distinct demonstrator responses.
 
     Args:
@@ -103,7 +105,10 @@ def make_preference_pairs(num_pairs: int, seed: int, temperature: float = 0.5) -
         if response_0 == response_1:
             continue
         words_0, words_1 = response_0.split(), response_1.split()
-        reward_0, reward_1 = ground_truth_reward(prompt, words_0), ground_truth_reward(prompt, words_1)
+        reward_0, reward_1 = (
+            ground_truth_reward(prompt, words_0),
+            ground_truth_reward(prompt, words_1),
+        )
         cost_0, cost_1 = ground_truth_cost(prompt, words_0), ground_truth_cost(prompt, words_1)
         safe_0, safe_1 = cost_0 <= 0, cost_1 <= 0
         better = 0 if rng.random() < _sigmoid((reward_0 - reward_1) / temperature) else 1
@@ -112,7 +117,9 @@ def make_preference_pairs(num_pairs: int, seed: int, temperature: float = 0.5) -
             safer = 0 if safe_0 else 1
         else:
             safer = 0 if rng.random() < _sigmoid((cost_1 - cost_0) / temperature) else 1
-        pairs.append(SafetyPreferencePair(prompt.text, response_0, response_1, better, safer, safe_0, safe_1))
+        pairs.append(
+            SafetyPreferencePair(prompt.text, response_0, response_1, better, safer, safe_0, safe_1)
+        )
     return pairs
 
 
@@ -152,7 +159,13 @@ def write_world_datasets(
         preferences_test=folder / "preferences_test.jsonl",
         statistics=folder / "statistics.json",
     )
-    targets = (paths.prompts, paths.sft, paths.preferences_train, paths.preferences_test, paths.statistics)
+    targets = (
+        paths.prompts,
+        paths.sft,
+        paths.preferences_train,
+        paths.preferences_test,
+        paths.statistics,
+    )
     existing = [str(path) for path in targets if path.exists()]
     if existing and not overwrite:
         raise DataError(
@@ -164,7 +177,11 @@ def write_world_datasets(
     sft = make_sft_examples(num_sft, seed)
     train = make_preference_pairs(num_pairs_train, seed + 1, temperature)
     test = make_preference_pairs(num_pairs_test, seed + 2, temperature)
-    write_records([PromptRecord(prompt.text) for prompt in world_prompts()], paths.prompts, overwrite=overwrite)
+    write_records(
+        [PromptRecord(prompt.text) for prompt in world_prompts()],
+        paths.prompts,
+        overwrite=overwrite,
+    )
     write_records(sft, paths.sft, overwrite=overwrite)
     write_records(train, paths.preferences_train, overwrite=overwrite)
     write_records(test, paths.preferences_test, overwrite=overwrite)
@@ -207,7 +224,9 @@ def world_statistics(pairs: Sequence[SafetyPreferencePair]) -> dict[str, float]:
 
 
 def _sigmoid(value: float) -> float:
-    return 1.0 / (1.0 + math.exp(-value)) if value >= 0 else math.exp(value) / (1.0 + math.exp(value))
+    return (
+        1.0 / (1.0 + math.exp(-value)) if value >= 0 else math.exp(value) / (1.0 + math.exp(value))
+    )
 
 
 def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float:

@@ -21,7 +21,12 @@ from saferl.data.collators import collate_sequences
 from saferl.data.world.generator import make_sft_examples
 from saferl.data.world.vocab import build_world_tokenizer
 
-__all__ = ["ReferenceConfig", "train_reference_policy", "load_or_train_reference_policy", "world_model_spec"]
+__all__ = [
+    "ReferenceConfig",
+    "train_reference_policy",
+    "load_or_train_reference_policy",
+    "world_model_spec",
+]
 
 # The world's prompts and responses are plain words: no chat template, no Safe RLHF preamble.
 WORLD_TEMPLATE = "raw"

@@ -1,0 +1,257 @@
+"""A generic group of rank actors: creation, rendezvous, calls with timeouts, shutdown.
+
+:class:`ActorGroup` is the one place that talks to Ray about a role's actors. The typed role
+groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
+
+1. **Placement**: the group takes its :class:`~saferl.runtime.cluster.RoleSlot` from a shared
+   :class:`~saferl.runtime.cluster.PlacementPlan` (colocated roles), or plans and owns a
+   placement group of its own.
+2. **Actors**: rank ``i`` is created in bundle ``i`` with the slot's CPU (and GPU) request.
+3. **World**: rank 0 reports its node address and a free port; every rank joins and builds its
+   engine (``setup``), all at once (the rendezvous needs them all).
+4. **Calls**: :meth:`call` sends the same arguments to every rank, :meth:`call_per_rank` one
+   argument tuple per rank; results come back in rank order. A rank that raises, dies or runs
+   past the timeout raises a ``RuntimeError`` that names the role, the rank and the method;
+   the group then shuts itself down, since its other ranks may be stuck in a collective
+   waiting for the failed one.
+5. **Shutdown**: kill every actor, wait until Ray reports them dead, remove an owned placement
+   group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from saferl.runtime.cluster import PlacementPlan, RoleSlot, plan_placement, worker_env_vars
+from saferl.runtime.specs import GroupSpec, RuntimeSpec
+from saferl.runtime.types import RankInfo
+from saferl.runtime.workers import RankSetup
+
+__all__ = ["ActorGroup"]
+
+logger = logging.getLogger(__name__)
+
+
+class ActorGroup:
+    """``num_ranks`` Ray actors of one worker class forming one torch.distributed world.
+
+    Args:
+        role: the role's name (messages, placement-group names).
+        worker_class: the plain worker class (e.g. ``PolicyWorker``); its constructor takes a
+            :class:`~saferl.runtime.workers.RankSetup` and then ``worker_kwargs``.
+        group_spec: ranks and per-rank resources.
+        runtime_spec: backend, placement strategy, timeouts, worker environment.
+        worker_kwargs: the worker's remaining constructor arguments (sent to every rank).
+        placement: a shared plan holding this role (colocation); None plans and owns one.
+        seed: torch seed of every rank before its model is built.
+
+    Raises:
+        RuntimeError: placement, actor start, rendezvous or engine build failed or timed out.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        worker_class: type,
+        group_spec: GroupSpec,
+        runtime_spec: RuntimeSpec,
+        worker_kwargs: dict[str, Any],
+        placement: PlacementPlan | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not initialised; call saferl.runtime.init_ray(runtime_spec)")
+        self.role = role
+        self.group_spec = group_spec
+        self.runtime_spec = runtime_spec
+        self.backend = runtime_spec.resolve_backend(group_spec.uses_gpus)
+        self._owned_plan: PlacementPlan | None = None
+        if placement is None:
+            own = GroupSpec(
+                num_ranks=group_spec.num_ranks,
+                cpus_per_rank=group_spec.cpus_per_rank,
+                gpus_per_rank=group_spec.gpus_per_rank,
+            )
+            placement = plan_placement(runtime_spec, {role: own}, name_prefix=f"saferl-{role}")
+            self._owned_plan = placement
+        self.slot: RoleSlot = placement.slot(role)
+        if self.slot.num_ranks != group_spec.num_ranks:
+            raise ValueError(
+                f"the placement plan reserved {self.slot.num_ranks} ranks for {role!r}, but its "
+                f"group spec asks for {group_spec.num_ranks}"
+            )
+        self.actors: list[Any] = []
+        self._closed = False
+        self.rank_infos: list[RankInfo] = []
+        try:
+            self._start(worker_class, worker_kwargs, seed)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    @property
+    def num_ranks(self) -> int:
+        """Ranks of the group."""
+        return self.group_spec.num_ranks
+
+    # -- start -------------------------------------------------------------------------------
+
+    def _start(self, worker_class: type, worker_kwargs: dict[str, Any], seed: int) -> None:
+        remote_class = ray.remote(worker_class)
+        options: dict[str, Any] = {
+            "num_cpus": self.slot.num_cpus,
+            "runtime_env": {"env_vars": worker_env_vars(self.runtime_spec)},
+            "max_restarts": 0,
+            "max_task_retries": 0,
+        }
+        if self.slot.num_gpus > 0:
+            options["num_gpus"] = self.slot.num_gpus
+        for rank in range(self.num_ranks):
+            setup = RankSetup(
+                role=self.role,
+                rank=rank,
+                world_size=self.num_ranks,
+                uses_gpus=self.group_spec.uses_gpus,
+                backend=self.backend,
+                collective_timeout_s=self.runtime_spec.collective_timeout_s,
+                seed=seed,
+            )
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group=self.slot.placement_group,
+                placement_group_bundle_index=rank,
+                placement_group_capture_child_tasks=False,
+            )
+            actor = remote_class.options(
+                scheduling_strategy=strategy, name=None, **options
+            ).remote(setup, **worker_kwargs)
+            self.actors.append(actor)
+        timeout = self.runtime_spec.startup_timeout_s
+        self.rank_infos = self.call("rank_info", timeout_s=timeout)
+        master_addr, master_port = self.call_rank(0, "master_address", timeout_s=timeout)
+        self.call("setup", master_addr, master_port, timeout_s=timeout)
+        logger.info(
+            "%s: %d ranks up (%s, master %s:%d)", self.role, self.num_ranks, self.backend,
+            master_addr, master_port,
+        )
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"the {self.role} group is shut down (after shutdown() or a failed call); cannot "
+                f"call {method!r}. Create a new group (and load the last checkpoint)"
+            )
+
+    def _gather(self, refs: Sequence[Any], ranks: Sequence[int], method: str, timeout_s: float) -> list[Any]:
+        """Results of ``refs`` in order; the first failure or the deadline raises."""
+        deadline = time.monotonic() + timeout_s
+        index_of = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            remaining = deadline - time.monotonic()
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(remaining, 0.0))
+            if not ready:
+                late = sorted(ranks[index_of[ref]] for ref in pending)
+                self._fail()
+                raise RuntimeError(
+                    f"{self.role} ranks {late} did not finish {method!r} within {timeout_s:.0f}s "
+                    "(runtime.call_timeout_s / startup_timeout_s); the group was shut down"
+                )
+            for ref in ready:
+                rank = ranks[index_of[ref]]
+                try:
+                    results[index_of[ref]] = ray.get(ref)
+                except ray.exceptions.RayTaskError as error:
+                    self._fail()
+                    cause = error.cause if getattr(error, "cause", None) is not None else error
+                    raise RuntimeError(
+                        f"{self.role} rank {rank} raised in {method!r}: "
+                        f"{type(cause).__name__}: {cause}; the group was shut down"
+                    ) from error
+                except ray.exceptions.RayActorError as error:
+                    self._fail()
+                    raise RuntimeError(
+                        f"{self.role} rank {rank} died during {method!r} (its actor process "
+                        f"exited or was killed): {error}; the group was shut down"
+                    ) from error
+        return results
+
+    def _fail(self) -> None:
+        try:
+            self.shutdown()
+        except Exception as error:  # the original failure matters more
+            logger.warning("%s: shutdown after a failure raised %s", self.role, error)
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> list[Any]:
+        """``method(*args, **kwargs)`` on every rank; results in rank order."""
+        self._check_open(method)
+        refs = [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+        return self._gather(refs, list(range(self.num_ranks)), method, self._timeout(timeout_s))
+
+    def call_rank(self, rank: int, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """``method(*args)`` on one rank (not for methods holding a collective)."""
+        self._check_open(method)
+        ref = getattr(self.actors[rank], method).remote(*args)
+        return self._gather([ref], [rank], method, self._timeout(timeout_s))[0]
+
+    def call_per_rank(
+        self, method: str, per_rank_args: Sequence[tuple[Any, ...]], timeout_s: float | None = None
+    ) -> list[Any]:
+        """``method(*per_rank_args[r])`` on rank ``r``; results in rank order."""
+        self._check_open(method)
+        if len(per_rank_args) != self.num_ranks:
+            raise ValueError(
+                f"{len(per_rank_args)} argument tuples for the {self.num_ranks} ranks of {self.role}"
+            )
+        refs = [
+            getattr(actor, method).remote(*args)
+            for actor, args in zip(self.actors, per_rank_args, strict=True)
+        ]
+        return self._gather(refs, list(range(self.num_ranks)), method, self._timeout(timeout_s))
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        return self.runtime_spec.call_timeout_s if timeout_s is None else timeout_s
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Kill every actor, wait until Ray reports them dead, remove an owned placement group.
+
+        Idempotent. Colocated groups' shared plan is removed by its owner
+        (:meth:`PlacementPlan.remove`).
+        """
+        if self._closed and not self.actors:
+            return
+        self._closed = True
+        actors, self.actors = self.actors, []
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as error:  # already dead
+                logger.debug("%s: ray.kill: %s", self.role, error)
+        deadline = time.monotonic() + timeout_s
+        for actor in actors:
+            # A call on a killed actor fails with RayActorError once Ray has reaped it.
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(actor.__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+                    break
+                except ray.exceptions.GetTimeoutError:
+                    break
+                time.sleep(0.05)
+        if self._owned_plan is not None:
+            self._owned_plan.remove()
+            self._owned_plan = None
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._closed else f"{self.num_ranks} ranks"
+        return f"ActorGroup(role={self.role!r}, {state}, backend={self.backend!r})"

@@ -1,0 +1,543 @@
+"""The rank actors: one class per role, each one rank of its role's torch.distributed world.
+
+These are plain classes; :class:`saferl.runtime.group.ActorGroup` turns them into Ray actors
+(``ray.remote(PolicyWorker)``), so Ray shows them by role. Every worker
+
+1. is constructed with a :class:`RankSetup` (role, rank, world size, backend, ...) and its model
+   description; nothing heavy happens in the constructor;
+2. reports ``master_address()`` (rank 0's node address and a free port) and ``rank_info()``;
+3. ``setup(master_addr, master_port)``: joins the world, builds its model with the group's seed,
+   wraps it (:mod:`saferl.runtime.engines`) and starts its DeepSpeed engine;
+4. serves its role's methods on the shard of the batch the driver sends. Methods that hold a
+   collective under ZeRO-3 (any forward, checkpoints, exports) must be called on every rank with
+   equal shards, which the groups guarantee.
+
+Shared behaviour lives in small helpers (:class:`RankContext`, :func:`run_train_step`,
+:func:`run_forward`), not in a base class.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from saferl.data.collators import PromptBatch
+from saferl.models import (
+    ModelSpec,
+    build_critic,
+    build_policy,
+    build_score_model,
+    save_policy,
+    save_score_model,
+)
+from saferl.runtime import distributed
+from saferl.runtime.batching import batch_rows, batch_to, model_inputs, slice_batch
+from saferl.runtime.engines import (
+    EndScoresModule,
+    TokenLogprobsModule,
+    ValuesModule,
+    build_inference_engine,
+    build_train_engine,
+    full_state_dict,
+    is_zero3,
+    load_full_state_dict,
+)
+from saferl.runtime.generation import generate_sequences
+from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec
+from saferl.runtime.types import GenerationOutput, LossFn, RankInfo
+
+__all__ = [
+    "CriticWorker",
+    "PolicyWorker",
+    "RankContext",
+    "RankSetup",
+    "RankStepResult",
+    "ReferenceWorker",
+    "ScoreWorker",
+]
+
+#: File an inference worker's checkpoint writes (rank 0, full weights) inside ``<dir>/<tag>/``.
+INFERENCE_CHECKPOINT_FILE = "full_model_state.pt"
+
+
+@dataclass(frozen=True)
+class RankSetup:
+    """What a rank needs to know about its place in the group.
+
+    Attributes:
+        role: the group's role name (used in messages).
+        rank: this rank.
+        world_size: ranks of the group.
+        uses_gpus: whether the rank was given a GPU.
+        backend: torch.distributed backend.
+        collective_timeout_s: timeout of the rendezvous and collectives.
+        seed: torch seed before the model is built (the same on every rank, so freshly
+            initialised weights agree).
+    """
+
+    role: str
+    rank: int
+    world_size: int
+    uses_gpus: bool
+    backend: str
+    collective_timeout_s: float
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RankStepResult:
+    """One rank's view of a train step (the group reduces these into a ``TrainStepOutput``)."""
+
+    loss: float
+    grad_norm: float | None
+    learning_rate: float
+    num_rows: int
+    metrics: dict[str, float]
+
+
+class RankContext:
+    """The distributed plumbing of one rank: device, rendezvous, identity."""
+
+    def __init__(self, setup: RankSetup) -> None:
+        self.setup = setup
+        self.device = distributed.local_device(setup.uses_gpus)
+        self.joined = False
+
+    @property
+    def device_type(self) -> str:
+        """``"cuda"`` or ``"cpu"`` (for the DeepSpeed config)."""
+        return self.device.type
+
+    def master_address(self) -> tuple[str, int]:
+        """This node's address and a free port (asked of rank 0)."""
+        return distributed.node_ip(), distributed.free_port()
+
+    def join(self, master_addr: str, master_port: int) -> None:
+        """Join the group's world (blocks until every rank joined)."""
+        distributed.init_process_group(
+            master_addr,
+            master_port,
+            self.setup.rank,
+            self.setup.world_size,
+            self.setup.backend,
+            self.setup.collective_timeout_s,
+        )
+        self.joined = True
+        torch.manual_seed(self.setup.seed)
+
+    def info(self) -> RankInfo:
+        """Where this rank runs."""
+        import ray
+
+        return RankInfo(
+            role=self.setup.role,
+            rank=self.setup.rank,
+            world_size=self.setup.world_size,
+            node_id=ray.get_runtime_context().get_node_id(),
+            node_ip=distributed.node_ip(),
+            pid=os.getpid(),
+            device=str(self.device),
+            backend=self.setup.backend,
+        )
+
+
+def _to_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().item())
+    return float(value)
+
+
+def run_train_step(
+    engine: Any, spec: DeepSpeedSpec, batch: Any, loss_fn: LossFn, device: torch.device
+) -> RankStepResult:
+    """One optimizer step on this rank's shard: ``gradient_accumulation_steps`` micro-batches of
+    ``micro_batch_size_per_rank`` rows, each ``loss_fn(engine(ids, mask), micro_batch)``.
+
+    DeepSpeed divides each micro-batch loss by the accumulation steps and averages gradients over
+    ranks, so with equal shards and a per-row-mean loss the gradient is that of the global-batch
+    mean.
+
+    Raises:
+        ValueError: the shard does not have ``micro_batch_size_per_rank *
+            gradient_accumulation_steps`` rows, or ``loss_fn`` returns a non-scalar.
+    """
+    rows = batch_rows(batch)
+    expected = spec.rows_per_rank()
+    if rows != expected:
+        raise ValueError(
+            f"train_step got {rows} rows on this rank, expected deepspeed.micro_batch_size_per_rank"
+            f" ({spec.micro_batch_size_per_rank}) x deepspeed.gradient_accumulation_steps "
+            f"({spec.gradient_accumulation_steps}) = {expected}"
+        )
+    engine.train()
+    learning_rate = float(engine.get_lr()[0])
+    micro = spec.micro_batch_size_per_rank
+    losses: list[float] = []
+    metric_sums: dict[str, float] = {}
+    for index in range(spec.gradient_accumulation_steps):
+        micro_batch = batch_to(slice_batch(batch, index * micro, (index + 1) * micro), device)
+        input_ids, attention_mask = model_inputs(micro_batch)
+        outputs = engine(input_ids, attention_mask)
+        result = loss_fn(outputs, micro_batch)
+        loss, metrics = result if isinstance(result, tuple) else (result, {})
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError(
+                f"loss_fn must return a scalar tensor (or (loss, metrics)), got {type(loss).__name__}"
+                f"{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}"
+            )
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach().float().item()))
+        for key, value in metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + (_to_float(value) or 0.0)
+    count = spec.gradient_accumulation_steps
+    return RankStepResult(
+        loss=sum(losses) / count,
+        grad_norm=_to_float(engine.get_global_grad_norm()),
+        learning_rate=learning_rate,
+        num_rows=rows,
+        metrics={key: total / count for key, total in metric_sums.items()},
+    )
+
+
+def run_forward(engine: Any, batch: Any, device: torch.device) -> torch.Tensor:
+    """``engine(input_ids, attention_mask)`` on this rank's shard, in eval mode, no grad, on CPU."""
+    engine.eval()
+    batch = batch_to(batch, device)
+    input_ids, attention_mask = model_inputs(batch)
+    with torch.no_grad():
+        return engine(input_ids, attention_mask).float().cpu()
+
+
+def _checkpoint_train_engine(engine: Any, directory: str, tag: str | None) -> str:
+    engine.save_checkpoint(directory, tag=tag)
+    return tag if tag is not None else f"global_step{engine.global_steps}"
+
+
+def _load_train_engine(engine: Any, directory: str, tag: str | None) -> None:
+    load_path, _ = engine.load_checkpoint(
+        directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if load_path is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint found in {directory!r} (tag {tag!r})")
+
+
+def _latest_tag(directory: str, tag: str | None) -> str:
+    if tag is not None:
+        return tag
+    latest = Path(directory) / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(f"no checkpoint in {directory!r}: {latest} is missing; pass a tag")
+    return latest.read_text().strip()
+
+
+def _checkpoint_inference_engine(engine: Any, rank: int, directory: str, tag: str | None) -> str:
+    """Frozen weights only: rank 0 writes the full state dict (a collective under ZeRO-3)."""
+    tag = tag or "frozen"
+    state = full_state_dict(engine)
+    if rank == 0:
+        folder = Path(directory) / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(state, folder / INFERENCE_CHECKPOINT_FILE)
+        (Path(directory) / "latest").write_text(tag)
+    return tag
+
+
+def _load_inference_engine(engine: Any, rank: int, directory: str, tag: str | None) -> None:
+    path = Path(directory) / _latest_tag(directory, tag) / INFERENCE_CHECKPOINT_FILE
+    load_on_this_rank = rank == 0 or not is_zero3(engine)
+    if load_on_this_rank and not path.is_file():
+        raise FileNotFoundError(f"no inference checkpoint at {str(path)!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True) if load_on_this_rank else {}
+    load_full_state_dict(engine, state, source_rank=0)
+
+
+def _export(
+    engine: Any,
+    rank: int,
+    rebuild: Any,
+    save: Any,
+    directory: str,
+) -> str | None:
+    """Rank 0 writes the wrapped model in Hugging Face format; returns the folder there.
+
+    Under ZeRO-3 the full weights are gathered (every rank takes part) into a freshly built
+    model of the same structure on rank 0, cast to the engine's parameter dtype; otherwise
+    rank 0 saves its own full copy.
+    """
+    if not is_zero3(engine):
+        if rank == 0:
+            return str(save(engine.module.model, directory))
+        return None
+    state = full_state_dict(engine)
+    if rank != 0:
+        return None
+    model: nn.Module = rebuild()
+    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    model.load_state_dict(state, strict=True)
+    model.to(dtype=dtype)
+    return str(save(model, directory))
+
+
+class PolicyWorker:
+    """One rank of the policy: a DeepSpeed training engine around a causal LM.
+
+    Methods: ``generate`` (seeded, see :mod:`saferl.runtime.generation`), ``token_logprobs``,
+    ``train_step(batch, loss_fn)`` with ``loss_fn(token_logprobs (batch, seq_len), batch)``,
+    checkpoints, ``export_hf`` and ``state_dict``.
+    """
+
+    def __init__(
+        self,
+        setup: RankSetup,
+        model_spec: ModelSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        deepspeed_spec: DeepSpeedSpec,
+    ) -> None:
+        self.ctx = RankContext(setup)
+        self.model_spec = model_spec
+        self.tokenizer = tokenizer
+        self.spec = deepspeed_spec
+        self.engine: Any = None
+
+    def rank_info(self) -> RankInfo:
+        return self.ctx.info()
+
+    def master_address(self) -> tuple[str, int]:
+        return self.ctx.master_address()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        self.ctx.join(master_addr, master_port)
+        model = build_policy(self.model_spec, self.tokenizer).to(self.ctx.device)
+        self.engine = build_train_engine(
+            TokenLogprobsModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
+        )
+
+    def generate(self, prompts: PromptBatch, spec: GenerationSpec, row_offset: int) -> GenerationOutput:
+        """Responses for this rank's prompts ``(shard, prompt_len)``; rows are numbered from
+        ``row_offset`` for the per-row seeds."""
+        self.engine.eval()
+        synced = is_zero3(self.engine) and self.ctx.setup.world_size > 1
+        return generate_sequences(
+            self.engine.module.model,
+            prompts.to(self.ctx.device),
+            spec,
+            pad_token_id=int(self.tokenizer.pad_token_id),
+            eos_token_id=int(self.tokenizer.eos_token_id),
+            row_offset=row_offset,
+            synced_gpus=synced,
+        )
+
+    def token_logprobs(self, batch: Any) -> torch.Tensor:
+        """``(shard, seq_len)`` log-probs (position ``t``: ``log π(x_t | x_<t)``; 0 at padding)."""
+        return run_forward(self.engine, batch, self.ctx.device)
+
+    def train_step(self, batch: Any, loss_fn: LossFn) -> RankStepResult:
+        return run_train_step(self.engine, self.spec, batch, loss_fn, self.ctx.device)
+
+    def save_checkpoint(self, directory: str, tag: str | None) -> str:
+        return _checkpoint_train_engine(self.engine, directory, tag)
+
+    def load_checkpoint(self, directory: str, tag: str | None) -> None:
+        _load_train_engine(self.engine, directory, tag)
+
+    def export_hf(self, directory: str) -> str | None:
+        return _export(
+            self.engine,
+            self.ctx.setup.rank,
+            lambda: build_policy(self.model_spec, self.tokenizer),
+            lambda model, path: save_policy(model, self.tokenizer, path, overwrite=True),
+            directory,
+        )
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        """Full weights of the causal LM on CPU (a collective under ZeRO-3)."""
+        return full_state_dict(self.engine)
+
+
+class ReferenceWorker:
+    """One rank of the frozen reference policy: a DeepSpeed inference engine (ZeRO-3 partitions
+    its parameters when the spec's stage is 3). Methods: ``token_logprobs``, checkpoints,
+    ``state_dict``."""
+
+    def __init__(
+        self,
+        setup: RankSetup,
+        model_spec: ModelSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        deepspeed_spec: DeepSpeedSpec,
+    ) -> None:
+        self.ctx = RankContext(setup)
+        self.model_spec = model_spec
+        self.tokenizer = tokenizer
+        self.spec = deepspeed_spec
+        self.engine: Any = None
+
+    def rank_info(self) -> RankInfo:
+        return self.ctx.info()
+
+    def master_address(self) -> tuple[str, int]:
+        return self.ctx.master_address()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        self.ctx.join(master_addr, master_port)
+        model = build_policy(self.model_spec, self.tokenizer).to(self.ctx.device)
+        self.engine = build_inference_engine(
+            TokenLogprobsModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
+        )
+
+    def token_logprobs(self, batch: Any) -> torch.Tensor:
+        """``(shard, seq_len)`` reference log-probs."""
+        return run_forward(self.engine, batch, self.ctx.device)
+
+    def save_checkpoint(self, directory: str, tag: str | None) -> str:
+        return _checkpoint_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
+
+    def load_checkpoint(self, directory: str, tag: str | None) -> None:
+        _load_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        return full_state_dict(self.engine)
+
+
+class ScoreWorker:
+    """One rank of a reward or cost model: a DeepSpeed inference engine around a score model.
+    Methods: ``end_scores`` ``(shard, m)``, checkpoints, ``export_hf``, ``state_dict``."""
+
+    def __init__(
+        self,
+        setup: RankSetup,
+        model_spec: ModelSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        deepspeed_spec: DeepSpeedSpec,
+        num_outputs: int = 1,
+        kind: str | None = None,
+    ) -> None:
+        self.ctx = RankContext(setup)
+        self.model_spec = model_spec
+        self.tokenizer = tokenizer
+        self.spec = deepspeed_spec
+        self.num_outputs = num_outputs
+        self.kind = kind
+        self.engine: Any = None
+
+    def rank_info(self) -> RankInfo:
+        return self.ctx.info()
+
+    def master_address(self) -> tuple[str, int]:
+        return self.ctx.master_address()
+
+    def _build(self) -> nn.Module:
+        return build_score_model(self.model_spec, self.tokenizer, num_outputs=self.num_outputs)
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        self.ctx.join(master_addr, master_port)
+        model = self._build().to(self.ctx.device)
+        self.engine = build_inference_engine(
+            EndScoresModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
+        )
+
+    def end_scores(self, batch: Any) -> torch.Tensor:
+        """``(shard, m)`` scores at each row's last real token."""
+        return run_forward(self.engine, batch, self.ctx.device)
+
+    def save_checkpoint(self, directory: str, tag: str | None) -> str:
+        return _checkpoint_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
+
+    def load_checkpoint(self, directory: str, tag: str | None) -> None:
+        _load_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
+
+    def export_hf(self, directory: str) -> str | None:
+        return _export(
+            self.engine,
+            self.ctx.setup.rank,
+            self._build,
+            lambda model, path: save_score_model(
+                model, self.tokenizer, path, kind=self.kind, overwrite=True
+            ),
+            directory,
+        )
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        return full_state_dict(self.engine)
+
+
+class CriticWorker:
+    """One rank of a reward or cost critic: a DeepSpeed training engine around a one-output score
+    model read at every position. Methods: ``values`` ``(shard, seq_len)``,
+    ``train_step(batch, loss_fn)`` with ``loss_fn(values (batch, seq_len), batch)``, checkpoints,
+    ``export_hf``, ``state_dict``."""
+
+    def __init__(
+        self,
+        setup: RankSetup,
+        model_spec: ModelSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        deepspeed_spec: DeepSpeedSpec,
+        init_from: str | None = None,
+        init_output_index: int | None = None,
+    ) -> None:
+        self.ctx = RankContext(setup)
+        self.model_spec = model_spec
+        self.tokenizer = tokenizer
+        self.spec = deepspeed_spec
+        self.init_from = init_from
+        self.init_output_index = init_output_index
+        self.engine: Any = None
+
+    def rank_info(self) -> RankInfo:
+        return self.ctx.info()
+
+    def master_address(self) -> tuple[str, int]:
+        return self.ctx.master_address()
+
+    def _build(self) -> nn.Module:
+        return build_critic(
+            self.model_spec,
+            self.tokenizer,
+            init_from=self.init_from,
+            init_output_index=self.init_output_index,
+        )
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        self.ctx.join(master_addr, master_port)
+        model = self._build().to(self.ctx.device)
+        self.engine = build_train_engine(
+            ValuesModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
+        )
+
+    def values(self, batch: Any) -> torch.Tensor:
+        """``(shard, seq_len)`` values ``V_t``."""
+        return run_forward(self.engine, batch, self.ctx.device)
+
+    def train_step(self, batch: Any, loss_fn: LossFn) -> RankStepResult:
+        return run_train_step(self.engine, self.spec, batch, loss_fn, self.ctx.device)
+
+    def save_checkpoint(self, directory: str, tag: str | None) -> str:
+        return _checkpoint_train_engine(self.engine, directory, tag)
+
+    def load_checkpoint(self, directory: str, tag: str | None) -> None:
+        _load_train_engine(self.engine, directory, tag)
+
+    def export_hf(self, directory: str) -> str | None:
+        return _export(
+            self.engine,
+            self.ctx.setup.rank,
+            self._build,
+            lambda model, path: save_score_model(
+                model, self.tokenizer, path, kind="critic", overwrite=True
+            ),
+            directory,
+        )
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        return full_state_dict(self.engine)
