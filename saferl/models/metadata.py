@@ -13,10 +13,11 @@ Both are ignored by transformers itself, so the checkpoint still loads with
 from __future__ import annotations
 
 from torch import nn
+from transformers import PretrainedConfig
 
 from saferl.models.scoring import unwrap_model
 
-__all__ = ["SCORE_KINDS", "score_model_kind", "set_score_metadata"]
+__all__ = ["SCORE_KINDS", "score_model_kind", "set_config_score_metadata", "set_score_metadata"]
 
 #: The kinds of score model saferl records. ``"score"`` is a score model of unstated use.
 SCORE_KINDS: tuple[str, ...] = ("reward", "cost", "critic", "score")
@@ -28,9 +29,17 @@ def set_score_metadata(model: nn.Module, kind: str, num_outputs: int) -> None:
     Raises:
         ValueError: when ``kind`` is not one of :data:`SCORE_KINDS`.
     """
+    set_config_score_metadata(unwrap_model(model).config, kind, num_outputs)
+
+
+def set_config_score_metadata(config: PretrainedConfig, kind: str, num_outputs: int) -> None:
+    """:func:`set_score_metadata` on a bare config (e.g. to relabel a saved checkpoint).
+
+    Raises:
+        ValueError: when ``kind`` is not one of :data:`SCORE_KINDS`.
+    """
     if kind not in SCORE_KINDS:
         raise ValueError(f"score model kind must be one of {list(SCORE_KINDS)}, got {kind!r}")
-    config = unwrap_model(model).config
     if num_outputs == 1:
         labels = [kind]
     else:

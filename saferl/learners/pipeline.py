@@ -1,0 +1,358 @@
+"""The whole Safe RLHF pipeline on the built-in world, the default ``saferl`` job.
+
+1. write the world's datasets (PKU-SafeRLHF format) and load them back with the normal loaders;
+2. SFT a tiny policy on the demonstrations (the reference policy);
+3. train the reward model and 4. the cost model on the preference pairs (held-out accuracies);
+5. PPO-Lagrangian from the SFT policy with the learned (or oracle) scorers;
+6. evaluate exactly: enumerate every response of the reference and the trained policy and
+   compare them with the exact constrained optimum of the same problem.
+
+Every stage runs through the runtime (Ray actor groups, DeepSpeed engines); each stage's groups are
+shut down before the next starts. Outputs (datasets, exported models, checkpoints, metrics) go
+under ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from saferl.core.multipliers import build_multiplier
+from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
+from saferl.data.world import (
+    PolicyScore,
+    ReferenceConfig,
+    build_exact_world,
+    build_world_tokenizer,
+    enumerate_policy_logprobs,
+    world_model_spec,
+    write_world_datasets,
+)
+from saferl.data.world.exact import MAX_RESPONSE_TOKENS
+from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
+from saferl.learners.ppo_lag import PPOLagrangian, PPOSettings, PromptSchedule
+from saferl.learners.rollout import ExperienceMaker
+from saferl.learners.score_model import (
+    evaluate_score_model,
+    relabel_saved_score_model,
+    train_score_model,
+)
+from saferl.learners.scorers import AffineScorer, ModelScorer, WorldOracleScorer, fit_affine
+from saferl.learners.sft import run_sft
+from saferl.models import ModelSpec, load_policy
+from saferl.runtime import (
+    CriticGroup,
+    DeepSpeedSpec,
+    GenerationSpec,
+    GroupSpec,
+    PolicyGroup,
+    ReferenceGroup,
+    RuntimeSpec,
+    ScoreGroup,
+    init_ray,
+)
+from saferl.tracking import NullTracker, Tracker
+
+__all__ = ["StageSettings", "PipelineSettings", "PipelineResult", "run_pipeline"]
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One training stage (SFT, reward model, cost model).
+
+    Attributes:
+        steps: optimizer steps; rows_per_step: rows (SFT) or pairs (score models) per step.
+        learning_rate: AdamW learning rate (constant).
+    """
+
+    steps: int
+    rows_per_step: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything the default pipeline needs (the CLI builds it from the config).
+
+    Attributes:
+        world_beta, cost_limit: the world's KL coefficient β and cost limit d.
+        reference: shape of the tiny policy (its SFT steps come from ``sft``).
+        num_sft, num_pairs_train, num_pairs_test, label_temperature: the world's datasets.
+        sft, reward_model, cost_model: the three training stages.
+        ppo: the PPO-Lagrangian loop (its ``kl_coeff`` should be β to target the same problem).
+        policy_learning_rate, critic_learning_rate: PPO's AdamW rates.
+        multiplier: keyword arguments of :func:`saferl.core.multipliers.build_multiplier`
+            (``kind`` plus its options); the limit is ``cost_limit``.
+        scorers: ``"learned"`` (the trained reward and cost models) or ``"oracle"`` (the world's
+            ground truth).
+        calibrate_scorers: map each learned model affinely into ground-truth units, fitted on the
+            held-out responses (see :func:`~saferl.learners.scorers.fit_affine`), so that β and the
+            limit mean what they mean in the exact optimum. Without it the learned run optimises
+            in its models' own units, and ``cost_limit`` is read in the cost model's units.
+        score_regularization: η of the score losses.
+        runtime, zero_stage, num_ranks, cpus_per_rank: where and how the groups run.
+        seed: seeds data, initialisation, sampling.
+    """
+
+    world_beta: float
+    cost_limit: float
+    reference: ReferenceConfig
+    num_sft: int
+    num_pairs_train: int
+    num_pairs_test: int
+    label_temperature: float
+    sft: StageSettings
+    reward_model: StageSettings
+    cost_model: StageSettings
+    ppo: PPOSettings
+    policy_learning_rate: float
+    critic_learning_rate: float
+    multiplier: dict = field(default_factory=lambda: {"kind": "log_gradient_ascent"})
+    scorers: str = "learned"
+    calibrate_scorers: bool = True
+    score_regularization: float = 0.001
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
+    zero_stage: int = 2
+    num_ranks: int = 1
+    cpus_per_rank: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scorers not in ("learned", "oracle"):
+            raise ValueError(f"job.scorers must be 'learned' or 'oracle'; found {self.scorers!r}")
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What the pipeline measured.
+
+    Attributes:
+        reference, trained, optimum: exact scores of the SFT reference, the PPO-Lagrangian policy
+            and the exact constrained optimum (ground truth).
+        multiplier, optimal_multiplier: the learner's final λ and the exact λ*.
+        reward_model, cost_model: held-out accuracies.
+        stage_seconds: wall seconds per stage.
+        history: the PPO-Lagrangian metrics per iteration.
+        calibration: the affine maps of the learned scorers into ground-truth units (if any).
+    """
+
+    reference: PolicyScore
+    trained: PolicyScore
+    optimum: PolicyScore
+    multiplier: list[float]
+    optimal_multiplier: list[float]
+    reward_model: dict[str, float]
+    cost_model: dict[str, float]
+    stage_seconds: dict[str, float]
+    history: list[dict[str, float]]
+    calibration: dict[str, dict[str, float]]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {key: (asdict(value) if isinstance(value, PolicyScore) else value) for key, value in self.__dict__.items()},
+            indent=2,
+        )
+
+
+def run_pipeline(
+    settings: PipelineSettings,
+    output_dir: str | Path,
+    tracker: Tracker | None = None,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> PipelineResult:
+    """Run stages 1–6 of the module docstring; ``progress(stage, step, total, metrics)`` reports."""
+    tracker = tracker or NullTracker()
+    report = progress or (lambda stage, step, total, metrics: None)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    init_ray(settings.runtime)
+    tokenizer = build_world_tokenizer()
+    group = GroupSpec(num_ranks=settings.num_ranks, cpus_per_rank=settings.cpus_per_rank)
+
+    def deepspeed(learning_rate: float, rows_per_step: int) -> DeepSpeedSpec:
+        if rows_per_step % settings.num_ranks:
+            raise ValueError(
+                f"{rows_per_step} rows per step do not divide over runtime.num_ranks={settings.num_ranks}"
+            )
+        return DeepSpeedSpec(
+            zero_stage=settings.zero_stage, learning_rate=learning_rate, weight_decay=0.0,
+            micro_batch_size_per_rank=rows_per_step // settings.num_ranks, gradient_clipping=1.0,
+        )
+
+    # 1. The world's datasets, through the normal loaders.
+    clock = time.perf_counter()
+    paths = write_world_datasets(
+        output / "data", seed=settings.seed, num_sft=settings.num_sft, num_pairs_train=settings.num_pairs_train,
+        num_pairs_test=settings.num_pairs_test, temperature=settings.label_temperature, overwrite=True,
+    )
+    sft_examples = load_sft_dataset(str(paths.sft)).records
+    train_pairs = load_preference_dataset(str(paths.preferences_train)).records
+    test_pairs = load_preference_dataset(str(paths.preferences_test)).records
+    prompts = [record.prompt for record in load_prompt_dataset(str(paths.prompts)).records]
+    seconds["data"] = time.perf_counter() - clock
+
+    # 2. SFT of the reference policy.
+    clock = time.perf_counter()
+    sft_dir = output / "models" / "sft"
+    torch.manual_seed(settings.seed)
+    policy = PolicyGroup(
+        world_model_spec(settings.reference, tokenizer), tokenizer,
+        deepspeed(settings.sft.learning_rate, settings.sft.rows_per_step), group, settings.runtime,
+        role="sft", seed=settings.seed,
+    )
+    try:
+        run_sft(
+            policy, sft_examples, tokenizer, steps=settings.sft.steps, rows_per_step=settings.sft.rows_per_step,
+            max_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE, seed=settings.seed, tracker=tracker,
+            progress=lambda step, metrics: report("sft", step, settings.sft.steps, metrics),
+        )
+        policy.export_hf(sft_dir)
+    finally:
+        policy.shutdown()
+    seconds["sft"] = time.perf_counter() - clock
+
+    # 3–4. Reward and cost models, initialised from the SFT backbone.
+    score_dirs, score_metrics = {}, {}
+    for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
+        clock = time.perf_counter()
+        critic = CriticGroup(
+            ModelSpec(name_or_path=str(sft_dir)), tokenizer, deepspeed(stage.learning_rate, 2 * stage.rows_per_step),
+            group, settings.runtime, role=f"{kind}_model", seed=settings.seed,
+        )
+        try:
+            train_score_model(
+                critic, train_pairs, kind, tokenizer, steps=stage.steps, pairs_per_step=stage.rows_per_step,
+                max_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE,
+                score_regularization=settings.score_regularization, seed=settings.seed, tracker=tracker,
+                progress=lambda step, metrics, kind=kind, stage=stage: report(f"{kind}_model", step, stage.steps, metrics),
+            )
+            score_metrics[kind] = evaluate_score_model(
+                critic, test_pairs, kind, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE,
+                rows_per_call=2 * stage.rows_per_step, truth=world_truth(kind),
+            )
+            score_dirs[kind] = output / "models" / f"{kind}_model"
+            critic.export_hf(score_dirs[kind])
+            relabel_saved_score_model(score_dirs[kind], kind)
+        finally:
+            critic.shutdown()
+        tracker.log({f"{kind}_model/test_{k}": v for k, v in score_metrics[kind].items()}, step=0)
+        seconds[f"{kind}_model"] = time.perf_counter() - clock
+
+    # 5. PPO-Lagrangian.
+    clock = time.perf_counter()
+    ppo = settings.ppo
+    sft_spec = ModelSpec(name_or_path=str(sft_dir))
+    policy_rows = ppo.prompts_per_iteration  # one optimizer step per rollout and epoch
+    groups = []
+    calibration: dict[str, dict[str, float]] = {}
+    try:
+        policy = PolicyGroup(sft_spec, tokenizer, deepspeed(settings.policy_learning_rate, policy_rows), group,
+                             settings.runtime, role="policy", seed=settings.seed)
+        groups.append(policy)
+        reference = ReferenceGroup(sft_spec, tokenizer, deepspeed(0.0, policy_rows), group, settings.runtime,
+                                   role="reference", seed=settings.seed)
+        groups.append(reference)
+        critics = []
+        for kind in ("reward", "cost"):
+            critic = CriticGroup(
+                sft_spec, tokenizer, deepspeed(settings.critic_learning_rate, policy_rows), group, settings.runtime,
+                init_from=str(score_dirs[kind]), role=f"{kind}_critic", seed=settings.seed,
+            )
+            groups.append(critic)
+            critics.append(critic)
+        if settings.scorers == "learned":
+            scorers = []
+            for kind in ("reward", "cost"):
+                score_group = ScoreGroup(
+                    ModelSpec(name_or_path=str(score_dirs[kind])), tokenizer, deepspeed(0.0, policy_rows), group,
+                    settings.runtime, num_outputs=1, kind=kind, role=kind, seed=settings.seed,
+                )
+                groups.append(score_group)
+                scorer = ModelScorer(score_group)
+                if settings.calibrate_scorers:
+                    scale, shift = calibrate(score_group, test_pairs, world_truth(kind), tokenizer, settings.num_ranks)
+                    calibration[kind] = {"scale": scale, "shift": shift}
+                    scorer = AffineScorer(scorer, scale, shift)
+                scorers.append(scorer)
+        else:
+            scorers = [WorldOracleScorer("reward", tokenizer), WorldOracleScorer("cost", tokenizer)]
+        maker = ExperienceMaker(
+            policy=policy, reference=reference, reward_scorer=scorers[0], cost_scorers=[scorers[1]],
+            reward_critic=critics[0], cost_critics=[critics[1]], tokenizer=tokenizer,
+            generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS, temperature=1.0, top_k=0, top_p=1.0),
+            max_prompt_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE,
+        )
+        multiplier_options = dict(settings.multiplier)
+        multiplier = build_multiplier(multiplier_options.pop("kind"), settings.cost_limit, **multiplier_options)
+        learner = PPOLagrangian(
+            maker, critics[0], [critics[1]], multiplier,
+            PromptSchedule(prompts, ppo.prompts_per_iteration, settings.seed), ppo,
+            policy_rows_per_step=policy_rows, critic_rows_per_step=policy_rows, tracker=tracker,
+        )
+        history = learner.run(progress=lambda step, metrics: report("ppo_lag", step, ppo.iterations, metrics))
+        learner.save(output / "checkpoints" / "ppo_lag")
+        policy_dir = policy.export_hf(output / "models" / "policy")
+        final_multiplier = [float(v) for v in multiplier.value]
+    finally:
+        for running in groups:
+            running.shutdown()
+    seconds["ppo_lag"] = time.perf_counter() - clock
+
+    # 6. Exact evaluation against the exact optimum of the same problem.
+    clock = time.perf_counter()
+    reference_model, _ = load_policy(sft_dir)
+    trained_model, _ = load_policy(policy_dir)
+    world = build_exact_world(reference_model.eval(), tokenizer, settings.world_beta, settings.cost_limit)
+    trained = world.score(enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts))
+    optimum = world.optimum()
+    seconds["evaluation"] = time.perf_counter() - clock
+    result = PipelineResult(
+        reference=world.score(world.ref_logprobs),
+        trained=trained,
+        optimum=world.score(world.optimal_logprobs()),
+        multiplier=final_multiplier,
+        optimal_multiplier=[float(v) for v in optimum.multiplier],
+        reward_model=score_metrics["reward"],
+        cost_model=score_metrics["cost"],
+        stage_seconds=seconds,
+        history=history,
+        calibration=calibration,
+    )
+    (output / "result.json").write_text(result.to_json() + "\n")
+    tracker.log({"eval/normalised_gap": trained.normalised_gap, "eval/violation": trained.violation,
+                 "eval/expected_cost": trained.expected_cost, "eval/expected_reward": trained.expected_reward,
+                 "eval/kl": trained.kl}, step=ppo.iterations)
+    return result
+
+
+def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int) -> tuple[float, float]:
+    """Fit the affine map of a score group's outputs to the ground truth on held-out responses."""
+    from saferl.data.collators import collate_sequences
+
+    unique = sorted({(pair.prompt, response) for pair in pairs for response in (pair.response_0, pair.response_1)})
+    unique = unique[: len(unique) - len(unique) % num_ranks]
+    batch = collate_sequences([p for p, _ in unique], [r for _, r in unique], tokenizer, MAX_SEQUENCE_LENGTH,
+                              template=WORLD_TEMPLATE)
+    model_scores = score_group.end_scores(batch)[:, 0]
+    true_scores = torch.tensor([truth(p, r) for p, r in unique])
+    return fit_affine(model_scores, true_scores)
+
+
+def world_truth(kind: str) -> Callable[[str, str], float]:
+    """The world's ground-truth reward or cost of a (prompt, response text) pair."""
+    from saferl.data.world import ground_truth_cost, ground_truth_reward, world_prompts
+
+    prompts = {prompt.text: prompt for prompt in world_prompts()}
+    function = ground_truth_reward if kind == "reward" else ground_truth_cost
+    return lambda prompt, response: function(prompts[prompt], response.split())
+
+
+def with_overrides(settings: PipelineSettings, **changes) -> PipelineSettings:
+    """A copy of ``settings`` with some fields replaced (for tests and benchmarks)."""
+    return replace(settings, **changes)

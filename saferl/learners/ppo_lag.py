@@ -1,0 +1,309 @@
+"""Safe RLHF: PPO-Lagrangian with reward and cost critics (ALGORITHMS.md §2), and its two baselines.
+
+One loop, three configurations (no copies):
+
+* ``ppo_lag``: ``m ≥ 1`` costs, a learned multiplier (gradient ascent on log λ, or PID);
+* ``ppo``: no cost (``m = 0``, no multiplier) — the RLHF baseline; with a
+  :class:`~saferl.learners.scorers.ShapedRewardScorer` as its reward it is the fixed-λ
+  reward-shaping baseline ``r − λc``;
+* MoCAN's PPO stage: ``ppo_lag`` with a :class:`~saferl.core.multipliers.FixedMultiplier` at λ*.
+
+Each iteration, in this order:
+
+1. generate one response per prompt from the policy group;
+2. score them with the reward and cost scorers, get the reference log-probs and the critics'
+   values (steps 1–2: the shared experience maker);
+3. build the per-token reward and cost streams (KL penalty + end scores, clipped);
+4. GAE per stream, each with its own critic;
+5. PPO update of the policy with the combined advantage ``(A_r − Σ λ_j A_cj)/(1 + Σ λ_j)``;
+6. update each critic (clipped value loss);
+7. update the multiplier from the raw cost scores of this rollout (its window averages them;
+   the driver holds every rank's scores, so this is the average over ranks);
+8. log.
+
+Departures from the published code: the multiplier is updated after the PPO step of the same
+iteration with the costs of that iteration's rollout (the published code updates it before the
+actor step); the KL-in-cost-stream term can be switched off (``kl_in_cost_stream``, see
+:func:`~saferl.learners.advantages.compute_advantages`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from saferl.core.multipliers import Multiplier
+from saferl.core.ppo import explained_variance
+from saferl.learners.advantages import compute_advantages
+from saferl.learners.ppo_update import minibatch_steps, sft_loss, update_critic, update_policy
+from saferl.learners.rollout import ExperienceMaker
+from saferl.learners.types import SFTTrainBatch
+from saferl.tracking import NullTracker, Tracker
+
+__all__ = ["PPOSettings", "PromptSchedule", "PPOLagrangian"]
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """Hyper-parameters of the PPO(-Lagrangian) loop (published Safe RLHF values in brackets).
+
+    Attributes:
+        iterations: rollouts (and updates) in the run.
+        prompts_per_iteration: rollout batch, one response per prompt.
+        kl_coeff: β of the per-token KL penalty [0.01].
+        clip_range_score: per-token streams clipped to ± this [50].
+        gamma: GAE discount [1]; gae_lambda: λ_GAE [0.95].
+        clip_eps: PPO ratio clip ε [0.2]; clip_eps_value: critic clip ε_v [5].
+        ppo_epochs: passes over each rollout [1].
+        kl_in_cost_stream: the published ``+β kl`` in the cost streams [True].
+        ptx_coeff: weight of the SFT loss on the PTX set after each actor step [0 by default].
+        seed: seeds prompt order and sampling.
+    """
+
+    iterations: int
+    prompts_per_iteration: int
+    kl_coeff: float = 0.01
+    clip_range_score: float = 50.0
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    clip_eps_value: float = 5.0
+    ppo_epochs: int = 1
+    kl_in_cost_stream: bool = True
+    ptx_coeff: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("iterations", "prompts_per_iteration", "ppo_epochs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"learner.{key} must be >= 1; found {getattr(self, key)}")
+        if self.kl_coeff < 0:
+            raise ValueError(f"learner.kl_coeff must be >= 0; found {self.kl_coeff}")
+        for key in ("clip_range_score", "clip_eps", "clip_eps_value"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"learner.{key} must be > 0; found {getattr(self, key)}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError(f"learner.gamma and learner.gae_lambda must be in [0, 1]; found {self.gamma}, {self.gae_lambda}")
+        if self.ptx_coeff < 0:
+            raise ValueError(f"learner.ptx_coeff must be >= 0; found {self.ptx_coeff}")
+
+
+class PromptSchedule:
+    """Which prompts iteration ``k`` uses: a fresh seeded permutation of the prompt set per pass.
+
+    Stateless given ``(seed, k)``, so a resumed run sees exactly the prompts the uninterrupted run
+    would have seen (the data position is the iteration number).
+    """
+
+    def __init__(self, prompts: Sequence[str], batch_size: int, seed: int) -> None:
+        if not prompts:
+            raise ValueError("the prompt set is empty")
+        self.prompts = list(prompts)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def _pass(self, index: int) -> list[str]:
+        order = list(range(len(self.prompts)))
+        random.Random(self.seed * 1_000_003 + index).shuffle(order)
+        return [self.prompts[i] for i in order]
+
+    def batch(self, iteration: int) -> list[str]:
+        """The ``batch_size`` prompts of ``iteration`` (0-based)."""
+        start = iteration * self.batch_size
+        prompts: list[str] = []
+        while len(prompts) < self.batch_size:
+            index, offset = divmod(start + len(prompts), len(self.prompts))
+            prompts.extend(self._pass(index)[offset : offset + self.batch_size - len(prompts)])
+        return prompts
+
+
+class PPOLagrangian:
+    """The PPO-Lagrangian loop over runtime groups (see the module docstring for the steps).
+
+    Args:
+        maker: the experience maker (policy, reference, scorers, critics).
+        reward_critic: the reward critic group (trained in step 6).
+        cost_critics: one critic group per cost column.
+        multiplier: the Lagrange multiplier (``None`` only when there is no cost).
+        schedule: prompts per iteration.
+        settings: hyper-parameters.
+        policy_rows_per_step: rows of one actor optimizer step (the policy's DeepSpeed train batch).
+        critic_rows_per_step: rows of one critic optimizer step.
+        tracker: where metrics go.
+        ptx_batches: an optional callable ``iteration -> SFTTrainBatch`` of supervised rows for the
+            PTX loss (used when ``settings.ptx_coeff > 0``).
+    """
+
+    def __init__(
+        self,
+        maker: ExperienceMaker,
+        reward_critic,
+        cost_critics: Sequence,
+        multiplier: Multiplier | None,
+        schedule: PromptSchedule,
+        settings: PPOSettings,
+        policy_rows_per_step: int,
+        critic_rows_per_step: int,
+        tracker: Tracker | None = None,
+        ptx_batches=None,
+    ) -> None:
+        num_costs = sum(scorer.num_outputs for scorer in maker.cost_scorers)
+        if num_costs > 0 and multiplier is None:
+            raise ValueError("ppo_lag: costs are scored but no multiplier is configured (learner.multiplier)")
+        if multiplier is not None and multiplier.num_constraints != num_costs:
+            raise ValueError(
+                f"ppo_lag: the multiplier has {multiplier.num_constraints} constraint(s) but the cost "
+                f"scorers give {num_costs} cost column(s)"
+            )
+        if settings.ptx_coeff > 0 and ptx_batches is None:
+            raise ValueError("ppo_lag: learner.ptx_coeff > 0 needs a PTX data set")
+        self.maker = maker
+        self.reward_critic = reward_critic
+        self.cost_critics = list(cost_critics)
+        self.multiplier = multiplier
+        self.schedule = schedule
+        self.settings = settings
+        self.policy_rows_per_step = policy_rows_per_step
+        self.critic_rows_per_step = critic_rows_per_step
+        self.tracker = tracker or NullTracker()
+        self.ptx_batches = ptx_batches
+        self.iteration = 0  # iterations completed
+
+    # ------------------------------------------------------------------------------------------
+    def multiplier_value(self) -> torch.Tensor:
+        """Current λ, shape ``(m,)`` (empty without costs)."""
+        if self.multiplier is None:
+            return torch.zeros(0, dtype=torch.float64)
+        return self.multiplier.value
+
+    def step(self) -> dict[str, float]:
+        """Run one iteration (steps 1–8); returns its metrics."""
+        s = self.settings
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        # 1–2. Rollout: generate, score, reference log-probs, critic values.
+        prompts = self.schedule.batch(self.iteration)
+        experience = self.maker.make(prompts, seed=s.seed * 1_000_003 + self.iteration)
+        timings["perf/rollout_s"] = time.perf_counter() - clock
+
+        # 3–4. Per-token streams and GAE per stream; the combined advantage uses λ of this rollout.
+        clock = time.perf_counter()
+        multiplier = self.multiplier_value().detach().clone()
+        advantages = compute_advantages(
+            experience, multiplier, s.kl_coeff, s.clip_range_score, s.gamma, s.gae_lambda, s.kl_in_cost_stream
+        )
+        timings["perf/advantages_s"] = time.perf_counter() - clock
+
+        # 5. PPO update of the policy (optionally followed by the PTX step).
+        clock = time.perf_counter()
+        policy_metrics = update_policy(
+            self.maker.policy, experience, advantages, s.clip_eps, self.policy_rows_per_step, s.ppo_epochs
+        )
+        if s.ptx_coeff > 0:
+            ptx_batch: SFTTrainBatch = self.ptx_batches(self.iteration)
+            from functools import partial
+
+            policy_metrics["ptx_loss"] = minibatch_steps(
+                self.maker.policy, ptx_batch, partial(sft_loss, coefficient=s.ptx_coeff), self.policy_rows_per_step
+            )["loss"]
+        timings["perf/policy_update_s"] = time.perf_counter() - clock
+
+        # 6. Critic updates, each on its own stream's returns.
+        clock = time.perf_counter()
+        critic_metrics = {}
+        reward_critic = update_critic(
+            self.reward_critic, experience, experience.reward_values, advantages.reward_returns,
+            s.clip_eps_value, self.critic_rows_per_step, s.ppo_epochs,
+        )
+        critic_metrics["critic/reward_loss"] = reward_critic["loss"]
+        critic_metrics["critic/reward_explained_variance"] = explained_variance(
+            experience.reward_values, advantages.reward_returns, experience.response_mask
+        ).item()
+        for j, critic in enumerate(self.cost_critics):
+            cost_critic = update_critic(
+                critic, experience, experience.cost_values[..., j], advantages.cost_returns[..., j],
+                s.clip_eps_value, self.critic_rows_per_step, s.ppo_epochs,
+            )
+            critic_metrics[f"critic/cost_{j}_loss"] = cost_critic["loss"]
+            critic_metrics[f"critic/cost_{j}_explained_variance"] = explained_variance(
+                experience.cost_values[..., j], advantages.cost_returns[..., j], experience.response_mask
+            ).item()
+        timings["perf/critic_update_s"] = time.perf_counter() - clock
+
+        # 7. Multiplier update from this rollout's raw cost scores (no KL, no clipping).
+        constraint_metrics = {}
+        if self.multiplier is not None:
+            self.multiplier.update(experience.cost_scores.double())
+            estimate = self.multiplier.constraint_estimate
+            for j in range(self.multiplier.num_constraints):
+                constraint_metrics[f"constraint/estimate_{j}"] = float(estimate[j])
+                constraint_metrics[f"constraint/limit_{j}"] = float(self.multiplier.cost_limit[j])
+                constraint_metrics[f"constraint/violation_{j}"] = float(estimate[j] - self.multiplier.cost_limit[j])
+                constraint_metrics[f"multiplier/value_{j}"] = float(self.multiplier.value[j])
+                constraint_metrics[f"multiplier/used_{j}"] = float(multiplier[j])
+
+        # 8. Log.
+        self.iteration += 1
+        mask = experience.response_mask
+        kl_per_sequence = ((experience.old_logprobs - experience.ref_logprobs) * mask).sum(-1)
+        metrics = {
+            "rollout/response_length": mask.sum(-1).float().mean().item(),
+            "rollout/kl": kl_per_sequence.mean().item(),
+            "reward/score": experience.reward_scores.mean().item(),
+            **{f"cost/score_{j}": experience.cost_scores[:, j].mean().item() for j in range(experience.num_constraints)},
+            **{f"policy/{key}": value for key, value in policy_metrics.items()},
+            **critic_metrics,
+            **constraint_metrics,
+            **timings,
+            "perf/samples_per_s": experience.batch_size / max(1e-9, sum(timings.values())),
+        }
+        self.tracker.log(metrics, step=self.iteration)
+        return metrics
+
+    def run(self, progress=None) -> list[dict[str, float]]:
+        """Iterate until ``settings.iterations`` iterations are done; returns each one's metrics."""
+        history = []
+        while self.iteration < self.settings.iterations:
+            history.append(self.step())
+            if progress is not None:
+                progress(self.iteration, history[-1])
+        return history
+
+    # ------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Checkpoint everything a resumed run needs: the policy, the critics (weights, optimizer
+        and scheduler states), the multiplier state and the iteration count (which fixes the
+        data position and the sampling seeds)."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.maker.policy.save_checkpoint(folder / "policy")
+        self.reward_critic.save_checkpoint(folder / "reward_critic")
+        for j, critic in enumerate(self.cost_critics):
+            critic.save_checkpoint(folder / f"cost_critic_{j}")
+        torch.save(
+            {"iteration": self.iteration, "multiplier": None if self.multiplier is None else self.multiplier.state_dict()},
+            folder / "learner_state.pt",
+        )
+        (folder / "settings.json").write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+
+    def load(self, directory: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save` into this learner's groups."""
+        folder = Path(directory)
+        state_path = folder / "learner_state.pt"
+        if not state_path.exists():
+            raise FileNotFoundError(f"no ppo_lag checkpoint in {folder} (missing {state_path.name})")
+        self.maker.policy.load_checkpoint(folder / "policy")
+        self.reward_critic.load_checkpoint(folder / "reward_critic")
+        for j, critic in enumerate(self.cost_critics):
+            critic.load_checkpoint(folder / f"cost_critic_{j}")
+        state = torch.load(state_path, weights_only=True)
+        self.iteration = int(state["iteration"])
+        if self.multiplier is not None:
+            self.multiplier.load_state_dict(state["multiplier"])

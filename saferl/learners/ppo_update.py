@@ -1,0 +1,110 @@
+"""The PPO update shared by every on-policy learner: actor and critic steps through the runtime.
+
+The loss functions are module-level (they travel to the ranks by pickle) and return a mean over
+the micro-batch's rows, so DeepSpeed's averaging over micro-batches and ranks gives the global
+batch's loss. Diagnostics are averaged over all minibatches of the update, not the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from saferl.core.masked import masked_mean
+from saferl.core.ppo import approx_kl, clip_fraction, ppo_policy_loss, ppo_value_loss
+from saferl.learners.rollout import values_before_tokens
+from saferl.learners.types import (
+    Advantages,
+    CriticTrainBatch,
+    Experience,
+    PolicyTrainBatch,
+    SFTTrainBatch,
+)
+from saferl.runtime.batching import batch_rows, slice_batch
+
+__all__ = [
+    "actor_loss",
+    "critic_loss",
+    "sft_loss",
+    "minibatch_steps",
+    "update_policy",
+    "update_critic",
+]
+
+
+def actor_loss(
+    logprobs: torch.Tensor, batch: PolicyTrainBatch, clip_eps: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (per sequence, then batch) with approx-KL and clip-fraction."""
+    loss = ppo_policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.response_mask, clip_eps)
+    return loss, {
+        "approx_kl": approx_kl(logprobs, batch.old_logprobs, batch.response_mask),
+        "clipfrac": clip_fraction(logprobs, batch.old_logprobs, batch.response_mask, clip_eps),
+    }
+
+
+def critic_loss(raw_values: torch.Tensor, batch: CriticTrainBatch, clip_eps_value: float) -> torch.Tensor:
+    """Clipped value loss on the values of each action (see ``values_before_tokens``)."""
+    values = values_before_tokens(raw_values)
+    return ppo_value_loss(values, batch.old_values, batch.returns, batch.response_mask, clip_eps_value)
+
+
+def sft_loss(logprobs: torch.Tensor, batch: SFTTrainBatch, coefficient: float = 1.0) -> torch.Tensor:
+    """Negative log-likelihood of the response tokens, a per-sequence mean then a batch mean
+    (prompt tokens masked out); scaled by ``coefficient`` (the PTX coefficient in PPO)."""
+    per_sequence = masked_mean(-logprobs, batch.response_mask, dim=-1)  # (batch,)
+    return coefficient * per_sequence.mean()
+
+
+def minibatch_steps(group, batch, loss_fn: Callable, rows_per_step: int, epochs: int = 1) -> dict[str, float]:
+    """``epochs`` passes over ``batch`` in contiguous minibatches of ``rows_per_step`` rows, one
+    optimizer step each; returns the loss and metrics averaged over every step."""
+    rows = batch_rows(batch)
+    if rows % rows_per_step:
+        raise ValueError(
+            f"the rollout's {rows} rows do not divide into optimizer steps of {rows_per_step} rows; "
+            "make the rollout batch a multiple of the train batch size"
+        )
+    totals: dict[str, float] = {}
+    steps = 0
+    for _ in range(epochs):
+        for start in range(0, rows, rows_per_step):
+            output = group.train_step(slice_batch(batch, start, start + rows_per_step), loss_fn)
+            values = {"loss": output.loss, **output.metrics}
+            if output.grad_norm is not None:
+                values["grad_norm"] = output.grad_norm
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value
+            steps += 1
+    return {key: value / steps for key, value in totals.items()}
+
+
+def update_policy(
+    policy, experience: Experience, advantages: Advantages, clip_eps: float, rows_per_step: int, epochs: int = 1
+) -> dict[str, float]:
+    """PPO actor update on one rollout."""
+    batch = PolicyTrainBatch(
+        input_ids=experience.input_ids,
+        attention_mask=experience.attention_mask,
+        response_mask=experience.response_mask,
+        old_logprobs=experience.old_logprobs,
+        advantages=advantages.policy_advantages,
+    )
+    return minibatch_steps(policy, batch, partial(actor_loss, clip_eps=clip_eps), rows_per_step, epochs)
+
+
+def update_critic(
+    critic, experience: Experience, old_values: torch.Tensor, returns: torch.Tensor,
+    clip_eps_value: float, rows_per_step: int, epochs: int = 1,
+) -> dict[str, float]:
+    """Clipped value update of one critic on one rollout (``old_values``/``returns`` ``(batch, seq_len)``)."""
+    batch = CriticTrainBatch(
+        input_ids=experience.input_ids,
+        attention_mask=experience.attention_mask,
+        response_mask=experience.response_mask,
+        old_values=old_values,
+        returns=returns,
+    )
+    return minibatch_steps(critic, batch, partial(critic_loss, clip_eps_value=clip_eps_value), rows_per_step, epochs)

@@ -1,0 +1,115 @@
+"""The experience maker shared by every on-policy learner (PPO, PPO-Lagrangian, MoCAN's PPO stage).
+
+One call turns prompts into a scored :class:`~saferl.learners.types.Experience`:
+
+1. generate responses in the policy group (seeded per row);
+2. the policy's log-probs of its own samples (``old_logprobs``) and the reference's;
+3. reward and cost scores at the end of each response (pluggable scorers);
+4. the critics' values at rollout time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+from saferl.data.collators import collate_prompts
+from saferl.learners.scorers import Scorer
+from saferl.learners.types import Experience
+
+__all__ = ["ExperienceMaker", "values_before_tokens"]
+
+
+def values_before_tokens(raw_values: torch.Tensor) -> torch.Tensor:
+    """Align a critic's outputs with the actions they value.
+
+    A critic run over a sequence gives at position ``t`` the value of the state *after* reading
+    token ``t``; the action at position ``t`` (generating token ``t``) is taken in the state
+    after token ``t − 1``. So the value of action ``t`` is the raw output at ``t − 1``
+    (the log-prob of token ``t`` sits at ``t`` too, see ``saferl.models.policy_token_logprobs``).
+
+    Args:
+        raw_values: ``(batch, seq_len)`` critic outputs per position.
+
+    Returns:
+        ``(batch, seq_len)`` shifted right by one (position 0 gets 0).
+    """
+    return F.pad(raw_values[:, :-1], (1, 0), value=0.0)
+
+
+@dataclass
+class ExperienceMaker:
+    """Everything a rollout needs; ``make`` runs steps 1–4 of the module docstring.
+
+    Attributes:
+        policy: a ``PolicyGroup`` (generate, token_logprobs).
+        reference: a ``ReferenceGroup`` (token_logprobs).
+        reward_scorer: scores ``(batch, 1)``.
+        cost_scorers: each scores ``(batch, k)``; together the ``m`` costs (empty for plain PPO).
+        reward_critic: a ``CriticGroup`` (values).
+        cost_critics: one ``CriticGroup`` per cost column.
+        tokenizer: the policy's tokenizer (pad ≠ EOS).
+        generation: a ``GenerationSpec``; its seed is replaced per rollout.
+        max_prompt_length: prompts are cut from the left to this many tokens.
+        template: prompt template (``"safe_rlhf"``, ``"chat"`` or ``"raw"``).
+    """
+
+    policy: object
+    reference: object
+    reward_scorer: Scorer
+    cost_scorers: Sequence[Scorer]
+    reward_critic: object
+    cost_critics: Sequence[object]
+    tokenizer: PreTrainedTokenizerBase
+    generation: object
+    max_prompt_length: int
+    template: str
+
+    def __post_init__(self) -> None:
+        num_costs = sum(scorer.num_outputs for scorer in self.cost_scorers)
+        if len(self.cost_critics) != num_costs:
+            raise ValueError(
+                f"experience maker: {num_costs} cost column(s) from the cost scorers but "
+                f"{len(self.cost_critics)} cost critic(s); each cost needs its own critic"
+            )
+
+    def make(self, prompts: Sequence[str], seed: int) -> Experience:
+        """A scored rollout of one response per prompt, sampled with ``seed``."""
+        prompt_batch = collate_prompts(list(prompts), self.tokenizer, self.max_prompt_length, template=self.template)
+        # 1. Generate.
+        generated = self.policy.generate(prompt_batch, replace(self.generation, seed=seed))
+        batch = generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
+        # 2. Log-probs of the samples under the policy and the reference.
+        old_logprobs = self.policy.token_logprobs(batch).float()
+        ref_logprobs = self.reference.token_logprobs(batch).float()
+        # 3. Scores at the end of each response.
+        reward_scores = self.reward_scorer.score(batch, prompts)[:, 0].float()
+        rows = batch.input_ids.shape[0]
+        if self.cost_scorers:
+            cost_scores = torch.cat([scorer.score(batch, prompts).float() for scorer in self.cost_scorers], dim=-1)
+        else:
+            cost_scores = torch.zeros(rows, 0)
+        # 4. Critic values of each action.
+        reward_values = values_before_tokens(self.reward_critic.values(batch).float())
+        if self.cost_critics:
+            cost_values = torch.stack(
+                [values_before_tokens(critic.values(batch).float()) for critic in self.cost_critics], dim=-1
+            )
+        else:
+            cost_values = torch.zeros(*batch.input_ids.shape, 0)
+        return Experience(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            response_mask=batch.response_mask,
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs,
+            reward_scores=reward_scores,
+            cost_scores=cost_scores,
+            reward_values=reward_values * batch.response_mask,
+            cost_values=cost_values * batch.response_mask.unsqueeze(-1),
+            prompts=tuple(prompts),
+        )
