@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 # lays out; the editable install the README uses keeps it there.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-JOBS = ("exact_optimum", "world_data")
+JOBS = ("pipeline", "exact_optimum", "world_data")
 
 
 def reference_config(cfg: DictConfig):
@@ -34,6 +34,86 @@ def reference_config(cfg: DictConfig):
     return ReferenceConfig(**values)
 
 
+def _section(node: DictConfig, key: str, cls, drop: tuple[str, ...] = (), **extra):
+    """Build dataclass ``cls`` from config section ``key`` (less the ``drop`` keys); unknown keys
+    and bad values raise a ValueError naming the dotted key."""
+    from dataclasses import fields
+
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in drop}
+    allowed = {field.name for field in fields(cls)} - set(extra)
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    try:
+        return cls(**values, **extra)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{key}: {error}") from error
+
+
+def pipeline_settings(cfg: DictConfig):
+    """The typed :class:`saferl.learners.pipeline.PipelineSettings` of a composed config."""
+    from saferl.learners.pipeline import PipelineSettings, StageSettings
+    from saferl.learners.ppo_lag import PPOSettings
+    from saferl.runtime import RuntimeSpec
+
+    job, runtime = cfg.job, cfg.runtime
+    return PipelineSettings(
+        world_beta=float(cfg.world.beta),
+        cost_limit=float(cfg.world.cost_limit),
+        reference=reference_config(cfg),
+        num_sft=int(job.data.num_sft),
+        num_pairs_train=int(job.data.num_pairs_train),
+        num_pairs_test=int(job.data.num_pairs_test),
+        label_temperature=float(job.data.label_temperature),
+        sft=_section(job.sft, "job.sft", StageSettings),
+        reward_model=_section(job.reward_model, "job.reward_model", StageSettings),
+        cost_model=_section(job.cost_model, "job.cost_model", StageSettings),
+        ppo=_section(job.ppo, "job.ppo", PPOSettings, ("policy_learning_rate", "critic_learning_rate"),
+                     seed=int(cfg.seed)),
+        policy_learning_rate=float(job.ppo.policy_learning_rate),
+        critic_learning_rate=float(job.ppo.critic_learning_rate),
+        multiplier=OmegaConf.to_container(job.multiplier, resolve=True),
+        scorers=str(job.scorers),
+        calibrate_scorers=bool(job.calibrate_scorers),
+        score_regularization=float(job.score_regularization),
+        runtime=_section(runtime, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "zero_stage")),
+        zero_stage=int(runtime.zero_stage),
+        num_ranks=int(runtime.num_ranks),
+        cpus_per_rank=float(runtime.cpus_per_rank),
+        seed=int(cfg.seed),
+    )
+
+
+def run_pipeline_job(cfg: DictConfig, output_dir: Path) -> float:
+    """The default job: the whole pipeline with progress bars and the final table."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from saferl.eval.pipeline_report import print_pipeline_result
+    from saferl.learners.pipeline import run_pipeline
+    from saferl.tracking import JsonlTracker
+
+    settings = pipeline_settings(cfg)
+    folder = Path(cfg.job.output_dir) if cfg.job.output_dir is not None else output_dir
+    tracker = JsonlTracker(folder / "metrics.jsonl")
+    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    tasks: dict[str, int] = {}
+    with Progress(*columns, transient=False) as bar:
+
+        def progress(stage: str, step: int, total: int, metrics: dict[str, float]) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, status="")
+            shown = {k.split("/")[-1]: v for k, v in metrics.items()
+                     if k.endswith(("loss", "accuracy", "value_0", "estimate_0", "score"))}
+            bar.update(tasks[stage], completed=step,
+                       status=" ".join(f"{key}={value:.3f}" for key, value in list(shown.items())[:4]))
+
+        result = run_pipeline(settings, folder, tracker=tracker, progress=progress)
+    print_pipeline_result(result, settings.cost_limit, settings.world_beta)
+    print(f"outputs in {folder}")
+    return float(result.trained.normalised_gap)
+
+
 def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     """Run the job named by ``cfg.job.name`` and return its headline metric.
 
@@ -42,6 +122,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
         output_dir: where the job may write files (Hydra's run folder under ``saferl``).
     """
     name = cfg.job.name
+    if name == "pipeline":
+        return run_pipeline_job(cfg, output_dir or Path.cwd())
     if name == "exact_optimum":
         from saferl.data.world import build_exact_world, load_or_train_reference_policy
         from saferl.eval.world_report import print_exact_optimum

@@ -166,6 +166,12 @@ def run_pipeline(
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
 ) -> PipelineResult:
     """Run stages 1–6 of the module docstring; ``progress(stage, step, total, metrics)`` reports."""
+    import datasets
+    import transformers
+
+    # This pipeline reports its own progress; the libraries' per-file bars would drown it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     tracker = tracker or NullTracker()
     report = progress or (lambda stage, step, total, metrics: None)
     output = Path(output_dir)
