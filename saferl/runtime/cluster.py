@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from saferl.runtime.specs import GroupSpec, RuntimeSpec
 __all__ = [
     "PlacementPlan",
     "RoleSlot",
+    "colocation_sets",
     "init_ray",
     "plan_placement",
     "worker_env_vars",
@@ -68,6 +70,9 @@ def init_ray(runtime_spec: RuntimeSpec) -> None:
     if runtime_spec.address is None:
         num_cpus = runtime_spec.local_num_cpus or os.cpu_count() or 1
         ray.init(
+            # "local" always starts a new cluster: without it Ray joins any cluster already
+            # running on this machine (another user's job, or another test session).
+            address="local",
             num_cpus=num_cpus,
             num_gpus=runtime_spec.local_num_gpus,
             include_dashboard=False,
@@ -150,10 +155,34 @@ def _root_of(role: str, groups: Mapping[str, GroupSpec]) -> str:
                 f"{sorted(groups)}"
             )
         if target in seen:
-            raise ValueError(f"groups.{role}.colocate_with forms a cycle: {' -> '.join(seen)}")
+            cycle = " -> ".join([*seen, target])
+            raise ValueError(f"groups.{role}.colocate_with forms a cycle: {cycle}")
         seen.append(target)
         current = target
     return current
+
+
+def colocation_sets(groups: Mapping[str, GroupSpec]) -> dict[str, list[str]]:
+    """Root role -> the roles sharing its bundles (itself first), after validating
+    ``colocate_with``.
+
+    Raises:
+        ValueError: an unknown or cyclic ``colocate_with``, or a colocated role with more ranks
+            than its root.
+    """
+    members: dict[str, list[str]] = {}
+    for role in groups:
+        members.setdefault(_root_of(role, groups), []).append(role)
+    for root, roles in members.items():
+        root_ranks = groups[root].num_ranks
+        for role in roles:
+            if groups[role].num_ranks > root_ranks:
+                raise ValueError(
+                    f"groups.{role}.num_ranks={groups[role].num_ranks} exceeds the "
+                    f"{root_ranks} ranks of {root!r} it is colocated with"
+                )
+        roles.sort(key=lambda r: r != root)
+    return members
 
 
 def plan_placement(
@@ -168,7 +197,7 @@ def plan_placement(
         runtime_spec: ``placement_strategy`` and ``startup_timeout_s`` are used.
         groups: role name -> its group spec. A role with ``colocate_with`` shares the bundles of
             that role (chains resolve to their root) and may have at most as many ranks.
-        name_prefix: prefix of the placement groups' names.
+        name_prefix: prefix of the placement groups' names (``<prefix>-<root role>-<random>``).
 
     Returns:
         The plan; ``plan.slot(role)`` for each role.
@@ -179,21 +208,13 @@ def plan_placement(
         RuntimeError: Ray could not reserve the bundles within ``runtime.startup_timeout_s``
             (the message names the bundles and the cluster's resources).
     """
+    members = colocation_sets(groups)
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised; call saferl.runtime.init_ray(runtime_spec)")
-    members: dict[str, list[str]] = {}
-    for role in groups:
-        members.setdefault(_root_of(role, groups), []).append(role)
     plan = PlacementPlan()
     pending: list[tuple[str, PlacementGroup, list[dict[str, float]]]] = []
     for root, roles in members.items():
         root_ranks = groups[root].num_ranks
-        for role in roles:
-            if groups[role].num_ranks > root_ranks:
-                raise ValueError(
-                    f"groups.{role}.num_ranks={groups[role].num_ranks} exceeds the "
-                    f"{root_ranks} ranks of {root!r} it is colocated with"
-                )
         bundles = []
         for index in range(root_ranks):
             on_bundle = [groups[r] for r in roles if groups[r].num_ranks > index]
@@ -204,7 +225,9 @@ def plan_placement(
                 bundle["GPU"] = _bundle_quantity(gpus)
             bundles.append(bundle)
         group = placement_group(
-            bundles, strategy=runtime_spec.placement_strategy, name=f"{name_prefix}-{root}"
+            bundles,
+            strategy=runtime_spec.placement_strategy,
+            name=f"{name_prefix}-{root}-{uuid.uuid4().hex[:8]}",  # Ray needs unique names
         )
         plan.placement_groups[root] = group
         pending.append((root, group, bundles))
