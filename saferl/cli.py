@@ -68,15 +68,22 @@ def pipeline_settings(cfg: DictConfig):
         sft=_section(job.sft, "job.sft", StageSettings),
         reward_model=_section(job.reward_model, "job.reward_model", StageSettings),
         cost_model=_section(job.cost_model, "job.cost_model", StageSettings),
-        ppo=_section(job.ppo, "job.ppo", PPOSettings, ("policy_learning_rate", "critic_learning_rate"),
-                     seed=int(cfg.seed)),
+        ppo=_section(
+            job.ppo,
+            "job.ppo",
+            PPOSettings,
+            ("policy_learning_rate", "critic_learning_rate"),
+            seed=int(cfg.seed),
+        ),
         policy_learning_rate=float(job.ppo.policy_learning_rate),
         critic_learning_rate=float(job.ppo.critic_learning_rate),
         multiplier=OmegaConf.to_container(job.multiplier, resolve=True),
         scorers=str(job.scorers),
         calibrate_scorers=bool(job.calibrate_scorers),
         score_regularization=float(job.score_regularization),
-        runtime=_section(runtime, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "zero_stage")),
+        runtime=_section(
+            runtime, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "zero_stage")
+        ),
         zero_stage=int(runtime.zero_stage),
         num_ranks=int(runtime.num_ranks),
         cpus_per_rank=float(runtime.cpus_per_rank),
@@ -95,18 +102,29 @@ def run_pipeline_job(cfg: DictConfig, output_dir: Path) -> float:
     settings = pipeline_settings(cfg)
     folder = Path(cfg.job.output_dir) if cfg.job.output_dir is not None else output_dir
     tracker = JsonlTracker(folder / "metrics.jsonl")
-    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
+    columns = (
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     tasks: dict[str, int] = {}
     with Progress(*columns, transient=False) as bar:
 
         def progress(stage: str, step: int, total: int, metrics: dict[str, float]) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total, status="")
-            shown = {k.split("/")[-1]: v for k, v in metrics.items()
-                     if k.endswith(("loss", "accuracy", "value_0", "estimate_0", "score"))}
-            bar.update(tasks[stage], completed=step,
-                       status=" ".join(f"{key}={value:.3f}" for key, value in list(shown.items())[:4]))
+            shown = {
+                k.split("/")[-1]: v
+                for k, v in metrics.items()
+                if k.endswith(("loss", "accuracy", "value_0", "estimate_0", "score"))
+            }
+            bar.update(
+                tasks[stage],
+                completed=step,
+                status=" ".join(f"{key}={value:.3f}" for key, value in list(shown.items())[:4]),
+            )
 
         result = run_pipeline(settings, folder, tracker=tracker, progress=progress)
     print_pipeline_result(result, settings.cost_limit, settings.world_beta)

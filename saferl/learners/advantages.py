@@ -44,19 +44,33 @@ def compute_advantages(
     # With no cost the reward stream alone is built (a dummy zero cost keeps one code path).
     costs = experience.cost_scores if m > 0 else torch.zeros(experience.batch_size, 1)
     reward_stream, cost_streams = safe_rlhf_token_streams(
-        experience.reward_scores, costs, experience.old_logprobs, experience.ref_logprobs, mask,
-        kl_coeff=kl_coeff, clip_range_score=clip_range_score,
+        experience.reward_scores,
+        costs,
+        experience.old_logprobs,
+        experience.ref_logprobs,
+        mask,
+        kl_coeff=kl_coeff,
+        clip_range_score=clip_range_score,
     )
     if not kl_in_cost_stream:
         _, cost_streams = safe_rlhf_token_streams(
-            experience.reward_scores, costs, experience.old_logprobs, experience.ref_logprobs, mask,
-            kl_coeff=0.0, clip_range_score=clip_range_score,
+            experience.reward_scores,
+            costs,
+            experience.old_logprobs,
+            experience.ref_logprobs,
+            mask,
+            kl_coeff=0.0,
+            clip_range_score=clip_range_score,
         )
     cost_streams = cost_streams[..., :m]  # (batch, seq_len, m)
-    reward_advantages, reward_returns = gae(reward_stream, experience.reward_values, mask, gamma, gae_lambda)
+    reward_advantages, reward_returns = gae(
+        reward_stream, experience.reward_values, mask, gamma, gae_lambda
+    )
     cost_advantages, cost_returns = [], []
     for j in range(m):
-        advantages_j, returns_j = gae(cost_streams[..., j], experience.cost_values[..., j], mask, gamma, gae_lambda)
+        advantages_j, returns_j = gae(
+            cost_streams[..., j], experience.cost_values[..., j], mask, gamma, gae_lambda
+        )
         cost_advantages.append(advantages_j)
         cost_returns.append(returns_j)
     shape = (*mask.shape, 0)
@@ -64,7 +78,9 @@ def compute_advantages(
     cost_returns_t = torch.stack(cost_returns, dim=-1) if m else torch.zeros(shape)
     # The constrained learner differs from the unconstrained one exactly here.
     if m > 0:
-        policy_advantages = combined_advantage(reward_advantages, cost_advantages_t, multiplier.to(reward_advantages))
+        policy_advantages = combined_advantage(
+            reward_advantages, cost_advantages_t, multiplier.to(reward_advantages)
+        )
     else:
         policy_advantages = reward_advantages
     return Advantages(

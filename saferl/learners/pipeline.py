@@ -42,7 +42,13 @@ from saferl.learners.score_model import (
     relabel_saved_score_model,
     train_score_model,
 )
-from saferl.learners.scorers import AffineScorer, ModelScorer, WorldOracleScorer, fit_affine
+from saferl.learners.scorers import (
+    AffineScorer,
+    ModelScorer,
+    ShapedRewardScorer,
+    WorldOracleScorer,
+    fit_affine,
+)
 from saferl.learners.sft import run_sft
 from saferl.models import ModelSpec, load_policy
 from saferl.runtime import (
@@ -58,7 +64,17 @@ from saferl.runtime import (
 )
 from saferl.tracking import NullTracker, Tracker
 
-__all__ = ["StageSettings", "PipelineSettings", "PipelineResult", "run_pipeline"]
+__all__ = [
+    "StageSettings",
+    "PipelineSettings",
+    "PipelineResult",
+    "PreparedModels",
+    "PPORun",
+    "prepare_models",
+    "run_ppo_stage",
+    "evaluate_exact",
+    "run_pipeline",
+]
 
 
 @dataclass(frozen=True)
@@ -154,24 +170,89 @@ class PipelineResult:
 
     def to_json(self) -> str:
         return json.dumps(
-            {key: (asdict(value) if isinstance(value, PolicyScore) else value) for key, value in self.__dict__.items()},
+            {
+                key: (asdict(value) if isinstance(value, PolicyScore) else value)
+                for key, value in self.__dict__.items()
+            },
             indent=2,
         )
 
 
-def run_pipeline(
+@dataclass(frozen=True)
+class PreparedModels:
+    """The outputs of stages 1–4, reusable by several PPO runs.
+
+    Attributes:
+        sft_dir, reward_dir, cost_dir: exported Hugging Face folders.
+        prompts: the prompt set; test_pairs: held-out pairs (accuracies, calibration).
+        reward_model, cost_model: held-out accuracies.
+        stage_seconds: wall seconds of stages 1–4.
+    """
+
+    sft_dir: Path
+    reward_dir: Path
+    cost_dir: Path
+    prompts: list[str]
+    test_pairs: list
+    reward_model: dict[str, float]
+    cost_model: dict[str, float]
+    stage_seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PPORun:
+    """The outputs of stage 5.
+
+    Attributes:
+        policy_dir: the trained policy, exported.
+        multiplier: the final λ (empty for unconstrained PPO).
+        history: metrics per iteration; calibration: affine maps of learned scorers; seconds: wall time.
+    """
+
+    policy_dir: Path
+    multiplier: list[float]
+    history: list[dict[str, float]]
+    calibration: dict[str, dict[str, float]]
+    seconds: float
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    # The pipeline reports its own progress; the libraries' per-file bars would drown it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _group(settings: PipelineSettings) -> GroupSpec:
+    return GroupSpec(num_ranks=settings.num_ranks, cpus_per_rank=settings.cpus_per_rank)
+
+
+def _deepspeed(
+    settings: PipelineSettings, learning_rate: float, rows_per_step: int
+) -> DeepSpeedSpec:
+    if rows_per_step % settings.num_ranks:
+        raise ValueError(
+            f"{rows_per_step} rows per step do not divide over runtime.num_ranks={settings.num_ranks}"
+        )
+    return DeepSpeedSpec(
+        zero_stage=settings.zero_stage,
+        learning_rate=learning_rate,
+        weight_decay=0.0,
+        micro_batch_size_per_rank=rows_per_step // settings.num_ranks,
+        gradient_clipping=1.0,
+    )
+
+
+def prepare_models(
     settings: PipelineSettings,
     output_dir: str | Path,
     tracker: Tracker | None = None,
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
-) -> PipelineResult:
-    """Run stages 1–6 of the module docstring; ``progress(stage, step, total, metrics)`` reports."""
-    import datasets
-    import transformers
-
-    # This pipeline reports its own progress; the libraries' per-file bars would drown it.
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+) -> PreparedModels:
+    """Stages 1–4: the world's datasets, SFT, the reward model and the cost model."""
+    _quiet_libraries()
     tracker = tracker or NullTracker()
     report = progress or (lambda stage, step, total, metrics: None)
     output = Path(output_dir)
@@ -179,43 +260,47 @@ def run_pipeline(
     seconds: dict[str, float] = {}
     init_ray(settings.runtime)
     tokenizer = build_world_tokenizer()
-    group = GroupSpec(num_ranks=settings.num_ranks, cpus_per_rank=settings.cpus_per_rank)
-
-    def deepspeed(learning_rate: float, rows_per_step: int) -> DeepSpeedSpec:
-        if rows_per_step % settings.num_ranks:
-            raise ValueError(
-                f"{rows_per_step} rows per step do not divide over runtime.num_ranks={settings.num_ranks}"
-            )
-        return DeepSpeedSpec(
-            zero_stage=settings.zero_stage, learning_rate=learning_rate, weight_decay=0.0,
-            micro_batch_size_per_rank=rows_per_step // settings.num_ranks, gradient_clipping=1.0,
-        )
 
     # 1. The world's datasets, through the normal loaders.
     clock = time.perf_counter()
     paths = write_world_datasets(
-        output / "data", seed=settings.seed, num_sft=settings.num_sft, num_pairs_train=settings.num_pairs_train,
-        num_pairs_test=settings.num_pairs_test, temperature=settings.label_temperature, overwrite=True,
+        output / "data",
+        seed=settings.seed,
+        num_sft=settings.num_sft,
+        num_pairs_train=settings.num_pairs_train,
+        num_pairs_test=settings.num_pairs_test,
+        temperature=settings.label_temperature,
+        overwrite=True,
     )
     sft_examples = load_sft_dataset(str(paths.sft)).records
     train_pairs = load_preference_dataset(str(paths.preferences_train)).records
-    test_pairs = load_preference_dataset(str(paths.preferences_test)).records
+    test_pairs = list(load_preference_dataset(str(paths.preferences_test)).records)
     prompts = [record.prompt for record in load_prompt_dataset(str(paths.prompts)).records]
     seconds["data"] = time.perf_counter() - clock
 
     # 2. SFT of the reference policy.
     clock = time.perf_counter()
     sft_dir = output / "models" / "sft"
-    torch.manual_seed(settings.seed)
     policy = PolicyGroup(
-        world_model_spec(settings.reference, tokenizer), tokenizer,
-        deepspeed(settings.sft.learning_rate, settings.sft.rows_per_step), group, settings.runtime,
-        role="sft", seed=settings.seed,
+        world_model_spec(settings.reference, tokenizer),
+        tokenizer,
+        _deepspeed(settings, settings.sft.learning_rate, settings.sft.rows_per_step),
+        _group(settings),
+        settings.runtime,
+        role="sft",
+        seed=settings.seed,
     )
     try:
         run_sft(
-            policy, sft_examples, tokenizer, steps=settings.sft.steps, rows_per_step=settings.sft.rows_per_step,
-            max_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE, seed=settings.seed, tracker=tracker,
+            policy,
+            sft_examples,
+            tokenizer,
+            steps=settings.sft.steps,
+            rows_per_step=settings.sft.rows_per_step,
+            max_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
+            seed=settings.seed,
+            tracker=tracker,
             progress=lambda step, metrics: report("sft", step, settings.sft.steps, metrics),
         )
         policy.export_hf(sft_dir)
@@ -228,19 +313,40 @@ def run_pipeline(
     for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
         clock = time.perf_counter()
         critic = CriticGroup(
-            ModelSpec(name_or_path=str(sft_dir)), tokenizer, deepspeed(stage.learning_rate, 2 * stage.rows_per_step),
-            group, settings.runtime, role=f"{kind}_model", seed=settings.seed,
+            ModelSpec(name_or_path=str(sft_dir)),
+            tokenizer,
+            _deepspeed(settings, stage.learning_rate, 2 * stage.rows_per_step),
+            _group(settings),
+            settings.runtime,
+            role=f"{kind}_model",
+            seed=settings.seed,
         )
         try:
             train_score_model(
-                critic, train_pairs, kind, tokenizer, steps=stage.steps, pairs_per_step=stage.rows_per_step,
-                max_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE,
-                score_regularization=settings.score_regularization, seed=settings.seed, tracker=tracker,
-                progress=lambda step, metrics, kind=kind, stage=stage: report(f"{kind}_model", step, stage.steps, metrics),
+                critic,
+                train_pairs,
+                kind,
+                tokenizer,
+                steps=stage.steps,
+                pairs_per_step=stage.rows_per_step,
+                max_length=MAX_SEQUENCE_LENGTH,
+                template=WORLD_TEMPLATE,
+                score_regularization=settings.score_regularization,
+                seed=settings.seed,
+                tracker=tracker,
+                progress=lambda step, metrics, kind=kind, stage=stage: report(
+                    f"{kind}_model", step, stage.steps, metrics
+                ),
             )
             score_metrics[kind] = evaluate_score_model(
-                critic, test_pairs, kind, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE,
-                rows_per_call=2 * stage.rows_per_step, truth=world_truth(kind),
+                critic,
+                test_pairs,
+                kind,
+                tokenizer,
+                MAX_SEQUENCE_LENGTH,
+                WORLD_TEMPLATE,
+                rows_per_call=2 * stage.rows_per_step,
+                truth=world_truth(kind),
             )
             score_dirs[kind] = output / "models" / f"{kind}_model"
             critic.export_hf(score_dirs[kind])
@@ -249,91 +355,232 @@ def run_pipeline(
             critic.shutdown()
         tracker.log({f"{kind}_model/test_{k}": v for k, v in score_metrics[kind].items()}, step=0)
         seconds[f"{kind}_model"] = time.perf_counter() - clock
+    return PreparedModels(
+        sft_dir,
+        score_dirs["reward"],
+        score_dirs["cost"],
+        prompts,
+        test_pairs,
+        score_metrics["reward"],
+        score_metrics["cost"],
+        seconds,
+    )
 
-    # 5. PPO-Lagrangian.
+
+def run_ppo_stage(
+    settings: PipelineSettings,
+    prepared: PreparedModels,
+    output_dir: str | Path,
+    variant: str = "ppo_lag",
+    shaping_multiplier: float | None = None,
+    tracker: Tracker | None = None,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> PPORun:
+    """Stage 5 in one of three configurations of the same loop.
+
+    Args:
+        variant: ``"ppo_lag"`` (costs and the configured multiplier), ``"ppo"`` (reward only) or
+            ``"shaping"`` (reward only, the reward being ``r − shaping_multiplier · c``).
+        shaping_multiplier: the constant λ of ``"shaping"``.
+    """
+    if variant not in ("ppo_lag", "ppo", "shaping"):
+        raise ValueError(f"variant must be 'ppo_lag', 'ppo' or 'shaping'; found {variant!r}")
+    if (variant == "shaping") != (shaping_multiplier is not None):
+        raise ValueError("shaping_multiplier is required by, and only by, the 'shaping' variant")
+    _quiet_libraries()
+    tracker = tracker or NullTracker()
+    report = progress or (lambda stage, step, total, metrics: None)
+    output = Path(output_dir)
+    init_ray(settings.runtime)
+    tokenizer = build_world_tokenizer()
     clock = time.perf_counter()
     ppo = settings.ppo
-    sft_spec = ModelSpec(name_or_path=str(sft_dir))
-    policy_rows = ppo.prompts_per_iteration  # one optimizer step per rollout and epoch
-    groups = []
-    calibration: dict[str, dict[str, float]] = {}
+    sft_spec = ModelSpec(name_or_path=str(prepared.sft_dir))
+    rows = ppo.prompts_per_iteration  # one optimizer step per rollout and epoch
+    with_costs = variant == "ppo_lag"
+    groups, calibration = [], {}
+
+    def start(group):
+        groups.append(group)
+        return group
+
     try:
-        policy = PolicyGroup(sft_spec, tokenizer, deepspeed(settings.policy_learning_rate, policy_rows), group,
-                             settings.runtime, role="policy", seed=settings.seed)
-        groups.append(policy)
-        reference = ReferenceGroup(sft_spec, tokenizer, deepspeed(0.0, policy_rows), group, settings.runtime,
-                                   role="reference", seed=settings.seed)
-        groups.append(reference)
-        critics = []
-        for kind in ("reward", "cost"):
-            critic = CriticGroup(
-                sft_spec, tokenizer, deepspeed(settings.critic_learning_rate, policy_rows), group, settings.runtime,
-                init_from=str(score_dirs[kind]), role=f"{kind}_critic", seed=settings.seed,
+        policy = start(
+            PolicyGroup(
+                sft_spec,
+                tokenizer,
+                _deepspeed(settings, settings.policy_learning_rate, rows),
+                _group(settings),
+                settings.runtime,
+                role="policy",
+                seed=settings.seed,
             )
-            groups.append(critic)
-            critics.append(critic)
-        if settings.scorers == "learned":
-            scorers = []
-            for kind in ("reward", "cost"):
-                score_group = ScoreGroup(
-                    ModelSpec(name_or_path=str(score_dirs[kind])), tokenizer, deepspeed(0.0, policy_rows), group,
-                    settings.runtime, num_outputs=1, kind=kind, role=kind, seed=settings.seed,
+        )
+        reference = start(
+            ReferenceGroup(
+                sft_spec,
+                tokenizer,
+                _deepspeed(settings, 0.0, rows),
+                _group(settings),
+                settings.runtime,
+                role="reference",
+                seed=settings.seed,
+            )
+        )
+        score_dirs = {"reward": prepared.reward_dir, "cost": prepared.cost_dir}
+        critics = {
+            kind: start(
+                CriticGroup(
+                    sft_spec,
+                    tokenizer,
+                    _deepspeed(settings, settings.critic_learning_rate, rows),
+                    _group(settings),
+                    settings.runtime,
+                    init_from=str(score_dirs[kind]),
+                    role=f"{kind}_critic",
+                    seed=settings.seed,
                 )
-                groups.append(score_group)
-                scorer = ModelScorer(score_group)
-                if settings.calibrate_scorers:
-                    scale, shift = calibrate(score_group, test_pairs, world_truth(kind), tokenizer, settings.num_ranks)
-                    calibration[kind] = {"scale": scale, "shift": shift}
-                    scorer = AffineScorer(scorer, scale, shift)
-                scorers.append(scorer)
-        else:
-            scorers = [WorldOracleScorer("reward", tokenizer), WorldOracleScorer("cost", tokenizer)]
+            )
+            for kind in (("reward", "cost") if with_costs else ("reward",))
+        }
+        scorers = {}
+        for kind in ("reward", "cost"):
+            if settings.scorers == "oracle":
+                scorers[kind] = WorldOracleScorer(kind, tokenizer)
+                continue
+            score_group = start(
+                ScoreGroup(
+                    ModelSpec(name_or_path=str(score_dirs[kind])),
+                    tokenizer,
+                    _deepspeed(settings, 0.0, rows),
+                    _group(settings),
+                    settings.runtime,
+                    num_outputs=1,
+                    kind=kind,
+                    role=kind,
+                    seed=settings.seed,
+                )
+            )
+            scorers[kind] = ModelScorer(score_group)
+            if settings.calibrate_scorers:
+                scale, shift = calibrate(
+                    score_group,
+                    prepared.test_pairs,
+                    world_truth(kind),
+                    tokenizer,
+                    settings.num_ranks,
+                )
+                calibration[kind] = {"scale": scale, "shift": shift}
+                scorers[kind] = AffineScorer(scorers[kind], scale, shift)
+        reward_scorer = scorers["reward"]
+        if variant == "shaping":
+            reward_scorer = ShapedRewardScorer(
+                scorers["reward"], [scorers["cost"]], [shaping_multiplier]
+            )
         maker = ExperienceMaker(
-            policy=policy, reference=reference, reward_scorer=scorers[0], cost_scorers=[scorers[1]],
-            reward_critic=critics[0], cost_critics=[critics[1]], tokenizer=tokenizer,
-            generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS, temperature=1.0, top_k=0, top_p=1.0),
-            max_prompt_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE,
+            policy=policy,
+            reference=reference,
+            reward_scorer=reward_scorer,
+            cost_scorers=[scorers["cost"]] if with_costs else [],
+            reward_critic=critics["reward"],
+            cost_critics=[critics["cost"]] if with_costs else [],
+            tokenizer=tokenizer,
+            generation=GenerationSpec(
+                max_new_tokens=MAX_RESPONSE_TOKENS, temperature=1.0, top_k=0, top_p=1.0
+            ),
+            max_prompt_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
         )
-        multiplier_options = dict(settings.multiplier)
-        multiplier = build_multiplier(multiplier_options.pop("kind"), settings.cost_limit, **multiplier_options)
+        multiplier = None
+        if with_costs:
+            options = dict(settings.multiplier)
+            multiplier = build_multiplier(options.pop("kind"), settings.cost_limit, **options)
         learner = PPOLagrangian(
-            maker, critics[0], [critics[1]], multiplier,
-            PromptSchedule(prompts, ppo.prompts_per_iteration, settings.seed), ppo,
-            policy_rows_per_step=policy_rows, critic_rows_per_step=policy_rows, tracker=tracker,
+            maker,
+            critics["reward"],
+            [critics["cost"]] if with_costs else [],
+            multiplier,
+            PromptSchedule(prepared.prompts, ppo.prompts_per_iteration, settings.seed),
+            ppo,
+            policy_rows_per_step=rows,
+            critic_rows_per_step=rows,
+            tracker=tracker,
         )
-        history = learner.run(progress=lambda step, metrics: report("ppo_lag", step, ppo.iterations, metrics))
-        learner.save(output / "checkpoints" / "ppo_lag")
-        policy_dir = policy.export_hf(output / "models" / "policy")
-        final_multiplier = [float(v) for v in multiplier.value]
+        history = learner.run(
+            progress=lambda step, metrics: report(variant, step, ppo.iterations, metrics)
+        )
+        learner.save(output / "checkpoints" / variant)
+        policy_dir = policy.export_hf(output / "models" / f"policy_{variant}")
+        final = [] if multiplier is None else [float(v) for v in multiplier.value]
     finally:
         for running in groups:
             running.shutdown()
-    seconds["ppo_lag"] = time.perf_counter() - clock
+    return PPORun(policy_dir, final, history, calibration, time.perf_counter() - clock)
 
-    # 6. Exact evaluation against the exact optimum of the same problem.
-    clock = time.perf_counter()
+
+def evaluate_exact(
+    settings: PipelineSettings, sft_dir: Path, policy_dir: Path
+) -> tuple[PolicyScore, PolicyScore, PolicyScore, list[float]]:
+    """Stage 6: exact scores of the reference, the trained policy and the exact optimum, and λ*."""
+    tokenizer = build_world_tokenizer()
     reference_model, _ = load_policy(sft_dir)
     trained_model, _ = load_policy(policy_dir)
-    world = build_exact_world(reference_model.eval(), tokenizer, settings.world_beta, settings.cost_limit)
+    world = build_exact_world(
+        reference_model.eval(), tokenizer, settings.world_beta, settings.cost_limit
+    )
     trained = world.score(enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts))
     optimum = world.optimum()
-    seconds["evaluation"] = time.perf_counter() - clock
+    return (
+        world.score(world.ref_logprobs),
+        trained,
+        world.score(world.optimal_logprobs()),
+        [float(v) for v in optimum.multiplier],
+    )
+
+
+def run_pipeline(
+    settings: PipelineSettings,
+    output_dir: str | Path,
+    tracker: Tracker | None = None,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> PipelineResult:
+    """Run stages 1–6 of the module docstring; ``progress(stage, step, total, metrics)`` reports."""
+    tracker = tracker or NullTracker()
+    output = Path(output_dir)
+    prepared = prepare_models(settings, output, tracker, progress)
+    run = run_ppo_stage(settings, prepared, output, "ppo_lag", tracker=tracker, progress=progress)
+    clock = time.perf_counter()
+    reference, trained, optimum, optimal_multiplier = evaluate_exact(
+        settings, prepared.sft_dir, run.policy_dir
+    )
+    seconds = {
+        **prepared.stage_seconds,
+        "ppo_lag": run.seconds,
+        "evaluation": time.perf_counter() - clock,
+    }
     result = PipelineResult(
-        reference=world.score(world.ref_logprobs),
+        reference=reference,
         trained=trained,
-        optimum=world.score(world.optimal_logprobs()),
-        multiplier=final_multiplier,
-        optimal_multiplier=[float(v) for v in optimum.multiplier],
-        reward_model=score_metrics["reward"],
-        cost_model=score_metrics["cost"],
+        optimum=optimum,
+        multiplier=run.multiplier,
+        optimal_multiplier=optimal_multiplier,
+        reward_model=prepared.reward_model,
+        cost_model=prepared.cost_model,
         stage_seconds=seconds,
-        history=history,
-        calibration=calibration,
+        history=run.history,
+        calibration=run.calibration,
     )
     (output / "result.json").write_text(result.to_json() + "\n")
-    tracker.log({"eval/normalised_gap": trained.normalised_gap, "eval/violation": trained.violation,
-                 "eval/expected_cost": trained.expected_cost, "eval/expected_reward": trained.expected_reward,
-                 "eval/kl": trained.kl}, step=ppo.iterations)
+    tracker.log(
+        {
+            "eval/normalised_gap": trained.normalised_gap,
+            "eval/violation": trained.violation,
+            "eval/expected_cost": trained.expected_cost,
+            "eval/expected_reward": trained.expected_reward,
+            "eval/kl": trained.kl,
+        },
+        step=settings.ppo.iterations,
+    )
     return result
 
 
@@ -341,10 +588,21 @@ def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int) -> tuple[flo
     """Fit the affine map of a score group's outputs to the ground truth on held-out responses."""
     from saferl.data.collators import collate_sequences
 
-    unique = sorted({(pair.prompt, response) for pair in pairs for response in (pair.response_0, pair.response_1)})
+    unique = sorted(
+        {
+            (pair.prompt, response)
+            for pair in pairs
+            for response in (pair.response_0, pair.response_1)
+        }
+    )
     unique = unique[: len(unique) - len(unique) % num_ranks]
-    batch = collate_sequences([p for p, _ in unique], [r for _, r in unique], tokenizer, MAX_SEQUENCE_LENGTH,
-                              template=WORLD_TEMPLATE)
+    batch = collate_sequences(
+        [p for p, _ in unique],
+        [r for _, r in unique],
+        tokenizer,
+        MAX_SEQUENCE_LENGTH,
+        template=WORLD_TEMPLATE,
+    )
     model_scores = score_group.end_scores(batch)[:, 0]
     true_scores = torch.tensor([truth(p, r) for p, r in unique])
     return fit_affine(model_scores, true_scores)

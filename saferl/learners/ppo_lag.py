@@ -89,7 +89,9 @@ class PPOSettings:
             if getattr(self, key) <= 0:
                 raise ValueError(f"learner.{key} must be > 0; found {getattr(self, key)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ValueError(f"learner.gamma and learner.gae_lambda must be in [0, 1]; found {self.gamma}, {self.gae_lambda}")
+            raise ValueError(
+                f"learner.gamma and learner.gae_lambda must be in [0, 1]; found {self.gamma}, {self.gae_lambda}"
+            )
         if self.ptx_coeff < 0:
             raise ValueError(f"learner.ptx_coeff must be >= 0; found {self.ptx_coeff}")
 
@@ -155,7 +157,9 @@ class PPOLagrangian:
     ) -> None:
         num_costs = sum(scorer.num_outputs for scorer in maker.cost_scorers)
         if num_costs > 0 and multiplier is None:
-            raise ValueError("ppo_lag: costs are scored but no multiplier is configured (learner.multiplier)")
+            raise ValueError(
+                "ppo_lag: costs are scored but no multiplier is configured (learner.multiplier)"
+            )
         if multiplier is not None and multiplier.num_constraints != num_costs:
             raise ValueError(
                 f"ppo_lag: the multiplier has {multiplier.num_constraints} constraint(s) but the cost "
@@ -197,21 +201,35 @@ class PPOLagrangian:
         clock = time.perf_counter()
         multiplier = self.multiplier_value().detach().clone()
         advantages = compute_advantages(
-            experience, multiplier, s.kl_coeff, s.clip_range_score, s.gamma, s.gae_lambda, s.kl_in_cost_stream
+            experience,
+            multiplier,
+            s.kl_coeff,
+            s.clip_range_score,
+            s.gamma,
+            s.gae_lambda,
+            s.kl_in_cost_stream,
         )
         timings["perf/advantages_s"] = time.perf_counter() - clock
 
         # 5. PPO update of the policy (optionally followed by the PTX step).
         clock = time.perf_counter()
         policy_metrics = update_policy(
-            self.maker.policy, experience, advantages, s.clip_eps, self.policy_rows_per_step, s.ppo_epochs
+            self.maker.policy,
+            experience,
+            advantages,
+            s.clip_eps,
+            self.policy_rows_per_step,
+            s.ppo_epochs,
         )
         if s.ptx_coeff > 0:
             ptx_batch: SFTTrainBatch = self.ptx_batches(self.iteration)
             from functools import partial
 
             policy_metrics["ptx_loss"] = minibatch_steps(
-                self.maker.policy, ptx_batch, partial(sft_loss, coefficient=s.ptx_coeff), self.policy_rows_per_step
+                self.maker.policy,
+                ptx_batch,
+                partial(sft_loss, coefficient=s.ptx_coeff),
+                self.policy_rows_per_step,
             )["loss"]
         timings["perf/policy_update_s"] = time.perf_counter() - clock
 
@@ -219,8 +237,13 @@ class PPOLagrangian:
         clock = time.perf_counter()
         critic_metrics = {}
         reward_critic = update_critic(
-            self.reward_critic, experience, experience.reward_values, advantages.reward_returns,
-            s.clip_eps_value, self.critic_rows_per_step, s.ppo_epochs,
+            self.reward_critic,
+            experience,
+            experience.reward_values,
+            advantages.reward_returns,
+            s.clip_eps_value,
+            self.critic_rows_per_step,
+            s.ppo_epochs,
         )
         critic_metrics["critic/reward_loss"] = reward_critic["loss"]
         critic_metrics["critic/reward_explained_variance"] = explained_variance(
@@ -228,12 +251,19 @@ class PPOLagrangian:
         ).item()
         for j, critic in enumerate(self.cost_critics):
             cost_critic = update_critic(
-                critic, experience, experience.cost_values[..., j], advantages.cost_returns[..., j],
-                s.clip_eps_value, self.critic_rows_per_step, s.ppo_epochs,
+                critic,
+                experience,
+                experience.cost_values[..., j],
+                advantages.cost_returns[..., j],
+                s.clip_eps_value,
+                self.critic_rows_per_step,
+                s.ppo_epochs,
             )
             critic_metrics[f"critic/cost_{j}_loss"] = cost_critic["loss"]
             critic_metrics[f"critic/cost_{j}_explained_variance"] = explained_variance(
-                experience.cost_values[..., j], advantages.cost_returns[..., j], experience.response_mask
+                experience.cost_values[..., j],
+                advantages.cost_returns[..., j],
+                experience.response_mask,
             ).item()
         timings["perf/critic_update_s"] = time.perf_counter() - clock
 
@@ -245,7 +275,9 @@ class PPOLagrangian:
             for j in range(self.multiplier.num_constraints):
                 constraint_metrics[f"constraint/estimate_{j}"] = float(estimate[j])
                 constraint_metrics[f"constraint/limit_{j}"] = float(self.multiplier.cost_limit[j])
-                constraint_metrics[f"constraint/violation_{j}"] = float(estimate[j] - self.multiplier.cost_limit[j])
+                constraint_metrics[f"constraint/violation_{j}"] = float(
+                    estimate[j] - self.multiplier.cost_limit[j]
+                )
                 constraint_metrics[f"multiplier/value_{j}"] = float(self.multiplier.value[j])
                 constraint_metrics[f"multiplier/used_{j}"] = float(multiplier[j])
 
@@ -257,7 +289,10 @@ class PPOLagrangian:
             "rollout/response_length": mask.sum(-1).float().mean().item(),
             "rollout/kl": kl_per_sequence.mean().item(),
             "reward/score": experience.reward_scores.mean().item(),
-            **{f"cost/score_{j}": experience.cost_scores[:, j].mean().item() for j in range(experience.num_constraints)},
+            **{
+                f"cost/score_{j}": experience.cost_scores[:, j].mean().item()
+                for j in range(experience.num_constraints)
+            },
             **{f"policy/{key}": value for key, value in policy_metrics.items()},
             **critic_metrics,
             **constraint_metrics,
@@ -288,7 +323,10 @@ class PPOLagrangian:
         for j, critic in enumerate(self.cost_critics):
             critic.save_checkpoint(folder / f"cost_critic_{j}")
         torch.save(
-            {"iteration": self.iteration, "multiplier": None if self.multiplier is None else self.multiplier.state_dict()},
+            {
+                "iteration": self.iteration,
+                "multiplier": None if self.multiplier is None else self.multiplier.state_dict(),
+            },
             folder / "learner_state.pt",
         )
         (folder / "settings.json").write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
@@ -298,7 +336,9 @@ class PPOLagrangian:
         folder = Path(directory)
         state_path = folder / "learner_state.pt"
         if not state_path.exists():
-            raise FileNotFoundError(f"no ppo_lag checkpoint in {folder} (missing {state_path.name})")
+            raise FileNotFoundError(
+                f"no ppo_lag checkpoint in {folder} (missing {state_path.name})"
+            )
         self.maker.policy.load_checkpoint(folder / "policy")
         self.reward_critic.load_checkpoint(folder / "reward_critic")
         for j, critic in enumerate(self.cost_critics):

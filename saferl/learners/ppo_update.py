@@ -38,27 +38,37 @@ def actor_loss(
     logprobs: torch.Tensor, batch: PolicyTrainBatch, clip_eps: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (per sequence, then batch) with approx-KL and clip-fraction."""
-    loss = ppo_policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.response_mask, clip_eps)
+    loss = ppo_policy_loss(
+        logprobs, batch.old_logprobs, batch.advantages, batch.response_mask, clip_eps
+    )
     return loss, {
         "approx_kl": approx_kl(logprobs, batch.old_logprobs, batch.response_mask),
         "clipfrac": clip_fraction(logprobs, batch.old_logprobs, batch.response_mask, clip_eps),
     }
 
 
-def critic_loss(raw_values: torch.Tensor, batch: CriticTrainBatch, clip_eps_value: float) -> torch.Tensor:
+def critic_loss(
+    raw_values: torch.Tensor, batch: CriticTrainBatch, clip_eps_value: float
+) -> torch.Tensor:
     """Clipped value loss on the values of each action (see ``values_before_tokens``)."""
     values = values_before_tokens(raw_values)
-    return ppo_value_loss(values, batch.old_values, batch.returns, batch.response_mask, clip_eps_value)
+    return ppo_value_loss(
+        values, batch.old_values, batch.returns, batch.response_mask, clip_eps_value
+    )
 
 
-def sft_loss(logprobs: torch.Tensor, batch: SFTTrainBatch, coefficient: float = 1.0) -> torch.Tensor:
+def sft_loss(
+    logprobs: torch.Tensor, batch: SFTTrainBatch, coefficient: float = 1.0
+) -> torch.Tensor:
     """Negative log-likelihood of the response tokens, a per-sequence mean then a batch mean
     (prompt tokens masked out); scaled by ``coefficient`` (the PTX coefficient in PPO)."""
     per_sequence = masked_mean(-logprobs, batch.response_mask, dim=-1)  # (batch,)
     return coefficient * per_sequence.mean()
 
 
-def minibatch_steps(group, batch, loss_fn: Callable, rows_per_step: int, epochs: int = 1) -> dict[str, float]:
+def minibatch_steps(
+    group, batch, loss_fn: Callable, rows_per_step: int, epochs: int = 1
+) -> dict[str, float]:
     """``epochs`` passes over ``batch`` in contiguous minibatches of ``rows_per_step`` rows, one
     optimizer step each; returns the loss and metrics averaged over every step."""
     rows = batch_rows(batch)
@@ -82,7 +92,12 @@ def minibatch_steps(group, batch, loss_fn: Callable, rows_per_step: int, epochs:
 
 
 def update_policy(
-    policy, experience: Experience, advantages: Advantages, clip_eps: float, rows_per_step: int, epochs: int = 1
+    policy,
+    experience: Experience,
+    advantages: Advantages,
+    clip_eps: float,
+    rows_per_step: int,
+    epochs: int = 1,
 ) -> dict[str, float]:
     """PPO actor update on one rollout."""
     batch = PolicyTrainBatch(
@@ -92,12 +107,19 @@ def update_policy(
         old_logprobs=experience.old_logprobs,
         advantages=advantages.policy_advantages,
     )
-    return minibatch_steps(policy, batch, partial(actor_loss, clip_eps=clip_eps), rows_per_step, epochs)
+    return minibatch_steps(
+        policy, batch, partial(actor_loss, clip_eps=clip_eps), rows_per_step, epochs
+    )
 
 
 def update_critic(
-    critic, experience: Experience, old_values: torch.Tensor, returns: torch.Tensor,
-    clip_eps_value: float, rows_per_step: int, epochs: int = 1,
+    critic,
+    experience: Experience,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    clip_eps_value: float,
+    rows_per_step: int,
+    epochs: int = 1,
 ) -> dict[str, float]:
     """Clipped value update of one critic on one rollout (``old_values``/``returns`` ``(batch, seq_len)``)."""
     batch = CriticTrainBatch(
@@ -107,4 +129,6 @@ def update_critic(
         old_values=old_values,
         returns=returns,
     )
-    return minibatch_steps(critic, batch, partial(critic_loss, clip_eps_value=clip_eps_value), rows_per_step, epochs)
+    return minibatch_steps(
+        critic, batch, partial(critic_loss, clip_eps_value=clip_eps_value), rows_per_step, epochs
+    )

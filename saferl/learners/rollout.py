@@ -79,7 +79,9 @@ class ExperienceMaker:
 
     def make(self, prompts: Sequence[str], seed: int) -> Experience:
         """A scored rollout of one response per prompt, sampled with ``seed``."""
-        prompt_batch = collate_prompts(list(prompts), self.tokenizer, self.max_prompt_length, template=self.template)
+        prompt_batch = collate_prompts(
+            list(prompts), self.tokenizer, self.max_prompt_length, template=self.template
+        )
         # 1. Generate.
         generated = self.policy.generate(prompt_batch, replace(self.generation, seed=seed))
         batch = generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
@@ -90,14 +92,20 @@ class ExperienceMaker:
         reward_scores = self.reward_scorer.score(batch, prompts)[:, 0].float()
         rows = batch.input_ids.shape[0]
         if self.cost_scorers:
-            cost_scores = torch.cat([scorer.score(batch, prompts).float() for scorer in self.cost_scorers], dim=-1)
+            cost_scores = torch.cat(
+                [scorer.score(batch, prompts).float() for scorer in self.cost_scorers], dim=-1
+            )
         else:
             cost_scores = torch.zeros(rows, 0)
         # 4. Critic values of each action.
         reward_values = values_before_tokens(self.reward_critic.values(batch).float())
         if self.cost_critics:
             cost_values = torch.stack(
-                [values_before_tokens(critic.values(batch).float()) for critic in self.cost_critics], dim=-1
+                [
+                    values_before_tokens(critic.values(batch).float())
+                    for critic in self.cost_critics
+                ],
+                dim=-1,
             )
         else:
             cost_values = torch.zeros(*batch.input_ids.shape, 0)

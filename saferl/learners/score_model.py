@@ -50,7 +50,10 @@ SCORE_MODEL_KINDS = ("reward", "cost")
 
 
 def pair_train_batch(
-    pairs: Sequence[SafetyPreferencePair], kind: str, tokenizer: PreTrainedTokenizerBase, max_length: int,
+    pairs: Sequence[SafetyPreferencePair],
+    kind: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
     template: str,
 ) -> PairTrainBatch:
     """Interleaved rows ``first_0, second_0, first_1, second_1, …``.
@@ -65,12 +68,20 @@ def pair_train_batch(
         firsts = [(pair.safer, pair.safer_is_safe) for pair in pairs]
         seconds = [(pair.unsafer, pair.unsafer_is_safe) for pair in pairs]
     prompts = [pair.prompt for pair in pairs for _ in range(2)]
-    responses = [text for first, second in zip(firsts, seconds, strict=True) for text in (first[0], second[0])]
+    responses = [
+        text
+        for first, second in zip(firsts, seconds, strict=True)
+        for text in (first[0], second[0])
+    ]
     batch = collate_sequences(prompts, responses, tokenizer, max_length, template=template)
     first_safe = torch.tensor([safe for _, safe in firsts], dtype=torch.bool).repeat_interleave(2)
     second_safe = torch.tensor([safe for _, safe in seconds], dtype=torch.bool).repeat_interleave(2)
     return PairTrainBatch(
-        batch.input_ids, batch.attention_mask, batch.response_mask, first_safe, second_safe,
+        batch.input_ids,
+        batch.attention_mask,
+        batch.response_mask,
+        first_safe,
+        second_safe,
         torch.ones(2 * len(pairs)),
     )
 
@@ -81,25 +92,38 @@ def end_values(raw_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return raw_values.gather(1, index.unsqueeze(1)).squeeze(1)
 
 
-def score_pair_loss(raw_values: torch.Tensor, batch: PairTrainBatch, kind: str, score_regularization: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def score_pair_loss(
+    raw_values: torch.Tensor, batch: PairTrainBatch, kind: str, score_regularization: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The reward or cost loss of an interleaved pair batch, with its accuracies as metrics."""
     scores = end_values(raw_values, batch.attention_mask)
     first, second = scores[0::2], scores[1::2]
     if kind == "reward":
         loss = reward_model_loss(first, second, score_regularization)
         return loss, {"pairwise_accuracy": pairwise_accuracy(first, second)}
-    loss = cost_model_loss(first, second, batch.first_is_safe[0::2], batch.second_is_safe[0::2], score_regularization)
+    loss = cost_model_loss(
+        first, second, batch.first_is_safe[0::2], batch.second_is_safe[0::2], score_regularization
+    )
     # For costs, "better" means safer: the safer response should score lower.
     return loss, {
         "pairwise_accuracy": pairwise_accuracy(second, first),
-        "sign_accuracy": sign_accuracy(torch.cat([first, second]), torch.cat([batch.first_is_safe[0::2], batch.second_is_safe[0::2]])),
+        "sign_accuracy": sign_accuracy(
+            torch.cat([first, second]),
+            torch.cat([batch.first_is_safe[0::2], batch.second_is_safe[0::2]]),
+        ),
     }
 
 
 @torch.no_grad()
 def evaluate_score_model(
-    group, pairs: Sequence[SafetyPreferencePair], kind: str, tokenizer: PreTrainedTokenizerBase, max_length: int,
-    template: str, rows_per_call: int, truth: Callable[[str, str], float] | None = None,
+    group,
+    pairs: Sequence[SafetyPreferencePair],
+    kind: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    template: str,
+    rows_per_call: int,
+    truth: Callable[[str, str], float] | None = None,
 ) -> dict[str, float]:
     """Held-out pairwise accuracy (and sign accuracy for costs) of a critic-hosted score model.
 
@@ -118,7 +142,9 @@ def evaluate_score_model(
         raise ValueError(f"need at least {pairs_per_call} held-out pairs; found {len(pairs)}")
     firsts, seconds, first_safe, second_safe = [], [], [], []
     for start in range(0, usable, pairs_per_call):
-        batch = pair_train_batch(pairs[start : start + pairs_per_call], kind, tokenizer, max_length, template)
+        batch = pair_train_batch(
+            pairs[start : start + pairs_per_call], kind, tokenizer, max_length, template
+        )
         scores = end_values(group.values(batch), batch.attention_mask)
         firsts.append(scores[0::2])
         seconds.append(scores[1::2])
@@ -127,18 +153,32 @@ def evaluate_score_model(
     first, second = torch.cat(firsts), torch.cat(seconds)
     # "Better" for a cost model means safer, i.e. a LOWER score.
     better, worse = (first, second) if kind == "reward" else (second, first)
-    metrics = {"pairwise_accuracy": pairwise_accuracy(better, worse).item(), "num_pairs": float(usable)}
+    metrics = {
+        "pairwise_accuracy": pairwise_accuracy(better, worse).item(),
+        "num_pairs": float(usable),
+    }
     if kind == "cost":
-        metrics["sign_accuracy"] = sign_accuracy(torch.cat([first, second]), torch.cat(first_safe + second_safe)).item()
+        metrics["sign_accuracy"] = sign_accuracy(
+            torch.cat([first, second]), torch.cat(first_safe + second_safe)
+        ).item()
     if truth is not None:
-        ordered = [(p.better, p.worse) if kind == "reward" else (p.safer, p.unsafer) for p in pairs[:usable]]
-        true_first = torch.tensor([truth(p.prompt, a) for p, (a, _) in zip(pairs, ordered)], dtype=torch.float64)
-        true_second = torch.tensor([truth(p.prompt, b) for p, (_, b) in zip(pairs, ordered)], dtype=torch.float64)
+        ordered = [
+            (p.better, p.worse) if kind == "reward" else (p.safer, p.unsafer)
+            for p in pairs[:usable]
+        ]
+        true_first = torch.tensor(
+            [truth(p.prompt, a) for p, (a, _) in zip(pairs[:usable], ordered, strict=True)], dtype=torch.float64
+        )
+        true_second = torch.tensor(
+            [truth(p.prompt, b) for p, (_, b) in zip(pairs[:usable], ordered, strict=True)], dtype=torch.float64
+        )
         decisive = true_first != true_second
         model_says_first_higher = first > second
         truth_says_first_higher = true_first > true_second
         correct = (model_says_first_higher == truth_says_first_higher) & (first != second)
-        metrics["ground_truth_accuracy"] = correct[decisive].double().mean().item() if decisive.any() else float("nan")
+        metrics["ground_truth_accuracy"] = (
+            correct[decisive].double().mean().item() if decisive.any() else float("nan")
+        )
         metrics["num_decisive_pairs"] = float(decisive.sum())
     return metrics
 
@@ -169,10 +209,15 @@ def train_score_model(
     history = []
     for step in range(steps):
         # 1–2. This step's pairs, ordered and interleaved.
-        batch = pair_train_batch(rng.sample(pairs, pairs_per_step), kind, tokenizer, max_length, template)
+        batch = pair_train_batch(
+            rng.sample(pairs, pairs_per_step), kind, tokenizer, max_length, template
+        )
         # 3. One optimizer step.
         output = group.train_step(batch, loss_fn)
-        metrics = {f"{kind}_model/loss": output.loss, **{f"{kind}_model/{k}": v for k, v in output.metrics.items()}}
+        metrics = {
+            f"{kind}_model/loss": output.loss,
+            **{f"{kind}_model/{k}": v for k, v in output.metrics.items()},
+        }
         history.append(metrics)
         tracker.log(metrics, step=step + 1)
         if progress is not None:
@@ -190,4 +235,6 @@ def relabel_saved_score_model(path: str | Path, kind: str) -> None:
 
 def _check_kind(kind: str) -> None:
     if kind not in SCORE_MODEL_KINDS:
-        raise ValueError(f"score model kind must be one of {list(SCORE_MODEL_KINDS)}; found {kind!r}")
+        raise ValueError(
+            f"score model kind must be one of {list(SCORE_MODEL_KINDS)}; found {kind!r}"
+        )

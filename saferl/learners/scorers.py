@@ -25,7 +25,14 @@ from transformers import PreTrainedTokenizerBase
 from saferl.data.collators import SequenceBatch
 from saferl.data.world import EOS, ground_truth_cost, ground_truth_reward, world_prompts
 
-__all__ = ["Scorer", "ModelScorer", "WorldOracleScorer", "ShapedRewardScorer", "AffineScorer", "fit_affine"]
+__all__ = [
+    "Scorer",
+    "ModelScorer",
+    "WorldOracleScorer",
+    "ShapedRewardScorer",
+    "AffineScorer",
+    "fit_affine",
+]
 
 
 @runtime_checkable
@@ -81,7 +88,9 @@ class WorldOracleScorer:
         for row, prompt_text in enumerate(prompts):
             prompt = self.prompts.get(prompt_text)
             if prompt is None:
-                raise ValueError(f"oracle scorer: prompt {prompt_text!r} is not a prompt of the built-in world")
+                raise ValueError(
+                    f"oracle scorer: prompt {prompt_text!r} is not a prompt of the built-in world"
+                )
             ids = batch.input_ids[row][batch.response_mask[row]].tolist()
             finished = bool(ids) and ids[-1] == self.eos_token_id
             words = self.tokenizer.convert_ids_to_tokens(ids[:-1] if finished else ids)
@@ -100,7 +109,9 @@ class ShapedRewardScorer:
 
     num_outputs = 1
 
-    def __init__(self, reward: Scorer, costs: Sequence[Scorer], multiplier: Sequence[float]) -> None:
+    def __init__(
+        self, reward: Scorer, costs: Sequence[Scorer], multiplier: Sequence[float]
+    ) -> None:
         self.reward = reward
         self.costs = list(costs)
         self.multiplier = torch.as_tensor(list(multiplier), dtype=torch.float32)

@@ -24,12 +24,18 @@ __all__ = ["sft_batch", "SFTSchedule", "run_sft"]
 
 
 def sft_batch(
-    examples: Sequence[SFTExample], tokenizer: PreTrainedTokenizerBase, max_length: int, template: str
+    examples: Sequence[SFTExample],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    template: str,
 ) -> SFTTrainBatch:
     """Right-padded prompt + response rows with the response mask (EOS included)."""
     batch = collate_sequences(
-        [example.prompt for example in examples], [example.response for example in examples],
-        tokenizer, max_length, template=template,
+        [example.prompt for example in examples],
+        [example.response for example in examples],
+        tokenizer,
+        max_length,
+        template=template,
     )
     return SFTTrainBatch(batch.input_ids, batch.attention_mask, batch.response_mask)
 

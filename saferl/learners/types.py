@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Experience", "Advantages", "PolicyTrainBatch", "CriticTrainBatch", "PairTrainBatch", "SFTTrainBatch"]
+__all__ = [
+    "Experience",
+    "Advantages",
+    "PolicyTrainBatch",
+    "CriticTrainBatch",
+    "PairTrainBatch",
+    "SFTTrainBatch",
+]
 
 
 @dataclass(frozen=True)

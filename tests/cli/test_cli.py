@@ -20,8 +20,9 @@ def composed(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_default_config_composes_to_the_exact_optimum_of_the_world():
-    cfg = composed()
+def test_default_config_composes_to_the_pipeline_and_jobs_switch():
+    assert composed().job.name == "pipeline"
+    cfg = composed("job=exact_optimum")
     assert cfg.job.name == "exact_optimum"
     assert cfg.world.beta > 0
     # The reference's seed follows the global seed through interpolation.
@@ -30,7 +31,7 @@ def test_default_config_composes_to_the_exact_optimum_of_the_world():
 
 
 def test_exact_optimum_job_prints_the_optimum_it_solved(capsys):
-    cfg = composed(*FAST_REFERENCE, "world.cost_limit=-0.9")
+    cfg = composed("job=exact_optimum", *FAST_REFERENCE, "world.cost_limit=-0.9")
     objective = run(cfg)
     printed = capsys.readouterr().out
     model, tokenizer = load_or_train_reference_policy(reference_config(cfg))
@@ -66,9 +67,16 @@ def test_world_data_job_writes_loadable_datasets(tmp_path, capsys):
         run(cfg)
 
 
-def test_console_script_runs_the_default_job(tmp_path):
+def test_console_script_runs_the_exact_optimum_job(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "saferl.cli", f"hydra.run.dir={tmp_path}", *FAST_REFERENCE],
+        [
+            sys.executable,
+            "-m",
+            "saferl.cli",
+            "job=exact_optimum",
+            f"hydra.run.dir={tmp_path}",
+            *FAST_REFERENCE,
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -77,3 +85,59 @@ def test_console_script_runs_the_default_job(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "constrained optimum" in result.stdout and "strong duality" in result.stdout
     assert (tmp_path / ".hydra" / "config.yaml").exists()
+
+
+TINY_PIPELINE = [
+    "job.sft.steps=30",
+    "job.reward_model.steps=10",
+    "job.cost_model.steps=10",
+    "job.ppo.iterations=2",
+    "job.ppo.prompts_per_iteration=16",
+    "job.data.num_sft=300",
+    "job.data.num_pairs_train=200",
+    "job.data.num_pairs_test=64",
+]
+
+
+def test_pipeline_settings_name_bad_keys_and_values():
+    from saferl.cli import pipeline_settings
+
+    settings = pipeline_settings(composed())
+    assert settings.ppo.kl_coeff == settings.world_beta  # interpolated from world.beta
+    assert settings.multiplier["kind"] == "log_gradient_ascent"
+    with pytest.raises(ValueError, match=r"job.ppo: unknown key\(s\) \['clip'\]"):
+        pipeline_settings(composed("+job.ppo.clip=0.3"))
+    with pytest.raises(ValueError, match="job.ppo: .*learner.clip_eps must be > 0"):
+        pipeline_settings(composed("job.ppo.clip_eps=-0.1"))
+    with pytest.raises(ValueError, match="job.scorers"):
+        pipeline_settings(composed("job.scorers=magic"))
+
+
+@pytest.mark.slow
+def test_default_pipeline_job_runs_end_to_end(tmp_path):
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "saferl.cli", f"hydra.run.dir={tmp_path}", *TINY_PIPELINE],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert len(summary["history"]) == 2
+    assert summary["reference"]["normalised_gap"] == pytest.approx(1.0)
+    assert summary["optimum"]["normalised_gap"] == pytest.approx(0.0, abs=1e-9)
+    assert f"{summary['trained']['normalised_gap']:.3f}" in result.stdout
+    assert "PPO-Lagrangian" in result.stdout and "exact optimum" in result.stdout
+    for folder in (
+        "models/sft",
+        "models/reward_model",
+        "models/cost_model",
+        "models/policy_ppo_lag",
+        "checkpoints/ppo_lag",
+    ):
+        assert (tmp_path / folder).is_dir(), folder
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("multiplier/value_0" in row for row in metrics)

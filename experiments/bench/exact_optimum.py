@@ -1,0 +1,171 @@
+"""Benchmark: how close each learner gets to the exact constrained optimum of the built-in world.
+
+On the world in exact mode (every response enumerated, so every number below is exact under the
+ground truth, not sampled), for each seed: the datasets, the SFT reference and the reward and
+cost models are trained once (stages 1–4 of the default pipeline), then these learners start from
+the same SFT policy:
+
+* ``ppo_lag (oracle)``  — PPO-Lagrangian with the ground-truth reward and cost;
+* ``ppo_lag (learned)`` — PPO-Lagrangian with the trained reward and cost models (mapped affinely to
+  ground-truth units on held-out responses, so β and d mean the same thing);
+* ``ppo_lag (oracle, §1 KL)`` — oracle PPO-Lagrangian without the published ``+β kl`` in the cost
+  stream (its stationary point is exactly ALGORITHMS.md §1's ``π_λ``);
+* ``ppo (oracle)``      — unconstrained RLHF on the reward alone;
+* ``shaping λ* (oracle)`` — PPO on ``r − λ* c`` with λ fixed at the exact λ*.
+
+Columns: normalised optimality gap ``(J* − J(π)) / (J* − J(π_ref))`` with ``J = E[r] − β KL``
+under the ground truth, the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost
+range), the final λ against λ*, iterations and wall seconds of the PPO stage; then the mean over
+seeds. Run: ``python experiments/bench/exact_optimum.py [--seeds 0 1 2] [--iterations 150]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from saferl.data.world import ReferenceConfig
+from saferl.learners.pipeline import (
+    PipelineSettings,
+    StageSettings,
+    evaluate_exact,
+    prepare_models,
+    run_ppo_stage,
+)
+from saferl.learners.ppo_lag import PPOSettings
+from saferl.runtime import RuntimeSpec
+
+COST_RANGE = 2.8 - (-2.2)  # the ground-truth cost's range over exact mode's responses
+
+
+def default_settings(seed: int, iterations: int) -> PipelineSettings:
+    """The default job's settings (conf/job/pipeline.yaml) for one seed."""
+    return PipelineSettings(
+        world_beta=0.5,
+        cost_limit=-0.8,
+        reference=ReferenceConfig(seed=seed),
+        num_sft=2000,
+        num_pairs_train=2000,
+        num_pairs_test=512,
+        label_temperature=0.5,
+        sft=StageSettings(300, 64, 3e-3),
+        reward_model=StageSettings(150, 32, 1e-3),
+        cost_model=StageSettings(300, 32, 1e-3),
+        ppo=PPOSettings(iterations=iterations, prompts_per_iteration=64, kl_coeff=0.5, seed=seed),
+        policy_learning_rate=1e-3,
+        critic_learning_rate=1e-3,
+        multiplier={
+            "kind": "log_gradient_ascent",
+            "initial_value": 1.0,
+            "lr": 0.1,
+            "window": 128,
+            "max_value": 5.0,
+        },
+        runtime=RuntimeSpec(local_num_cpus=8),
+        seed=seed,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument(
+        "--output", type=Path, default=None, help="keep the runs here (default: a temp folder)"
+    )
+    args = parser.parse_args()
+    root = args.output or Path(tempfile.mkdtemp(prefix="saferl-bench-"))
+    rows = []
+    for seed in args.seeds:
+        base = default_settings(seed, args.iterations)
+        prepared = prepare_models(base, root / f"seed{seed}")
+        _, _, _, optimal_multiplier = evaluate_exact(base, prepared.sft_dir, prepared.sft_dir)
+        runs = {
+            "ppo_lag (oracle)": (replace(base, scorers="oracle"), "ppo_lag", None),
+            "ppo_lag (learned)": (base, "ppo_lag", None),
+            "ppo_lag (oracle, §1 KL)": (
+                replace(base, scorers="oracle", ppo=replace(base.ppo, kl_in_cost_stream=False)),
+                "ppo_lag",
+                None,
+            ),
+            "ppo (oracle)": (replace(base, scorers="oracle"), "ppo", None),
+            "shaping λ* (oracle)": (
+                replace(base, scorers="oracle"),
+                "shaping",
+                optimal_multiplier[0],
+            ),
+        }
+        for name, (settings, variant, shaping) in runs.items():
+            folder = (
+                root
+                / f"seed{seed}"
+                / name.replace(" ", "_").replace("(", "").replace(")", "").replace("§", "s")
+            )
+            run = run_ppo_stage(settings, prepared, folder, variant, shaping_multiplier=shaping)
+            _, trained, _, _ = evaluate_exact(settings, prepared.sft_dir, run.policy_dir)
+            rows.append(
+                {
+                    "learner": name,
+                    "seed": seed,
+                    "gap": trained.normalised_gap,
+                    "violation": trained.violation,
+                    "multiplier": run.multiplier[0]
+                    if run.multiplier
+                    else (shaping if shaping is not None else 0.0),
+                    "optimal": optimal_multiplier[0],
+                    "iterations": settings.ppo.iterations,
+                    "seconds": run.seconds,
+                    "reward": trained.expected_reward,
+                    "cost": trained.expected_cost,
+                    "kl": trained.kl,
+                }
+            )
+            print(
+                f"done: {name}, seed {seed}: gap {trained.normalised_gap:.4f}, violation {trained.violation:.4f}",
+                flush=True,
+            )
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'learner':<24} {'seed':>4} {'norm. gap':>9} {'violation':>9} {'% range':>7} {'λ':>7} {'λ*':>7} "
+        f"{'E r':>7} {'E c':>7} {'KL':>6} {'iters':>5} {'seconds':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['learner']:<24} {row['seed']:>4} {row['gap']:>9.4f} {row['violation']:>9.4f} "
+            f"{100 * row['violation'] / COST_RANGE:>6.2f}% {row['multiplier']:>7.4f} {row['optimal']:>7.4f} "
+            f"{row['reward']:>7.4f} {row['cost']:>7.4f} {row['kl']:>6.3f} {row['iterations']:>5} {row['seconds']:>7.1f}"
+        )
+    print("-" * len(header))
+    for name in dict.fromkeys(row["learner"] for row in rows):
+        group = [row for row in rows if row["learner"] == name]
+        mean = {
+            key: statistics.fmean(row[key] for row in group)
+            for key in (
+                "gap",
+                "violation",
+                "multiplier",
+                "optimal",
+                "reward",
+                "cost",
+                "kl",
+                "seconds",
+            )
+        }
+        print(
+            f"{name:<24} {'mean':>4} {mean['gap']:>9.4f} {mean['violation']:>9.4f} "
+            f"{100 * mean['violation'] / COST_RANGE:>6.2f}% {mean['multiplier']:>7.4f} {mean['optimal']:>7.4f} "
+            f"{mean['reward']:>7.4f} {mean['cost']:>7.4f} {mean['kl']:>6.3f} {group[0]['iterations']:>5} "
+            f"{mean['seconds']:>7.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
