@@ -69,16 +69,28 @@ class WandbTracker:
     """
 
     def __init__(
-        self, project: str, config: Mapping[str, Any], directory: str | Path, mode: str = "offline",
-        name: str | None = None, tags: Sequence[str] = (),
+        self,
+        project: str,
+        config: Mapping[str, Any],
+        directory: str | Path,
+        mode: str = "offline",
+        name: str | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
         import wandb
 
         if mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"logger.wandb.mode must be 'offline', 'online' or 'disabled'; found {mode!r}")
+            raise ValueError(
+                f"logger.wandb.mode must be 'offline', 'online' or 'disabled'; found {mode!r}"
+            )
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=project, config=dict(config), dir=str(directory), mode=mode, name=name, tags=list(tags),
+            project=project,
+            config=dict(config),
+            dir=str(directory),
+            mode=mode,
+            name=name,
+            tags=list(tags),
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
             reinit="create_new",
         )

@@ -11,23 +11,46 @@ from saferl.learners.pipeline import PipelineResult
 __all__ = ["print_pipeline_result"]
 
 
-def print_pipeline_result(result: PipelineResult, cost_limit: float, beta: float, console: Console | None = None) -> None:
+def print_pipeline_result(
+    result: PipelineResult, cost_limit: float, beta: float, console: Console | None = None
+) -> None:
     """Print the ground-truth comparison, the score models' accuracies and the stage times."""
     console = console or report_console()
-    table = Table(title=f"Built-in world, exact evaluation (ground truth): β = {beta}, cost limit d = {cost_limit}")
-    for column in ("policy", "λ", "E reward", "E cost", "KL to ref", "E r − β·KL", "safe rate", "cost ≤ d",
-                   "normalised gap"):
+    table = Table(
+        title=f"Built-in world, exact evaluation (ground truth): β = {beta}, cost limit d = {cost_limit}"
+    )
+    for column in (
+        "policy",
+        "λ",
+        "E reward",
+        "E cost",
+        "KL to ref",
+        "E r − β·KL",
+        "safe rate",
+        "cost ≤ d",
+        "normalised gap",
+    ):
         table.add_column(column, justify="right")
     rows = (
         ("reference (SFT)", "—", result.reference),
         ("PPO-Lagrangian", ", ".join(f"{v:.4f}" for v in result.multiplier), result.trained),
-        ("exact optimum π_λ*", ", ".join(f"{v:.4f}" for v in result.optimal_multiplier), result.optimum),
+        (
+            "exact optimum π_λ*",
+            ", ".join(f"{v:.4f}" for v in result.optimal_multiplier),
+            result.optimum,
+        ),
     )
     for name, multiplier, score in rows:
         table.add_row(
-            name, multiplier, f"{score.expected_reward:.4f}", f"{score.expected_cost:.4f}", f"{score.kl:.4f}",
-            f"{score.objective:.4f}", f"{score.safe_rate:.3f}",
-            "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})", f"{score.normalised_gap:.3f}",
+            name,
+            multiplier,
+            f"{score.expected_reward:.4f}",
+            f"{score.expected_cost:.4f}",
+            f"{score.kl:.4f}",
+            f"{score.objective:.4f}",
+            f"{score.safe_rate:.3f}",
+            "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})",
+            f"{score.normalised_gap:.3f}",
         )
     console.print(table)
     models = Table(title="Score models on held-out pairs")
@@ -35,13 +58,15 @@ def print_pipeline_result(result: PipelineResult, cost_limit: float, beta: float
         models.add_column(column, justify="right")
     for name, metrics in (("reward", result.reward_model), ("cost", result.cost_model)):
         models.add_row(
-            name, f"{metrics['pairwise_accuracy']:.3f}",
+            name,
+            f"{metrics['pairwise_accuracy']:.3f}",
             f"{metrics.get('ground_truth_accuracy', float('nan')):.3f}",
             f"{metrics['sign_accuracy']:.3f}" if "sign_accuracy" in metrics else "—",
             f"{int(metrics['num_pairs'])}",
         )
     console.print(models)
     console.print(
-        "stage seconds: " + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result.stage_seconds.items()),
+        "stage seconds: "
+        + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result.stage_seconds.items()),
         soft_wrap=True,
     )

@@ -12,16 +12,13 @@ The keys are DeepSpeed's own (https://www.deepspeed.ai/docs/config-json/):
 * ``optimizer``: ``{"type": "AdamW", "params": {lr, betas, eps, weight_decay, torch_adam}}``;
   ``torch_adam: true`` makes DeepSpeed build ``torch.optim.AdamW`` instead of its compiled
   CPU/fused Adam ops (no JIT build); see :func:`use_torch_adam`;
-* ``scheduler``: DeepSpeed's ``WarmupLR`` / ``WarmupCosineLR`` / ``WarmupDecayLR`` with linear
-  warmup from 0, or, without warmup, torch's ``CosineAnnealingLR`` / ``LinearLR`` by name (DeepSpeed
-  instantiates any ``torch.optim.lr_scheduler`` class named in ``scheduler.type``), because
-  DeepSpeed's warmup schedulers force at least two warmup steps. A constant schedule without
-  warmup has no ``scheduler`` section. As in Hugging Face's schedules, step ``k`` of a warmup uses
-  ``lr * k / warmup_steps`` (the first step has learning rate 0).
+* no ``scheduler`` section: the learning-rate schedule is a Hugging Face schedule handed to
+  ``deepspeed.initialize(lr_scheduler=...)`` (:func:`lr_scheduler_factory`, which says why).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from saferl.runtime.specs import DeepSpeedSpec
@@ -29,6 +26,7 @@ from saferl.runtime.specs import DeepSpeedSpec
 __all__ = [
     "deepspeed_config",
     "deepspeed_inference_config",
+    "lr_scheduler_factory",
     "resolve_precision",
     "use_torch_adam",
 ]
@@ -83,53 +81,34 @@ def use_torch_adam(spec: DeepSpeedSpec, device: str) -> bool:
     return not _prebuilt_ops().get(op, False)
 
 
-def _scheduler_section(spec: DeepSpeedSpec) -> dict[str, Any] | None:
-    warmup = spec.warmup_steps
-    if spec.scheduler == "constant":
-        if warmup == 0:
-            return None
-        return {
-            "type": "WarmupLR",
-            "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": spec.learning_rate,
-                "warmup_num_steps": warmup,
-                "warmup_type": "linear",
-            },
-        }
-    assert spec.total_steps is not None  # validated by DeepSpeedSpec
-    if spec.scheduler == "cosine":
-        if warmup == 0:
-            return {
-                "type": "CosineAnnealingLR",
-                "params": {"T_max": spec.total_steps, "eta_min": 0.0},
-            }
-        return {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": spec.total_steps,
-                "warmup_num_steps": warmup,
-                "warmup_min_ratio": 0.0,
-                "cos_min_ratio": 0.0,
-                "warmup_type": "linear",
-            },
-        }
-    # linear decay to 0
-    if warmup == 0:
-        return {
-            "type": "LinearLR",
-            "params": {"start_factor": 1.0, "end_factor": 0.0, "total_iters": spec.total_steps},
-        }
-    return {
-        "type": "WarmupDecayLR",
-        "params": {
-            "total_num_steps": spec.total_steps,
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": spec.learning_rate,
-            "warmup_num_steps": warmup,
-            "warmup_type": "linear",
-        },
-    }
+def lr_scheduler_factory(spec: DeepSpeedSpec) -> Callable[[Any], Any]:
+    """``optimizer -> scheduler`` for ``deepspeed.initialize(lr_scheduler=...)``.
+
+    The schedules are Hugging Face's (``transformers.get_scheduler``), the ones the published
+    Safe RLHF code passes to DeepSpeed: optimizer step ``k`` (0-based) uses
+    ``lr * k / warmup_steps`` during warmup, then ``lr`` (constant), ``lr * (T - k) / (T - w)``
+    (linear) or ``lr * (1 + cos(pi (k - w) / (T - w))) / 2`` (cosine), ``T = total_steps``.
+    DeepSpeed steps the scheduler after every optimizer step.
+
+    DeepSpeed's own ``scheduler`` config section is not used: its warmup schedulers
+    (``WarmupLR``, ``WarmupCosineLR``, ``WarmupDecayLR``) run the first two optimizer steps at the
+    minimum learning rate and stretch warmups shorter than two steps.
+    """
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[
+        spec.scheduler
+    ]
+
+    def build(optimizer: Any) -> Any:
+        return get_scheduler(
+            name,
+            optimizer=optimizer,
+            num_warmup_steps=spec.warmup_steps,
+            num_training_steps=spec.total_steps,
+        )
+
+    return build
 
 
 def _precision_sections(precision: str) -> dict[str, Any]:
@@ -205,9 +184,6 @@ def deepspeed_config(spec: DeepSpeedSpec, world_size: int, device: str) -> dict[
     if torch_adam and spec.offload_optimizer:
         # An offloaded torch AdamW runs on the CPU copies; DeepSpeed refuses it unless told.
         config["zero_force_ds_cpu_optimizer"] = False
-    scheduler = _scheduler_section(spec)
-    if scheduler is not None:
-        config["scheduler"] = scheduler
     return config
 
 

@@ -17,7 +17,11 @@ import torch
 from torch import nn
 
 from saferl.models import critic_values, end_scores, policy_token_logprobs
-from saferl.runtime.ds_config import deepspeed_config, deepspeed_inference_config
+from saferl.runtime.ds_config import (
+    deepspeed_config,
+    deepspeed_inference_config,
+    lr_scheduler_factory,
+)
 from saferl.runtime.specs import DeepSpeedSpec
 
 __all__ = [
@@ -86,10 +90,9 @@ def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str
     return groups
 
 
-def build_train_engine(
-    module: nn.Module, spec: DeepSpeedSpec, world_size: int, device: str
-) -> Any:
-    """A DeepSpeed training engine (optimizer and scheduler from :func:`deepspeed_config`).
+def build_train_engine(module: nn.Module, spec: DeepSpeedSpec, world_size: int, device: str) -> Any:
+    """A DeepSpeed training engine (optimizer from :func:`deepspeed_config`, learning-rate
+    schedule from :func:`lr_scheduler_factory`).
 
     Must run after :func:`saferl.runtime.distributed.init_process_group` on every rank.
 
@@ -102,6 +105,7 @@ def build_train_engine(
     engine, *_ = deepspeed.initialize(
         model=module,
         model_parameters=weight_decay_groups(module, spec.weight_decay),
+        lr_scheduler=lr_scheduler_factory(spec),
         config=config,
     )
     return engine

@@ -8,7 +8,8 @@ groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
    placement group of its own.
 2. **Actors**: rank ``i`` is created in bundle ``i`` with the slot's CPU (and GPU) request.
 3. **World**: rank 0 reports its node address and a free port; every rank joins and builds its
-   engine (``setup``), all at once (the rendezvous needs them all).
+   engine (``setup``), all at once (the rendezvous needs them all). The start-up is submitted
+   without blocking; :meth:`ActorGroup.wait_ready` (or the first call) waits for it.
 4. **Calls**: :meth:`call` sends the same arguments to every rank, :meth:`call_per_rank` one
    argument tuple per rank; results come back in rank order. A rank that raises, dies or runs
    past the timeout raises a ``RuntimeError`` that names the role, the rank and the method;
@@ -50,6 +51,8 @@ class ActorGroup:
         worker_kwargs: the worker's remaining constructor arguments (sent to every rank).
         placement: a shared plan holding this role (colocation); None plans and owns one.
         seed: torch seed of every rank before its model is built.
+        wait: wait for the start-up here (default). With False the ranks start in the background
+            and the first call (or :meth:`wait_ready`) waits, so several groups start at once.
 
     Raises:
         RuntimeError: placement, actor start, rendezvous or engine build failed or timed out.
@@ -64,6 +67,7 @@ class ActorGroup:
         worker_kwargs: dict[str, Any],
         placement: PlacementPlan | None = None,
         seed: int = 0,
+        wait: bool = True,
     ) -> None:
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised; call saferl.runtime.init_ray(runtime_spec)")
@@ -72,13 +76,19 @@ class ActorGroup:
         self.runtime_spec = runtime_spec
         self.backend = runtime_spec.resolve_backend(group_spec.uses_gpus)
         self._owned_plan: PlacementPlan | None = None
+        if placement is None and group_spec.colocate_with is not None:
+            raise ValueError(
+                f"group.colocate_with={group_spec.colocate_with!r} for {role!r} needs the shared "
+                "placement: build one with saferl.runtime.plan_placement(runtime_spec, {role: "
+                "group_spec, ...}) and pass it as placement="
+            )
         if placement is None:
             own = GroupSpec(
                 num_ranks=group_spec.num_ranks,
                 cpus_per_rank=group_spec.cpus_per_rank,
                 gpus_per_rank=group_spec.gpus_per_rank,
             )
-            placement = plan_placement(runtime_spec, {role: own}, name_prefix=f"saferl-{role}")
+            placement = plan_placement(runtime_spec, {role: own})
             self._owned_plan = placement
         self.slot: RoleSlot = placement.slot(role)
         if self.slot.num_ranks != group_spec.num_ranks:
@@ -88,9 +98,12 @@ class ActorGroup:
             )
         self.actors: list[Any] = []
         self._closed = False
-        self.rank_infos: list[RankInfo] = []
+        self._rank_infos: list[RankInfo] = []
+        self._pending_start: list[Any] = []
         try:
-            self._start(worker_class, worker_kwargs, seed)
+            self._launch(worker_class, worker_kwargs, seed)
+            if wait:
+                self.wait_ready()
         except BaseException:
             self.shutdown()
             raise
@@ -102,7 +115,7 @@ class ActorGroup:
 
     # -- start -------------------------------------------------------------------------------
 
-    def _start(self, worker_class: type, worker_kwargs: dict[str, Any], seed: int) -> None:
+    def _launch(self, worker_class: type, worker_kwargs: dict[str, Any], seed: int) -> None:
         remote_class = ray.remote(worker_class)
         options: dict[str, Any] = {
             "num_cpus": self.slot.num_cpus,
@@ -127,18 +140,37 @@ class ActorGroup:
                 placement_group_bundle_index=rank,
                 placement_group_capture_child_tasks=False,
             )
-            actor = remote_class.options(
-                scheduling_strategy=strategy, name=None, **options
-            ).remote(setup, **worker_kwargs)
+            actor = remote_class.options(scheduling_strategy=strategy, name=None, **options).remote(
+                setup, **worker_kwargs
+            )
             self.actors.append(actor)
-        timeout = self.runtime_spec.startup_timeout_s
-        self.rank_infos = self.call("rank_info", timeout_s=timeout)
-        master_addr, master_port = self.call_rank(0, "master_address", timeout_s=timeout)
-        self.call("setup", master_addr, master_port, timeout_s=timeout)
-        logger.info(
-            "%s: %d ranks up (%s, master %s:%d)", self.role, self.num_ranks, self.backend,
-            master_addr, master_port,
-        )
+        # Submitted without waiting (Ray passes rank 0's result to every setup), so several
+        # groups created with wait=False start at the same time.
+        master = self.actors[0].master_address.remote()
+        info_refs = [actor.rank_info.remote() for actor in self.actors]
+        setup_refs = [actor.setup.remote(master) for actor in self.actors]
+        self._pending_start = info_refs + setup_refs
+
+    def wait_ready(self) -> None:
+        """Wait until every rank has joined the world and built its engine (idempotent).
+
+        Raises:
+            RuntimeError: a rank failed to start or ``runtime.startup_timeout_s`` passed; the
+                group is shut down.
+        """
+        if not self._pending_start:
+            return
+        refs, self._pending_start = self._pending_start, []
+        ranks = list(range(self.num_ranks)) * 2
+        results = self._gather(refs, ranks, "start-up", self.runtime_spec.startup_timeout_s)
+        self._rank_infos = results[: self.num_ranks]
+        logger.info("%s: %d ranks up (%s)", self.role, self.num_ranks, self.backend)
+
+    @property
+    def rank_infos(self) -> list[RankInfo]:
+        """Where each rank runs (waits for the start-up)."""
+        self.wait_ready()
+        return self._rank_infos
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -148,8 +180,11 @@ class ActorGroup:
                 f"the {self.role} group is shut down (after shutdown() or a failed call); cannot "
                 f"call {method!r}. Create a new group (and load the last checkpoint)"
             )
+        self.wait_ready()
 
-    def _gather(self, refs: Sequence[Any], ranks: Sequence[int], method: str, timeout_s: float) -> list[Any]:
+    def _gather(
+        self, refs: Sequence[Any], ranks: Sequence[int], method: str, timeout_s: float
+    ) -> list[Any]:
         """Results of ``refs`` in order; the first failure or the deadline raises."""
         deadline = time.monotonic() + timeout_s
         index_of = {ref: i for i, ref in enumerate(refs)}
@@ -190,7 +225,9 @@ class ActorGroup:
         except Exception as error:  # the original failure matters more
             logger.warning("%s: shutdown after a failure raised %s", self.role, error)
 
-    def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> list[Any]:
+    def call(
+        self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any
+    ) -> list[Any]:
         """``method(*args, **kwargs)`` on every rank; results in rank order."""
         self._check_open(method)
         refs = [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
@@ -231,6 +268,7 @@ class ActorGroup:
         if self._closed and not self.actors:
             return
         self._closed = True
+        self._pending_start = []
         actors, self.actors = self.actors, []
         for actor in actors:
             try:
@@ -242,7 +280,9 @@ class ActorGroup:
             # A call on a killed actor fails with RayActorError once Ray has reaped it.
             while time.monotonic() < deadline:
                 try:
-                    ray.get(actor.__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                    ray.get(
+                        actor.__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 0.1)
+                    )
                 except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
                     break
                 except ray.exceptions.GetTimeoutError:

@@ -15,7 +15,7 @@ CriticGroup        CriticWorker           values, train_step, export_hf
 =================  =====================  =============================================
 
 All have ``save_checkpoint(dir)``, ``load_checkpoint(dir)``, ``state_dicts()``,
-``rank_infos`` and ``shutdown()``.
+``rank_infos``, ``wait_ready()`` and ``shutdown()``.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def _reduce_steps(results: list[RankStepResult]) -> TrainStepOutput:
     )
 
 
-def _train_step(group: ActorGroup, spec: DeepSpeedSpec, batch: Any, loss_fn: LossFn) -> TrainStepOutput:
+def _train_step(
+    group: ActorGroup, spec: DeepSpeedSpec, batch: Any, loss_fn: LossFn
+) -> TrainStepOutput:
     rows = batch_rows(batch)
     expected = spec.train_batch_size(group.num_ranks)
     if rows != expected:
@@ -104,6 +106,8 @@ class PolicyGroup:
         placement: a shared :class:`PlacementPlan` holding ``role`` (colocation); None: own one.
         role: the role's name.
         seed: torch seed of the model build (same on every rank).
+        wait: block until the ranks are up (default); with False the start-up runs in the
+            background (start several groups at once) and the first call waits.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class PolicyGroup:
         placement: PlacementPlan | None = None,
         role: str = "policy",
         seed: int = 0,
+        wait: bool = True,
     ) -> None:
         self.deepspeed_spec = deepspeed_spec
         self.pad_token_id = int(tokenizer.pad_token_id)
@@ -128,12 +133,17 @@ class PolicyGroup:
             {"model_spec": model_spec, "tokenizer": tokenizer, "deepspeed_spec": deepspeed_spec},
             placement=placement,
             seed=seed,
+            wait=wait,
         )
 
     @property
     def rank_infos(self) -> list[RankInfo]:
         """Where each rank runs."""
         return self.group.rank_infos
+
+    def wait_ready(self) -> None:
+        """Wait for a group created with ``wait=False`` to finish starting."""
+        self.group.wait_ready()
 
     def generate(self, prompts: PromptBatch, spec: GenerationSpec) -> GenerationOutput:
         """Responses for ``(batch, prompt_len)`` LEFT-padded prompts.
@@ -183,6 +193,10 @@ class PolicyGroup:
         """Each rank's full weights (gathered under ZeRO-3), in rank order."""
         return self.group.call("state_dict")
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights once (rank 0's copy; e.g. to sync rollout engines)."""
+        return self.group.call("state_dict", False)[0]
+
     def shutdown(self) -> None:
         """Kill the ranks (and an owned placement group)."""
         self.group.shutdown()
@@ -203,6 +217,7 @@ class ReferenceGroup:
         placement: PlacementPlan | None = None,
         role: str = "reference",
         seed: int = 0,
+        wait: bool = True,
     ) -> None:
         self.group = ActorGroup(
             role,
@@ -212,11 +227,15 @@ class ReferenceGroup:
             {"model_spec": model_spec, "tokenizer": tokenizer, "deepspeed_spec": deepspeed_spec},
             placement=placement,
             seed=seed,
+            wait=wait,
         )
 
     @property
     def rank_infos(self) -> list[RankInfo]:
         return self.group.rank_infos
+
+    def wait_ready(self) -> None:
+        self.group.wait_ready()
 
     def token_logprobs(self, batch: Any) -> torch.Tensor:
         """``(batch, seq_len)`` reference token log-probs."""
@@ -257,6 +276,7 @@ class ScoreGroup:
         placement: PlacementPlan | None = None,
         role: str = "reward",
         seed: int = 0,
+        wait: bool = True,
     ) -> None:
         self.group = ActorGroup(
             role,
@@ -272,11 +292,15 @@ class ScoreGroup:
             },
             placement=placement,
             seed=seed,
+            wait=wait,
         )
 
     @property
     def rank_infos(self) -> list[RankInfo]:
         return self.group.rank_infos
+
+    def wait_ready(self) -> None:
+        self.group.wait_ready()
 
     def end_scores(self, batch: Any) -> torch.Tensor:
         """``(batch, m)`` scores at each row's last real token."""
@@ -320,6 +344,7 @@ class CriticGroup:
         placement: PlacementPlan | None = None,
         role: str = "reward_critic",
         seed: int = 0,
+        wait: bool = True,
     ) -> None:
         self.deepspeed_spec = deepspeed_spec
         self.group = ActorGroup(
@@ -336,11 +361,15 @@ class CriticGroup:
             },
             placement=placement,
             seed=seed,
+            wait=wait,
         )
 
     @property
     def rank_infos(self) -> list[RankInfo]:
         return self.group.rank_infos
+
+    def wait_ready(self) -> None:
+        self.group.wait_ready()
 
     def values(self, batch: Any) -> torch.Tensor:
         """``(batch, seq_len)`` values ``V_t`` (no grad)."""

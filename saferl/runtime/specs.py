@@ -93,7 +93,8 @@ class DeepSpeedSpec:
         adam_betas: AdamW ``(beta1, beta2)``.
         adam_eps: AdamW epsilon.
         scheduler: ``"constant"``, ``"cosine"`` (to 0) or ``"linear"`` (to 0), after a linear
-            warmup of ``warmup_steps`` steps from 0.
+            warmup of ``warmup_steps`` steps from 0 (Hugging Face's schedules, see
+            :func:`saferl.runtime.ds_config.lr_scheduler_factory`).
         warmup_steps: optimizer steps of linear warmup (0: none).
         total_steps: optimizer steps of the whole run; required by ``cosine`` and ``linear``.
         micro_batch_size_per_rank: rows per forward/backward on one rank.
@@ -126,7 +127,9 @@ class DeepSpeedSpec:
             raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         for key in ("offload_optimizer", "offload_params"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"deepspeed.{key} must be true or false, got {getattr(self, key)!r}")
+                raise ValueError(
+                    f"deepspeed.{key} must be true or false, got {getattr(self, key)!r}"
+                )
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError(
                 "deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3, got zero_stage=0"
@@ -151,9 +154,7 @@ class DeepSpeedSpec:
                 f"deepspeed.weight_decay must be a number >= 0, got {self.weight_decay!r}"
             )
         betas = tuple(self.adam_betas) if isinstance(self.adam_betas, (list, tuple)) else None
-        if betas is None or len(betas) != 2 or not all(
-            _is_number(b) and 0 <= b < 1 for b in betas
-        ):
+        if betas is None or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
             raise ValueError(
                 f"deepspeed.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}"
             )
@@ -285,7 +286,9 @@ class RuntimeSpec:
         for key in ("startup_timeout_s", "call_timeout_s", "collective_timeout_s"):
             value = getattr(self, key)
             if not _is_number(value) or value <= 0:
-                raise ValueError(f"runtime.{key} must be a positive number of seconds, got {value!r}")
+                raise ValueError(
+                    f"runtime.{key} must be a positive number of seconds, got {value!r}"
+                )
         if not isinstance(self.env_vars, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.env_vars.items()
         ):

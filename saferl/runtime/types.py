@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -30,7 +30,9 @@ __all__ = [
 #: scalar metric tensors. It must be picklable (a module-level function or a
 #: ``functools.partial`` of one) and the loss a **mean** over the micro-batch's rows, so that
 #: DeepSpeed's gradient averaging over micro-batches and ranks gives the global-batch mean.
-LossFn = Callable[[torch.Tensor, Any], Union[torch.Tensor, tuple[torch.Tensor, Mapping[str, torch.Tensor]]]]
+LossFn = Callable[
+    [torch.Tensor, Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor]]
+]
 
 
 def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

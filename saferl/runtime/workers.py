@@ -6,8 +6,10 @@ These are plain classes; :class:`saferl.runtime.group.ActorGroup` turns them int
 1. is constructed with a :class:`RankSetup` (role, rank, world size, backend, ...) and its model
    description; nothing heavy happens in the constructor;
 2. reports ``master_address()`` (rank 0's node address and a free port) and ``rank_info()``;
-3. ``setup(master_addr, master_port)``: joins the world, builds its model with the group's seed,
-   wraps it (:mod:`saferl.runtime.engines`) and starts its DeepSpeed engine;
+3. ``setup((master_addr, master_port))``: joins the world, builds its model on the CPU with the
+   group's seed, wraps it (:mod:`saferl.runtime.engines`) and starts its DeepSpeed engine, which
+   moves it to the rank's device (ZeRO 0-2) or partitions it there (ZeRO-3: no rank's GPU ever
+   holds the whole model);
 4. serves its role's methods on the shard of the batch the driver sends. Methods that hold a
    collective under ZeRO-3 (any forward, checkpoints, exports) must be called on every rank with
    equal shards, which the groups guarantee.
@@ -288,6 +290,11 @@ def _export(
     return str(save(model, directory))
 
 
+def _state_dict(engine: Any, rank: int, on_all_ranks: bool) -> dict[str, torch.Tensor]:
+    state = full_state_dict(engine)  # every rank takes part (a collective under ZeRO-3)
+    return state if on_all_ranks or rank == 0 else {}
+
+
 class PolicyWorker:
     """One rank of the policy: a DeepSpeed training engine around a causal LM.
 
@@ -315,14 +322,16 @@ class PolicyWorker:
     def master_address(self) -> tuple[str, int]:
         return self.ctx.master_address()
 
-    def setup(self, master_addr: str, master_port: int) -> None:
-        self.ctx.join(master_addr, master_port)
-        model = build_policy(self.model_spec, self.tokenizer).to(self.ctx.device)
+    def setup(self, master: tuple[str, int]) -> None:
+        self.ctx.join(*master)
+        model = build_policy(self.model_spec, self.tokenizer)
         self.engine = build_train_engine(
             TokenLogprobsModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
         )
 
-    def generate(self, prompts: PromptBatch, spec: GenerationSpec, row_offset: int) -> GenerationOutput:
+    def generate(
+        self, prompts: PromptBatch, spec: GenerationSpec, row_offset: int
+    ) -> GenerationOutput:
         """Responses for this rank's prompts ``(shard, prompt_len)``; rows are numbered from
         ``row_offset`` for the per-row seeds."""
         self.engine.eval()
@@ -359,9 +368,10 @@ class PolicyWorker:
             directory,
         )
 
-    def state_dict(self) -> Mapping[str, torch.Tensor]:
-        """Full weights of the causal LM on CPU (a collective under ZeRO-3)."""
-        return full_state_dict(self.engine)
+    def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
+        """Full weights of the causal LM on CPU (a collective under ZeRO-3); with
+        ``on_all_ranks=False`` ranks other than 0 return an empty dict."""
+        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)
 
 
 class ReferenceWorker:
@@ -388,9 +398,9 @@ class ReferenceWorker:
     def master_address(self) -> tuple[str, int]:
         return self.ctx.master_address()
 
-    def setup(self, master_addr: str, master_port: int) -> None:
-        self.ctx.join(master_addr, master_port)
-        model = build_policy(self.model_spec, self.tokenizer).to(self.ctx.device)
+    def setup(self, master: tuple[str, int]) -> None:
+        self.ctx.join(*master)
+        model = build_policy(self.model_spec, self.tokenizer)
         self.engine = build_inference_engine(
             TokenLogprobsModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
         )
@@ -405,8 +415,8 @@ class ReferenceWorker:
     def load_checkpoint(self, directory: str, tag: str | None) -> None:
         _load_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
 
-    def state_dict(self) -> Mapping[str, torch.Tensor]:
-        return full_state_dict(self.engine)
+    def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
+        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)
 
 
 class ScoreWorker:
@@ -439,9 +449,9 @@ class ScoreWorker:
     def _build(self) -> nn.Module:
         return build_score_model(self.model_spec, self.tokenizer, num_outputs=self.num_outputs)
 
-    def setup(self, master_addr: str, master_port: int) -> None:
-        self.ctx.join(master_addr, master_port)
-        model = self._build().to(self.ctx.device)
+    def setup(self, master: tuple[str, int]) -> None:
+        self.ctx.join(*master)
+        model = self._build()
         self.engine = build_inference_engine(
             EndScoresModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
         )
@@ -467,8 +477,8 @@ class ScoreWorker:
             directory,
         )
 
-    def state_dict(self) -> Mapping[str, torch.Tensor]:
-        return full_state_dict(self.engine)
+    def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
+        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)
 
 
 class CriticWorker:
@@ -508,9 +518,9 @@ class CriticWorker:
             init_output_index=self.init_output_index,
         )
 
-    def setup(self, master_addr: str, master_port: int) -> None:
-        self.ctx.join(master_addr, master_port)
-        model = self._build().to(self.ctx.device)
+    def setup(self, master: tuple[str, int]) -> None:
+        self.ctx.join(*master)
+        model = self._build()
         self.engine = build_train_engine(
             ValuesModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
         )
@@ -539,5 +549,5 @@ class CriticWorker:
             directory,
         )
 
-    def state_dict(self) -> Mapping[str, torch.Tensor]:
-        return full_state_dict(self.engine)
+    def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
+        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)

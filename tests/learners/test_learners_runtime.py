@@ -73,8 +73,14 @@ def sft_dir(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
-def deepspeed(learning_rate: float, rows: int, num_ranks: int = 1, zero_stage: int = 2) -> DeepSpeedSpec:
-    return DeepSpeedSpec(zero_stage=zero_stage, learning_rate=learning_rate, micro_batch_size_per_rank=rows // num_ranks)
+def deepspeed(
+    learning_rate: float, rows: int, num_ranks: int = 1, zero_stage: int = 2
+) -> DeepSpeedSpec:
+    return DeepSpeedSpec(
+        zero_stage=zero_stage,
+        learning_rate=learning_rate,
+        micro_batch_size_per_rank=rows // num_ranks,
+    )
 
 
 class Groups:
@@ -83,30 +89,67 @@ class Groups:
     def __init__(self, sft_dir: Path, tokenizer, num_ranks: int, zero_stage: int = 2) -> None:
         spec = ModelSpec(name_or_path=str(sft_dir))
         group = GroupSpec(num_ranks=num_ranks, cpus_per_rank=0.25)
-        self.policy = PolicyGroup(spec, tokenizer, deepspeed(1e-3, ROWS, num_ranks, zero_stage), group, RUNTIME,
-                                  role=f"policy{num_ranks}")
-        self.reference = ReferenceGroup(spec, tokenizer, deepspeed(0.0, ROWS, num_ranks, zero_stage), group, RUNTIME,
-                                        role=f"reference{num_ranks}")
-        self.reward_critic = CriticGroup(spec, tokenizer, deepspeed(1e-3, ROWS, num_ranks, zero_stage), group,
-                                         RUNTIME, role=f"reward_critic{num_ranks}")
-        self.cost_critic = CriticGroup(spec, tokenizer, deepspeed(1e-3, ROWS, num_ranks, zero_stage), group,
-                                       RUNTIME, role=f"cost_critic{num_ranks}")
+        self.policy = PolicyGroup(
+            spec,
+            tokenizer,
+            deepspeed(1e-3, ROWS, num_ranks, zero_stage),
+            group,
+            RUNTIME,
+            role=f"policy{num_ranks}",
+        )
+        self.reference = ReferenceGroup(
+            spec,
+            tokenizer,
+            deepspeed(0.0, ROWS, num_ranks, zero_stage),
+            group,
+            RUNTIME,
+            role=f"reference{num_ranks}",
+        )
+        self.reward_critic = CriticGroup(
+            spec,
+            tokenizer,
+            deepspeed(1e-3, ROWS, num_ranks, zero_stage),
+            group,
+            RUNTIME,
+            role=f"reward_critic{num_ranks}",
+        )
+        self.cost_critic = CriticGroup(
+            spec,
+            tokenizer,
+            deepspeed(1e-3, ROWS, num_ranks, zero_stage),
+            group,
+            RUNTIME,
+            role=f"cost_critic{num_ranks}",
+        )
         self.tokenizer = tokenizer
 
-    def learner(self, multiplier, settings: PPOSettings, reward_scorer=None, with_cost: bool = True) -> PPOLagrangian:
+    def learner(
+        self, multiplier, settings: PPOSettings, reward_scorer=None, with_cost: bool = True
+    ) -> PPOLagrangian:
         reward_scorer = reward_scorer or WorldOracleScorer("reward", self.tokenizer)
         cost_scorers = [WorldOracleScorer("cost", self.tokenizer)] if with_cost else []
         maker = ExperienceMaker(
-            policy=self.policy, reference=self.reference, reward_scorer=reward_scorer, cost_scorers=cost_scorers,
-            reward_critic=self.reward_critic, cost_critics=[self.cost_critic] if with_cost else [],
-            tokenizer=self.tokenizer, generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
-            max_prompt_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE,
+            policy=self.policy,
+            reference=self.reference,
+            reward_scorer=reward_scorer,
+            cost_scorers=cost_scorers,
+            reward_critic=self.reward_critic,
+            cost_critics=[self.cost_critic] if with_cost else [],
+            tokenizer=self.tokenizer,
+            generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
+            max_prompt_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
         )
         prompts = [prompt.text for prompt in world_prompts()]
         return PPOLagrangian(
-            maker, self.reward_critic, [self.cost_critic] if with_cost else [], multiplier,
-            PromptSchedule(prompts, settings.prompts_per_iteration, settings.seed), settings,
-            policy_rows_per_step=ROWS, critic_rows_per_step=ROWS,
+            maker,
+            self.reward_critic,
+            [self.cost_critic] if with_cost else [],
+            multiplier,
+            PromptSchedule(prompts, settings.prompts_per_iteration, settings.seed),
+            settings,
+            policy_rows_per_step=ROWS,
+            critic_rows_per_step=ROWS,
         )
 
     def save(self, folder: Path) -> None:
@@ -143,43 +186,65 @@ def test_multiplier_rises_to_its_cap_above_the_limit_and_falls_below(groups):
     # Every world cost is ≥ −2.2, so a limit of −5 is always violated: λ must rise every
     # iteration until it sits exactly on its cap. A limit of +5 is always met: λ must fall.
     groups.restore(groups.initial)
-    rising = LogGradientAscentMultiplier(cost_limit=-5.0, initial_value=1.0, lr=0.2, window=ROWS, max_value=2.0)
-    values = [float(v["multiplier/value_0"]) for v in groups.learner(rising, settings(iterations=4)).run()]
+    rising = LogGradientAscentMultiplier(
+        cost_limit=-5.0, initial_value=1.0, lr=0.2, window=ROWS, max_value=2.0
+    )
+    values = [
+        float(v["multiplier/value_0"]) for v in groups.learner(rising, settings(iterations=4)).run()
+    ]
     assert values[0] > 1.0 and all(b >= a for a, b in zip(values, values[1:], strict=False))
     assert values[-1] == 2.0  # the cap holds exactly
 
     groups.restore(groups.initial)
     falling = LogGradientAscentMultiplier(cost_limit=5.0, initial_value=1.0, lr=0.2, window=ROWS)
-    values = [float(v["multiplier/value_0"]) for v in groups.learner(falling, settings(iterations=3)).run()]
+    values = [
+        float(v["multiplier/value_0"])
+        for v in groups.learner(falling, settings(iterations=3)).run()
+    ]
     assert all(b < a for a, b in zip([1.0, *values], values, strict=False))
 
     # PID reaches exactly 0 below the limit (its integral is clamped at 0).
     groups.restore(groups.initial)
     pid = PIDMultiplier(cost_limit=5.0, kp=0.1, ki=0.5, kd=0.0, max_value=5.0, initial_integral=1.0)
-    values = [float(v["multiplier/value_0"]) for v in groups.learner(pid, settings(iterations=2)).run()]
+    values = [
+        float(v["multiplier/value_0"]) for v in groups.learner(pid, settings(iterations=2)).run()
+    ]
     assert values[-1] == 0.0
 
 
 def test_stop_and_resume_reproduces_the_next_iteration(groups, tmp_path):
     # Uninterrupted: 3 iterations from the initial state.
     groups.restore(groups.initial)
-    uninterrupted = groups.learner(LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3))
+    uninterrupted = groups.learner(
+        LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3)
+    )
     expected = uninterrupted.run()[-1]
 
     # Interrupted: 2 iterations, checkpoint, scramble the groups with another iteration, then a
     # fresh learner object loads the checkpoint and runs iteration 3.
     groups.restore(groups.initial)
-    first = groups.learner(LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=2))
+    first = groups.learner(
+        LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=2)
+    )
     first.run()
     first.save(tmp_path / "checkpoint")
     first.settings = settings(iterations=3)
     first.run()  # moves the groups past the checkpoint
-    resumed = groups.learner(LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3))
+    resumed = groups.learner(
+        LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3)
+    )
     resumed.load(tmp_path / "checkpoint")
     assert resumed.iteration == 2
     got = resumed.run()[-1]
-    for key in ("policy/loss", "critic/reward_loss", "critic/cost_0_loss", "multiplier/value_0",
-                "multiplier/used_0", "constraint/estimate_0", "reward/score"):
+    for key in (
+        "policy/loss",
+        "critic/reward_loss",
+        "critic/cost_0_loss",
+        "multiplier/value_0",
+        "multiplier/used_0",
+        "constraint/estimate_0",
+        "reward/score",
+    ):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
 
 
@@ -197,8 +262,13 @@ def test_ppo_and_the_fixed_multiplier_shaping_baseline_reuse_the_loop(groups):
     batch_view = experience  # the scored rollout: its reward is r − 0.7 c of each response
     from saferl.data.collators import SequenceBatch
 
-    sequences = SequenceBatch(batch_view.input_ids, batch_view.attention_mask, batch_view.response_mask)
-    expected = reward.score(sequences, experience.prompts)[:, 0] - 0.7 * cost.score(sequences, experience.prompts)[:, 0]
+    sequences = SequenceBatch(
+        batch_view.input_ids, batch_view.attention_mask, batch_view.response_mask
+    )
+    expected = (
+        reward.score(sequences, experience.prompts)[:, 0]
+        - 0.7 * cost.score(sequences, experience.prompts)[:, 0]
+    )
     torch.testing.assert_close(experience.reward_scores, expected)
     with pytest.raises(ValueError, match="no multiplier"):
         groups.learner(None, settings())
@@ -207,14 +277,25 @@ def test_ppo_and_the_fixed_multiplier_shaping_baseline_reuse_the_loop(groups):
 def test_two_rank_ppo_lag_logs_finite_diagnostics(ray_cluster, sft_dir, tokenizer):
     two = Groups(sft_dir, tokenizer, num_ranks=2, zero_stage=3)
     try:
-        learner = two.learner(LogGradientAscentMultiplier(-0.8, window=ROWS), settings(iterations=2, ppo_epochs=2))
+        learner = two.learner(
+            LogGradientAscentMultiplier(-0.8, window=ROWS), settings(iterations=2, ppo_epochs=2)
+        )
         history = learner.run()
     finally:
         two.shutdown()
     for metrics in history:
-        for key in ("policy/loss", "policy/approx_kl", "policy/clipfrac", "critic/reward_loss", "critic/cost_0_loss",
-                    "critic/reward_explained_variance", "critic/cost_0_explained_variance", "multiplier/value_0",
-                    "constraint/estimate_0", "perf/samples_per_s"):
+        for key in (
+            "policy/loss",
+            "policy/approx_kl",
+            "policy/clipfrac",
+            "critic/reward_loss",
+            "critic/cost_0_loss",
+            "critic/reward_explained_variance",
+            "critic/cost_0_explained_variance",
+            "multiplier/value_0",
+            "constraint/estimate_0",
+            "perf/samples_per_s",
+        ):
             assert key in metrics and math.isfinite(metrics[key]), key
     # With two epochs the second pass sees a moved policy: the ratio departs from 1.
     assert history[-1]["policy/approx_kl"] > 0
@@ -222,11 +303,24 @@ def test_two_rank_ppo_lag_logs_finite_diagnostics(ray_cluster, sft_dir, tokenize
 
 def test_sft_lowers_the_loss_through_the_policy_group(ray_cluster, tokenizer):
     config = ReferenceConfig()
-    policy = PolicyGroup(world_model_spec(config, tokenizer), tokenizer, deepspeed(3e-3, 64), GroupSpec(cpus_per_rank=0.25),
-                         RUNTIME, role="sft_test")
+    policy = PolicyGroup(
+        world_model_spec(config, tokenizer),
+        tokenizer,
+        deepspeed(3e-3, 64),
+        GroupSpec(cpus_per_rank=0.25),
+        RUNTIME,
+        role="sft_test",
+    )
     try:
-        history = run_sft(policy, make_sft_examples(500, seed=0), tokenizer, steps=40, rows_per_step=64,
-                          max_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE)
+        history = run_sft(
+            policy,
+            make_sft_examples(500, seed=0),
+            tokenizer,
+            steps=40,
+            rows_per_step=64,
+            max_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
+        )
     finally:
         policy.shutdown()
     assert history[-1]["sft/loss"] < 0.6 * history[0]["sft/loss"]
@@ -234,13 +328,35 @@ def test_sft_lowers_the_loss_through_the_policy_group(ray_cluster, tokenizer):
 
 @pytest.mark.parametrize("kind", ["reward", "cost"])
 def test_score_models_reach_ninety_percent_on_held_out_pairs(ray_cluster, sft_dir, tokenizer, kind):
-    critic = CriticGroup(ModelSpec(name_or_path=str(sft_dir)), tokenizer, deepspeed(1e-3, 64),
-                         GroupSpec(cpus_per_rank=0.25), RUNTIME, role=f"{kind}_model_test")
+    critic = CriticGroup(
+        ModelSpec(name_or_path=str(sft_dir)),
+        tokenizer,
+        deepspeed(1e-3, 64),
+        GroupSpec(cpus_per_rank=0.25),
+        RUNTIME,
+        role=f"{kind}_model_test",
+    )
     try:
-        train_score_model(critic, make_preference_pairs(2000, seed=1), kind, tokenizer, steps=250 if kind == "cost" else 150,
-                          pairs_per_step=32, max_length=MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE)
-        metrics = evaluate_score_model(critic, make_preference_pairs(256, seed=2), kind, tokenizer,
-                                       MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE, rows_per_call=64, truth=world_truth(kind))
+        train_score_model(
+            critic,
+            make_preference_pairs(2000, seed=1),
+            kind,
+            tokenizer,
+            steps=250 if kind == "cost" else 150,
+            pairs_per_step=32,
+            max_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
+        )
+        metrics = evaluate_score_model(
+            critic,
+            make_preference_pairs(256, seed=2),
+            kind,
+            tokenizer,
+            MAX_SEQUENCE_LENGTH,
+            WORLD_TEMPLATE,
+            rows_per_call=64,
+            truth=world_truth(kind),
+        )
     finally:
         critic.shutdown()
     # The labels carry Bradley–Terry noise (and coin flips on ties), so the label accuracy is
