@@ -7,6 +7,7 @@ the job's headline metric so that a sweeper can optimise it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 # lays out; the editable install the README uses keeps it there.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-JOBS = ("pipeline", "exact_optimum", "world_data")
+JOBS = ("pipeline", "mocan", "exact_optimum", "world_data")
 
 
 def reference_config(cfg: DictConfig):
@@ -132,6 +133,24 @@ def run_pipeline_job(cfg: DictConfig, output_dir: Path) -> float:
     return float(result.trained.normalised_gap)
 
 
+def run_mocan_job(cfg: DictConfig, output_dir: Path) -> float:
+    """MoCAN on the world: the pipeline's stages 1–4, then the dual and one alignment (or only the
+    predicted frontier with ``job.mocan.predict_only=true``)."""
+    from saferl.eval.pipeline_report import print_mocan_result
+    from saferl.learners.mocan import MocanSettings, run_mocan
+    from saferl.learners.pipeline import prepare_models
+
+    settings = pipeline_settings(cfg)
+    mocan = _section(cfg.job.mocan, "job.mocan", MocanSettings, seed=int(cfg.seed))
+    mocan = replace(mocan, frontier_grid=tuple(float(v) for v in mocan.frontier_grid))
+    folder = Path(cfg.job.output_dir) if cfg.job.output_dir is not None else output_dir
+    prepared = prepare_models(settings, folder)
+    result = run_mocan(settings, mocan, prepared, folder)
+    print_mocan_result(result, settings.cost_limit, settings.world_beta)
+    print(f"predicted frontier: {result.frontier_files[0]} and {result.frontier_files[1]}")
+    return float(result.trained.normalised_gap) if result.trained is not None else float(result.dual.objective)
+
+
 def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     """Run the job named by ``cfg.job.name`` and return its headline metric.
 
@@ -142,6 +161,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     name = cfg.job.name
     if name == "pipeline":
         return run_pipeline_job(cfg, output_dir or Path.cwd())
+    if name == "mocan":
+        return run_mocan_job(cfg, output_dir or Path.cwd())
     if name == "exact_optimum":
         from saferl.data.world import build_exact_world, load_or_train_reference_policy
         from saferl.eval.world_report import print_exact_optimum

@@ -8,7 +8,7 @@ from rich.table import Table
 from saferl.eval.world_report import report_console
 from saferl.learners.pipeline import PipelineResult
 
-__all__ = ["print_pipeline_result"]
+__all__ = ["print_pipeline_result", "print_mocan_result"]
 
 
 def print_pipeline_result(
@@ -70,3 +70,26 @@ def print_pipeline_result(
         + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result.stage_seconds.items()),
         soft_wrap=True,
     )
+
+
+def print_mocan_result(result, cost_limit: float, beta: float, console: Console | None = None) -> None:
+    """MoCAN's prediction (from reference samples) against the exact optimum and what the aligned
+    policy realised, all in ground-truth units."""
+    console = console or report_console()
+    table = Table(title=f"MoCAN on the built-in world: β = {beta}, cost limit d = {cost_limit}")
+    for column in ("", "λ", "E reward", "E cost", "KL to ref", "normalised gap", "cost ≤ d"):
+        table.add_column(column, justify="right")
+    dual = result.dual
+    table.add_row("dual prediction (samples)", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()),
+                  f"{dual.expected_reward.item():.4f}", ", ".join(f"{v:.4f}" for v in dual.expected_cost.tolist()),
+                  f"{dual.kl.item():.4f}", "—", "—")
+    if result.trained is not None:
+        for name, multiplier, score in (
+            ("reference (SFT)", "—", result.reference),
+            ("MoCAN-aligned policy", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()), result.trained),
+            ("exact optimum π_λ*", ", ".join(f"{v:.4f}" for v in result.optimal_multiplier), result.optimum),
+        ):
+            table.add_row(name, multiplier, f"{score.expected_reward:.4f}", f"{score.expected_cost:.4f}",
+                          f"{score.kl:.4f}", f"{score.normalised_gap:.3f}",
+                          "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})")
+    console.print(table)

@@ -141,3 +141,39 @@ def test_default_pipeline_job_runs_end_to_end(tmp_path):
         assert (tmp_path / folder).is_dir(), folder
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("multiplier/value_0" in row for row in metrics)
+
+
+@pytest.mark.slow
+def test_mocan_predict_mode_writes_the_frontier(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saferl.cli",
+            "job=mocan",
+            f"hydra.run.dir={tmp_path}",
+            *TINY_PIPELINE,
+            "job.scorers=oracle",
+            "job.mocan.num_samples=8",
+            "job.mocan.predict_only=true",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    csv = (tmp_path / "mocan" / "frontier.csv").read_text().splitlines()
+    assert len(csv) == 1 + 10  # header + the default grid of 10 multipliers
+    assert (tmp_path / "mocan" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dual prediction" in result.stdout and "λ* =" in result.stdout
+
+
+def test_mocan_settings_are_validated():
+    from saferl.cli import _section
+    from saferl.learners.mocan import MocanSettings
+
+    cfg = composed("job=mocan")
+    assert cfg.job.sft.steps == composed().job.sft.steps  # the pipeline's stages are inherited
+    with pytest.raises(ValueError, match="job.mocan: .*stage must be 'dpo' or 'ppo'"):
+        _section(composed("job=mocan", "job.mocan.stage=sgd").job.mocan, "job.mocan", MocanSettings)
