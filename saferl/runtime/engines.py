@@ -150,13 +150,18 @@ def gathered_parameters(engine: Any, modifier_rank: int | None = None) -> Iterat
         yield
 
 
-def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+def full_state_dict(engine: Any, keep: bool = True) -> dict[str, torch.Tensor]:
     """CPU copy of the full state dict of the wrapped model (``engine.module.model``).
 
-    A collective under ZeRO-3 (call it on every rank). Keys are the Hugging Face model's own.
+    A collective under ZeRO-3: call it on every rank; ranks that pass ``keep=False`` take part
+    in the gathering but copy nothing and get an empty dict. Keys are the Hugging Face model's own.
     """
     model = engine.module.model
+    if not keep and not is_zero3(engine):
+        return {}
     with gathered_parameters(engine):
+        if not keep:
+            return {}
         return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
 
 

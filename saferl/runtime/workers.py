@@ -245,7 +245,7 @@ def _latest_tag(directory: str, tag: str | None) -> str:
 def _checkpoint_inference_engine(engine: Any, rank: int, directory: str, tag: str | None) -> str:
     """Frozen weights only: rank 0 writes the full state dict (a collective under ZeRO-3)."""
     tag = tag or "frozen"
-    state = full_state_dict(engine)
+    state = full_state_dict(engine, keep=rank == 0)
     if rank == 0:
         folder = Path(directory) / tag
         folder.mkdir(parents=True, exist_ok=True)
@@ -280,7 +280,7 @@ def _export(
         if rank == 0:
             return str(save(engine.module.model, directory))
         return None
-    state = full_state_dict(engine)
+    state = full_state_dict(engine, keep=rank == 0)
     if rank != 0:
         return None
     model: nn.Module = rebuild()
@@ -291,8 +291,8 @@ def _export(
 
 
 def _state_dict(engine: Any, rank: int, on_all_ranks: bool) -> dict[str, torch.Tensor]:
-    state = full_state_dict(engine)  # every rank takes part (a collective under ZeRO-3)
-    return state if on_all_ranks or rank == 0 else {}
+    # every rank takes part (a collective under ZeRO-3); only those that return it copy
+    return full_state_dict(engine, keep=on_all_ranks or rank == 0)
 
 
 class PolicyWorker:
