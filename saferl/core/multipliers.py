@@ -1,7 +1,8 @@
 """Lagrange multipliers ``λ ∈ R^m_{>=0}`` for the constrained problem (ALGORITHMS.md §0, §2).
 
-One interface, :class:`Multiplier`, and three small standalone implementations (composition, no
-shared base class; the shared input checks are module-level helpers):
+One interface, :class:`Multiplier`, and three small implementations that share only a one-level
+record of the read-only views every multiplier reports (limits, update count, last estimate);
+each update rule is its own, and the shared input checks are module-level helpers:
 
 * :class:`LogGradientAscentMultiplier` -- the published Safe RLHF form (gradient ascent on
   ``log λ`` with a window of recent cost scores and a cap);
@@ -240,7 +241,37 @@ def _clone_or_none(tensor: torch.Tensor | None) -> torch.Tensor | None:
 # ---------------------------------------------------------------------------------------------
 
 
-class LogGradientAscentMultiplier:
+class _MultiplierRecord:
+    """What every multiplier reports besides ``λ``: the limits, the update count and the last
+    constraint estimate (read-only views of ``_cost_limit``, ``_num_updates`` and
+    ``_constraint_estimate``, which each implementation keeps up to date)."""
+
+    _cost_limit: torch.Tensor
+    _num_updates: int
+    _constraint_estimate: torch.Tensor | None
+
+    @property
+    def cost_limit(self) -> torch.Tensor:
+        """``d``, shape ``(m,)``."""
+        return self._cost_limit.clone()
+
+    @property
+    def num_constraints(self) -> int:
+        return self._cost_limit.shape[0]
+
+    @property
+    def num_updates(self) -> int:
+        """How many times ``update`` has been called (for the log-GA kind, delay calls included)."""
+        return self._num_updates
+
+    @property
+    def constraint_estimate(self) -> torch.Tensor | None:
+        """The last ``J_C`` that ``update`` used (the log-GA kind: the window mean; the others: the
+        mean of the last call's costs), shape ``(m,)``; ``None`` before the first update."""
+        return _clone_or_none(self._constraint_estimate)
+
+
+class LogGradientAscentMultiplier(_MultiplierRecord):
     """The published Safe RLHF multiplier: gradient ascent on ``log λ`` (ALGORITHMS.md §2).
 
     Update rule, once per call of ``update`` with this iteration's raw cost scores ``c``::
@@ -311,25 +342,6 @@ class LogGradientAscentMultiplier:
         at_cap = self._log_multiplier >= self._log_max_value
         return torch.where(at_cap, self.max_value, torch.exp(self._log_multiplier))
 
-    @property
-    def cost_limit(self) -> torch.Tensor:
-        """``d``, shape ``(m,)``."""
-        return self._cost_limit.clone()
-
-    @property
-    def num_constraints(self) -> int:
-        return self._cost_limit.shape[0]
-
-    @property
-    def num_updates(self) -> int:
-        """How many times ``update`` has been called (delay calls included)."""
-        return self._num_updates
-
-    @property
-    def constraint_estimate(self) -> torch.Tensor | None:
-        """The last ``J_C`` (window mean), shape ``(m,)``; ``None`` before the first update."""
-        return _clone_or_none(self._constraint_estimate)
-
     def update(self, episode_costs: torch.Tensor) -> torch.Tensor:
         """Record this iteration's raw cost scores and take one step on ``log λ``.
 
@@ -388,7 +400,7 @@ class LogGradientAscentMultiplier:
         self._num_updates = num_updates
 
 
-class PIDMultiplier:
+class PIDMultiplier(_MultiplierRecord):
     """PID Lagrangian (Stooke, Achiam & Abbeel 2020, "Responsive Safety in RL by PID Lagrangian
     Methods", Algorithm 2; ALGORITHMS.md §2).
 
@@ -465,25 +477,6 @@ class PIDMultiplier:
     def value(self) -> torch.Tensor:
         """The current ``λ``, shape ``(m,)``, float64."""
         return self._multiplier.clone()
-
-    @property
-    def cost_limit(self) -> torch.Tensor:
-        """``d``, shape ``(m,)``."""
-        return self._cost_limit.clone()
-
-    @property
-    def num_constraints(self) -> int:
-        return self._cost_limit.shape[0]
-
-    @property
-    def num_updates(self) -> int:
-        """How many times ``update`` has been called."""
-        return self._num_updates
-
-    @property
-    def constraint_estimate(self) -> torch.Tensor | None:
-        """The last ``J_C`` (mean of the last call's costs), ``(m,)``; ``None`` before any."""
-        return _clone_or_none(self._constraint_estimate)
 
     def update(self, episode_costs: torch.Tensor) -> torch.Tensor:
         """One PID step on this iteration's raw cost scores.
@@ -568,7 +561,7 @@ class PIDMultiplier:
         self._num_updates = num_updates
 
 
-class FixedMultiplier:
+class FixedMultiplier(_MultiplierRecord):
     """A constant multiplier, e.g. the dual-pre-optimised ``λ*`` of MoCAN/PeCAN (§4).
 
     Update rule::
@@ -599,25 +592,6 @@ class FixedMultiplier:
     def value(self) -> torch.Tensor:
         """The fixed ``λ``, shape ``(m,)``, float64."""
         return self._multiplier.clone()
-
-    @property
-    def cost_limit(self) -> torch.Tensor:
-        """``d``, shape ``(m,)``."""
-        return self._cost_limit.clone()
-
-    @property
-    def num_constraints(self) -> int:
-        return self._cost_limit.shape[0]
-
-    @property
-    def num_updates(self) -> int:
-        """How many times ``update`` has been called."""
-        return self._num_updates
-
-    @property
-    def constraint_estimate(self) -> torch.Tensor | None:
-        """The last ``J_C`` (mean of the last call's costs), ``(m,)``; ``None`` before any."""
-        return _clone_or_none(self._constraint_estimate)
 
     def update(self, episode_costs: torch.Tensor) -> torch.Tensor:
         """Record ``J_C`` for logging; ``λ`` does not change.

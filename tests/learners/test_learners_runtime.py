@@ -366,3 +366,18 @@ def test_score_models_reach_ninety_percent_on_held_out_pairs(ray_cluster, sft_di
     assert metrics["num_decisive_pairs"] >= 100
     if kind == "cost":
         assert metrics["sign_accuracy"] >= 0.9
+
+
+def test_ptx_step_runs_after_the_actor_step(groups, tokenizer):
+    from saferl.learners.sft import sft_batch
+
+    groups.restore(groups.initial)
+    demonstrations = make_sft_examples(ROWS, seed=3)
+    batch = sft_batch(demonstrations, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE)
+    learner = groups.learner(LogGradientAscentMultiplier(-0.8, window=ROWS), settings(iterations=1, ptx_coeff=2.0))
+    learner.ptx_batches = lambda iteration: batch
+    metrics = learner.run()[0]
+    # The PTX loss is ptx_coeff × the demonstrations' mean NLL: positive and finite.
+    assert math.isfinite(metrics["policy/ptx_loss"]) and metrics["policy/ptx_loss"] > 0
+    with pytest.raises(ValueError, match="ptx_coeff > 0 needs a PTX data set"):
+        groups.learner(LogGradientAscentMultiplier(-0.8), settings(ptx_coeff=1.0))
