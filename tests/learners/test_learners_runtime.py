@@ -124,7 +124,12 @@ class Groups:
         self.tokenizer = tokenizer
 
     def learner(
-        self, multiplier, settings: PPOSettings, reward_scorer=None, with_cost: bool = True
+        self,
+        multiplier,
+        settings: PPOSettings,
+        reward_scorer=None,
+        with_cost: bool = True,
+        ptx_batches=None,
     ) -> PPOLagrangian:
         reward_scorer = reward_scorer or WorldOracleScorer("reward", self.tokenizer)
         cost_scorers = [WorldOracleScorer("cost", self.tokenizer)] if with_cost else []
@@ -150,6 +155,7 @@ class Groups:
             settings,
             policy_rows_per_step=ROWS,
             critic_rows_per_step=ROWS,
+            ptx_batches=ptx_batches,
         )
 
     def save(self, folder: Path) -> None:
@@ -374,8 +380,11 @@ def test_ptx_step_runs_after_the_actor_step(groups, tokenizer):
     groups.restore(groups.initial)
     demonstrations = make_sft_examples(ROWS, seed=3)
     batch = sft_batch(demonstrations, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE)
-    learner = groups.learner(LogGradientAscentMultiplier(-0.8, window=ROWS), settings(iterations=1, ptx_coeff=2.0))
-    learner.ptx_batches = lambda iteration: batch
+    learner = groups.learner(
+        LogGradientAscentMultiplier(-0.8, window=ROWS),
+        settings(iterations=1, ptx_coeff=2.0),
+        ptx_batches=lambda iteration: batch,
+    )
     metrics = learner.run()[0]
     # The PTX loss is ptx_coeff × the demonstrations' mean NLL: positive and finite.
     assert math.isfinite(metrics["policy/ptx_loss"]) and metrics["policy/ptx_loss"] > 0
