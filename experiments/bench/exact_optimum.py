@@ -11,7 +11,16 @@ the same SFT policy:
 * ``ppo_lag (oracle, §1 KL)`` — oracle PPO-Lagrangian without the published ``+β kl`` in the cost
   stream (its stationary point is exactly ALGORITHMS.md §1's ``π_λ``);
 * ``ppo (oracle)``      — unconstrained RLHF on the reward alone;
-* ``shaping λ* (oracle)`` — PPO on ``r − λ* c`` with λ fixed at the exact λ*.
+* ``shaping λ* (oracle)`` — PPO on ``r − λ* c`` with λ fixed at the exact λ*;
+
+and with ``--group dualized`` (or ``all``) the one-shot and preference learners, from the same SFT
+policy and the same training pairs:
+
+* ``mocan dpo`` / ``mocan ppo`` — MoCAN with the learned (calibrated) scorers: K = 64 reference
+  samples per prompt, the dual's λ̂, then pseudo-preference DPO or PPO with λ fixed at λ̂; the
+  dual's predicted (reward, cost) is printed beside the realised one;
+* ``dpo (helpful)``, ``ipo (helpful)``, ``bfpo`` on the helpfulness pairs, ``safe_nca`` on the
+  safe-vs-unsafe pairs (their λ column is empty: they have no multiplier).
 
 Columns: normalised optimality gap ``(J* − J(π)) / (J* − J(π_ref))`` with ``J = E[r] − β KL``
 under the ground truth, the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost
@@ -28,8 +37,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from saferl.data.world import ReferenceConfig
+from saferl.learners.mocan import MocanSettings, run_mocan
+from saferl.learners.offline import OfflineSettings, run_offline_preference
 from saferl.learners.pipeline import (
     PipelineSettings,
+    PreparedModels,
     StageSettings,
     evaluate_exact,
     prepare_models,
@@ -76,13 +88,31 @@ def main() -> None:
     parser.add_argument(
         "--output", type=Path, default=None, help="keep the runs here (default: a temp folder)"
     )
+    parser.add_argument(
+        "--group",
+        choices=("ppo", "dualized", "all"),
+        default="ppo",
+        help="ppo: the PPO-family rows (issue 5); dualized: MoCAN and the preference losses",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the data, SFT and score models already in --output/seed<k> when present",
+    )
     args = parser.parse_args()
     root = args.output or Path(tempfile.mkdtemp(prefix="saferl-bench-"))
-    rows = []
+    rows, predictions = [], []
     for seed in args.seeds:
         base = default_settings(seed, args.iterations)
-        prepared = prepare_models(base, root / f"seed{seed}")
+        prepared = reuse(base, root / f"seed{seed}") if args.reuse else None
+        prepared = prepared or prepare_models(base, root / f"seed{seed}")
         _, _, _, optimal_multiplier = evaluate_exact(base, prepared.sft_dir, prepared.sft_dir)
+        if args.group in ("dualized", "all"):
+            run_dualized(
+                base, prepared, root / f"seed{seed}", seed, optimal_multiplier, rows, predictions
+            )
+        if args.group == "dualized":
+            continue
         runs = {
             "ppo_lag (oracle)": (replace(base, scorers="oracle"), "ppo_lag", None),
             "ppo_lag (learned)": (base, "ppo_lag", None),
@@ -128,6 +158,111 @@ def main() -> None:
                 flush=True,
             )
     print_table(rows)
+    if predictions:
+        print()
+        print(
+            f"{'MoCAN stage':<12} {'seed':>4} {'λ̂':>7} {'λ*':>7} {'predicted E r':>13} {'realised E r':>12} "
+            f"{'predicted E c':>13} {'realised E c':>12}"
+        )
+        for p in predictions:
+            print(
+                f"{p['stage']:<12} {p['seed']:>4} {p['multiplier']:>7.4f} {p['optimal']:>7.4f} {p['predicted_reward']:>13.4f} "
+                f"{p['reward']:>12.4f} {p['predicted_cost']:>13.4f} {p['cost']:>12.4f}"
+            )
+
+
+def reuse(settings: PipelineSettings, folder: Path) -> PreparedModels | None:
+    """Stages 1–4 of an earlier run in ``folder``, when all of them are there."""
+    from saferl.data import load_preference_dataset, load_prompt_dataset
+
+    models = folder / "models"
+    if not all(
+        (models / name / "config.json").exists() for name in ("sft", "reward_model", "cost_model")
+    ):
+        return None
+    test_pairs = list(
+        load_preference_dataset(str(folder / "data" / "preferences_test.jsonl")).records
+    )
+    prompts = [
+        record.prompt
+        for record in load_prompt_dataset(str(folder / "data" / "prompts.jsonl")).records
+    ]
+    return PreparedModels(
+        models / "sft",
+        models / "reward_model",
+        models / "cost_model",
+        prompts,
+        test_pairs,
+        {},
+        {},
+        {},
+    )
+
+
+def run_dualized(
+    base, prepared, folder: Path, seed: int, optimal_multiplier, rows: list, predictions: list
+) -> None:
+    """MoCAN (both stages) and the preference losses, appended to ``rows``."""
+    for stage in ("dpo", "ppo"):
+        result = run_mocan(
+            base, MocanSettings(stage=stage, seed=seed), prepared, folder / f"mocan_{stage}"
+        )
+        seconds = result.seconds["sample"] + result.seconds["dual"] + result.seconds["align"]
+        trained = result.trained
+        rows.append(
+            {
+                "learner": f"mocan {stage}",
+                "seed": seed,
+                "gap": trained.normalised_gap,
+                "violation": trained.violation,
+                "multiplier": float(result.dual.multiplier[0]),
+                "optimal": optimal_multiplier[0],
+                "iterations": base.ppo.iterations if stage == "ppo" else MocanSettings().dpo_steps,
+                "seconds": seconds,
+                "reward": trained.expected_reward,
+                "cost": trained.expected_cost,
+                "kl": trained.kl,
+            }
+        )
+        predictions.append(
+            {
+                "stage": f"mocan {stage}",
+                "seed": seed,
+                "multiplier": float(result.dual.multiplier[0]),
+                "optimal": optimal_multiplier[0],
+                "predicted_reward": result.dual.expected_reward.item(),
+                "predicted_cost": result.dual.expected_cost[0].item(),
+                "reward": trained.expected_reward,
+                "cost": trained.expected_cost,
+            }
+        )
+        print(f"done: mocan {stage}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
+    for name, offline in (
+        ("dpo (helpful)", OfflineSettings(loss="dpo", seed=seed)),
+        ("ipo (helpful)", OfflineSettings(loss="ipo", seed=seed)),
+        ("bfpo", OfflineSettings(loss="bfpo", seed=seed)),
+        ("safe_nca", OfflineSettings(loss="safe_nca", seed=seed)),
+    ):
+        policy_dir, seconds = run_offline_preference(
+            base, offline, prepared, folder / f"offline_{offline.loss}"
+        )
+        _, trained, _, _ = evaluate_exact(base, prepared.sft_dir, policy_dir)
+        rows.append(
+            {
+                "learner": name,
+                "seed": seed,
+                "gap": trained.normalised_gap,
+                "violation": trained.violation,
+                "multiplier": float("nan"),
+                "optimal": optimal_multiplier[0],
+                "iterations": offline.steps,
+                "seconds": seconds,
+                "reward": trained.expected_reward,
+                "cost": trained.expected_cost,
+                "kl": trained.kl,
+            }
+        )
+        print(f"done: {name}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
 
 
 def print_table(rows: list[dict]) -> None:
