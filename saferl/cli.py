@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 # lays out; the editable install the README uses keeps it there.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-JOBS = ("pipeline", "mocan", "exact_optimum", "world_data")
+JOBS = ("pipeline", "mocan", "pecan", "exact_optimum", "world_data")
 
 
 def reference_config(cfg: DictConfig):
@@ -151,6 +151,37 @@ def run_mocan_job(cfg: DictConfig, output_dir: Path) -> float:
     return float(result.trained.normalised_gap) if result.trained is not None else float(result.dual.objective)
 
 
+def run_pecan_job(cfg: DictConfig, output_dir: Path) -> float:
+    """PeCAN on the world: the pipeline's stages 1–4 (data and SFT are what PeCAN uses), then the
+    implicit DPO models, the dual in their units and one alignment (or only the predicted frontier
+    with ``job.pecan.predict_only=true``)."""
+    from saferl.eval.pipeline_report import print_mocan_result
+    from saferl.learners.pecan import run_pecan
+    from saferl.learners.pipeline import prepare_models
+
+    settings = pipeline_settings(cfg)
+    pecan = pecan_settings(cfg)
+    folder = Path(cfg.job.output_dir) if cfg.job.output_dir is not None else output_dir
+    prepared = prepare_models(settings, folder)
+    result = run_pecan(settings, pecan, prepared, folder)
+    print_mocan_result(result, settings.cost_limit, settings.world_beta, method="PeCAN",
+                       prediction_units="implicit units")
+    print(f"implicit safety cost of the reference samples: {result.reference_implicit_cost:.4f}; "
+          f"dual limit: {', '.join(f'{v:.4f}' for v in result.dual.cost_limit.tolist())} "
+          f"(margin {pecan.margin}, {'consistent' if pecan.consistent else 'published'} labelling)")
+    print(f"predicted frontier: {result.frontier_files[0]} and {result.frontier_files[1]}")
+    return float(result.trained.normalised_gap) if result.trained is not None else float(result.dual.objective)
+
+
+def pecan_settings(cfg: DictConfig):
+    """The typed :class:`saferl.learners.pecan.PecanSettings` of ``job.pecan`` (ValueError naming
+    the key on unknown keys or bad values)."""
+    from saferl.learners.pecan import PecanSettings
+
+    pecan = _section(cfg.job.pecan, "job.pecan", PecanSettings, seed=int(cfg.seed))
+    return replace(pecan, frontier_grid=tuple(float(v) for v in pecan.frontier_grid))
+
+
 def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     """Run the job named by ``cfg.job.name`` and return its headline metric.
 
@@ -163,6 +194,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
         return run_pipeline_job(cfg, output_dir or Path.cwd())
     if name == "mocan":
         return run_mocan_job(cfg, output_dir or Path.cwd())
+    if name == "pecan":
+        return run_pecan_job(cfg, output_dir or Path.cwd())
     if name == "exact_optimum":
         from saferl.data.world import build_exact_world, load_or_train_reference_policy
         from saferl.eval.world_report import print_exact_optimum

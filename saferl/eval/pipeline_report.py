@@ -72,21 +72,33 @@ def print_pipeline_result(
     )
 
 
-def print_mocan_result(result, cost_limit: float, beta: float, console: Console | None = None) -> None:
-    """MoCAN's prediction (from reference samples) against the exact optimum and what the aligned
-    policy realised, all in ground-truth units."""
+def print_mocan_result(
+    result,
+    cost_limit: float,
+    beta: float,
+    console: Console | None = None,
+    method: str = "MoCAN",
+    prediction_units: str = "samples",
+) -> None:
+    """A dualized method's prediction (from reference samples) against the exact optimum and what
+    the aligned policy realised.
+
+    MoCAN's prediction is in its scorers' units (ground truth with oracle or calibrated scorers);
+    PeCAN's (``method="PeCAN"``, ``prediction_units="implicit units"``) is in the implicit units of
+    its DPO policies, so only its exact rows compare with the ground-truth limit ``d``.
+    """
     console = console or report_console()
-    table = Table(title=f"MoCAN on the built-in world: β = {beta}, cost limit d = {cost_limit}")
+    table = Table(title=f"{method} on the built-in world: β = {beta}, cost limit d = {cost_limit}")
     for column in ("", "λ", "E reward", "E cost", "KL to ref", "normalised gap", "cost ≤ d"):
         table.add_column(column, justify="right")
     dual = result.dual
-    table.add_row("dual prediction (samples)", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()),
+    table.add_row(f"dual prediction ({prediction_units})", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()),
                   f"{dual.expected_reward.item():.4f}", ", ".join(f"{v:.4f}" for v in dual.expected_cost.tolist()),
                   f"{dual.kl.item():.4f}", "—", "—")
     if result.trained is not None:
         for name, multiplier, score in (
             ("reference (SFT)", "—", result.reference),
-            ("MoCAN-aligned policy", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()), result.trained),
+            (f"{method}-aligned policy", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()), result.trained),
             ("exact optimum π_λ*", ", ".join(f"{v:.4f}" for v in result.optimal_multiplier), result.optimum),
         ):
             table.add_row(name, multiplier, f"{score.expected_reward:.4f}", f"{score.expected_cost:.4f}",

@@ -27,7 +27,7 @@ import torch
 
 from saferl.core.dual import DualProblem, DualSolution, predict_frontier
 from saferl.core.dualized import composite_score, mocan_dual, pseudo_preference_prob
-from saferl.data.collators import collate_prompts
+from saferl.data.collators import SequenceBatch, collate_prompts
 from saferl.data.world import PolicyScore, build_world_tokenizer
 from saferl.data.world.exact import MAX_RESPONSE_TOKENS
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
@@ -50,7 +50,16 @@ from saferl.learners.scorers import AffineScorer, ModelScorer, WorldOracleScorer
 from saferl.models import ModelSpec
 from saferl.runtime import GenerationSpec, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
 
-__all__ = ["MocanSettings", "MocanResult", "sample_and_score", "run_mocan"]
+__all__ = [
+    "MocanSettings",
+    "MocanResult",
+    "ScoredSamples",
+    "sample_reference",
+    "sample_and_score",
+    "pseudo_preference_batch",
+    "train_dpo",
+    "run_mocan",
+]
 
 
 @dataclass(frozen=True)
@@ -126,22 +135,37 @@ class ScoredSamples:
     costs: torch.Tensor
 
 
-def sample_and_score(
+def sample_reference(
     settings: PipelineSettings, prepared: PreparedModels, num_samples: int, seed: int, tokenizer
-) -> ScoredSamples:
-    """Step 1: K reference samples per prompt, scored (learned-calibrated or oracle scorers)."""
-    groups = []
+) -> tuple[SequenceBatch, list[str]]:
+    """K samples per prompt from the SFT reference through the runtime.
+
+    Returns:
+        The sampled rows ``(P·K, seq_len)``, prompt-major (row ``i·K + k``), and the prompt of
+        each row.
+    """
+    sampler = PolicyGroup(ModelSpec(name_or_path=str(prepared.sft_dir)), tokenizer,
+                          _deepspeed(settings, 0.0, settings.num_ranks), _group(settings), settings.runtime,
+                          role="reference_sampler", seed=settings.seed)
     try:
-        sampler = PolicyGroup(ModelSpec(name_or_path=str(prepared.sft_dir)), tokenizer,
-                              _deepspeed(settings, 0.0, settings.num_ranks), _group(settings), settings.runtime,
-                              role="reference_sampler", seed=settings.seed)
-        groups.append(sampler)
         prompts = [prompt for prompt in prepared.prompts for _ in range(num_samples)]
         generated = sampler.generate(
             collate_prompts(prompts, tokenizer, MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE),
             GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS, seed=seed),
         )
-        batch = generated.to_sequence_batch(int(tokenizer.pad_token_id))
+    finally:
+        sampler.shutdown()
+    return generated.to_sequence_batch(int(tokenizer.pad_token_id)), prompts
+
+
+def sample_and_score(
+    settings: PipelineSettings, prepared: PreparedModels, num_samples: int, seed: int, tokenizer
+) -> ScoredSamples:
+    """Step 1: K reference samples per prompt (:func:`sample_reference`), scored
+    (learned-calibrated or oracle scorers)."""
+    batch, prompts = sample_reference(settings, prepared, num_samples, seed, tokenizer)
+    groups = []
+    try:
         scores = {}
         for kind in ("reward", "cost"):
             if settings.scorers == "oracle":
@@ -188,6 +212,39 @@ def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, so
     )
 
 
+def train_dpo(
+    settings: PipelineSettings, sft_dir: Path, data: PreferenceTrainBatch, tokenizer, export_dir: Path, *,
+    steps: int, pairs_per_step: int, learning_rate: float, seed: int, progress=None,
+    reference: ReferenceGroup | None = None,
+) -> Path:
+    """DPO at the world's β from the SFT reference on ``data`` (reference log-probs attached
+    here); returns the exported policy folder. MoCAN's step 3a, and PeCAN's steps 1 and 4.
+
+    Args:
+        reference: a running group hosting the SFT reference to reuse (left running); None: one
+            is started here and shut down with the policy.
+    """
+    rows = 2 * pairs_per_step
+    sft = ModelSpec(name_or_path=str(sft_dir))
+    groups = []
+    try:
+        if reference is None:
+            reference = ReferenceGroup(sft, tokenizer, _deepspeed(settings, 0.0, rows), _group(settings),
+                                       settings.runtime, role="reference", seed=settings.seed, wait=False)
+            groups.append(reference)
+        # Started in the background: it comes up while the reference scores the data.
+        policy = PolicyGroup(sft, tokenizer, _deepspeed(settings, learning_rate, rows), _group(settings),
+                             settings.runtime, role="policy", seed=settings.seed, wait=False)
+        groups.append(policy)
+        data = attach_reference_logps(data, reference, rows_per_call=rows)
+        train_preference(policy, data, "dpo", {"beta": settings.world_beta}, steps=steps,
+                         pairs_per_step=pairs_per_step, seed=seed, progress=progress)
+        return policy.export_hf(export_dir)
+    finally:
+        for group in groups:
+            group.shutdown()
+
+
 def run_mocan(
     settings: PipelineSettings, mocan: MocanSettings, prepared: PreparedModels, output_dir: str | Path,
     progress=None,
@@ -228,24 +285,10 @@ def run_mocan(
         policy_dir = run_ppo_stage(fixed, prepared, output / "mocan", "ppo_lag", progress=progress).policy_dir
     else:
         data = pseudo_preference_batch(samples, dual.multiplier, mocan.soft_labels, mocan.seed)
-        rows = 2 * mocan.dpo_pairs_per_step
-        sft = ModelSpec(name_or_path=str(prepared.sft_dir))
-        groups = []
-        try:
-            reference = ReferenceGroup(sft, tokenizer, _deepspeed(settings, 0.0, rows), _group(settings),
-                                       settings.runtime, role="reference", seed=settings.seed)
-            groups.append(reference)
-            data = attach_reference_logps(data, reference, rows_per_call=rows)
-            policy = PolicyGroup(sft, tokenizer, _deepspeed(settings, mocan.dpo_learning_rate, rows), _group(settings),
-                                 settings.runtime, role="policy", seed=settings.seed)
-            groups.append(policy)
-            train_preference(policy, data, "dpo", {"beta": settings.world_beta}, steps=mocan.dpo_steps,
-                             pairs_per_step=mocan.dpo_pairs_per_step, seed=mocan.seed,
-                             progress=lambda step, metrics: report("mocan_dpo", step, mocan.dpo_steps, metrics))
-            policy_dir = policy.export_hf(output / "mocan" / "models" / "policy_dpo")
-        finally:
-            for group in groups:
-                group.shutdown()
+        policy_dir = train_dpo(settings, prepared.sft_dir, data, tokenizer, output / "mocan" / "models" / "policy_dpo",
+                               steps=mocan.dpo_steps, pairs_per_step=mocan.dpo_pairs_per_step,
+                               learning_rate=mocan.dpo_learning_rate, seed=mocan.seed,
+                               progress=lambda step, metrics: report("mocan_dpo", step, mocan.dpo_steps, metrics))
     seconds["align"] = time.perf_counter() - clock
     reference_score, trained, optimum, optimal_multiplier = evaluate_exact(settings, prepared.sft_dir, policy_dir)
     return MocanResult(dual, files, trained, reference_score, optimum, optimal_multiplier, seconds)

@@ -61,6 +61,7 @@ __all__ = [
     "PreferenceTrainBatch",
     "build_preference_batch",
     "attach_reference_logps",
+    "group_sequence_logps",
     "safe_pairs",
     "select_pairs",
     "preference_pair_loss",
@@ -239,26 +240,23 @@ def safe_pairs(pairs: Sequence[SafetyPreferencePair]) -> list[SafetyPreferencePa
 
 
 @torch.no_grad()
-def attach_reference_logps(
-    batch: PreferenceTrainBatch, reference_group: Any, rows_per_call: int
-) -> PreferenceTrainBatch:
-    """The batch with ``ref_logps`` filled: ``log π_ref(y|x)`` (masked sum) of every row.
+def group_sequence_logps(group: Any, batch: SequenceBatch, rows_per_call: int) -> torch.Tensor:
+    """``log π(y|x)`` (masked sum of token log-probs over the response mask) of every row, under
+    the policy a group hosts (``ReferenceGroup`` or ``PolicyGroup``).
 
-    Computed once per data set (the driver caches the returned batch; training steps only slice
-    it). The rows go to ``reference_group.token_logprobs`` in chunks of ``rows_per_call``; the
-    last, shorter chunk is padded with copies of its first row up to a multiple of the group's
-    ranks and the copies are dropped.
+    The rows go to ``group.token_logprobs`` in chunks of ``rows_per_call``; the last, shorter
+    chunk is padded with copies of its first row up to a multiple of the group's ranks and the
+    copies are dropped.
 
     Args:
-        batch: ``2P`` rows.
-        reference_group: a ``ReferenceGroup`` (anything with ``rank_infos`` and
-            ``token_logprobs(SequenceBatch) -> (rows, seq_len)``).
+        group: anything with ``rank_infos`` and ``token_logprobs(SequenceBatch) -> (rows, seq_len)``.
+        batch: the rows (anything with ``input_ids``, ``attention_mask``, ``response_mask``).
         rows_per_call: rows per call, a multiple of the group's ranks.
 
     Returns:
-        A new batch; ``ref_logps`` ``(2P,)`` float32.
+        ``(rows,)`` float32.
     """
-    num_ranks = len(reference_group.rank_infos)
+    num_ranks = len(group.rank_infos)
     if rows_per_call < 1 or rows_per_call % num_ranks:
         raise ValueError(
             f"rows_per_call must be a positive multiple of the reference group's {num_ranks} "
@@ -274,9 +272,31 @@ def attach_reference_logps(
         chunk = SequenceBatch(
             batch.input_ids[index], batch.attention_mask[index], batch.response_mask[index]
         )
-        token_logprobs = reference_group.token_logprobs(chunk)  # (chunk, seq_len)
+        token_logprobs = group.token_logprobs(chunk)  # (chunk, seq_len)
         sums.append(sequence_logprobs(token_logprobs.float(), chunk.response_mask)[: stop - start])
-    return dataclasses.replace(batch, ref_logps=torch.cat(sums))
+    return torch.cat(sums)
+
+
+def attach_reference_logps(
+    batch: PreferenceTrainBatch, reference_group: Any, rows_per_call: int
+) -> PreferenceTrainBatch:
+    """The batch with ``ref_logps`` filled: ``log π_ref(y|x)`` (masked sum) of every row.
+
+    Computed once per data set (the driver caches the returned batch; training steps only slice
+    it), by :func:`group_sequence_logps` in chunks of ``rows_per_call``.
+
+    Args:
+        batch: ``2P`` rows.
+        reference_group: a ``ReferenceGroup`` (anything with ``rank_infos`` and
+            ``token_logprobs(SequenceBatch) -> (rows, seq_len)``).
+        rows_per_call: rows per call, a multiple of the group's ranks.
+
+    Returns:
+        A new batch; ``ref_logps`` ``(2P,)`` float32.
+    """
+    return dataclasses.replace(
+        batch, ref_logps=group_sequence_logps(reference_group, batch, rows_per_call)
+    )
 
 
 def select_pairs(batch: PreferenceTrainBatch, pair_indices: Sequence[int]) -> PreferenceTrainBatch:

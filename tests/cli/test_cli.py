@@ -177,3 +177,54 @@ def test_mocan_settings_are_validated():
     assert cfg.job.sft.steps == composed().job.sft.steps  # the pipeline's stages are inherited
     with pytest.raises(ValueError, match="job.mocan: .*stage must be 'dpo' or 'ppo'"):
         _section(composed("job=mocan", "job.mocan.stage=sgd").job.mocan, "job.mocan", MocanSettings)
+
+
+TINY_PECAN = [
+    "job.pecan.num_samples=8",
+    "job.pecan.dpo_steps=4",
+    "job.pecan.dpo_pairs_per_step=16",
+]
+
+
+@pytest.mark.slow
+def test_pecan_job_runs_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "saferl.cli", "job=pecan", f"hydra.run.dir={tmp_path}", *TINY_PIPELINE,
+         *TINY_PECAN],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PeCAN on the built-in world" in result.stdout
+    assert "dual prediction (implicit units)" in result.stdout
+    assert "PeCAN-aligned policy" in result.stdout and "exact optimum" in result.stdout
+    assert "λ* =" in result.stdout
+    csv = (tmp_path / "pecan" / "frontier.csv").read_text().splitlines()
+    assert len(csv) == 1 + 10  # header + the default grid of 10 multipliers
+    assert (tmp_path / "pecan" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for folder in ("implicit_reward", "implicit_safety", "policy_dpo"):
+        assert (tmp_path / "pecan" / "models" / folder).is_dir(), folder
+
+
+def test_pecan_settings_name_bad_keys_and_values():
+    from saferl.cli import pecan_settings
+
+    settings = pecan_settings(composed("job=pecan"))
+    assert settings.consistent is True and settings.margin >= 0 and not settings.predict_only
+    assert composed("job=pecan").job.sft.steps == composed().job.sft.steps  # pipeline inherited
+    for override, message in (
+        ("job.pecan.num_samples=7", "job.pecan.num_samples must be an even"),
+        ("job.pecan.margin=-0.5", "job.pecan.margin must be a number >= 0"),
+        ("job.pecan.margin=null", "job.pecan.margin must be a number >= 0"),
+        ("job.pecan.consistent=maybe", "job.pecan.consistent must be true or false"),
+        ("job.pecan.dpo_steps=0", "job.pecan.dpo_steps must be an integer >= 1"),
+        ("job.pecan.dpo_pairs_per_step=0", "job.pecan.dpo_pairs_per_step must be an integer >= 1"),
+        ("job.pecan.dpo_learning_rate=0", "job.pecan.dpo_learning_rate must be > 0"),
+        ("job.pecan.frontier_grid=[]", "job.pecan.frontier_grid must be a non-empty"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            pecan_settings(composed("job=pecan", override))
+    with pytest.raises(ValueError, match=r"job.pecan: unknown key\(s\) \['beta'\]"):
+        pecan_settings(composed("job=pecan", "+job.pecan.beta=0.1"))
