@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 # lays out; the editable install the README uses keeps it there.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-JOBS = ("pipeline", "mocan", "pecan", "exact_optimum", "world_data")
+JOBS = ("pipeline", "mocan", "pecan", "preference", "exact_optimum", "world_data")
 
 
 def reference_config(cfg: DictConfig):
@@ -182,6 +182,31 @@ def pecan_settings(cfg: DictConfig):
     return replace(pecan, frontier_grid=tuple(float(v) for v in pecan.frontier_grid))
 
 
+def run_preference_job(cfg: DictConfig, output_dir: Path) -> float:
+    """One preference loss on the world: the pipeline's stages 1–4, the loss, the exact evaluation."""
+    from saferl.eval.pipeline_report import exact_comparison_table
+    from saferl.eval.world_report import report_console
+    from saferl.learners.offline import OfflineSettings, run_offline_preference
+    from saferl.learners.pipeline import evaluate_exact, prepare_models
+
+    settings = pipeline_settings(cfg)
+    offline = _section(cfg.job.preference, "job.preference", OfflineSettings, seed=int(cfg.seed))
+    folder = Path(cfg.job.output_dir) if cfg.job.output_dir is not None else output_dir
+    prepared = prepare_models(settings, folder)
+    policy_dir, _ = run_offline_preference(settings, offline, prepared, folder)
+    reference, trained, optimum, optimal_multiplier = evaluate_exact(settings, prepared.sft_dir, policy_dir)
+    report_console().print(exact_comparison_table(
+        f"{offline.loss} on the built-in world ({offline.ordering} pairs), exact evaluation: "
+        f"β = {settings.world_beta}, cost limit d = {settings.cost_limit}",
+        (
+            ("reference (SFT)", "—", reference),
+            (offline.loss, "—", trained),
+            ("exact optimum π_λ*", ", ".join(f"{v:.4f}" for v in optimal_multiplier), optimum),
+        ),
+    ))
+    return float(trained.normalised_gap)
+
+
 def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     """Run the job named by ``cfg.job.name`` and return its headline metric.
 
@@ -194,6 +219,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
         return run_pipeline_job(cfg, output_dir or Path.cwd())
     if name == "mocan":
         return run_mocan_job(cfg, output_dir or Path.cwd())
+    if name == "preference":
+        return run_preference_job(cfg, output_dir or Path.cwd())
     if name == "pecan":
         return run_pecan_job(cfg, output_dir or Path.cwd())
     if name == "exact_optimum":

@@ -8,17 +8,12 @@ from rich.table import Table
 from saferl.eval.world_report import report_console
 from saferl.learners.pipeline import PipelineResult
 
-__all__ = ["print_pipeline_result", "print_mocan_result"]
+__all__ = ["exact_comparison_table", "print_pipeline_result", "print_mocan_result"]
 
 
-def print_pipeline_result(
-    result: PipelineResult, cost_limit: float, beta: float, console: Console | None = None
-) -> None:
-    """Print the ground-truth comparison, the score models' accuracies and the stage times."""
-    console = console or report_console()
-    table = Table(
-        title=f"Built-in world, exact evaluation (ground truth): β = {beta}, cost limit d = {cost_limit}"
-    )
+def exact_comparison_table(title: str, rows) -> Table:
+    """Ground-truth comparison of policies: ``rows`` of ``(name, λ text, PolicyScore)``."""
+    table = Table(title=title)
     for column in (
         "policy",
         "λ",
@@ -31,15 +26,6 @@ def print_pipeline_result(
         "normalised gap",
     ):
         table.add_column(column, justify="right")
-    rows = (
-        ("reference (SFT)", "—", result.reference),
-        ("PPO-Lagrangian", ", ".join(f"{v:.4f}" for v in result.multiplier), result.trained),
-        (
-            "exact optimum π_λ*",
-            ", ".join(f"{v:.4f}" for v in result.optimal_multiplier),
-            result.optimum,
-        ),
-    )
     for name, multiplier, score in rows:
         table.add_row(
             name,
@@ -52,7 +38,28 @@ def print_pipeline_result(
             "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})",
             f"{score.normalised_gap:.3f}",
         )
-    console.print(table)
+    return table
+
+
+def _multiplier_text(values) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
+
+
+def print_pipeline_result(
+    result: PipelineResult, cost_limit: float, beta: float, console: Console | None = None
+) -> None:
+    """Print the ground-truth comparison, the score models' accuracies and the stage times."""
+    console = console or report_console()
+    console.print(
+        exact_comparison_table(
+            f"Built-in world, exact evaluation (ground truth): β = {beta}, cost limit d = {cost_limit}",
+            (
+                ("reference (SFT)", "—", result.reference),
+                ("PPO-Lagrangian", _multiplier_text(result.multiplier), result.trained),
+                ("exact optimum π_λ*", _multiplier_text(result.optimal_multiplier), result.optimum),
+            ),
+        )
+    )
     models = Table(title="Score models on held-out pairs")
     for column in ("model", "pairwise accuracy", "ground-truth accuracy", "sign accuracy", "pairs"):
         models.add_column(column, justify="right")
@@ -92,16 +99,36 @@ def print_mocan_result(
     for column in ("", "λ", "E reward", "E cost", "KL to ref", "normalised gap", "cost ≤ d"):
         table.add_column(column, justify="right")
     dual = result.dual
-    table.add_row(f"dual prediction ({prediction_units})", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()),
-                  f"{dual.expected_reward.item():.4f}", ", ".join(f"{v:.4f}" for v in dual.expected_cost.tolist()),
-                  f"{dual.kl.item():.4f}", "—", "—")
+    table.add_row(
+        f"dual prediction ({prediction_units})",
+        ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()),
+        f"{dual.expected_reward.item():.4f}",
+        ", ".join(f"{v:.4f}" for v in dual.expected_cost.tolist()),
+        f"{dual.kl.item():.4f}",
+        "—",
+        "—",
+    )
     if result.trained is not None:
         for name, multiplier, score in (
             ("reference (SFT)", "—", result.reference),
-            (f"{method}-aligned policy", ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()), result.trained),
-            ("exact optimum π_λ*", ", ".join(f"{v:.4f}" for v in result.optimal_multiplier), result.optimum),
+            (
+                f"{method}-aligned policy",
+                ", ".join(f"{v:.4f}" for v in dual.multiplier.tolist()),
+                result.trained,
+            ),
+            (
+                "exact optimum π_λ*",
+                ", ".join(f"{v:.4f}" for v in result.optimal_multiplier),
+                result.optimum,
+            ),
         ):
-            table.add_row(name, multiplier, f"{score.expected_reward:.4f}", f"{score.expected_cost:.4f}",
-                          f"{score.kl:.4f}", f"{score.normalised_gap:.3f}",
-                          "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})")
+            table.add_row(
+                name,
+                multiplier,
+                f"{score.expected_reward:.4f}",
+                f"{score.expected_cost:.4f}",
+                f"{score.kl:.4f}",
+                f"{score.normalised_gap:.3f}",
+                "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})",
+            )
     console.print(table)

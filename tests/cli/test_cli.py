@@ -189,8 +189,15 @@ TINY_PECAN = [
 @pytest.mark.slow
 def test_pecan_job_runs_end_to_end(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "saferl.cli", "job=pecan", f"hydra.run.dir={tmp_path}", *TINY_PIPELINE,
-         *TINY_PECAN],
+        [
+            sys.executable,
+            "-m",
+            "saferl.cli",
+            "job=pecan",
+            f"hydra.run.dir={tmp_path}",
+            *TINY_PIPELINE,
+            *TINY_PECAN,
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -228,3 +235,36 @@ def test_pecan_settings_name_bad_keys_and_values():
             pecan_settings(composed("job=pecan", override))
     with pytest.raises(ValueError, match=r"job.pecan: unknown key\(s\) \['beta'\]"):
         pecan_settings(composed("job=pecan", "+job.pecan.beta=0.1"))
+
+
+@pytest.mark.slow
+def test_preference_job_runs_a_registered_loss(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saferl.cli",
+            "job=preference",
+            f"hydra.run.dir={tmp_path}",
+            *TINY_PIPELINE,
+            "job.preference.loss=ipo",
+            "job.preference.steps=3",
+            "job.preference.pairs_per_step=16",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ipo on the built-in world" in result.stdout and "exact optimum" in result.stdout
+    assert (tmp_path / "models" / "policy_ipo" / "config.json").exists()
+
+
+def test_preference_settings_reject_unknown_losses():
+    from saferl.cli import _section
+    from saferl.learners.offline import OfflineSettings
+
+    node = composed("job=preference", "job.preference.loss=magic").job.preference
+    with pytest.raises(ValueError, match="job.preference.loss: .*dpo"):
+        _section(node, "job.preference", OfflineSettings)
