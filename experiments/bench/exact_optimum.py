@@ -19,8 +19,12 @@ policy and the same training pairs:
 * ``mocan dpo`` / ``mocan ppo`` — MoCAN with the learned (calibrated) scorers: K = 64 reference
   samples per prompt, the dual's λ̂, then pseudo-preference DPO or PPO with λ fixed at λ̂; the
   dual's predicted (reward, cost) is printed beside the realised one;
+* ``pecan (consistent)`` / ``pecan (published)`` — PeCAN with both labellings (margin 0.1 in
+  implicit safety units; its λ lives in implicit units too);
 * ``dpo (helpful)``, ``ipo (helpful)``, ``bfpo`` on the helpfulness pairs, ``safe_nca`` on the
   safe-vs-unsafe pairs (their λ column is empty: they have no multiplier).
+
+``--learners NAME ...`` keeps only the named rows of the dualized group.
 
 Columns: normalised optimality gap ``(J* − J(π)) / (J* − J(π_ref))`` with ``J = E[r] − β KL``
 under the ground truth, the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost
@@ -39,6 +43,7 @@ from pathlib import Path
 from saferl.data.world import ReferenceConfig
 from saferl.learners.mocan import MocanSettings, run_mocan
 from saferl.learners.offline import OfflineSettings, run_offline_preference
+from saferl.learners.pecan import PecanSettings, run_pecan
 from saferl.learners.pipeline import (
     PipelineSettings,
     PreparedModels,
@@ -200,10 +205,23 @@ def reuse(settings: PipelineSettings, folder: Path) -> PreparedModels | None:
 
 
 def run_dualized(
-    base, prepared, folder: Path, seed: int, optimal_multiplier, rows: list, predictions: list
+    base,
+    prepared,
+    folder: Path,
+    seed: int,
+    optimal_multiplier,
+    rows: list,
+    predictions: list,
+    only: list[str] | None = None,
 ) -> None:
-    """MoCAN (both stages) and the preference losses, appended to ``rows``."""
+    """MoCAN (both stages), PeCAN (both labellings) and the preference losses, appended to ``rows``."""
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     for stage in ("dpo", "ppo"):
+        if not wanted(f"mocan {stage}"):
+            continue
         result = run_mocan(
             base, MocanSettings(stage=stage, seed=seed), prepared, folder / f"mocan_{stage}"
         )
@@ -237,12 +255,41 @@ def run_dualized(
             }
         )
         print(f"done: mocan {stage}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
+    for consistent in (True, False):
+        name = f"pecan ({'consistent' if consistent else 'published'})"
+        if not wanted(name):
+            continue
+        result = run_pecan(
+            base,
+            PecanSettings(consistent=consistent, seed=seed),
+            prepared,
+            folder / ("pecan_consistent" if consistent else "pecan_published"),
+        )
+        trained = result.trained
+        rows.append(
+            {
+                "learner": name,
+                "seed": seed,
+                "gap": trained.normalised_gap,
+                "violation": trained.violation,
+                "multiplier": float(result.dual.multiplier[0]),
+                "optimal": optimal_multiplier[0],
+                "iterations": PecanSettings().dpo_steps,
+                "seconds": sum(result.seconds.values()),
+                "reward": trained.expected_reward,
+                "cost": trained.expected_cost,
+                "kl": trained.kl,
+            }
+        )
+        print(f"done: {name}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
     for name, offline in (
         ("dpo (helpful)", OfflineSettings(loss="dpo", seed=seed)),
         ("ipo (helpful)", OfflineSettings(loss="ipo", seed=seed)),
         ("bfpo", OfflineSettings(loss="bfpo", seed=seed)),
         ("safe_nca", OfflineSettings(loss="safe_nca", seed=seed)),
     ):
+        if not wanted(name):
+            continue
         policy_dir, seconds = run_offline_preference(
             base, offline, prepared, folder / f"offline_{offline.loss}"
         )
