@@ -100,6 +100,12 @@ def main() -> None:
         help="ppo: the PPO-family rows (issue 5); dualized: MoCAN and the preference losses",
     )
     parser.add_argument(
+        "--learners",
+        nargs="+",
+        default=None,
+        help="rows of the dualized group to run (default: all)",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="reuse the data, SFT and score models already in --output/seed<k> when present",
@@ -114,7 +120,14 @@ def main() -> None:
         _, _, _, optimal_multiplier = evaluate_exact(base, prepared.sft_dir, prepared.sft_dir)
         if args.group in ("dualized", "all"):
             run_dualized(
-                base, prepared, root / f"seed{seed}", seed, optimal_multiplier, rows, predictions
+                base,
+                prepared,
+                root / f"seed{seed}",
+                seed,
+                optimal_multiplier,
+                rows,
+                predictions,
+                args.learners,
             )
         if args.group == "dualized":
             continue
