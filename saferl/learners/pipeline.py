@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -615,8 +615,3 @@ def world_truth(kind: str) -> Callable[[str, str], float]:
     prompts = {prompt.text: prompt for prompt in world_prompts()}
     function = ground_truth_reward if kind == "reward" else ground_truth_cost
     return lambda prompt, response: function(prompts[prompt], response.split())
-
-
-def with_overrides(settings: PipelineSettings, **changes) -> PipelineSettings:
-    """A copy of ``settings`` with some fields replaced (for tests and benchmarks)."""
-    return replace(settings, **changes)
