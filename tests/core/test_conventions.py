@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saferl.core.conventions import cost_from_utility, limit_from_margin, margin_from_limit, utility_from_cost
+from saferl.core.conventions import (
+    cost_from_utility,
+    limit_from_margin,
+    margin_from_limit,
+    utility_from_cost,
+)
 
 
 def test_utility_and_cost_are_negatives_and_round_trip():
@@ -22,4 +27,6 @@ def test_margin_and_limit():
     assert margin_from_limit(0.3, limit).item() == pytest.approx(0.5, abs=1e-15)
     # m = 2, tensor inputs keep their dtype.
     reference = torch.tensor([1.0, -0.5], dtype=torch.float32)
-    torch.testing.assert_close(limit_from_margin(reference, torch.tensor([0.25, 0.0])), torch.tensor([0.75, -0.5]))
+    torch.testing.assert_close(
+        limit_from_margin(reference, torch.tensor([0.25, 0.0])), torch.tensor([0.75, -0.5])
+    )
