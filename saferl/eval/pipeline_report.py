@@ -5,40 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from saferl.eval.world_report import report_console
+from saferl.eval.world_report import exact_comparison_table, report_console
 from saferl.learners.pipeline import PipelineResult
 
 __all__ = ["exact_comparison_table", "print_pipeline_result", "print_mocan_result"]
-
-
-def exact_comparison_table(title: str, rows) -> Table:
-    """Ground-truth comparison of policies: ``rows`` of ``(name, λ text, PolicyScore)``."""
-    table = Table(title=title)
-    for column in (
-        "policy",
-        "λ",
-        "E reward",
-        "E cost",
-        "KL to ref",
-        "E r − β·KL",
-        "safe rate",
-        "cost ≤ d",
-        "normalised gap",
-    ):
-        table.add_column(column, justify="right")
-    for name, multiplier, score in rows:
-        table.add_row(
-            name,
-            multiplier,
-            f"{score.expected_reward:.4f}",
-            f"{score.expected_cost:.4f}",
-            f"{score.kl:.4f}",
-            f"{score.objective:.4f}",
-            f"{score.safe_rate:.3f}",
-            "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})",
-            f"{score.normalised_gap:.3f}",
-        )
-    return table
 
 
 def _multiplier_text(values) -> str:

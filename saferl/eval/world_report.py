@@ -9,15 +9,45 @@ from rich.console import Console
 from rich.table import Table
 
 from saferl.core.dual import predict_frontier_at_limits
-from saferl.data.world import ExactWorld, PolicyScore
+from saferl.data.world import ExactWorld
 
-__all__ = ["print_exact_optimum", "print_statistics", "report_console"]
+__all__ = ["exact_comparison_table", "print_exact_optimum", "print_statistics", "report_console"]
 
 
 def report_console() -> Console:
     """A console at least 120 columns wide, so tables of numbers are never cut when the output
     is a log file or a narrow terminal."""
     return Console(width=max(Console().width, 120))
+
+
+def exact_comparison_table(title: str, rows) -> Table:
+    """Ground-truth comparison of policies: ``rows`` of ``(name, λ text, PolicyScore)``."""
+    table = Table(title=title)
+    for column in (
+        "policy",
+        "λ",
+        "E reward",
+        "E cost",
+        "KL to ref",
+        "E r − β·KL",
+        "safe rate",
+        "cost ≤ d",
+        "normalised gap",
+    ):
+        table.add_column(column, justify="right")
+    for name, multiplier, score in rows:
+        table.add_row(
+            name,
+            multiplier,
+            f"{score.expected_reward:.4f}",
+            f"{score.expected_cost:.4f}",
+            f"{score.kl:.4f}",
+            f"{score.objective:.4f}",
+            f"{score.safe_rate:.3f}",
+            "yes" if score.violation <= 1e-9 else f"no (+{score.violation:.3f})",
+            f"{score.normalised_gap:.3f}",
+        )
+    return table
 
 
 def print_exact_optimum(
@@ -36,32 +66,10 @@ def print_exact_optimum(
         ("safety-only tilt", "—", world.safety_only_logprobs()),
         ("constrained optimum π_λ*", f"{solution.multiplier.item():.6f}", world.optimal_logprobs()),
     ]
-    table = Table(
-        title=f"Built-in world, exact mode: β = {world.beta}, cost limit d = {world.cost_limit}"
+    table = exact_comparison_table(
+        f"Built-in world, exact mode: β = {world.beta}, cost limit d = {world.cost_limit}",
+        [(name, multiplier, world.score(logprobs)) for name, multiplier, logprobs in policies],
     )
-    for column in (
-        "policy",
-        "λ",
-        "E reward",
-        "E cost",
-        "KL to ref",
-        "E r − β·KL",
-        "safe rate",
-        "cost ≤ d",
-    ):
-        table.add_column(column, justify="right")
-    for name, multiplier, logprobs in policies:
-        score: PolicyScore = world.score(logprobs)
-        table.add_row(
-            name,
-            multiplier,
-            f"{score.expected_reward:.4f}",
-            f"{score.expected_cost:.4f}",
-            f"{score.kl:.4f}",
-            f"{score.objective:.4f}",
-            f"{score.safe_rate:.3f}",
-            "yes" if score.expected_cost <= world.cost_limit + 1e-9 else "no",
-        )
     console.print(table)
 
     optimal = world.optimal_logprobs().exp()
