@@ -17,7 +17,7 @@ __all__ = ["exact_comparison_table", "print_exact_optimum", "print_statistics", 
 def report_console() -> Console:
     """A console at least 120 columns wide, so tables of numbers are never cut when the output
     is a log file or a narrow terminal."""
-    return Console(width=max(Console().width, 120))
+    return Console(width=max(Console().width, 140))
 
 
 def exact_comparison_table(title: str, rows) -> Table:
@@ -28,13 +28,13 @@ def exact_comparison_table(title: str, rows) -> Table:
         "λ",
         "E reward",
         "E cost",
-        "KL to ref",
+        "KL",
         "E r − β·KL",
         "safe rate",
         "cost ≤ d",
-        "normalised gap",
+        "norm. gap",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for name, multiplier, score in rows:
         table.add_row(
             name,
