@@ -12,16 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 
 from saferl.core.multipliers import LogGradientAscentMultiplier, PIDMultiplier
 from saferl.data.world import (
     ReferenceConfig,
-    build_world_tokenizer,
     make_preference_pairs,
     make_sft_examples,
-    train_reference_policy,
     world_model_spec,
     world_prompts,
 )
@@ -33,7 +30,7 @@ from saferl.learners.rollout import ExperienceMaker
 from saferl.learners.score_model import evaluate_score_model, train_score_model
 from saferl.learners.scorers import ShapedRewardScorer, WorldOracleScorer
 from saferl.learners.sft import run_sft
-from saferl.models import ModelSpec, save_policy
+from saferl.models import ModelSpec
 from saferl.runtime import (
     CriticGroup,
     DeepSpeedSpec,
@@ -42,35 +39,13 @@ from saferl.runtime import (
     PolicyGroup,
     ReferenceGroup,
     RuntimeSpec,
-    init_ray,
 )
 
 pytestmark = pytest.mark.slow
 
 ROWS = 32  # prompts per rollout = rows per optimizer step
 RUNTIME = RuntimeSpec(local_num_cpus=8, startup_timeout_s=300, call_timeout_s=300)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    init_ray(RUNTIME)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_world_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def sft_dir(tmp_path_factory, tokenizer) -> Path:
-    model, _ = train_reference_policy(ReferenceConfig(steps=120, num_examples=1000), tokenizer)
-    folder = tmp_path_factory.mktemp("models") / "sft"
-    save_policy(model, tokenizer, folder)
-    return folder
+SFT_REFERENCE = ReferenceConfig(steps=120, num_examples=1000)  # read by conftest.sft_dir
 
 
 def deepspeed(

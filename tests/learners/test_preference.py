@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import ray
 import torch
 
 from saferl.core.preference_losses import PREFERENCE_LOSSES, PreferenceLogps, preference_loss
 from saferl.data.records import PreferencePair, SafetyPreferencePair
 from saferl.data.world import (
     ReferenceConfig,
-    build_world_tokenizer,
     make_preference_pairs,
-    train_reference_policy,
 )
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.learners.preference import (
@@ -35,35 +31,22 @@ from saferl.learners.preference import (
     select_pairs,
     train_preference,
 )
-from saferl.models import ModelSpec, load_policy, policy_token_logprobs, save_policy
+from saferl.models import ModelSpec, load_policy, policy_token_logprobs
 from saferl.runtime import (
     DeepSpeedSpec,
     GroupSpec,
     PolicyGroup,
     ReferenceGroup,
     RuntimeSpec,
-    init_ray,
 )
 
 pytestmark = pytest.mark.slow
 
 RUNTIME = RuntimeSpec(local_num_cpus=8, startup_timeout_s=300, call_timeout_s=300)
+SFT_REFERENCE = ReferenceConfig(steps=60, num_examples=600)  # read by conftest.sft_dir
 PAIRS = 8  # pairs per optimizer step = the fixed training batch
 POLICY_RANKS = 2
 MICRO = 4  # rows per micro-batch per rank (2 pairs); 2 accumulation steps: 2 * 2 * 4 = 16 rows
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_world_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def sft_dir(tmp_path_factory, tokenizer) -> Path:
-    model, _ = train_reference_policy(ReferenceConfig(steps=60, num_examples=600), tokenizer)
-    folder = tmp_path_factory.mktemp("models") / "sft"
-    save_policy(model, tokenizer, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -328,15 +311,6 @@ def test_reference_logps_pad_the_last_chunk_to_the_ranks(tokenizer, sft_model):
 
 # ---------------------------------------------------------------------------------------------
 # Through the runtime
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    init_ray(RUNTIME)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
