@@ -306,7 +306,7 @@ def build_tracker(
         ValueError: an unknown key or a bad value, naming ``logger.<key>``, the value and what
             is allowed; or ``config`` already has a top-level ``run`` key.
     """
-    settings = _validate_logger(logger)
+    settings = validate_logger(logger)
     if settings["kind"] == "none":
         return NullTracker()
     run_dir = Path(run_dir)
@@ -340,7 +340,7 @@ def build_tracker(
     return MultiTracker([wandb_tracker, JsonlTracker(run_dir / "metrics.jsonl")])
 
 
-def _validate_logger(logger: Mapping[str, Any]) -> dict[str, Any]:
+def validate_logger(logger: Mapping[str, Any]) -> dict[str, Any]:
     """``LOGGER_DEFAULTS`` updated with ``logger``, each value checked."""
     if not isinstance(logger, Mapping):
         raise ValueError(f"logger must be a mapping of settings, got {type(logger).__name__}")

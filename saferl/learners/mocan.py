@@ -91,9 +91,9 @@ class MocanSettings:
 
     def __post_init__(self) -> None:
         if self.stage not in ("dpo", "ppo"):
-            raise ValueError(f"job.mocan.stage must be 'dpo' or 'ppo'; found {self.stage!r}")
+            raise ValueError(f"learner.mocan.stage must be 'dpo' or 'ppo'; found {self.stage!r}")
         if self.num_samples < 2 or self.num_samples % 2:
-            raise ValueError(f"job.mocan.num_samples must be an even number >= 2; found {self.num_samples}")
+            raise ValueError(f"learner.mocan.num_samples must be an even number >= 2; found {self.num_samples}")
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,13 @@ class OfflineSettings:
 
     def __post_init__(self) -> None:
         if self.ordering not in ("better", "safer"):
-            raise ValueError(f"job.preference.ordering must be 'better' or 'safer'; found {self.ordering!r}")
+            raise ValueError(f"learner.preference.ordering must be 'better' or 'safer'; found {self.ordering!r}")
         from saferl.core.preference_losses import get_preference_loss
 
         try:
             get_preference_loss(self.loss)
         except (KeyError, ValueError) as error:
-            raise ValueError(f"job.preference.loss: {error}") from error
+            raise ValueError(f"learner.preference.loss: {error}") from error
 
 
 def run_offline_preference(

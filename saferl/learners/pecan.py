@@ -101,24 +101,24 @@ class PecanSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_samples, int) or self.num_samples < 2 or self.num_samples % 2:
-            raise ValueError(f"job.pecan.num_samples must be an even integer >= 2; found {self.num_samples!r}")
+            raise ValueError(f"learner.pecan.num_samples must be an even integer >= 2; found {self.num_samples!r}")
         if self.margin is None or not float(self.margin) >= 0:
             raise ValueError(
-                f"job.pecan.margin must be a number >= 0 (implicit safety units); found {self.margin!r}"
+                f"learner.pecan.margin must be a number >= 0 (implicit safety units); found {self.margin!r}"
             )
         if not isinstance(self.consistent, bool):
-            raise ValueError(f"job.pecan.consistent must be true or false; found {self.consistent!r}")
+            raise ValueError(f"learner.pecan.consistent must be true or false; found {self.consistent!r}")
         if not isinstance(self.dpo_steps, int) or self.dpo_steps < 1:
-            raise ValueError(f"job.pecan.dpo_steps must be an integer >= 1; found {self.dpo_steps!r}")
+            raise ValueError(f"learner.pecan.dpo_steps must be an integer >= 1; found {self.dpo_steps!r}")
         if not isinstance(self.dpo_pairs_per_step, int) or self.dpo_pairs_per_step < 1:
             raise ValueError(
-                f"job.pecan.dpo_pairs_per_step must be an integer >= 1; found {self.dpo_pairs_per_step!r}"
+                f"learner.pecan.dpo_pairs_per_step must be an integer >= 1; found {self.dpo_pairs_per_step!r}"
             )
         if not float(self.dpo_learning_rate) > 0:
-            raise ValueError(f"job.pecan.dpo_learning_rate must be > 0; found {self.dpo_learning_rate!r}")
+            raise ValueError(f"learner.pecan.dpo_learning_rate must be > 0; found {self.dpo_learning_rate!r}")
         if not self.frontier_grid or any(float(v) < 0 for v in self.frontier_grid):
             raise ValueError(
-                f"job.pecan.frontier_grid must be a non-empty list of λ >= 0; found {self.frontier_grid!r}"
+                f"learner.pecan.frontier_grid must be a non-empty list of λ >= 0; found {self.frontier_grid!r}"
             )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from saferl.data.world import (
     build_world_tokenizer,
     enumerate_policy_logprobs,
     world_model_spec,
+    world_dataset_paths,
     write_world_datasets,
 )
 from saferl.data.world.exact import MAX_RESPONSE_TOKENS
@@ -62,6 +63,7 @@ from saferl.runtime import (
     ScoreGroup,
     init_ray,
 )
+from saferl.learners.run_state import StageRecords, latest_checkpoint, save_checkpoint_atomically
 from saferl.tracking import NullTracker, Tracker
 
 __all__ = [
@@ -111,7 +113,10 @@ class PipelineSettings:
             limit mean what they mean in the exact optimum. Without it the learned run optimises
             in its models' own units, and ``cost_limit`` is read in the cost model's units.
         score_regularization: η of the score losses.
-        runtime, zero_stage, num_ranks, cpus_per_rank: where and how the groups run.
+        runtime, num_ranks, cpus_per_rank, gpus_per_rank: where the groups run.
+        deepspeed: every engine's ZeRO stage, offload, precision and AdamW settings (each stage
+            sets its own learning rate and batch size).
+        generation: rollout sampling (the seed is set per rollout).
         seed: seeds data, initialisation, sampling.
     """
 
@@ -125,22 +130,32 @@ class PipelineSettings:
     sft: StageSettings
     reward_model: StageSettings
     cost_model: StageSettings
-    ppo: PPOSettings
-    policy_learning_rate: float
-    critic_learning_rate: float
+    ppo: PPOSettings | None = None
+    policy_learning_rate: float = 1e-3
+    critic_learning_rate: float = 1e-3
     multiplier: dict = field(default_factory=lambda: {"kind": "log_gradient_ascent"})
     scorers: str = "learned"
     calibrate_scorers: bool = True
     score_regularization: float = 0.001
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
-    zero_stage: int = 2
+    deepspeed: DeepSpeedSpec = field(default_factory=DeepSpeedSpec)
+    generation: GenerationSpec = field(
+        default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS)
+    )
     num_ranks: int = 1
     cpus_per_rank: float = 0.25
+    gpus_per_rank: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.scorers not in ("learned", "oracle"):
-            raise ValueError(f"job.scorers must be 'learned' or 'oracle'; found {self.scorers!r}")
+            raise ValueError(f"scorers.kind must be 'learned' or 'oracle' on the built-in world; found {self.scorers!r}")
+        if self.generation.max_new_tokens != MAX_RESPONSE_TOKENS:
+            raise ValueError(
+                f"generation.max_new_tokens must be {MAX_RESPONSE_TOKENS} on the built-in world (the exact "
+                f"evaluation enumerates every response of at most {MAX_RESPONSE_TOKENS} tokens); "
+                f"found {self.generation.max_new_tokens}"
+            )
 
 
 @dataclass(frozen=True)
@@ -226,7 +241,11 @@ def _quiet_libraries() -> None:
 
 
 def _group(settings: PipelineSettings) -> GroupSpec:
-    return GroupSpec(num_ranks=settings.num_ranks, cpus_per_rank=settings.cpus_per_rank)
+    return GroupSpec(
+        num_ranks=settings.num_ranks,
+        cpus_per_rank=settings.cpus_per_rank,
+        gpus_per_rank=settings.gpus_per_rank,
+    )
 
 
 def _deepspeed(
@@ -236,12 +255,11 @@ def _deepspeed(
         raise ValueError(
             f"{rows_per_step} rows per step do not divide over runtime.num_ranks={settings.num_ranks}"
         )
-    return DeepSpeedSpec(
-        zero_stage=settings.zero_stage,
+    return replace(
+        settings.deepspeed,
         learning_rate=learning_rate,
-        weight_decay=0.0,
         micro_batch_size_per_rank=rows_per_step // settings.num_ranks,
-        gradient_clipping=1.0,
+        gradient_accumulation_steps=1,
     )
 
 
@@ -250,28 +268,38 @@ def prepare_models(
     output_dir: str | Path,
     tracker: Tracker | None = None,
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    resume: bool = False,
 ) -> PreparedModels:
-    """Stages 1–4: the world's datasets, SFT, the reward model and the cost model."""
+    """Stages 1–4: the world's datasets, SFT, the reward model and the cost model.
+
+    Each finished stage is recorded in ``<output_dir>/stages.json``; with ``resume=True`` the
+    recorded stages are not run again (their outputs are reused), and a fresh run
+    (``resume=False``) refuses a folder that already holds finished stages.
+    """
     _quiet_libraries()
     tracker = tracker or NullTracker()
     report = progress or (lambda stage, step, total, metrics: None)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    records = StageRecords(output, resume)
     seconds: dict[str, float] = {}
     init_ray(settings.runtime)
     tokenizer = build_world_tokenizer()
 
     # 1. The world's datasets, through the normal loaders.
     clock = time.perf_counter()
-    paths = write_world_datasets(
-        output / "data",
-        seed=settings.seed,
-        num_sft=settings.num_sft,
-        num_pairs_train=settings.num_pairs_train,
-        num_pairs_test=settings.num_pairs_test,
-        temperature=settings.label_temperature,
-        overwrite=True,
-    )
+    if records.finished("data") is None:
+        paths = write_world_datasets(
+            output / "data",
+            seed=settings.seed,
+            num_sft=settings.num_sft,
+            num_pairs_train=settings.num_pairs_train,
+            num_pairs_test=settings.num_pairs_test,
+            temperature=settings.label_temperature,
+            overwrite=True,  # this run's own folder: a stage that did not finish is redone
+        )
+        records.mark("data", {"seconds": time.perf_counter() - clock})
+    paths = world_dataset_paths(output / "data")
     sft_examples = load_sft_dataset(str(paths.sft)).records
     train_pairs = load_preference_dataset(str(paths.preferences_train)).records
     test_pairs = list(load_preference_dataset(str(paths.preferences_test)).records)
@@ -281,6 +309,41 @@ def prepare_models(
     # 2. SFT of the reference policy.
     clock = time.perf_counter()
     sft_dir = output / "models" / "sft"
+    if records.finished("sft") is not None:
+        seconds["sft"] = records.finished("sft")["seconds"]
+    else:
+        _run_sft_stage(settings, sft_examples, tokenizer, sft_dir, tracker, report)
+        seconds["sft"] = time.perf_counter() - clock
+        records.mark("sft", {"seconds": seconds["sft"]})
+
+    # 3–4. Reward and cost models, initialised from the SFT backbone.
+    score_dirs, score_metrics = {}, {}
+    for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
+        clock = time.perf_counter()
+        score_dirs[kind] = output / "models" / f"{kind}_model"
+        done = records.finished(f"{kind}_model")
+        if done is not None:
+            score_metrics[kind], seconds[f"{kind}_model"] = done["metrics"], done["seconds"]
+            continue
+        score_metrics[kind] = _run_score_stage(
+            settings, kind, stage, train_pairs, test_pairs, tokenizer, sft_dir, score_dirs[kind], tracker, report
+        )
+        seconds[f"{kind}_model"] = time.perf_counter() - clock
+        records.mark(f"{kind}_model", {"metrics": score_metrics[kind], "seconds": seconds[f"{kind}_model"]})
+    return PreparedModels(
+        sft_dir,
+        score_dirs["reward"],
+        score_dirs["cost"],
+        prompts,
+        test_pairs,
+        score_metrics["reward"],
+        score_metrics["cost"],
+        seconds,
+    )
+
+
+def _run_sft_stage(settings, sft_examples, tokenizer, sft_dir: Path, tracker: Tracker, report) -> None:
+    """Stage 2: SFT of the tiny policy on the demonstrations, exported to ``sft_dir``."""
     policy = PolicyGroup(
         world_model_spec(settings.reference, tokenizer),
         tokenizer,
@@ -306,65 +369,54 @@ def prepare_models(
         policy.export_hf(sft_dir)
     finally:
         policy.shutdown()
-    seconds["sft"] = time.perf_counter() - clock
 
-    # 3–4. Reward and cost models, initialised from the SFT backbone.
-    score_dirs, score_metrics = {}, {}
-    for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
-        clock = time.perf_counter()
-        critic = CriticGroup(
-            ModelSpec(name_or_path=str(sft_dir)),
-            tokenizer,
-            _deepspeed(settings, stage.learning_rate, 2 * stage.rows_per_step),
-            _group(settings),
-            settings.runtime,
-            role=f"{kind}_model",
-            seed=settings.seed,
-        )
-        try:
-            train_score_model(
-                critic,
-                train_pairs,
-                kind,
-                tokenizer,
-                steps=stage.steps,
-                pairs_per_step=stage.rows_per_step,
-                max_length=MAX_SEQUENCE_LENGTH,
-                template=WORLD_TEMPLATE,
-                score_regularization=settings.score_regularization,
-                seed=settings.seed,
-                tracker=tracker,
-                progress=lambda step, metrics, kind=kind, stage=stage: report(
-                    f"{kind}_model", step, stage.steps, metrics
-                ),
-            )
-            score_metrics[kind] = evaluate_score_model(
-                critic,
-                test_pairs,
-                kind,
-                tokenizer,
-                MAX_SEQUENCE_LENGTH,
-                WORLD_TEMPLATE,
-                rows_per_call=2 * stage.rows_per_step,
-                truth=world_truth(kind),
-            )
-            score_dirs[kind] = output / "models" / f"{kind}_model"
-            critic.export_hf(score_dirs[kind])
-            relabel_saved_score_model(score_dirs[kind], kind)
-        finally:
-            critic.shutdown()
-        tracker.log({f"{kind}_model/test_{k}": v for k, v in score_metrics[kind].items()}, step=0)
-        seconds[f"{kind}_model"] = time.perf_counter() - clock
-    return PreparedModels(
-        sft_dir,
-        score_dirs["reward"],
-        score_dirs["cost"],
-        prompts,
-        test_pairs,
-        score_metrics["reward"],
-        score_metrics["cost"],
-        seconds,
+
+def _run_score_stage(
+    settings, kind: str, stage: StageSettings, train_pairs, test_pairs, tokenizer, sft_dir: Path,
+    score_dir: Path, tracker: Tracker, report,
+) -> dict[str, float]:
+    """Stages 3–4: one score model from the SFT backbone, exported to ``score_dir``; returns its
+    held-out metrics."""
+    critic = CriticGroup(
+        ModelSpec(name_or_path=str(sft_dir)),
+        tokenizer,
+        _deepspeed(settings, stage.learning_rate, 2 * stage.rows_per_step),
+        _group(settings),
+        settings.runtime,
+        role=f"{kind}_model",
+        seed=settings.seed,
     )
+    try:
+        train_score_model(
+            critic,
+            train_pairs,
+            kind,
+            tokenizer,
+            steps=stage.steps,
+            pairs_per_step=stage.rows_per_step,
+            max_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
+            score_regularization=settings.score_regularization,
+            seed=settings.seed,
+            tracker=tracker,
+            progress=lambda step, metrics: report(f"{kind}_model", step, stage.steps, metrics),
+        )
+        metrics = evaluate_score_model(
+            critic,
+            test_pairs,
+            kind,
+            tokenizer,
+            MAX_SEQUENCE_LENGTH,
+            WORLD_TEMPLATE,
+            rows_per_call=2 * stage.rows_per_step,
+            truth=world_truth(kind),
+        )
+        critic.export_hf(score_dir)
+        relabel_saved_score_model(score_dir, kind)
+    finally:
+        critic.shutdown()
+    tracker.log({f"{kind}_model/test_{k}": v for k, v in metrics.items()}, step=0)
+    return metrics
 
 
 def run_ppo_stage(
@@ -375,6 +427,8 @@ def run_ppo_stage(
     shaping_multiplier: float | None = None,
     tracker: Tracker | None = None,
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> PPORun:
     """Stage 5 in one of three configurations of the same loop.
 
@@ -382,6 +436,11 @@ def run_ppo_stage(
         variant: ``"ppo_lag"`` (costs and the configured multiplier), ``"ppo"`` (reward only) or
             ``"shaping"`` (reward only, the reward being ``r − shaping_multiplier · c``).
         shaping_multiplier: the constant λ of ``"shaping"``.
+        checkpoint_every: iterations between checkpoints in ``<output_dir>/checkpoints/<variant>``
+            (None: only the final one).
+        resume: continue from that checkpoint when there is one (the policy, critics,
+            optimizers, schedulers, multiplier, iteration and metric history are restored; prompt
+            order and sampling seeds are functions of the iteration, so the run continues exactly).
     """
     if variant not in ("ppo_lag", "ppo", "shaping"):
         raise ValueError(f"variant must be 'ppo_lag', 'ppo' or 'shaping'; found {variant!r}")
@@ -485,9 +544,7 @@ def run_ppo_stage(
             reward_critic=critics["reward"],
             cost_critics=[critics["cost"]] if with_costs else [],
             tokenizer=tokenizer,
-            generation=GenerationSpec(
-                max_new_tokens=MAX_RESPONSE_TOKENS, temperature=1.0, top_k=0, top_p=1.0
-            ),
+            generation=settings.generation,
             max_prompt_length=MAX_SEQUENCE_LENGTH,
             template=WORLD_TEMPLATE,
         )
@@ -506,10 +563,15 @@ def run_ppo_stage(
             critic_rows_per_step=rows,
             tracker=tracker,
         )
+        checkpoint_dir = output / "checkpoints" / variant
+        if resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
+            learner.load(found)
+            report(variant, learner.iteration, ppo.iterations, learner.history[-1] if learner.history else {})
         history = learner.run(
-            progress=lambda step, metrics: report(variant, step, ppo.iterations, metrics)
+            progress=lambda step, metrics: report(variant, step, ppo.iterations, metrics),
+            checkpoint=lambda: save_checkpoint_atomically(learner.save, checkpoint_dir),
+            checkpoint_every=checkpoint_every,
         )
-        learner.save(output / "checkpoints" / variant)
         policy_dir = policy.export_hf(output / "models" / f"policy_{variant}")
         final = [] if multiplier is None else [float(v) for v in multiplier.value]
     finally:
@@ -543,12 +605,21 @@ def run_pipeline(
     output_dir: str | Path,
     tracker: Tracker | None = None,
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> PipelineResult:
-    """Run stages 1–6 of the module docstring; ``progress(stage, step, total, metrics)`` reports."""
+    """Run stages 1–6 of the module docstring; ``progress(stage, step, total, metrics)`` reports.
+
+    ``checkpoint_every`` and ``resume``: see :func:`prepare_models` and :func:`run_ppo_stage`
+    (``resume=True`` continues a killed run in ``output_dir`` from its last checkpoint).
+    """
     tracker = tracker or NullTracker()
     output = Path(output_dir)
-    prepared = prepare_models(settings, output, tracker, progress)
-    run = run_ppo_stage(settings, prepared, output, "ppo_lag", tracker=tracker, progress=progress)
+    prepared = prepare_models(settings, output, tracker, progress, resume=resume)
+    run = run_ppo_stage(
+        settings, prepared, output, "ppo_lag", tracker=tracker, progress=progress,
+        checkpoint_every=checkpoint_every, resume=resume,
+    )
     clock = time.perf_counter()
     reference, trained, optimum, optimal_multiplier = evaluate_exact(
         settings, prepared.sft_dir, run.policy_dir

@@ -178,6 +178,7 @@ class PPOLagrangian:
         self.tracker = tracker or NullTracker()
         self.ptx_batches = ptx_batches
         self.iteration = 0  # iterations completed
+        self.history: list[dict[str, float]] = []  # metrics of every completed iteration
 
     # ------------------------------------------------------------------------------------------
     def multiplier_value(self) -> torch.Tensor:
@@ -302,14 +303,23 @@ class PPOLagrangian:
         self.tracker.log(metrics, step=self.iteration)
         return metrics
 
-    def run(self, progress=None) -> list[dict[str, float]]:
-        """Iterate until ``settings.iterations`` iterations are done; returns each one's metrics."""
-        history = []
+    def run(self, progress=None, checkpoint=None, checkpoint_every: int | None = None) -> list[dict[str, float]]:
+        """Iterate until ``settings.iterations`` iterations are done; returns every iteration's
+        metrics (those restored by :meth:`load` included).
+
+        Args:
+            progress: called as ``progress(iteration, metrics)`` after each iteration.
+            checkpoint: called with no argument every ``checkpoint_every`` iterations and after
+                the last one (e.g. ``lambda: learner.save(folder)``).
+        """
         while self.iteration < self.settings.iterations:
-            history.append(self.step())
+            self.history.append(self.step())
             if progress is not None:
-                progress(self.iteration, history[-1])
-        return history
+                progress(self.iteration, self.history[-1])
+            done = self.iteration == self.settings.iterations
+            if checkpoint is not None and (done or (checkpoint_every and self.iteration % checkpoint_every == 0)):
+                checkpoint()
+        return list(self.history)
 
     # ------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -330,6 +340,7 @@ class PPOLagrangian:
             folder / "learner_state.pt",
         )
         (folder / "settings.json").write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+        (folder / "history.json").write_text(json.dumps(self.history) + "\n")
 
     def load(self, directory: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save` into this learner's groups."""
@@ -345,5 +356,7 @@ class PPOLagrangian:
             critic.load_checkpoint(folder / f"cost_critic_{j}")
         state = torch.load(state_path, weights_only=True)
         self.iteration = int(state["iteration"])
+        history = folder / "history.json"
+        self.history = json.loads(history.read_text()) if history.exists() else []
         if self.multiplier is not None:
             self.multiplier.load_state_dict(state["multiplier"])

@@ -23,6 +23,7 @@ from saferl.data.world.generator import (
     make_preference_pairs,
     make_sft_examples,
     world_statistics,
+    world_dataset_paths,
     write_world_datasets,
 )
 from saferl.data.world.ground_truth import (
@@ -74,6 +75,7 @@ __all__ = [
     "train_reference_policy",
     "world_model_spec",
     "world_prompts",
+    "world_dataset_paths",
     "write_world_datasets",
     "world_statistics",
 ]

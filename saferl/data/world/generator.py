@@ -135,6 +135,19 @@ class WorldDatasetPaths:
     statistics: Path
 
 
+def world_dataset_paths(folder: str | Path) -> WorldDatasetPaths:
+    """Where :func:`write_world_datasets` puts (or put) each file in ``folder``."""
+    folder = Path(folder)
+    return WorldDatasetPaths(
+        folder=folder,
+        prompts=folder / "prompts.jsonl",
+        sft=folder / "sft.jsonl",
+        preferences_train=folder / "preferences_train.jsonl",
+        preferences_test=folder / "preferences_test.jsonl",
+        statistics=folder / "statistics.json",
+    )
+
+
 def write_world_datasets(
     folder: str | Path,
     seed: int = 0,
@@ -151,14 +164,7 @@ def write_world_datasets(
     unless ``overwrite`` (then the whole set is rewritten).
     """
     folder = Path(folder)
-    paths = WorldDatasetPaths(
-        folder=folder,
-        prompts=folder / "prompts.jsonl",
-        sft=folder / "sft.jsonl",
-        preferences_train=folder / "preferences_train.jsonl",
-        preferences_test=folder / "preferences_test.jsonl",
-        statistics=folder / "statistics.json",
-    )
+    paths = world_dataset_paths(folder)
     targets = (
         paths.prompts,
         paths.sft,

@@ -1,0 +1,100 @@
+"""What a run folder remembers so that ``resume=auto`` can continue a killed run.
+
+Two pieces:
+
+* :class:`StageRecords`: ``stages.json`` in the run folder, one entry per finished stage (its
+  metrics and seconds). A stage is written to the file only after its outputs are complete, so a
+  stage that was killed half-way is simply run again.
+* :func:`save_checkpoint_atomically`: a learner checkpoint is written to a sibling folder and then
+  swapped in, so a kill during saving leaves the previous checkpoint intact.
+
+A fresh run refuses a folder that already holds a run (nothing is overwritten); ``resume=auto``
+accepts it and skips the finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StageRecords", "RunFolderInUseError", "save_checkpoint_atomically", "latest_checkpoint"]
+
+RECORDS_FILE = "stages.json"
+
+
+class RunFolderInUseError(RuntimeError):
+    """A fresh run was pointed at a folder that holds another run's stages."""
+
+
+class StageRecords:
+    """``<run folder>/stages.json``: the finished stages of a run.
+
+    Args:
+        folder: the run folder.
+        resume: continue the run in ``folder`` (True) or start a fresh one (False: the folder must
+            not hold finished stages).
+
+    Raises:
+        RunFolderInUseError: a fresh run in a folder with finished stages.
+    """
+
+    def __init__(self, folder: str | Path, resume: bool) -> None:
+        self.path = Path(folder) / RECORDS_FILE
+        self.resume = resume
+        if self.path.exists():
+            try:
+                self._records: dict[str, dict[str, Any]] = json.loads(self.path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{self.path}: not valid JSON ({error}); delete it to start over") from error
+            if not resume and self._records:
+                raise RunFolderInUseError(
+                    f"{self.path.parent} already holds a run (finished stages: {', '.join(self._records)}); "
+                    "pass resume=auto to continue it, or choose another folder"
+                )
+        else:
+            self._records = {}
+
+    def finished(self, stage: str) -> dict[str, Any] | None:
+        """The record of ``stage`` when resuming and it finished, else ``None`` (run it)."""
+        return self._records.get(stage) if self.resume else None
+
+    def mark(self, stage: str, record: dict[str, Any]) -> None:
+        """Record ``stage`` as finished (written atomically)."""
+        self._records[stage] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(self._records, indent=2) + "\n")
+        os.replace(temporary, self.path)
+
+
+def save_checkpoint_atomically(save: Callable[[Path], None], folder: str | Path) -> None:
+    """Call ``save(staging_folder)`` and swap the result in at ``folder``.
+
+    The previous checkpoint stays in place until the new one is complete; at any moment of a kill
+    either ``folder`` or ``folder.previous`` holds a whole checkpoint (:func:`latest_checkpoint`
+    finds it).
+    """
+    target = Path(folder)
+    staging = target.with_name(target.name + ".staging")
+    previous = target.with_name(target.name + ".previous")
+    shutil.rmtree(staging, ignore_errors=True)
+    save(staging)
+    (staging / "COMPLETE").write_text("")
+    if target.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(target, previous)
+    os.replace(staging, target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The complete checkpoint at ``folder`` (or the one being replaced), or ``None``."""
+    target = Path(folder)
+    for candidate in (target, target.with_name(target.name + ".previous")):
+        if (candidate / "COMPLETE").exists():
+            return candidate
+    return None
