@@ -269,13 +269,20 @@ def prepare_models(
     tracker: Tracker | None = None,
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
     resume: bool = False,
+    reuse_from: str | Path | None = None,
 ) -> PreparedModels:
     """Stages 1–4: the world's datasets, SFT, the reward model and the cost model.
 
-    Each finished stage is recorded in ``<output_dir>/stages.json``; with ``resume=True`` the
-    recorded stages are not run again (their outputs are reused), and a fresh run
-    (``resume=False``) refuses a folder that already holds finished stages.
+    Each finished stage is recorded in ``<output_dir>/stages.json`` with its settings; with
+    ``resume=True`` the recorded stages are not run again (their outputs are reused), and a fresh
+    run (``resume=False``) refuses a folder that already holds finished stages.
+
+    ``reuse_from``: another run folder whose stages 1–4 finished with the same settings; its data
+    and models are used in place (nothing is copied or retrained), e.g. by every job of a sweep
+    over dual parameters. A stage finished with other settings is an error naming the keys.
     """
+    if reuse_from is not None:
+        return _reuse_prepared(settings, Path(reuse_from))
     _quiet_libraries()
     tracker = tracker or NullTracker()
     report = progress or (lambda stage, step, total, metrics: None)
@@ -288,7 +295,7 @@ def prepare_models(
 
     # 1. The world's datasets, through the normal loaders.
     clock = time.perf_counter()
-    if records.finished("data") is None:
+    if records.finished("data", _stage_settings(settings, "data")) is None:
         paths = write_world_datasets(
             output / "data",
             seed=settings.seed,
@@ -298,7 +305,7 @@ def prepare_models(
             temperature=settings.label_temperature,
             overwrite=True,  # this run's own folder: a stage that did not finish is redone
         )
-        records.mark("data", {"seconds": time.perf_counter() - clock})
+        records.mark("data", {"seconds": time.perf_counter() - clock}, _stage_settings(settings, "data"))
     paths = world_dataset_paths(output / "data")
     sft_examples = load_sft_dataset(str(paths.sft)).records
     train_pairs = load_preference_dataset(str(paths.preferences_train)).records
@@ -309,19 +316,19 @@ def prepare_models(
     # 2. SFT of the reference policy.
     clock = time.perf_counter()
     sft_dir = output / "models" / "sft"
-    if records.finished("sft") is not None:
-        seconds["sft"] = records.finished("sft")["seconds"]
+    if (done := records.finished("sft", _stage_settings(settings, "sft"))) is not None:
+        seconds["sft"] = done["seconds"]
     else:
         _run_sft_stage(settings, sft_examples, tokenizer, sft_dir, tracker, report)
         seconds["sft"] = time.perf_counter() - clock
-        records.mark("sft", {"seconds": seconds["sft"]})
+        records.mark("sft", {"seconds": seconds["sft"]}, _stage_settings(settings, "sft"))
 
     # 3–4. Reward and cost models, initialised from the SFT backbone.
     score_dirs, score_metrics = {}, {}
     for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
         clock = time.perf_counter()
         score_dirs[kind] = output / "models" / f"{kind}_model"
-        done = records.finished(f"{kind}_model")
+        done = records.finished(f"{kind}_model", _stage_settings(settings, f"{kind}_model"))
         if done is not None:
             score_metrics[kind], seconds[f"{kind}_model"] = done["metrics"], done["seconds"]
             continue
@@ -329,7 +336,11 @@ def prepare_models(
             settings, kind, stage, train_pairs, test_pairs, tokenizer, sft_dir, score_dirs[kind], tracker, report
         )
         seconds[f"{kind}_model"] = time.perf_counter() - clock
-        records.mark(f"{kind}_model", {"metrics": score_metrics[kind], "seconds": seconds[f"{kind}_model"]})
+        records.mark(
+            f"{kind}_model",
+            {"metrics": score_metrics[kind], "seconds": seconds[f"{kind}_model"]},
+            _stage_settings(settings, f"{kind}_model"),
+        )
     return PreparedModels(
         sft_dir,
         score_dirs["reward"],
@@ -339,6 +350,55 @@ def prepare_models(
         score_metrics["reward"],
         score_metrics["cost"],
         seconds,
+    )
+
+
+PREPARED_STAGES = ("data", "sft", "reward_model", "cost_model")
+
+
+def _stage_settings(settings: PipelineSettings, stage: str) -> dict:
+    """What a stage's outputs depend on (a resumed or reusing run must match it)."""
+    if stage == "data":
+        return {
+            "seed": settings.seed,
+            "num_sft": settings.num_sft,
+            "num_pairs_train": settings.num_pairs_train,
+            "num_pairs_test": settings.num_pairs_test,
+            "label_temperature": settings.label_temperature,
+        }
+    if stage == "sft":
+        return {"seed": settings.seed, "reference": asdict(settings.reference), "sft": asdict(settings.sft)}
+    stage_settings = settings.reward_model if stage == "reward_model" else settings.cost_model
+    return {
+        "seed": settings.seed,
+        stage: asdict(stage_settings),
+        "score_regularization": settings.score_regularization,
+    }
+
+
+def _reuse_prepared(settings: PipelineSettings, folder: Path) -> PreparedModels:
+    """Stages 1–4 of the finished run in ``folder`` (see :func:`prepare_models`)."""
+    if not (folder / "stages.json").exists():
+        raise FileNotFoundError(
+            f"model.from_run: {folder} holds no finished run (no stages.json); give a run folder "
+            "whose stages 1–4 (data, SFT, reward and cost models) finished"
+        )
+    records = StageRecords(folder, resume=True)
+    done = {}
+    for stage in PREPARED_STAGES:
+        done[stage] = records.finished(stage, _stage_settings(settings, stage))
+        if done[stage] is None:
+            raise ValueError(f"model.from_run: stage {stage!r} of {folder} did not finish; resume that run first")
+    paths = world_dataset_paths(folder / "data")
+    return PreparedModels(
+        folder / "models" / "sft",
+        folder / "models" / "reward_model",
+        folder / "models" / "cost_model",
+        [record.prompt for record in load_prompt_dataset(str(paths.prompts)).records],
+        list(load_preference_dataset(str(paths.preferences_test)).records),
+        done["reward_model"]["metrics"],
+        done["cost_model"]["metrics"],
+        {stage: 0.0 for stage in PREPARED_STAGES},
     )
 
 
@@ -607,6 +667,7 @@ def run_pipeline(
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    reuse_from: str | Path | None = None,
 ) -> PipelineResult:
     """Run stages 1–6 of the module docstring; ``progress(stage, step, total, metrics)`` reports.
 
@@ -615,7 +676,7 @@ def run_pipeline(
     """
     tracker = tracker or NullTracker()
     output = Path(output_dir)
-    prepared = prepare_models(settings, output, tracker, progress, resume=resume)
+    prepared = prepare_models(settings, output, tracker, progress, resume=resume, reuse_from=reuse_from)
     run = run_ppo_stage(
         settings, prepared, output, "ppo_lag", tracker=tracker, progress=progress,
         checkpoint_every=checkpoint_every, resume=resume,

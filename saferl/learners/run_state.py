@@ -44,6 +44,7 @@ class StageRecords:
 
     def __init__(self, folder: str | Path, resume: bool) -> None:
         self.path = Path(folder) / RECORDS_FILE
+        self.folder = Path(folder)
         self.resume = resume
         if self.path.exists():
             try:
@@ -58,17 +59,39 @@ class StageRecords:
         else:
             self._records = {}
 
-    def finished(self, stage: str) -> dict[str, Any] | None:
-        """The record of ``stage`` when resuming and it finished, else ``None`` (run it)."""
-        return self._records.get(stage) if self.resume else None
+    def finished(self, stage: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The record of ``stage`` when resuming and it finished, else ``None`` (run it).
 
-    def mark(self, stage: str, record: dict[str, Any]) -> None:
-        """Record ``stage`` as finished (written atomically)."""
-        self._records[stage] = record
+        Raises:
+            ValueError: the stage finished with other settings than ``settings`` (the message
+                names each differing key), so its outputs cannot be reused.
+        """
+        record = self._records.get(stage) if self.resume else None
+        if record is not None:
+            _require_same_settings(stage, record.get("settings"), settings, self.path)
+        return record
+
+    def mark(self, stage: str, record: dict[str, Any], settings: dict[str, Any]) -> None:
+        """Record ``stage`` as finished with ``settings`` (written atomically)."""
+        self._records[stage] = {**record, "settings": settings}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(self._records, indent=2) + "\n")
         os.replace(temporary, self.path)
+
+
+def _require_same_settings(stage: str, recorded: Any, wanted: dict[str, Any], path: Path) -> None:
+    recorded = json.loads(json.dumps(recorded))
+    wanted = json.loads(json.dumps(wanted))  # the same JSON round trip as the recorded values
+    if recorded == wanted:
+        return
+    recorded = recorded or {}
+    differing = sorted(key for key in set(recorded) | set(wanted) if recorded.get(key) != wanted.get(key))
+    details = "; ".join(f"{key}: recorded {recorded.get(key)!r}, now {wanted.get(key)!r}" for key in differing)
+    raise ValueError(
+        f"{path}: stage {stage!r} finished with other settings ({details}); its outputs cannot be "
+        "reused: start a fresh run folder, or restore those settings"
+    )
 
 
 def save_checkpoint_atomically(save: Callable[[Path], None], folder: str | Path) -> None:

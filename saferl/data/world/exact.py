@@ -101,27 +101,30 @@ def enumerate_policy_logprobs(
     vocab_size = len(tokenizer)
     others = torch.tensor([token for token in range(vocab_size) if token != eos])
     num_others = others.numel()
-    continuations = torch.cartesian_prod(others, others, others)  # (n³, 3)
+    # A causal LM's next-token distributions after the prompt, after ``a`` and after ``a b`` all
+    # come from one forward pass of ``prompt a b``: n² rows give every factor of the n³ + n² + n + 1
+    # responses (the third token's distribution never needs the third token itself).
+    pairs = torch.cartesian_prod(others, others)  # (n², 2), row a·n + b
     rows = []
     for prompt in prompts:
         prompt_ids = torch.tensor(tokenizer(prompt.text, add_special_tokens=False)["input_ids"])
         prompt_len = prompt_ids.numel()
         logprob_chunks = []
-        for start in range(0, continuations.shape[0], batch_size):
-            chunk = continuations[start : start + batch_size]
+        for start in range(0, pairs.shape[0], batch_size):
+            chunk = pairs[start : start + batch_size]
             input_ids = torch.cat([prompt_ids.expand(chunk.shape[0], -1), chunk], dim=1)
             logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
             # (chunk, 3, vocab): next-token distributions after the prompt, after a, after a b.
             logprob_chunks.append(
                 torch.log_softmax(logits[:, prompt_len - 1 : prompt_len + 2].double(), dim=-1)
             )
-        next_token = torch.cat(logprob_chunks)  # (n³, 3, vocab)
+        next_token = torch.cat(logprob_chunks)  # (n², 3, vocab)
         n = num_others
         first = next_token[0, 0]  # ℓ₀, the same for every row, (vocab,)
-        # ℓ₁(· | a) depends on a only: rows where (b, c) = (others[0], others[0]) → every n² rows.
-        second = next_token[:: n * n, 1]  # (n, vocab)
-        # ℓ₂(· | a b) depends on (a, b): every n-th row.
-        third = next_token[::n, 2].reshape(n, n, vocab_size)  # (n, n, vocab)
+        # ℓ₁(· | a) depends on a only: the rows with b = others[0] → every n-th row.
+        second = next_token[::n, 1]  # (n, vocab)
+        # ℓ₂(· | a b): one row per (a, b).
+        third = next_token[:, 2].reshape(n, n, vocab_size)  # (n, n, vocab)
         first_others = first[others]  # (n,)
         second_others = second[:, others]  # (n, n)
         third_others = third[:, :, others]  # (n, n, n)
