@@ -59,7 +59,8 @@ def _score(value) -> dict | None:
 
 
 def _summary(config: RunConfig, method: str, headline: float, trained=None, reference=None, optimum=None,
-             multiplier=(), optimal_multiplier=(), frontier_csv: Path | None = None, folder: Path | None = None) -> dict:
+             multiplier=(), optimal_multiplier=(), frontier_csv: Path | None = None, folder: Path | None = None,
+             policy_dir: Path | None = None) -> dict:
     """The run's ``summary.json`` (what ``saferl-sweep-summary`` reads)."""
     pipeline = config.pipeline
     return {
@@ -72,10 +73,13 @@ def _summary(config: RunConfig, method: str, headline: float, trained=None, refe
         "optimum": _score(optimum),
         "multiplier": [float(v) for v in multiplier],
         "optimal_multiplier": [float(v) for v in (optimal_multiplier or ())],
-        "predicted_frontier_csv": (
-            None if frontier_csv is None else str(Path(frontier_csv).resolve().relative_to(folder.resolve()))
-        ),
+        "predicted_frontier_csv": _relative(frontier_csv, folder),
+        "policy_dir": _relative(policy_dir, folder),  # the trained policy (what job=evaluate job.run_dir=... reads)
     }
+
+
+def _relative(path: Path | None, folder: Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve().relative_to(folder.resolve()))
 
 
 def train(config: RunConfig, folder: Path, tracker) -> dict:
@@ -96,14 +100,17 @@ def train(config: RunConfig, folder: Path, tracker) -> dict:
         if config.learner == "ppo_lag":
             result = run_pipeline(
                 settings, folder, tracker=tracker, progress=progress,
-                checkpoint_every=config.checkpoint_every, resume=config.resume,
+                checkpoint_every=config.checkpoint_every, resume=config.resume, reuse_from=config.reuse_from,
             )
         else:
-            prepared = prepare_models(settings, folder, tracker, progress, resume=config.resume)
+            prepared = prepare_models(
+                settings, folder, tracker, progress, resume=config.resume, reuse_from=config.reuse_from
+            )
     if config.learner == "ppo_lag":
         print_pipeline_result(result, settings.cost_limit, settings.world_beta)
         return _summary(config, "ppo_lag", result.trained.normalised_gap, result.trained, result.reference,
-                        result.optimum, result.multiplier, result.optimal_multiplier)
+                        result.optimum, result.multiplier, result.optimal_multiplier, folder=folder,
+                        policy_dir=folder / "models" / "policy_ppo_lag")
     if config.learner in ("mocan", "pecan"):
         from saferl.learners.mocan import run_mocan
         from saferl.learners.pecan import run_pecan
@@ -122,8 +129,14 @@ def train(config: RunConfig, folder: Path, tracker) -> dict:
         headline = result.trained.normalised_gap if result.trained is not None else float(result.dual.objective)
         # PeCAN's prediction is in implicit units: the sweep plot shows only ground-truth-unit curves.
         frontier = result.frontier_files[0] if config.learner == "mocan" else None
+        if result.trained is None:
+            policy_dir = None
+        elif config.learner == "mocan":
+            policy_dir = folder / "mocan" / "models" / f"policy_{'dpo' if config.mocan.stage == 'dpo' else 'ppo_lag'}"
+        else:
+            policy_dir = folder / "models" / "policy_dpo"
         return _summary(config, config.learner, headline, result.trained, result.reference, result.optimum,
-                        result.dual.multiplier.tolist(), result.optimal_multiplier, frontier, folder)
+                        result.dual.multiplier.tolist(), result.optimal_multiplier, frontier, folder, policy_dir)
     from saferl.learners.offline import run_offline_preference
 
     offline = config.preference
@@ -139,7 +152,7 @@ def train(config: RunConfig, folder: Path, tracker) -> dict:
         ),
     ))
     return _summary(config, f"preference:{offline.loss}", trained.normalised_gap, trained, reference, optimum,
-                    (), optimal_multiplier)
+                    (), optimal_multiplier, folder=folder, policy_dir=policy_dir)
 
 
 def exact_optimum(cfg: DictConfig, config: RunConfig) -> float:
@@ -211,12 +224,115 @@ def _tracker(cfg: DictConfig, config: RunConfig, folder: Path):
     from saferl import tracking
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return tracking.build_tracker(config.logger, folder, resolved, tracking.run_metadata())
+    logger = dict(config.logger)
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        # A sweep's runs share a W&B group (the multirun folder) and are named by their overrides.
+        if logger.get("group") is None and str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+            logger["group"] = Path(hydra_cfg.sweep.dir).name
+        if logger.get("name") is None and hydra_cfg.job.override_dirname:
+            logger["name"] = hydra_cfg.job.override_dirname
+    return tracking.build_tracker(logger, folder, resolved, tracking.run_metadata())
 
 
 def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
-    """``job=evaluate``: the arena of a trained policy against its reference."""
-    raise ConfigError("job=evaluate: not wired yet")
+    """``job=evaluate``: the arena of a trained policy against its reference (see
+    ``conf/job/evaluate.yaml``); returns the summary (headline: the policy's reward win rate)."""
+    import json
+
+    from saferl.eval.arena import TRUTH_JUDGE, print_arena, write_arena
+    from saferl.learners.arena import ArenaSettings, run_arena, world_arena_prompts
+
+    job = cfg.job
+    run_dir = Path(job.run_dir) if job.run_dir is not None else None
+    if run_dir is not None and not (run_dir / "summary.json").is_file():
+        raise ConfigError(f"job.run_dir: {str(run_dir)!r} holds no finished saferl run (no summary.json)")
+
+    def pick(key: str, from_run: str | None, from_model: str | None) -> str:
+        value = job.get(key)
+        if value is None and run_dir is not None and from_run is not None:
+            value = str(run_dir / from_run)
+        if value is None:
+            value = from_model
+        if value is None:
+            raise ConfigError(f"job.{key}: required (give job.{key}=<folder or hub name>, or job.run_dir=<run folder>)")
+        return str(value)
+
+    policy_dir = None
+    if run_dir is not None:
+        policy_dir = json.loads((run_dir / "summary.json").read_text()).get("policy_dir")
+    settings = ArenaSettings(
+        responses_per_prompt=int(job.responses_per_prompt),
+        generation=_generation(cfg),
+        seed=int(cfg.seed),
+        rows_per_call=int(job.rows_per_call),
+    )
+    if config.pipeline is not None:  # the built-in world: its tokenizer, prompts and ground truth
+        from saferl.data.world import build_world_tokenizer
+        from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
+        from saferl.learners.pipeline import _group, world_truth
+
+        pipeline = config.pipeline
+        result = run_arena(
+            pick("policy", policy_dir, None),
+            pick("reference", "models/sft", None),
+            world_arena_prompts(),
+            build_world_tokenizer(),
+            {"reward": pick("reward_model", "models/reward_model", None),
+             "cost": pick("cost_model", "models/cost_model", None)},
+            settings,
+            template=WORLD_TEMPLATE,
+            max_prompt_length=MAX_SEQUENCE_LENGTH,
+            truth={"reward": world_truth("reward"), "cost": world_truth("cost")},
+            runtime=pipeline.runtime,
+            group=_group(pipeline),
+            deepspeed=pipeline.deepspeed,
+        )
+    else:  # a hub setup: the data's test split, the model group's score models
+        from saferl.data import load_prompt_dataset
+        from saferl.models import ModelSpec, load_tokenizer
+        from saferl.runtime import GroupSpec
+
+        hub = config.hub
+        reference = pick("reference", None, hub.policy)
+        prompts = [record.prompt for record in load_prompt_dataset(
+            hub.data_path, split=hub.test_split, revision=hub.data_revision).records]
+        spec = ModelSpec(name_or_path=reference, revision=hub.model_revision, dtype=hub.dtype,
+                         trust_remote_code=hub.trust_remote_code)
+        result = run_arena(
+            pick("policy", policy_dir, None),
+            spec,
+            prompts,
+            load_tokenizer(reference, revision=hub.model_revision, trust_remote_code=hub.trust_remote_code),
+            {"reward": pick("reward_model", None, hub.reward_model), "cost": pick("cost_model", None, hub.cost_model)},
+            settings,
+            template=hub.template,
+            max_prompt_length=hub.max_length,
+            runtime=_runtime(cfg),
+            group=GroupSpec(num_ranks=int(cfg.runtime.num_ranks), cpus_per_rank=float(cfg.runtime.cpus_per_rank),
+                            gpus_per_rank=float(cfg.runtime.gpus_per_rank)),
+        )
+    print_arena(result)
+    for path in write_arena(result, folder):
+        print(f"wrote {path}")
+    judge = result.judgement(TRUTH_JUDGE) if any(j.judge == TRUTH_JUDGE for j in result.judgements) else result.judgements[0]
+    summary = _summary(config, "arena", judge.policy.reward_win_rate)
+    arena = result.to_dict()
+    summary["arena"] = {"rows": arena["rows"], "transitions": arena["transitions"]}
+    return summary
+
+
+def _generation(cfg: DictConfig):
+    from saferl.runtime import GenerationSpec
+
+    return GenerationSpec(**OmegaConf.to_container(cfg.generation, resolve=True), seed=int(cfg.seed))
+
+
+def _runtime(cfg: DictConfig):
+    from saferl.runtime import RuntimeSpec
+
+    values = OmegaConf.to_container(cfg.runtime, resolve=True)
+    return RuntimeSpec(**{k: v for k, v in values.items() if k not in ("num_ranks", "cpus_per_rank", "gpus_per_rank")})
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -81,6 +81,7 @@ class RunConfig:
         logger: the validated ``logger`` section.
         resume: continue the run folder's last checkpoint.
         checkpoint_every: RL iterations between checkpoints.
+        reuse_from: a finished run folder whose stages 1–4 this run uses (``model.from_run``).
         output_dir: an explicit output folder, or None for Hydra's run folder.
     """
 
@@ -95,6 +96,7 @@ class RunConfig:
     resume: bool
     checkpoint_every: int
     output_dir: Path | None
+    reuse_from: Path | None = None
 
 
 def _container(node: Any, key: str) -> dict:
@@ -286,7 +288,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     multiplier = _multiplier(cfg, cost_limit) if learner == "ppo_lag" else (
         _container(cfg.multiplier, "multiplier")
     )
-    pipeline = hub = None
+    pipeline = hub = reuse_from = None
     if model_source == "world" or data_source == "world":
         if model_source != data_source:
             raise ConfigError(
@@ -297,9 +299,16 @@ def validate(cfg: DictConfig) -> RunConfig:
             raise ConfigError("scorers.kind='pretrained' needs hub score models (model.reward_model); "
                               "on the built-in world use learned or oracle")
         model = _container(cfg.model, "model")
-        unknown = sorted(set(model) - {"source", "sft"})
+        unknown = sorted(set(model) - {"source", "sft", "from_run"})
         if unknown:
-            raise ConfigError(f"model: unknown key(s) {unknown} for source=world; allowed: ['sft', 'source']")
+            raise ConfigError(f"model: unknown key(s) {unknown} for source=world; allowed: ['from_run', 'sft', 'source']")
+        if model.get("from_run") is not None:
+            reuse_from = Path(str(model["from_run"])).expanduser()
+            if not (reuse_from / "stages.json").is_file():
+                raise ConfigError(
+                    f"model.from_run: {str(reuse_from)!r} is not a saferl run folder (no stages.json); "
+                    "give the folder of a run whose data, SFT and score-model stages finished"
+                )
         data = _container(cfg.data, "data")
         data_keys = {"source", "num_sft", "num_pairs_train", "num_pairs_test", "label_temperature"}
         unknown = sorted(set(data) - data_keys)
@@ -380,4 +389,5 @@ def validate(cfg: DictConfig) -> RunConfig:
         resume=resume == "auto",
         checkpoint_every=checkpoint_every,
         output_dir=Path(output_dir) if output_dir is not None else None,
+        reuse_from=reuse_from,
     )
