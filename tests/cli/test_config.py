@@ -1,0 +1,612 @@
+"""The Hydra config tree ``conf/`` and its validation (``saferl.config.validate``).
+
+No Ray, no training: every test composes configs and validates them into typed settings.
+
+1. Every option of every group composes and validates (alone, or in the combination it needs);
+   inconsistent combinations raise a ConfigError naming the keys.
+2. The published presets carry the published values (ALGORITHMS.md §2, §4, §5); the world presets
+   build the built-in world's pipeline.
+3. Validation errors name the dotted key and the bad value.
+4. Sweep presets are multiruns over keys that exist, and every swept point validates.
+5. Launcher presets select the right Hydra launcher plugin.
+6. Every field in ``conf/`` has a one-line comment.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from saferl.cli import CONFIG_DIR
+from saferl.config import ConfigError, RunConfig, validate
+
+CONF = Path(CONFIG_DIR)
+
+# Groups whose files define fields (every key documented where it is defined) and groups of presets
+# (files that set fields defined elsewhere). A new folder under conf/ must be added to one of them.
+FIELD_GROUPS = (
+    "learner", "model", "data", "scorers", "multiplier", "runtime", "deepspeed", "generation",
+    "logger", "job", "world",
+)
+PRESET_GROUPS = ("experiment", "sweep", "debug", "debug_learner", "launcher")
+
+# A hub setup that validates: the published models and data with their score models.
+HUB = ("model=beaver_v1", "data=pku_saferlhf", "scorers=pretrained")
+# Options that only run in combination with other groups' options.
+COMBINATION = {
+    ("model", "beaver_v1"): ("data=pku_saferlhf", "scorers=pretrained"),
+    ("model", "falcon_11b"): ("data=pku_saferlhf", "learner=preference"),
+    ("data", "pku_saferlhf"): ("model=beaver_v1", "scorers=pretrained"),
+    ("scorers", "pretrained"): ("model=beaver_v1", "data=pku_saferlhf"),
+    ("generation", "safe_rlhf"): HUB,
+}
+
+PUBLISHED_PRESETS = ("beaver_v1", "mocan", "pecan", "bfpo", "safe_nca")
+WORLD_PRESETS = {  # preset -> (learner, preference loss or None)
+    "world_ppo_lag": ("ppo_lag", None),
+    "world_mocan": ("mocan", None),
+    "world_pecan": ("pecan", None),
+    "world_bfpo": ("preference", "bfpo"),
+    "world_safe_nca": ("preference", "safe_nca"),
+}
+ALPACA = "PKU-Alignment/alpaca-7b-reproduced"
+
+
+def composed(*overrides: str, hydra_cfg: bool = False) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+@cache
+def default_groups() -> dict[str, str]:
+    """{group: package} of the root defaults list (``optional debug_learner@learner: ...`` gives
+    ``{"debug_learner": "learner"}``; a group without ``@`` is at its own name)."""
+    groups = {}
+    for entry in OmegaConf.load(CONF / "config.yaml").defaults:
+        if entry == "_self_":
+            continue
+        name = next(iter(entry)).split()[-1]  # drop `optional` / `override`
+        group, _, package = name.partition("@")
+        groups[group] = package or group
+    return groups
+
+
+def selection(group: str, option: str) -> tuple[tuple[str, ...], str]:
+    """The overrides that select ``option`` of ``group`` (with the options it needs), and its key in
+    ``hydra.runtime.choices``."""
+    if group == "debug_learner":  # chosen by interpolation: ${debug}_${learner}
+        debug, learner = option.split("_", 1)
+        return (f"debug={debug}", f"learner={learner}"), "debug_learner@learner"
+    return (f"{group}={option}", *COMBINATION.get((group, option), ())), group
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+def group_options(groups: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(group, option) for group in groups for option in options(group)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Every option of every group composes and validates.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_conf_folder_is_a_known_group_and_every_default_group_exists():
+    folders = {path.name for path in CONF.iterdir() if path.is_dir()}
+    assert folders == set(FIELD_GROUPS) | set(PRESET_GROUPS)
+    assert set(default_groups()) == folders
+
+
+@pytest.mark.parametrize(("group", "option"), group_options(FIELD_GROUPS + PRESET_GROUPS))
+def test_every_group_option_composes_and_validates(group, option):
+    overrides, choice = selection(group, option)
+    cfg = composed(*overrides, hydra_cfg=True)
+    assert cfg.hydra.runtime.choices[choice] == option
+    run = validate(cfg)
+    assert isinstance(run, RunConfig)
+    # Exactly one of the two setups: the built-in world's pipeline or the hub's models and data.
+    assert (run.pipeline is None) != (run.hub is None)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (("model=beaver_v1",), ["model.source='hub'", "data.source='world'"]),
+        (("model=falcon_11b", "learner=preference"), ["model.source='hub'", "data.source='world'"]),
+        (("data=pku_saferlhf",), ["model.source='world'", "data.source='hub'"]),
+        (("generation=safe_rlhf",), ["generation.max_new_tokens", "512"]),
+        ((*HUB, "model.cost_model=null"), ["model.cost_model", "None"]),
+    ],
+    ids=["hub-model-world-data", "falcon-world-data", "world-model-hub-data", "hub-generation-world",
+         "pretrained-without-cost-model"],
+)
+def test_inconsistent_combinations_name_their_keys(overrides, fragments):
+    with pytest.raises(ConfigError, match=named(*fragments)):
+        validate(composed(*overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Presets.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_published_and_world_presets_are_all_the_experiment_options():
+    assert set(options("experiment")) == set(PUBLISHED_PRESETS) | set(WORLD_PRESETS)
+
+
+@pytest.mark.parametrize("preset", PUBLISHED_PRESETS)
+def test_published_preset_is_a_hub_setup_on_pku_saferlhf_at_scale(preset):
+    cfg = composed(f"experiment={preset}")
+    run = validate(cfg)
+    assert run.pipeline is None and run.hub is not None
+    assert run.hub.data_path.startswith("PKU-Alignment/PKU-SafeRLHF")
+    assert run.hub.template == "safe_rlhf" and run.hub.max_length == 512  # max length 512 [§2]
+    assert run.hub.dtype == "bfloat16"
+    assert cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision == "bf16"  # ZeRO-3, bf16 [§2]
+    assert list(cfg.deepspeed.adam_betas) == [0.9, 0.95]
+    assert cfg.runtime.num_ranks == 8 and cfg.runtime.gpus_per_rank == 1.0
+    assert cfg.generation.max_new_tokens == 512
+
+
+def test_beaver_v1_is_the_published_safe_rlhf():
+    cfg = composed("experiment=beaver_v1")
+    run = validate(cfg)
+    assert run.learner == "ppo_lag" and cfg.learner.name == "ppo_lag"
+    # The problem: β = 0.01, d = 0 [§2].
+    assert cfg.beta == 0.01 and cfg.learner.kl_coeff == 0.01
+    assert cfg.cost_limit == 0.0
+    # PPO [§2]: clip 0.2, score clip 50, value clip 5, γ = 1, λ_GAE = 0.95, one pass, +β·kl in cost.
+    assert cfg.learner.clip_eps == 0.2
+    assert cfg.learner.clip_range_score == 50.0
+    assert cfg.learner.clip_eps_value == 5.0
+    assert cfg.learner.gamma == 1.0 and cfg.learner.gae_lambda == 0.95
+    assert cfg.learner.ppo_epochs == 1 and cfg.learner.kl_in_cost_stream is True
+    assert cfg.learner.prompts_per_iteration == 16 * cfg.runtime.num_ranks  # 16 prompts per device
+    # Optimisation [§2]: actor 1e-5, critic 5e-6.
+    assert cfg.learner.policy_learning_rate == 1e-5
+    assert cfg.learner.critic_learning_rate == 5e-6
+    # The multiplier [§2]: λ_init 1, lr 0.1 on log λ, window 128, no delay, λ_max 5.
+    assert dict(cfg.multiplier) == {
+        "kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 128, "delay": 0,
+        "max_value": 5.0,
+    }
+    # The published models and data.
+    assert cfg.scorers.kind == "pretrained" and cfg.scorers.calibrate is False
+    assert run.hub.policy == ALPACA
+    assert run.hub.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
+    assert run.hub.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
+    assert run.hub.data_path == "PKU-Alignment/PKU-SafeRLHF-30K"
+
+
+def test_mocan_preset_is_the_published_mocan():
+    cfg = composed("experiment=mocan")
+    run = validate(cfg)
+    assert run.learner == "mocan" and run.pecan is None and run.preference is None
+    assert cfg.beta == 0.1  # β = 0.1 [§4]
+    assert run.mocan.num_samples == 128  # K = 128 [§4]
+    assert run.mocan.stage == "dpo" and run.mocan.soft_labels is False  # Bernoulli relabelling + DPO
+    assert run.mocan.frontier_grid == (0.10, 0.35, 0.50, 0.75, 1.13, 2.0, 3.0)  # the published λ grid
+    assert cfg.scorers.kind == "pretrained"
+    assert (run.hub.policy, run.hub.reward_model, run.hub.cost_model) == (
+        ALPACA, "PKU-Alignment/beaver-7b-v1.0-reward", "PKU-Alignment/beaver-7b-v1.0-cost",
+    )
+
+
+def test_pecan_preset_is_the_published_pecan():
+    cfg = composed("experiment=pecan")
+    run = validate(cfg)
+    assert run.learner == "pecan" and run.mocan is None
+    assert cfg.beta == 0.1 and run.pecan.num_samples == 128  # β = 0.1, K = 128 [§4]
+    assert run.pecan.consistent is True  # saferl's consistent labels (documented departure)
+    assert run.hub.policy == ALPACA
+    assert run.hub.reward_model is None and run.hub.cost_model is None  # preferences only
+
+
+def test_bfpo_preset_has_the_published_hyperparameters():
+    run = validate(composed("experiment=bfpo"))
+    assert run.learner == "preference"
+    assert run.preference.loss == "bfpo" and run.preference.ordering == "better"
+    assert run.preference.hyperparameters == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}  # [§5]
+    assert run.hub.policy == ALPACA
+
+
+def test_safe_nca_preset_is_nca_on_safety_pairs_from_falcon():
+    cfg = composed("experiment=safe_nca")
+    run = validate(cfg)
+    assert run.learner == "preference"
+    assert run.preference.loss == "safe_nca" and run.preference.ordering == "safer"
+    assert cfg.beta == 0.1
+    assert run.hub.policy == "tiiuae/falcon-11B"
+    assert run.hub.reward_model is None and run.hub.cost_model is None
+
+
+@pytest.mark.parametrize("preset", sorted(WORLD_PRESETS))
+def test_world_preset_builds_the_world_pipeline_with_its_learner(preset):
+    learner, loss = WORLD_PRESETS[preset]
+    cfg = composed(f"experiment={preset}")
+    run = validate(cfg)
+    assert run.hub is None and run.pipeline is not None
+    assert run.learner == learner
+    assert run.pipeline.world_beta == cfg.beta and run.pipeline.cost_limit == cfg.cost_limit
+    assert run.pipeline.generation.max_new_tokens == 3
+    assert run.pipeline.scorers in ("learned", "oracle")
+    if learner in ("ppo_lag", "mocan"):
+        assert run.pipeline.ppo is not None
+        assert run.pipeline.ppo.kl_coeff == cfg.beta  # the learner's KL coefficient is the problem's β
+    else:
+        assert run.pipeline.ppo is None
+    sections = {"mocan": run.mocan, "pecan": run.pecan, "preference": run.preference}
+    for name, section in sections.items():
+        assert (section is not None) == (name == learner), name
+    if loss is not None:
+        assert run.preference.loss == loss
+    if preset == "world_bfpo":
+        assert run.preference.hyperparameters == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}
+    if preset == "world_safe_nca":
+        assert run.preference.ordering == "safer"
+
+
+@pytest.mark.parametrize("preset", sorted(WORLD_PRESETS))
+def test_debug_tiny_shrinks_every_world_preset_and_its_learner(preset):
+    learner, _ = WORLD_PRESETS[preset]
+    full = validate(composed(f"experiment={preset}"))
+    cfg = composed(f"experiment={preset}", "debug=tiny", hydra_cfg=True)
+    assert cfg.hydra.runtime.choices["debug_learner@learner"] == f"tiny_{learner}"
+    tiny = validate(cfg)
+    assert tiny.learner == learner
+    assert tiny.pipeline.sft.steps < full.pipeline.sft.steps
+    assert tiny.pipeline.num_sft < full.pipeline.num_sft
+    if learner in ("ppo_lag", "mocan"):
+        assert tiny.pipeline.ppo.iterations < full.pipeline.ppo.iterations
+    if learner in ("mocan", "pecan"):
+        assert getattr(tiny, learner).num_samples < getattr(full, learner).num_samples
+        assert getattr(tiny, learner).dpo_steps < getattr(full, learner).dpo_steps
+    if learner == "preference":
+        assert tiny.preference.steps < full.preference.steps
+        assert tiny.preference.loss == full.preference.loss  # the preset's loss is kept
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Validation errors name the dotted key and the bad value.
+# ---------------------------------------------------------------------------------------------
+
+
+def named(*fragments: str) -> str:
+    """A regex that finds each fragment, in order, as a whole token (``0`` does not match inside
+    ``0.0``, ``beta`` not inside ``world_beta``)."""
+    return ".*".join(rf"(?<!\w)(?<!\d\.){re.escape(fragment)}(?!\w|\.\d)" for fragment in fragments)
+
+
+NOT_A_RUN = str(CONF)  # a folder without stages.json
+ERRORS = [
+    # Unknown names.
+    ("unknown-learner", ("learner.name=foo",), ["learner.name", "'foo'"]),
+    ("unknown-loss", ("learner=preference", "learner.preference.loss=foo"), ["learner.preference.loss", "'foo'"]),
+    ("unknown-multiplier", ("multiplier.kind=foo",), ["multiplier.kind", "'foo'"]),
+    ("unknown-ordering", ("learner=preference", "learner.preference.ordering=foo"),
+     ["learner.preference.ordering", "'foo'"]),
+    ("unknown-mocan-stage", ("learner=mocan", "learner.mocan.stage=foo"), ["learner.mocan.stage", "'foo'"]),
+    ("unknown-job", ("job.name=foo",), ["job.name", "'foo'"]),
+    ("unknown-logger-kind", ("logger.kind=foo",), ["logger.kind", "'foo'"]),
+    # Signs: β > 0 and a positive KL coefficient.
+    ("negative-beta", ("beta=-0.1",), ["beta", "-0.1"]),
+    ("zero-beta", ("beta=0",), ["beta", "0"]),
+    ("zero-kl-coeff", ("learner.kl_coeff=0",), ["learner.kl_coeff", "0"]),
+    ("negative-kl-coeff", ("learner.kl_coeff=-0.01",), ["learner.kl_coeff", "-0.01"]),
+    ("negative-loss-beta", ("learner=preference", "learner.preference.hyperparameters={beta:-0.1}"),
+     ["learner.preference.hyperparameters.beta", "-0.1"]),
+    # Every learning rate must be > 0.
+    ("negative-policy-lr", ("learner.policy_learning_rate=-0.5",), ["learner.policy_learning_rate", "-0.5"]),
+    ("negative-critic-lr", ("learner.critic_learning_rate=-0.5",), ["learner.critic_learning_rate", "-0.5"]),
+    ("negative-sft-lr", ("model.sft.learning_rate=-0.5",), ["model.sft.learning_rate", "-0.5"]),
+    ("negative-reward-model-lr", ("scorers.reward_model.learning_rate=-0.5",),
+     ["scorers.reward_model.learning_rate", "-0.5"]),
+    ("negative-cost-model-lr", ("scorers.cost_model.learning_rate=-0.5",),
+     ["scorers.cost_model.learning_rate", "-0.5"]),
+    ("negative-reference-lr", ("world.reference.learning_rate=-0.5",), ["world.reference.learning_rate", "-0.5"]),
+    ("negative-preference-lr", ("learner=preference", "learner.preference.learning_rate=-0.5"),
+     ["learner.preference.learning_rate", "-0.5"]),
+    ("negative-mocan-dpo-lr", ("learner=mocan", "learner.mocan.dpo_learning_rate=-0.5"),
+     ["learner.mocan.dpo_learning_rate", "-0.5"]),
+    ("negative-pecan-dpo-lr", ("learner=pecan", "learner.pecan.dpo_learning_rate=-0.5"),
+     ["learner.pecan.dpo_learning_rate", "-0.5"]),
+    ("negative-multiplier-lr", ("multiplier.lr=-0.5",), ["multiplier.lr", "-0.5"]),
+    # Batch sizes that do not divide over the ranks of a role.
+    ("prompts-over-3-ranks", ("runtime.num_ranks=3",),
+     ["learner.prompts_per_iteration=64", "runtime.num_ranks=3"]),
+    ("sft-rows-over-4-ranks", ("model.sft.rows_per_step=10", "runtime.num_ranks=4"),
+     ["model.sft.rows_per_step=10", "runtime.num_ranks=4"]),
+    ("pairs-over-4-ranks", ("learner=preference", "learner.preference.pairs_per_step=10", "runtime.num_ranks=4"),
+     ["learner.preference.pairs_per_step=10", "runtime.num_ranks=4"]),
+    ("dpo-pairs-over-4-ranks", ("learner=mocan", "learner.mocan.dpo_pairs_per_step=10", "runtime.num_ranks=4"),
+     ["learner.mocan.dpo_pairs_per_step=10", "runtime.num_ranks=4"]),
+    # Unknown keys: the message names the section and the key.
+    ("unknown-learner-key", ("+learner.clip=0.3",), ["learner", "clip"]),
+    ("unknown-deepspeed-key", ("+deepspeed.foo=1",), ["deepspeed", "foo"]),
+    ("unknown-logger-key", ("+logger.foo=1",), ["logger", "foo"]),
+    ("unknown-model-key", ("+model.foo=1",), ["model", "foo"]),
+    ("unknown-data-key", ("+data.foo=1",), ["data", "foo"]),
+    ("unknown-scorers-key", ("+scorers.foo=1",), ["scorers", "foo"]),
+    ("unknown-runtime-key", ("+runtime.foo=1",), ["runtime", "foo"]),
+    ("unknown-generation-key", ("+generation.foo=1",), ["generation", "foo"]),
+    ("unknown-multiplier-key", ("+multiplier.foo=1",), ["multiplier", "foo"]),
+    ("unknown-reference-key", ("+world.reference.foo=1",), ["world.reference", "foo"]),
+    ("unknown-world-key", ("+world.foo=1",), ["world", "foo"]),
+    ("unknown-job-key", ("+job.foo=1",), ["job", "foo"]),
+    ("unknown-root-key", ("+foo=1",), ["foo"]),
+    # DeepSpeed.
+    ("zero-stage-4", ("deepspeed.zero_stage=4",), ["deepspeed.zero_stage", "4"]),
+    ("zero-stage-negative", ("deepspeed.zero_stage=-1",), ["deepspeed.zero_stage", "-1"]),
+    ("bad-precision", ("deepspeed.precision=fp8",), ["deepspeed.precision", "'fp8'"]),
+    # The world's exact evaluation needs responses of at most 3 tokens.
+    ("world-max-new-tokens", ("generation.max_new_tokens=4",), ["generation.max_new_tokens", "4"]),
+    # Root keys.
+    ("resume-yes", ("resume=yes",), ["resume", "'yes'"]),
+    ("resume-true", ("resume=true",), ["resume", "True"]),
+    ("checkpoint-every-0", ("checkpoint_every=0",), ["checkpoint_every", "0"]),
+    ("negative-seed", ("seed=-1",), ["seed", "-1"]),
+    # Scorers that do not fit the setup.
+    ("pretrained-on-world", ("scorers=pretrained",), ["scorers.kind", "'pretrained'"]),
+    ("oracle-on-hub", ("experiment=beaver_v1", "scorers=oracle"), ["scorers.kind", "'oracle'"]),
+    # Reusing a run folder that is not one.
+    ("from-run-not-a-run", (f"model.from_run={NOT_A_RUN}",), ["model.from_run", repr(NOT_A_RUN)]),
+    # W&B's `disabled` mode is logger.kind=none here.
+    ("logger-mode-disabled", ("logger.mode=disabled",), ["logger.mode", "'disabled'"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragments"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
+def test_validation_error_names_the_key_and_the_bad_value(overrides, fragments):
+    cfg = composed(*overrides)
+    with pytest.raises(ConfigError, match=named(*fragments)):
+        validate(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Sweeps.
+# ---------------------------------------------------------------------------------------------
+
+_ABSENT = object()
+
+
+def sweep_points(cfg: DictConfig) -> dict[str, list[str]]:
+    """The sweeper's params as {key: [value, ...]} (Hydra's own parser of sweep overrides)."""
+    parser = OverridesParser.create()
+    points = {}
+    for key, value in cfg.hydra.sweeper.params.items():
+        (override,) = parser.parse_overrides([f"{key}={value}"])
+        assert override.is_sweep_override(), (key, value)
+        points[override.key_or_group] = list(override.sweep_string_iterator())
+    return points
+
+
+def typed(run: RunConfig, key: str):
+    """Where a swept key lands in the typed settings."""
+    if key == "beta":
+        return run.pipeline.world_beta
+    if key == "cost_limit":
+        return run.pipeline.cost_limit
+    if key.startswith("multiplier."):
+        return run.pipeline.multiplier[key.removeprefix("multiplier.")]
+    if key == "learner.mocan.margin":
+        return run.mocan.margin
+    raise AssertionError(f"add {key} to typed()")
+
+
+@pytest.mark.parametrize("sweep", options("sweep"))
+def test_sweep_preset_is_a_multirun_over_existing_keys_and_every_point_validates(sweep):
+    cfg = composed(f"sweep={sweep}", hydra_cfg=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    points = sweep_points(cfg)
+    assert points
+    for key, values in points.items():
+        assert OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT, f"sweep {sweep}: {key} is not a config key"
+        assert len(values) >= 2
+        for value in values:
+            point = composed(f"sweep={sweep}", f"{key}={value}")
+            run = validate(point)
+            assert OmegaConf.select(point, key) == pytest.approx(float(value))
+            assert typed(run, key) == pytest.approx(float(value))
+            if key == "beta":  # the learner's KL coefficient follows β
+                assert run.pipeline.ppo.kl_coeff == pytest.approx(float(value))
+
+
+def test_sweeps_select_the_groups_their_keys_need():
+    assert composed("sweep=pid_gains").multiplier.kind == "pid"
+    assert composed("sweep=mocan_margin").learner.name == "mocan"
+    assert composed("sweep=initial_multiplier").multiplier.kind == "log_gradient_ascent"
+
+
+def test_cost_limit_sweep_has_four_points():
+    points = sweep_points(composed("sweep=cost_limit", hydra_cfg=True))
+    assert points == {"cost_limit": ["-1.2", "-1.0", "-0.8", "-0.6"]}
+
+
+def test_pid_gains_sweep_is_a_two_by_two_grid():
+    points = sweep_points(composed("sweep=pid_gains", hydra_cfg=True))
+    assert set(points) == {"multiplier.kp", "multiplier.ki"}
+    assert all(len(values) == 2 for values in points.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Launchers.
+# ---------------------------------------------------------------------------------------------
+
+RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+
+
+def test_ray_launcher_submits_to_the_cluster_the_actor_groups_join():
+    cfg = composed("launcher=ray", "sweep=cost_limit", hydra_cfg=True)
+    assert cfg.hydra.launcher._target_ == RAY_LAUNCHER
+    assert cfg.runtime.address == "auto"
+    assert cfg.hydra.launcher.ray.init.address == "auto"
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    validate(cfg)
+
+
+def test_slurm_launcher_is_submitit_and_each_job_starts_its_own_ray():
+    cfg = composed("launcher=slurm", hydra_cfg=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.runtime.address is None
+    assert cfg.hydra.launcher.max_num_timeout > 0  # requeued jobs resume
+    validate(cfg)
+
+
+def test_basic_launcher_is_the_default():
+    basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    assert composed("launcher=basic", hydra_cfg=True).hydra.launcher._target_ == basic
+    assert composed(hydra_cfg=True).hydra.launcher._target_ == basic
+
+
+def test_hydra_launcher_ray_given_directly_composes():
+    cfg = composed("hydra/launcher=ray", hydra_cfg=True)
+    assert cfg.hydra.launcher._target_ == RAY_LAUNCHER
+    assert cfg.runtime.address is None  # only launcher=ray also points the actor groups at the cluster
+    validate(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Every field has a one-line comment.
+#
+# The rule, per line of every YAML file (blank lines, whole-line comments, the `# @package` header
+# and the entries of a `defaults:` list are not fields):
+# - field groups (FIELD_GROUPS and config.yaml): every `key: value` line and every section header
+#   `key:` carries a same-line `# comment`, except a key that the file re-sets from the option it
+#   extends through its own `defaults:` list (logger/jsonl.yaml's `kind`), documented there;
+# - presets (PRESET_GROUPS): section headers need no comment, and a `key: value` line needs one
+#   unless it sets a field documented in a field group (a preset's comments are for what is not
+#   obvious: e.g. a launcher plugin's settings); `hydra.mode` and a sweeper param whose key is such
+#   a documented field need none either;
+# - every file starts with a comment saying what it is.
+# ---------------------------------------------------------------------------------------------
+
+_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w.]*):(?:\s+(?P<rest>.*))?$")
+
+
+@cache
+def yaml_fields(path: Path) -> list[tuple[int, str, str, bool, bool]]:
+    """(line number, dotted key relative to the file's package, line, is a section header, has a
+    same-line comment) for every field line of ``path``."""
+    fields, stack, in_defaults = [], [], False
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if in_defaults and (indent > 0 or stripped.startswith("-")):
+            continue
+        in_defaults = False
+        match = _LINE.match(line)
+        assert match, f"{path.relative_to(CONF)}:{number}: not a `key: value` line: {line!r}"
+        key, rest = match["key"], (match["rest"] or "").strip()
+        if indent == 0 and key == "defaults":
+            in_defaults = True
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([*(name for _, name in stack), key])
+        header = rest == "" or rest.startswith("#")
+        commented = rest.startswith("#") if header else re.search(r"\s#\s?\S", rest) is not None
+        if header:
+            stack.append((indent, key))
+        fields.append((number, dotted, line, header, commented))
+    return fields
+
+
+def package(path: Path) -> str:
+    """The dotted prefix of a file's keys in the composed config."""
+    if path.parent == CONF:
+        return ""
+    if "# @package _global_" in path.read_text().splitlines()[:2]:
+        return ""
+    return default_groups()[path.parent.name]
+
+
+def prefixed(path: Path, dotted: str) -> str:
+    return ".".join(filter(None, (package(path), dotted)))
+
+
+def field_group_files() -> list[Path]:
+    return [CONF / "config.yaml", *(p for group in FIELD_GROUPS for p in sorted((CONF / group).glob("*.yaml")))]
+
+
+def preset_files() -> list[Path]:
+    return [p for group in PRESET_GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
+
+
+def documented(path: Path) -> set[str]:
+    """The full dotted keys that ``path`` defines with a same-line comment."""
+    return {prefixed(path, dotted) for _, dotted, _, _, commented in yaml_fields(path) if commented}
+
+
+def extended(path: Path) -> set[str]:
+    """The documented keys of the options ``path`` extends through its own ``defaults:`` list."""
+    keys = set()
+    for entry in OmegaConf.load(path).get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_" and "/" not in entry:
+            base = path.parent / f"{entry}.yaml"
+            if base.is_file():
+                keys |= documented(base) | extended(base)
+    return keys
+
+
+@cache
+def all_documented() -> set[str]:
+    return set().union(*(documented(path) for path in field_group_files()))
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(CONF))
+
+
+@pytest.mark.parametrize("path", field_group_files(), ids=relative)
+def test_every_field_of_a_field_group_has_a_one_line_comment(path):
+    inherited = extended(path)
+    missing = [
+        f"{relative(path)}:{number}: {line.strip()}"
+        for number, dotted, line, _, commented in yaml_fields(path)
+        if not commented and prefixed(path, dotted) not in inherited
+    ]
+    assert not missing, "fields without a same-line comment:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("path", preset_files(), ids=relative)
+def test_every_non_obvious_preset_key_has_a_one_line_comment(path):
+    known = all_documented()
+    missing = []
+    for number, dotted, line, header, commented in yaml_fields(path):
+        key = prefixed(path, dotted)
+        if header or commented or key in known or key == "hydra.mode":
+            continue
+        if key.startswith("hydra.sweeper.params.") and key.removeprefix("hydra.sweeper.params.") in known:
+            continue
+        missing.append(f"{relative(path)}:{number}: {line.strip()}")
+    assert not missing, "preset keys that are neither documented fields nor commented:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("path", sorted(CONF.rglob("*.yaml")), ids=relative)
+def test_every_config_file_starts_with_a_comment_saying_what_it_is(path):
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
+    assert lines and lines[0].startswith("# ") and len(lines[0]) > 10, relative(path)
+
+
+def test_the_comment_rule_sees_every_kind_of_line():
+    """The parser behind the rule: dotted keys, headers, comments, the defaults list skipped."""
+    fields = {dotted: (header, commented) for _, dotted, _, header, commented in yaml_fields(CONF / "config.yaml")}
+    assert "defaults" not in fields and "learner" not in fields
+    assert fields["cost_limit"] == (False, True)
+    fields = {dotted: (header, commented) for _, dotted, _, header, commented in yaml_fields(CONF / "world" / "default.yaml")}
+    assert fields["reference"] == (True, True)
+    assert fields["reference.seed"] == (False, True)
+    assert "world.reference.seed" in all_documented()
+    assert "logger.kind" in extended(CONF / "logger" / "jsonl.yaml")
+    assert prefixed(CONF / "sweep" / "beta.yaml", "hydra.sweeper.params.beta") == "hydra.sweeper.params.beta"
