@@ -134,7 +134,7 @@ def train(config: RunConfig, folder: Path, tracker) -> dict:
         elif config.learner == "mocan":
             policy_dir = folder / "mocan" / "models" / f"policy_{'dpo' if config.mocan.stage == 'dpo' else 'ppo_lag'}"
         else:
-            policy_dir = folder / "models" / "policy_dpo"
+            policy_dir = folder / "pecan" / "models" / "policy_dpo"
         return _summary(config, config.learner, headline, result.trained, result.reference, result.optimum,
                         result.dual.multiplier.tolist(), result.optimal_multiplier, frontier, folder, policy_dir)
     from saferl.learners.offline import run_offline_preference
@@ -205,6 +205,9 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
         return exact_optimum(cfg, config)
     if config.job == "world_data":
         return world_data(cfg, folder)
+    from saferl.learners.run_state import claim_run_folder
+
+    claim_run_folder(folder, config.resume)  # a fresh run never overwrites another run's outputs
     folder.mkdir(parents=True, exist_ok=True)
     tracker = _tracker(cfg, config, folder)
     try:
@@ -232,6 +235,7 @@ def _tracker(cfg: DictConfig, config: RunConfig, folder: Path):
             logger["group"] = Path(hydra_cfg.sweep.dir).name
         if logger.get("name") is None and hydra_cfg.job.override_dirname:
             logger["name"] = hydra_cfg.job.override_dirname
+    resolved["logger"] = logger  # the effective settings (with the sweep's group and run name)
     return tracking.build_tracker(logger, folder, resolved, tracking.run_metadata())
 
 

@@ -264,6 +264,16 @@ def validate(cfg: DictConfig) -> RunConfig:
         for key in ("policy_learning_rate", "critic_learning_rate"):
             _number(cfg, f"learner.{key}", minimum=0.0, strict=True)
         _divides(ppo.prompts_per_iteration, "learner.prompts_per_iteration", num_ranks)
+    for name in ("mocan", "pecan", "preference"):
+        if name in learner_values and learner != name:
+            raise ConfigError(
+                f"learner.{name}: the {name} learner's section is set but learner.name={learner!r} "
+                f"(pick it with learner={name})"
+            )
+    if learner in ("pecan", "preference"):
+        unknown = sorted(set(learner_values) - {"name", learner})
+        if unknown:
+            raise ConfigError(f"learner: unknown key(s) {unknown} for learner={learner}; allowed: ['name', '{learner}']")
     sections = {}
     for name, cls in (("mocan", MocanSettings), ("pecan", PecanSettings), ("preference", OfflineSettings)):
         if learner == name:

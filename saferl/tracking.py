@@ -238,7 +238,8 @@ def run_metadata(cwd: str | Path | None = None) -> dict[str, Any]:
     """What identifies this run's code and launch, recorded with every tracked run.
 
     Args:
-        cwd: where to ask git (None: the current directory).
+        cwd: where to ask git (None: the folder of the ``saferl`` package, i.e. the revision of
+            the code that runs, wherever it was launched from).
 
     Returns:
         ``git_revision`` (full sha), ``git_dirty`` (uncommitted changes to tracked files),
@@ -248,7 +249,7 @@ def run_metadata(cwd: str | Path | None = None) -> dict[str, Any]:
         8601). The git values are None outside a git work tree or without git; this never
         raises and never waits more than a few seconds on git.
     """
-    folder = Path(cwd) if cwd is not None else Path.cwd()
+    folder = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
     revision = _git(folder, "rev-parse", "--verify", "HEAD")
     branch = _git(folder, "symbolic-ref", "--quiet", "--short", "HEAD") if revision else None
     status = _git(folder, "status", "--porcelain", "--untracked-files=no") if revision else None
@@ -260,7 +261,7 @@ def run_metadata(cwd: str | Path | None = None) -> dict[str, Any]:
         "git_branch": branch,
         "command": shlex.join(argv),
         "executable": sys.executable,
-        "cwd": str(folder.resolve()),
+        "cwd": str(Path.cwd()),
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "torch": _version("torch"),

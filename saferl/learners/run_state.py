@@ -21,13 +21,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StageRecords", "RunFolderInUseError", "save_checkpoint_atomically", "latest_checkpoint"]
+__all__ = [
+    "StageRecords",
+    "RunFolderInUseError",
+    "claim_run_folder",
+    "save_checkpoint_atomically",
+    "latest_checkpoint",
+]
 
 RECORDS_FILE = "stages.json"
 
 
 class RunFolderInUseError(RuntimeError):
     """A fresh run was pointed at a folder that holds another run's stages."""
+
+
+# What a run leaves in its folder; a fresh run refuses a folder holding any of them.
+RUN_MARKERS = (RECORDS_FILE, "checkpoints", "summary.json", "result.json")
+
+
+def claim_run_folder(folder: str | Path, resume: bool) -> None:
+    """Refuse to start a fresh run (``resume=False``) in a folder that holds another run's outputs.
+
+    Raises:
+        RunFolderInUseError: naming the folder and what is there.
+    """
+    folder = Path(folder)
+    found = [name for name in RUN_MARKERS if (folder / name).exists()]
+    if found and not resume:
+        raise RunFolderInUseError(
+            f"{folder} already holds a run ({', '.join(found)}); pass resume=auto to continue it, or "
+            "choose another folder (nothing was changed)"
+        )
 
 
 class StageRecords:

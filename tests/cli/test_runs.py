@@ -1,0 +1,229 @@
+"""Whole runs through the ``saferl`` command on the built-in world, at ``debug=tiny`` size:
+
+* the default job end to end (every stage, W&B offline, the outputs a user reads);
+* every CPU preset for one iteration (``model.from_run`` reuses the first run's stages 1–4);
+* a sweep of the cost limit and its summary (table, CSV, frontier PNG);
+* the arena (``job=evaluate``) on the first run's policy;
+* ``resume=auto``: a run killed with SIGKILL mid-way and resumed ends with the same metrics as an
+  uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from saferl.cli import CONFIG_DIR, run
+from saferl.learners.run_state import RunFolderInUseError
+
+pytestmark = pytest.mark.slow
+
+TINY = ["debug=tiny", "runtime.local_num_cpus=8"]
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def saferl(*args: str, cwd: Path, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "saferl.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The default job at debug size, through the console entry point (W&B offline)."""
+    folder = tmp_path_factory.mktemp("first_run")
+    completed = saferl(*TINY, f"hydra.run.dir={folder}", cwd=folder)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return folder, completed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_ray_started_here():
+    import ray
+
+    started = not ray.is_initialized()
+    yield
+    if started and ray.is_initialized():
+        ray.shutdown()
+
+
+def test_default_job_end_to_end(first_run):
+    folder, completed = first_run
+    result = json.loads((folder / "result.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    assert len(result["history"]) == 2
+    assert result["reference"]["normalised_gap"] == pytest.approx(1.0)
+    assert result["optimum"]["normalised_gap"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["method"] == "ppo_lag" and summary["cost_limit"] == -0.8 and summary["beta"] == 0.5
+    assert summary["trained"] == result["trained"] and summary["headline"] == result["trained"]["normalised_gap"]
+    assert f"{summary['trained']['normalised_gap']:.3f}" in completed.stdout
+    for name in ("models/sft", "models/reward_model", "models/cost_model", "models/policy_ppo_lag"):
+        assert (folder / name / "config.json").is_file(), name
+    assert (folder / "checkpoints" / "ppo_lag" / "COMPLETE").is_file()
+    assert set(json.loads((folder / "stages.json").read_text())) == {"data", "sft", "reward_model", "cost_model"}
+    # Tracking: fixed namespaces in metrics.jsonl, an offline W&B run with the git revision.
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    names = {key for row in rows for key in row if key != "step"}
+    for namespace in ("rollout/", "reward/", "cost/", "constraint/", "multiplier/", "policy/", "critic/", "perf/"):
+        assert any(name.startswith(namespace) for name in names), namespace
+    metadata = json.loads((folder / "run_metadata.json").read_text())
+    # The revision of the code that ran: a commit of this repository (HEAD, or an ancestor when
+    # commits landed while the run was going).
+    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", metadata["git_revision"], "HEAD"], cwd=CONFIG_DIR)
+    assert len(metadata["git_revision"]) == 40 and ancestor.returncode == 0
+    assert "hydra.run.dir" in metadata["command"]
+    assert list((folder / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run(first_run):
+    folder, _ = first_run
+    before = (folder / "summary.json").read_text()
+    with pytest.raises(RunFolderInUseError, match="resume=auto"):
+        run(composed(*TINY, f"output_dir={folder}"))
+    assert (folder / "summary.json").read_text() == before
+
+
+WORLD_PRESETS = {
+    "world_ppo_lag": ["learner.iterations=1"],
+    "world_mocan": [],
+    "world_pecan": [],
+    "world_bfpo": [],
+    "world_safe_nca": [],
+}
+
+
+@pytest.mark.parametrize("preset", sorted(WORLD_PRESETS))
+def test_world_preset_runs_one_iteration(preset, first_run, tmp_path):
+    folder, _ = first_run
+    cfg = composed(
+        f"experiment={preset}",
+        *TINY,
+        *WORLD_PRESETS[preset],
+        f"model.from_run={folder}",
+        f"output_dir={tmp_path}",
+        "logger=jsonl",
+    )
+    headline = run(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["headline"] == pytest.approx(headline)
+    assert summary["trained"]["normalised_gap"] == pytest.approx(headline)
+    assert (tmp_path / summary["policy_dir"] / "config.json").is_file()
+    assert not (tmp_path / "models" / "sft").exists()  # stages 1–4 came from the first run
+    expected = {"world_ppo_lag": "ppo_lag", "world_mocan": "mocan", "world_pecan": "pecan",
+                "world_bfpo": "preference:bfpo", "world_safe_nca": "preference:safe_nca"}[preset]
+    assert summary["method"] == expected
+    if preset == "world_mocan":
+        assert (tmp_path / summary["predicted_frontier_csv"]).is_file()
+
+
+def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
+    folder, _ = first_run
+    sweep_dir = tmp_path / "sweep"
+    completed = saferl(
+        "sweep=cost_limit",
+        *TINY,
+        f"model.from_run={folder}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweeper.params.cost_limit=-1.0,-0.6",  # two of the preset's four points
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    summaries = {job: json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1")}
+    assert [summaries[job]["cost_limit"] for job in ("0", "1")] == [-1.0, -0.6]
+    # Both jobs share one W&B group named after the sweep folder.
+    for job in ("0", "1"):
+        assert list((sweep_dir / job / "wandb").glob("offline-run-*"))
+        metadata = json.loads((sweep_dir / job / "run_metadata.json").read_text())
+        assert metadata["config"]["logger"]["group"] == sweep_dir.name
+    summary = subprocess.run(
+        [sys.executable, "-m", "saferl.eval.sweep_summary", str(sweep_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert summary.returncode == 0, summary.stderr
+    with (sweep_dir / "sweep_summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(row["override.cost_limit"]) for row in rows] == [-1.0, -0.6]
+    for row, job in zip(rows, ("0", "1"), strict=True):
+        assert float(row["expected_cost"]) == pytest.approx(summaries[job]["trained"]["expected_cost"])
+    assert (sweep_dir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{summaries['1']['trained']['expected_reward']:.4f}" in summary.stdout
+
+
+def test_evaluate_job_runs_the_arena_on_a_finished_run(first_run, tmp_path):
+    folder, _ = first_run
+    win_rate = run(composed("job=evaluate", f"job.run_dir={folder}", "job.responses_per_prompt=2",
+                            f"output_dir={tmp_path}", "logger=none"))
+    arena = json.loads((tmp_path / "arena.json").read_text())
+    assert Path(arena["policy"]) == folder / "models" / "policy_ppo_lag"
+    assert Path(arena["reference"]) == folder / "models" / "sft"
+    judges = {row["judge"] for row in arena["rows"]}
+    assert judges == {"scorers", "ground truth"}
+    truth = next(r for r in arena["rows"] if r["judge"] == "ground truth" and r["model"] == "policy")
+    assert win_rate == pytest.approx(truth["reward_win_rate"])
+    assert len(arena["samples"]) == 16 * 2  # every world prompt, two responses each
+
+
+def _history_without_timings(result: dict) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in result["history"]]
+
+
+def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
+    folder, _ = first_run
+    common = [*TINY, f"model.from_run={folder}", "learner.iterations=6", "checkpoint_every=1", "logger=jsonl"]
+    # 1. Uninterrupted.
+    straight = tmp_path / "straight"
+    completed = saferl(*common, f"hydra.run.dir={straight}", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    # 2. The same run, killed (SIGKILL to its whole process group, Ray included) after the
+    #    checkpoint of iteration 2 and before the end.
+    killed = tmp_path / "killed"
+    history_file = killed / "checkpoints" / "ppo_lag" / "history.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "saferl.cli", *common, f"hydra.run.dir={killed}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if history_file.exists() and len(json.loads(history_file.read_text() or "[]")) >= 2:
+                break
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    iterations_done = len(json.loads(history_file.read_text()))
+    assert 2 <= iterations_done < 6 and not (killed / "summary.json").exists()
+    # 3. A fresh run refuses the folder; resume=auto continues it.
+    refused = saferl(*common, f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert refused.returncode != 0 and "resume=auto" in refused.stderr
+    resumed = saferl(*common, "resume=auto", f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected = json.loads((straight / "result.json").read_text())
+    found = json.loads((killed / "result.json").read_text())
+    assert len(found["history"]) == 6
+    for found_row, expected_row in zip(_history_without_timings(found), _history_without_timings(expected), strict=True):
+        assert found_row == pytest.approx(expected_row, rel=1e-6, abs=1e-9)
+    assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
+    for key, value in expected["trained"].items():
+        assert found["trained"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
