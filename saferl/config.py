@@ -158,15 +158,81 @@ def _divides(rows: int, key: str, num_ranks: int) -> None:
 
 
 def _multiplier(cfg: DictConfig, cost_limit: float) -> dict:
-    from saferl.core.multipliers import build_multiplier
+    from saferl.core.multipliers import MULTIPLIER_KINDS, build_multiplier
 
     options = _container(cfg.multiplier, "multiplier")
-    kind = options.pop("kind", None)
+    kind = _choice(options.pop("kind", None), "multiplier.kind", MULTIPLIER_KINDS)
     try:
         build_multiplier(kind, cost_limit, **options)  # constructs it once to check every option
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"multiplier: {error}") from error
+        message = str(error)
+        option = message.split(":", 1)[0]
+        # An option's own message ("lr: expected ...") becomes "multiplier.lr: expected ...".
+        raise ConfigError(f"multiplier.{message}" if option in options else f"multiplier: {message}") from error
     return {"kind": kind, **options}
+
+
+ROOT_KEYS = (
+    "seed", "beta", "cost_limit", "resume", "checkpoint_every", "output_dir", "world", "learner",
+    "model", "data", "scorers", "multiplier", "runtime", "deepspeed", "generation", "logger", "job",
+)
+JOB_KEYS = {
+    "train": {"name"},
+    "evaluate": {"name", "run_dir", "policy", "reference", "reward_model", "cost_model",
+                 "responses_per_prompt", "rows_per_call"},
+    "exact_optimum": {"name", "frontier_limits", "top_responses"},
+    "world_data": {"name", "output_dir", "num_sft", "num_pairs_train", "num_pairs_test", "temperature", "overwrite"},
+}
+
+
+def _unknown(values: dict, allowed, key: str) -> None:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        where = f"{key}: unknown key(s)" if key else "unknown root key(s)"
+        raise ConfigError(f"{where} {unknown}; allowed: {sorted(allowed)}")
+
+
+def _job(cfg: DictConfig, job: str, num_ranks: int) -> None:
+    """The ``job`` section's own keys."""
+    values = _container(cfg.job, "job")
+    _unknown(values, JOB_KEYS[job], "job")
+    if job == "evaluate":
+        _integer(cfg, "job.responses_per_prompt", 1)
+        _divides(_integer(cfg, "job.rows_per_call", 1), "job.rows_per_call", num_ranks)
+    elif job == "exact_optimum":
+        _integer(cfg, "job.top_responses", 1)
+        limits = values["frontier_limits"]
+        if not isinstance(limits, list) or not limits or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in limits
+        ):
+            raise ConfigError(f"job.frontier_limits: expected a non-empty list of numbers; found {limits!r}")
+    elif job == "world_data":
+        for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
+            _integer(cfg, f"job.{key}", 1)
+        _number(cfg, "job.temperature", minimum=0.0, strict=True)
+
+
+def _positive_rates(settings: Any, key: str) -> None:
+    """Every ``*learning_rate`` field of a settings dataclass must be > 0."""
+    for field in fields(settings):
+        value = getattr(settings, field.name)
+        if field.name.endswith("learning_rate") and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+        ):
+            raise ConfigError(f"{key}.{field.name}: must be > 0; found {value!r}")
+
+
+def _preference_hyperparameters(preference: Any) -> None:
+    from saferl.core.preference_losses import get_preference_loss
+
+    spec = get_preference_loss(preference.loss)
+    given = dict(preference.hyperparameters or {})
+    _unknown(given, spec.defaults, "learner.preference.hyperparameters")
+    for name in ("beta", "tau"):
+        if name in given and (
+            isinstance(given[name], bool) or not isinstance(given[name], (int, float)) or given[name] <= 0
+        ):
+            raise ConfigError(f"learner.preference.hyperparameters.{name}: must be > 0; found {given[name]!r}")
 
 
 def _hub_settings(cfg: DictConfig) -> HubSettings:
@@ -232,6 +298,11 @@ def validate(cfg: DictConfig) -> RunConfig:
     if resume not in (None, "auto"):
         raise ConfigError(f"resume: expected null (a fresh run) or auto (continue the run folder); found {resume!r}")
     checkpoint_every = _integer(cfg, "checkpoint_every", 1)
+    _unknown({key: None for key in cfg if key != "hydra"}, ROOT_KEYS, "")
+    _unknown(_container(cfg.world, "world"), ("cache_dir", "reference"), "world")
+    output_dir = cfg.get("output_dir")
+    if output_dir is not None and not isinstance(output_dir, str):
+        raise ConfigError(f"output_dir: expected a folder path or null; found {output_dir!r}")
     job = _choice(OmegaConf.select(cfg, "job.name"), "job.name", JOBS)
     learner = _choice(OmegaConf.select(cfg, "learner.name"), "learner.name", LEARNERS)
     from saferl.tracking import validate_logger
@@ -249,6 +320,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     runtime = _build(runtime_values, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "gpus_per_rank"))
     deepspeed = _build(_container(cfg.deepspeed, "deepspeed"), "deepspeed", DeepSpeedSpec)
     generation = _build(_container(cfg.generation, "generation"), "generation", GenerationSpec, seed=seed)
+    _job(cfg, job, num_ranks)
 
     # The learner: PPO keys (ppo_lag and mocan), or the learner's own section.
     learner_values = _container(cfg.learner, "learner")
@@ -284,7 +356,17 @@ def validate(cfg: DictConfig) -> RunConfig:
         if name in sections:
             sections[name] = replace(sections[name], frontier_grid=tuple(float(v) for v in sections[name].frontier_grid))
             _divides(sections[name].dpo_pairs_per_step, f"learner.{name}.dpo_pairs_per_step", num_ranks)
+    for name, settings in sections.items():
+        _positive_rates(settings, f"learner.{name}")
+    if "mocan" in sections and sections["mocan"].margin is not None and not (
+        isinstance(sections["mocan"].margin, (int, float)) and sections["mocan"].margin >= 0
+    ):
+        raise ConfigError(
+            f"learner.mocan.margin: must be a number >= 0 (be safer than the reference by b) or null; "
+            f"found {sections['mocan'].margin!r}"
+        )
     if "preference" in sections:
+        _preference_hyperparameters(sections["preference"])
         _divides(sections["preference"].pairs_per_step, "learner.preference.pairs_per_step", num_ranks)
         hyper = dict(sections["preference"].hyperparameters or {})
         if "beta" in hyper and (not isinstance(hyper["beta"], (int, float)) or hyper["beta"] <= 0):
@@ -295,9 +377,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     data_source = _choice(OmegaConf.select(cfg, "data.source"), "data.source", SOURCES)
     scorers = _container(cfg.scorers, "scorers")
     scorer_kind = _choice(scorers.get("kind"), "scorers.kind", SCORER_KINDS)
-    multiplier = _multiplier(cfg, cost_limit) if learner == "ppo_lag" else (
-        _container(cfg.multiplier, "multiplier")
-    )
+    multiplier = _multiplier(cfg, cost_limit)
     pipeline = hub = reuse_from = None
     if model_source == "world" or data_source == "world":
         if model_source != data_source:
@@ -344,11 +424,13 @@ def validate(cfg: DictConfig) -> RunConfig:
             _divides(stage.rows_per_step, f"{key}.rows_per_step", num_ranks)
             stages[key] = stage
         reference_values = _container(cfg.world.reference, "world.reference")
+        reference = _build(reference_values, "world.reference", ReferenceConfig)
+        _positive_rates(reference, "world.reference")
         pipeline = _build(
             {
                 "world_beta": beta,
                 "cost_limit": cost_limit,
-                "reference": _build(reference_values, "world.reference", ReferenceConfig),
+                "reference": reference,
                 "num_sft": data["num_sft"],
                 "num_pairs_train": data["num_pairs_train"],
                 "num_pairs_test": data["num_pairs_test"],
@@ -386,7 +468,6 @@ def validate(cfg: DictConfig) -> RunConfig:
                 f"learner={learner} with scorers.kind=pretrained needs model.reward_model and "
                 f"model.cost_model; found {hub.reward_model!r} and {hub.cost_model!r}"
             )
-    output_dir = cfg.get("output_dir")
     return RunConfig(
         job=job,
         learner=learner,
