@@ -10,17 +10,22 @@
 Every stage runs through the runtime (Ray actor groups, DeepSpeed engines); each stage's groups are
 shut down before the next starts. Outputs (datasets, exported models, checkpoints, metrics) go
 under ``output_dir``.
+
+Stage 5 is :func:`run_ppo_loop` with the world's pieces; the same function, with a hub setup's
+models, tokenizer and prompts, is the PPO-Lagrangian of :mod:`saferl.learners.hub`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from saferl.core.multipliers import build_multiplier
 from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
@@ -30,14 +35,15 @@ from saferl.data.world import (
     build_exact_world,
     build_world_tokenizer,
     enumerate_policy_logprobs,
-    world_model_spec,
     world_dataset_paths,
+    world_model_spec,
     write_world_datasets,
 )
 from saferl.data.world.exact import MAX_RESPONSE_TOKENS
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.learners.ppo_lag import PPOLagrangian, PPOSettings, PromptSchedule
 from saferl.learners.rollout import ExperienceMaker
+from saferl.learners.run_state import StageRecords, latest_checkpoint, save_checkpoint_atomically
 from saferl.learners.score_model import (
     evaluate_score_model,
     relabel_saved_score_model,
@@ -46,6 +52,7 @@ from saferl.learners.score_model import (
 from saferl.learners.scorers import (
     AffineScorer,
     ModelScorer,
+    Scorer,
     ShapedRewardScorer,
     WorldOracleScorer,
     fit_affine,
@@ -63,7 +70,6 @@ from saferl.runtime import (
     ScoreGroup,
     init_ray,
 )
-from saferl.learners.run_state import StageRecords, latest_checkpoint, save_checkpoint_atomically
 from saferl.tracking import NullTracker, Tracker
 
 __all__ = [
@@ -72,8 +78,12 @@ __all__ = [
     "PipelineResult",
     "PreparedModels",
     "PPORun",
+    "CriticStart",
+    "ScoreGroupStarter",
+    "ScorerFactory",
     "prepare_models",
     "run_ppo_stage",
+    "run_ppo_loop",
     "evaluate_exact",
     "run_pipeline",
 ]
@@ -221,7 +231,8 @@ class PPORun:
     Attributes:
         policy_dir: the trained policy, exported.
         multiplier: the final λ (empty for unconstrained PPO).
-        history: metrics per iteration; calibration: affine maps of learned scorers; seconds: wall time.
+        history: metrics per iteration; calibration: affine maps of learned scorers (the world's
+            calibrated scorers only); seconds: wall time.
     """
 
     policy_dir: Path
@@ -251,14 +262,22 @@ def _group(settings: PipelineSettings) -> GroupSpec:
 def _deepspeed(
     settings: PipelineSettings, learning_rate: float, rows_per_step: int
 ) -> DeepSpeedSpec:
-    if rows_per_step % settings.num_ranks:
+    return _engine_spec(settings.deepspeed, settings.num_ranks, learning_rate, rows_per_step)
+
+
+def _engine_spec(
+    deepspeed: DeepSpeedSpec, num_ranks: int, learning_rate: float, rows_per_step: int
+) -> DeepSpeedSpec:
+    """``deepspeed`` for one engine: its learning rate, and one optimizer step per
+    ``rows_per_step`` rows split evenly over the ranks (no gradient accumulation)."""
+    if rows_per_step % num_ranks:
         raise ValueError(
-            f"{rows_per_step} rows per step do not divide over runtime.num_ranks={settings.num_ranks}"
+            f"{rows_per_step} rows per step do not divide over runtime.num_ranks={num_ranks}"
         )
     return replace(
-        settings.deepspeed,
+        deepspeed,
         learning_rate=learning_rate,
-        micro_batch_size_per_rank=rows_per_step // settings.num_ranks,
+        micro_batch_size_per_rank=rows_per_step // num_ranks,
         gradient_accumulation_steps=1,
     )
 
@@ -479,6 +498,209 @@ def _run_score_stage(
     return metrics
 
 
+@dataclass(frozen=True)
+class CriticStart:
+    """Where one critic's weights come from (ALGORITHMS.md §2: the reward critic starts from the
+    reward model, each cost critic from its cost model).
+
+    Attributes:
+        spec: the critic's dtype, ``trust_remote_code``, LoRA and revision; also its weights
+            (a score model's backbone and head) when ``init_from`` is None.
+        init_from: a saved score model (folder) whose backbone and head replace ``spec``'s
+            weights; it must have a trained head (see :func:`saferl.models.build_critic`).
+    """
+
+    spec: ModelSpec
+    init_from: str | None = None
+
+
+#: Starts a registered ``ScoreGroup`` for ``(model spec, kind)``; the loop shuts it down at the end.
+ScoreGroupStarter = Callable[[ModelSpec, str], ScoreGroup]
+#: Builds a scorer, starting the score groups it needs through the starter it is given.
+ScorerFactory = Callable[[ScoreGroupStarter], Scorer]
+
+
+def run_ppo_loop(
+    *,
+    policy: ModelSpec,
+    reward_critic: CriticStart,
+    cost_critics: Sequence[CriticStart],
+    reward_scorer: ModelSpec | ScorerFactory,
+    cost_scorers: Sequence[ModelSpec | ScorerFactory],
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    template: str,
+    max_prompt_length: int,
+    generation: GenerationSpec,
+    multiplier: Mapping[str, Any] | None,
+    cost_limit: float | Sequence[float],
+    ppo: PPOSettings,
+    policy_learning_rate: float,
+    critic_learning_rate: float,
+    deepspeed: DeepSpeedSpec,
+    group: GroupSpec,
+    runtime: RuntimeSpec,
+    output_dir: str | Path,
+    name: str = "ppo_lag",
+    tracker: Tracker | None = None,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+) -> PPORun:
+    """The PPO(-Lagrangian) stage on any models: the one place the PPO loop is built and run.
+
+    1. start the policy and the reference (both from ``policy``) and one critic per stream;
+    2. build the scorers (a ``ModelSpec`` is served by a ``ScoreGroup`` as a :class:`ModelScorer`;
+       a factory starts its own groups through the starter it is given); every group starts in
+       the background and all are awaited before the loop;
+    3. the experience maker, the multiplier (``multiplier`` options with ``kind``, limit
+       ``cost_limit``; None without costs) and the :class:`PPOLagrangian` loop;
+    4. with ``resume``, restore ``<output_dir>/checkpoints/<name>`` when it holds a checkpoint;
+    5. run ``ppo.iterations`` iterations, checkpointing atomically every ``checkpoint_every``
+       iterations and after the last;
+    6. export the policy to ``<output_dir>/models/policy_<name>``; every group is shut down.
+
+    Args:
+        policy: the policy's start, also the frozen reference.
+        reward_critic, cost_critics: where each critic starts (one per cost column).
+        reward_scorer, cost_scorers: a score model's spec or a scorer factory each.
+        tokenizer: the policy's tokenizer, with a pad token distinct from EOS.
+        prompts: the prompt set (untemplated); template, max_prompt_length: how prompts are
+            formatted and cut (from the left).
+        generation: rollout sampling (its seed is replaced per rollout).
+        ppo: the loop's hyper-parameters; one optimizer step per rollout and epoch, so every
+            engine's batch is ``ppo.prompts_per_iteration`` rows split over ``group.num_ranks``.
+        policy_learning_rate, critic_learning_rate: AdamW rates (the scorers and the reference
+            never step).
+        deepspeed: every engine's ZeRO stage, precision and AdamW settings.
+        group, runtime: where the groups run.
+        name: names the checkpoint and policy folders and the progress stage.
+        progress: ``progress(name, iteration, ppo.iterations, metrics)`` after each iteration
+            (and once after a resume, with the restored iteration).
+        seed: seeds every group's model build and the prompt order.
+
+    Returns:
+        The exported policy, the final λ (empty without costs), every iteration's metrics and the
+        wall time (``calibration`` empty: callers that calibrate scorers fill it).
+    """
+    _quiet_libraries()
+    tracker = tracker or NullTracker()
+    report = progress or (lambda stage, step, total, metrics: None)
+    output = Path(output_dir)
+    init_ray(runtime)
+    clock = time.perf_counter()
+    rows = ppo.prompts_per_iteration  # one optimizer step per rollout and epoch
+    groups: list = []
+
+    def start(started):
+        groups.append(started)
+        return started
+
+    def engine(learning_rate: float) -> DeepSpeedSpec:
+        return _engine_spec(deepspeed, group.num_ranks, learning_rate, rows)
+
+    roles: set[str] = set()
+
+    def role(base: str) -> str:
+        """``base``, or ``base_<k>`` when a group of that name already runs (several costs)."""
+        candidate, k = base, 0
+        while candidate in roles:
+            k += 1
+            candidate = f"{base}_{k}"
+        roles.add(candidate)
+        return candidate
+
+    def start_score_group(spec: ModelSpec, kind: str) -> ScoreGroup:
+        return start(
+            ScoreGroup(
+                spec, tokenizer, engine(0.0), group, runtime,
+                num_outputs=1, kind=kind, role=role(kind), seed=seed, wait=False,
+            )
+        )
+
+    def scorer(source: ModelSpec | ScorerFactory, kind: str) -> Scorer:
+        if isinstance(source, ModelSpec):
+            return ModelScorer(start_score_group(source, kind))
+        return source(start_score_group)
+
+    def start_critic(critic: CriticStart, kind: str) -> CriticGroup:
+        return start(
+            CriticGroup(
+                critic.spec, tokenizer, engine(critic_learning_rate), group, runtime,
+                init_from=critic.init_from, role=role(f"{kind}_critic"), seed=seed, wait=False,
+            )
+        )
+
+    try:
+        # 1. Policy, reference and critics.
+        policy_group = start(
+            PolicyGroup(
+                policy, tokenizer, engine(policy_learning_rate), group, runtime,
+                role=role("policy"), seed=seed, wait=False,
+            )
+        )
+        reference = start(
+            ReferenceGroup(
+                policy, tokenizer, engine(0.0), group, runtime,
+                role=role("reference"), seed=seed, wait=False,
+            )
+        )
+        reward_critic_group = start_critic(reward_critic, "reward")
+        cost_critic_groups = [start_critic(critic, "cost") for critic in cost_critics]
+        # 2. Scorers.
+        reward = scorer(reward_scorer, "reward")
+        costs = [scorer(source, "cost") for source in cost_scorers]
+        for started in groups:  # they start side by side; a start-up failure surfaces here
+            started.wait_ready()
+        # 3. Experience maker, multiplier, loop.
+        maker = ExperienceMaker(
+            policy=policy_group,
+            reference=reference,
+            reward_scorer=reward,
+            cost_scorers=costs,
+            reward_critic=reward_critic_group,
+            cost_critics=cost_critic_groups,
+            tokenizer=tokenizer,
+            generation=generation,
+            max_prompt_length=max_prompt_length,
+            template=template,
+        )
+        lagrange = None
+        if multiplier is not None:
+            options = dict(multiplier)
+            lagrange = build_multiplier(options.pop("kind"), cost_limit, **options)
+        learner = PPOLagrangian(
+            maker,
+            reward_critic_group,
+            cost_critic_groups,
+            lagrange,
+            PromptSchedule(list(prompts), ppo.prompts_per_iteration, seed),
+            ppo,
+            policy_rows_per_step=rows,
+            critic_rows_per_step=rows,
+            tracker=tracker,
+        )
+        # 4. Resume.
+        checkpoint_dir = output / "checkpoints" / name
+        if resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
+            learner.load(found)
+            report(name, learner.iteration, ppo.iterations, learner.history[-1] if learner.history else {})
+        # 5. Iterate, with atomic checkpoints.
+        history = learner.run(
+            progress=lambda step, metrics: report(name, step, ppo.iterations, metrics),
+            checkpoint=lambda: save_checkpoint_atomically(learner.save, checkpoint_dir),
+            checkpoint_every=checkpoint_every,
+        )
+        # 6. Export.
+        policy_dir = policy_group.export_hf(output / "models" / f"policy_{name}")
+        final = [] if lagrange is None else [float(v) for v in lagrange.value]
+    finally:
+        for running in groups:
+            running.shutdown()
+    return PPORun(policy_dir, final, history, {}, time.perf_counter() - clock)
+
+
 def run_ppo_stage(
     settings: PipelineSettings,
     prepared: PreparedModels,
@@ -490,7 +712,9 @@ def run_ppo_stage(
     checkpoint_every: int | None = None,
     resume: bool = False,
 ) -> PPORun:
-    """Stage 5 in one of three configurations of the same loop.
+    """Stage 5 in one of three configurations of the same loop (:func:`run_ppo_loop` with the
+    world's pieces: its tokenizer, template and lengths, the SFT policy as policy, reference and
+    critic backbone, the critics initialised from the score models, learned or oracle scorers).
 
     Args:
         variant: ``"ppo_lag"`` (costs and the configured multiplier), ``"ppo"`` (reward only) or
@@ -506,138 +730,63 @@ def run_ppo_stage(
         raise ValueError(f"variant must be 'ppo_lag', 'ppo' or 'shaping'; found {variant!r}")
     if (variant == "shaping") != (shaping_multiplier is not None):
         raise ValueError("shaping_multiplier is required by, and only by, the 'shaping' variant")
-    _quiet_libraries()
-    tracker = tracker or NullTracker()
-    report = progress or (lambda stage, step, total, metrics: None)
-    output = Path(output_dir)
-    init_ray(settings.runtime)
     tokenizer = build_world_tokenizer()
-    clock = time.perf_counter()
-    ppo = settings.ppo
     sft_spec = ModelSpec(name_or_path=str(prepared.sft_dir))
-    rows = ppo.prompts_per_iteration  # one optimizer step per rollout and epoch
-    with_costs = variant == "ppo_lag"
-    groups, calibration = [], {}
+    score_dirs = {"reward": prepared.reward_dir, "cost": prepared.cost_dir}
+    calibration: dict[str, dict[str, float]] = {}
 
-    def start(group):
-        groups.append(group)
-        return group
+    def world_scorer(kind: str) -> ScorerFactory:
+        """The oracle, or the learned model (mapped into ground-truth units when calibrating)."""
 
-    try:
-        policy = start(
-            PolicyGroup(
-                sft_spec,
-                tokenizer,
-                _deepspeed(settings, settings.policy_learning_rate, rows),
-                _group(settings),
-                settings.runtime,
-                role="policy",
-                seed=settings.seed,
-            )
-        )
-        reference = start(
-            ReferenceGroup(
-                sft_spec,
-                tokenizer,
-                _deepspeed(settings, 0.0, rows),
-                _group(settings),
-                settings.runtime,
-                role="reference",
-                seed=settings.seed,
-            )
-        )
-        score_dirs = {"reward": prepared.reward_dir, "cost": prepared.cost_dir}
-        critics = {
-            kind: start(
-                CriticGroup(
-                    sft_spec,
-                    tokenizer,
-                    _deepspeed(settings, settings.critic_learning_rate, rows),
-                    _group(settings),
-                    settings.runtime,
-                    init_from=str(score_dirs[kind]),
-                    role=f"{kind}_critic",
-                    seed=settings.seed,
-                )
-            )
-            for kind in (("reward", "cost") if with_costs else ("reward",))
-        }
-        scorers = {}
-        for kind in ("reward", "cost"):
+        def build(start_score_group: ScoreGroupStarter) -> Scorer:
             if settings.scorers == "oracle":
-                scorers[kind] = WorldOracleScorer(kind, tokenizer)
-                continue
-            score_group = start(
-                ScoreGroup(
-                    ModelSpec(name_or_path=str(score_dirs[kind])),
-                    tokenizer,
-                    _deepspeed(settings, 0.0, rows),
-                    _group(settings),
-                    settings.runtime,
-                    num_outputs=1,
-                    kind=kind,
-                    role=kind,
-                    seed=settings.seed,
-                )
+                return WorldOracleScorer(kind, tokenizer)
+            score_group = start_score_group(ModelSpec(name_or_path=str(score_dirs[kind])), kind)
+            if not settings.calibrate_scorers:
+                return ModelScorer(score_group)
+            scale, shift = calibrate(
+                score_group, prepared.test_pairs, world_truth(kind), tokenizer, settings.num_ranks
             )
-            scorers[kind] = ModelScorer(score_group)
-            if settings.calibrate_scorers:
-                scale, shift = calibrate(
-                    score_group,
-                    prepared.test_pairs,
-                    world_truth(kind),
-                    tokenizer,
-                    settings.num_ranks,
-                )
-                calibration[kind] = {"scale": scale, "shift": shift}
-                scorers[kind] = AffineScorer(scorers[kind], scale, shift)
-        reward_scorer = scorers["reward"]
-        if variant == "shaping":
-            reward_scorer = ShapedRewardScorer(
-                scorers["reward"], [scorers["cost"]], [shaping_multiplier]
-            )
-        maker = ExperienceMaker(
-            policy=policy,
-            reference=reference,
-            reward_scorer=reward_scorer,
-            cost_scorers=[scorers["cost"]] if with_costs else [],
-            reward_critic=critics["reward"],
-            cost_critics=[critics["cost"]] if with_costs else [],
-            tokenizer=tokenizer,
-            generation=settings.generation,
-            max_prompt_length=MAX_SEQUENCE_LENGTH,
-            template=WORLD_TEMPLATE,
-        )
-        multiplier = None
-        if with_costs:
-            options = dict(settings.multiplier)
-            multiplier = build_multiplier(options.pop("kind"), settings.cost_limit, **options)
-        learner = PPOLagrangian(
-            maker,
-            critics["reward"],
-            [critics["cost"]] if with_costs else [],
-            multiplier,
-            PromptSchedule(prepared.prompts, ppo.prompts_per_iteration, settings.seed),
-            ppo,
-            policy_rows_per_step=rows,
-            critic_rows_per_step=rows,
-            tracker=tracker,
-        )
-        checkpoint_dir = output / "checkpoints" / variant
-        if resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
-            learner.load(found)
-            report(variant, learner.iteration, ppo.iterations, learner.history[-1] if learner.history else {})
-        history = learner.run(
-            progress=lambda step, metrics: report(variant, step, ppo.iterations, metrics),
-            checkpoint=lambda: save_checkpoint_atomically(learner.save, checkpoint_dir),
-            checkpoint_every=checkpoint_every,
-        )
-        policy_dir = policy.export_hf(output / "models" / f"policy_{variant}")
-        final = [] if multiplier is None else [float(v) for v in multiplier.value]
-    finally:
-        for running in groups:
-            running.shutdown()
-    return PPORun(policy_dir, final, history, calibration, time.perf_counter() - clock)
+            calibration[kind] = {"scale": scale, "shift": shift}
+            return AffineScorer(ModelScorer(score_group), scale, shift)
+
+        return build
+
+    def shaped_reward(start_score_group: ScoreGroupStarter) -> Scorer:
+        """``r − λ·c`` with the constant λ of the shaping baseline."""
+        reward = world_scorer("reward")(start_score_group)
+        cost = world_scorer("cost")(start_score_group)
+        return ShapedRewardScorer(reward, [cost], [shaping_multiplier])
+
+    with_costs = variant == "ppo_lag"
+    run = run_ppo_loop(
+        policy=sft_spec,
+        reward_critic=CriticStart(sft_spec, init_from=str(prepared.reward_dir)),
+        cost_critics=[CriticStart(sft_spec, init_from=str(prepared.cost_dir))] if with_costs else [],
+        reward_scorer=shaped_reward if variant == "shaping" else world_scorer("reward"),
+        cost_scorers=[world_scorer("cost")] if with_costs else [],
+        tokenizer=tokenizer,
+        prompts=prepared.prompts,
+        template=WORLD_TEMPLATE,
+        max_prompt_length=MAX_SEQUENCE_LENGTH,
+        generation=settings.generation,
+        multiplier=settings.multiplier if with_costs else None,
+        cost_limit=settings.cost_limit,
+        ppo=settings.ppo,
+        policy_learning_rate=settings.policy_learning_rate,
+        critic_learning_rate=settings.critic_learning_rate,
+        deepspeed=settings.deepspeed,
+        group=_group(settings),
+        runtime=settings.runtime,
+        output_dir=output_dir,
+        name=variant,
+        tracker=tracker,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        seed=settings.seed,
+    )
+    return replace(run, calibration=calibration)
 
 
 def evaluate_exact(
