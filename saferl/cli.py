@@ -89,11 +89,7 @@ def train(config: RunConfig, folder: Path, tracker) -> dict:
     from saferl.learners.pipeline import evaluate_exact, prepare_models, run_pipeline
 
     if config.pipeline is None:
-        raise ConfigError(
-            "job=train with model.source=hub: this build trains on the built-in world only; the hub "
-            "presets are composed and validated (saferl experiment=... job=validate is what runs today), "
-            "see the README's 'Published presets' section"
-        )
+        return train_hub(config, folder, tracker)
     settings = config.pipeline
     bar, progress = _progress_bar()
     with bar:
@@ -153,6 +149,34 @@ def train(config: RunConfig, folder: Path, tracker) -> dict:
     ))
     return _summary(config, f"preference:{offline.loss}", trained.normalised_gap, trained, reference, optimum,
                     (), optimal_multiplier, folder=folder, policy_dir=policy_dir)
+
+
+def train_hub(config: RunConfig, folder: Path, tracker) -> dict:
+    """``job=train`` on a published setup's hub models and data (``model.source=hub``)."""
+    if config.learner != "ppo_lag":
+        raise ConfigError(
+            f"learner={config.learner} with model.source=hub: training on hub models is implemented "
+            "for ppo_lag only (mocan, pecan and the preference losses train on the built-in world); the "
+            "preset composes and validates"
+        )
+    from saferl.learners.hub import run_hub_ppo_lag
+
+    bar, progress = _progress_bar()
+    with bar:
+        run = run_hub_ppo_lag(
+            config.hub, config.ppo, config.multiplier, config.cost_limit,
+            config.policy_learning_rate, config.critic_learning_rate, config.deepspeed,
+            config.generation, config.runtime, config.num_ranks, config.cpus_per_rank,
+            config.gpus_per_rank, folder, tracker=tracker, progress=progress,
+            checkpoint_every=config.checkpoint_every, resume=config.resume, seed=config.seed,
+        )
+    print(f"final λ: {', '.join(f'{v:.4f}' for v in run.multiplier)}; last rollout: reward {run.reward:.4f}, "
+          f"cost {', '.join(f'{v:.4f}' for v in run.cost)} (limit {config.cost_limit}); "
+          f"{run.num_prompts} prompts, {len(run.history)} iterations")
+    summary = _summary(config, "ppo_lag", run.reward, multiplier=run.multiplier, folder=folder,
+                       policy_dir=run.policy_dir)
+    summary.update(beta=config.beta, cost_limit=config.cost_limit)
+    return summary
 
 
 def exact_optimum(cfg: DictConfig, config: RunConfig) -> float:

@@ -78,6 +78,9 @@ class RunConfig:
         pipeline: the built-in world's pipeline settings (None for hub setups).
         hub: the hub models and data (None on the built-in world).
         mocan, pecan, preference: the chosen learner's own settings (the others are None).
+        beta, cost_limit, seed, ppo, multiplier, policy_learning_rate, critic_learning_rate,
+        runtime, deepspeed, generation, num_ranks, cpus_per_rank, gpus_per_rank: the typed
+            sections every setup shares (the world's ``pipeline`` holds them too).
         logger: the validated ``logger`` section.
         resume: continue the run folder's last checkpoint.
         checkpoint_every: RL iterations between checkpoints.
@@ -97,6 +100,19 @@ class RunConfig:
     checkpoint_every: int
     output_dir: Path | None
     reuse_from: Path | None = None
+    beta: float = 0.5
+    cost_limit: float = 0.0
+    seed: int = 0
+    ppo: Any = None
+    multiplier: dict | None = None
+    policy_learning_rate: float = 1e-3
+    critic_learning_rate: float = 1e-3
+    runtime: Any = None
+    deepspeed: Any = None
+    generation: Any = None
+    num_ranks: int = 1
+    cpus_per_rank: float = 0.25
+    gpus_per_rank: float = 0.0
 
 
 def _container(node: Any, key: str) -> dict:
@@ -461,6 +477,12 @@ def validate(cfg: DictConfig) -> RunConfig:
         if scorer_kind == "oracle":
             raise ConfigError("scorers.kind='oracle' is the built-in world's ground truth; a hub setup "
                               "uses pretrained (or learned) score models")
+        from saferl.learners.hub import hub_max_prompt_length
+
+        try:
+            hub_max_prompt_length(hub.max_length, generation.max_new_tokens)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
         if learner in ("ppo_lag", "mocan") and scorer_kind == "pretrained" and not (
             hub.reward_model and hub.cost_model
         ):
@@ -481,4 +503,17 @@ def validate(cfg: DictConfig) -> RunConfig:
         checkpoint_every=checkpoint_every,
         output_dir=Path(output_dir) if output_dir is not None else None,
         reuse_from=reuse_from,
+        beta=beta,
+        cost_limit=cost_limit,
+        seed=seed,
+        ppo=ppo,
+        multiplier=multiplier,
+        policy_learning_rate=float(learner_values.get("policy_learning_rate", 1e-3)),
+        critic_learning_rate=float(learner_values.get("critic_learning_rate", 1e-3)),
+        runtime=runtime,
+        deepspeed=deepspeed,
+        generation=generation,
+        num_ranks=num_ranks,
+        cpus_per_rank=cpus_per_rank,
+        gpus_per_rank=gpus_per_rank,
     )

@@ -144,7 +144,7 @@ def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
         *TINY,
         f"model.from_run={folder}",
         f"hydra.sweep.dir={sweep_dir}",
-        "hydra.sweeper.params.cost_limit=-1.0,-0.6",  # two of the preset's four points
+        'hydra.sweeper.params.cost_limit="-1.0,-0.6"',  # two of the preset's four points (quoted: a string)
         cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
@@ -164,7 +164,7 @@ def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [float(row["override.cost_limit"]) for row in rows] == [-1.0, -0.6]
     for row, job in zip(rows, ("0", "1"), strict=True):
-        assert float(row["expected_cost"]) == pytest.approx(summaries[job]["trained"]["expected_cost"])
+        assert float(row["trained_expected_cost"]) == pytest.approx(summaries[job]["trained"]["expected_cost"])
     assert (sweep_dir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{summaries['1']['trained']['expected_reward']:.4f}" in summary.stdout
 

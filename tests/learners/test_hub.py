@@ -192,3 +192,42 @@ def test_settings_that_cannot_run_name_their_key(hub_folder, tmp_path, changes, 
             MULTIPLIER, COST_LIMIT, 1e-3, 1e-3, DeepSpeedSpec(), GenerationSpec(max_new_tokens=max_new_tokens),
             RUNTIME, 1, 0.25, 0.0, tmp_path,
         )
+
+
+@pytest.mark.slow
+def test_the_beaver_v1_preset_trains_through_the_cli_on_hub_format_files(ray_cluster, hub_folder, tmp_path):
+    """``saferl experiment=beaver_v1`` with the models and data pointed at local hub-format files
+    (and shrunk to a CPU): the published preset's code path, end to end."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from saferl.cli import CONFIG_DIR
+    from saferl.cli import run as run_cli
+
+    overrides = [
+        "experiment=beaver_v1",
+        f"model.policy={hub_folder / 'policy'}",
+        f"model.reward_model={hub_folder / 'reward'}",
+        f"model.cost_model={hub_folder / 'cost'}",
+        "model.dtype=float32",
+        f"data.path={hub_folder / 'pku'}",
+        "data.max_length=12",
+        "generation.max_new_tokens=3",
+        "runtime=local",
+        "deepspeed.zero_stage=0",
+        "deepspeed.precision=fp32",
+        "learner.iterations=1",
+        f"learner.prompts_per_iteration={ROWS}",
+        "logger=jsonl",
+        f"output_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    assert cfg.learner.policy_learning_rate == 1e-5 and cfg.cost_limit == 0.0  # still the preset's
+    run_cli(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert summary["method"] == "ppo_lag" and summary["cost_limit"] == 0.0 and summary["beta"] == 0.01
+    assert len(result["history"]) == 1 and summary["multiplier"] == result["multiplier"]
+    assert (tmp_path / summary["policy_dir"] / "config.json").is_file()
