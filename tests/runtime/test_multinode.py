@@ -41,3 +41,31 @@ def test_groups_spread_over_nodes_train_and_generate() -> None:
     assert result["backend"] == "gloo"
     assert result["changed"] and result["loss"] > 0
     assert result["generated_shape"][0] == 4 and result["response_tokens"] > 0
+
+
+def test_one_ppo_lag_iteration_with_every_role_spread_over_nodes() -> None:
+    """The world's PPO-Lagrangian stage, one iteration, two ranks per role STRICT_SPREAD over the
+    two worker raylets of Ray's multi-node test cluster."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    script = SCRIPT.with_name("multinode_ppo_lag_main.py")
+    completed = subprocess.run(
+        [sys.executable, str(script)], cwd=script.parent, env=env, capture_output=True, text=True, timeout=600
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, (
+        f"multi-node ppo_lag script failed (exit {completed.returncode}):\n"
+        f"{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
+    )
+    result = json.loads(lines[-1][len("RESULT ") :])
+    workers = set(result["worker_node_ids"])
+    # policy and reference: 2 ranks each; reward and cost score models, reward and cost critics: 4 each.
+    expected_actors = {"PolicyWorker": 2, "ReferenceWorker": 2, "ScoreWorker": 4, "CriticWorker": 4}
+    for worker_class, count in expected_actors.items():
+        nodes = result["nodes_by_actor"][worker_class]
+        assert len(nodes) == count, worker_class
+        assert set(nodes) == workers, worker_class  # a rank of every role on each worker node
+    (metrics,) = result["history"]
+    assert all(value == value for value in metrics.values())  # finite (no NaN)
+    assert metrics["multiplier/value_0"] == result["multiplier"][0] > 0
+    assert result["policy_exported"]

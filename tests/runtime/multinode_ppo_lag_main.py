@@ -1,0 +1,84 @@
+"""Run by test_multinode.py in a subprocess (it needs its own Ray instance): one ``ppo_lag``
+iteration of the built-in world's PPO stage (``saferl.learners.pipeline.run_ppo_stage``) on a Ray
+multi-node test cluster — a head without CPUs and two worker raylets on loopback — with two ranks
+per role placed STRICT_SPREAD, so every role (policy, reference, reward and cost score models, both
+critics) has a rank on each worker node. Prints one JSON line: each role's node ids (from Ray's
+state API, dead actors included) and the iteration's metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+from saferl.data.world import ReferenceConfig, build_world_tokenizer, train_reference_policy, world_prompts
+from saferl.learners.pipeline import PipelineSettings, PreparedModels, StageSettings, run_ppo_stage
+from saferl.learners.ppo_lag import PPOSettings
+from saferl.models import ModelSpec, TinyModelConfig, build_score_model, save_policy, save_score_model
+from saferl.runtime import RuntimeSpec, init_ray
+
+
+def main() -> int:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    folder = Path(tempfile.mkdtemp(prefix="multinode_ppo_lag_"))
+    tokenizer = build_world_tokenizer()
+    reference_config = ReferenceConfig(num_examples=200, steps=10, batch_size=32)
+    model, _ = train_reference_policy(reference_config, tokenizer)
+    save_policy(model, tokenizer, folder / "sft")
+    tiny = ModelSpec(tiny=TinyModelConfig(vocab_size=len(tokenizer), hidden_size=32, num_layers=1,
+                                          num_heads=2, intermediate_size=64, max_position_embeddings=32))
+    for seed, kind in enumerate(("reward", "cost"), start=1):
+        torch.manual_seed(seed)
+        save_score_model(build_score_model(tiny, tokenizer), tokenizer, folder / kind, kind=kind)
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    worker_nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        runtime = RuntimeSpec(
+            address=cluster.address,
+            placement_strategy="STRICT_SPREAD",
+            ship_code=False,  # the nodes share this checkout
+            startup_timeout_s=300.0,
+            call_timeout_s=300.0,
+            collective_timeout_s=240.0,
+        )
+        init_ray(runtime)
+        stage = StageSettings(1, 8, 1e-3)
+        settings = PipelineSettings(
+            world_beta=0.5, cost_limit=-0.8, reference=reference_config, num_sft=1, num_pairs_train=1,
+            num_pairs_test=1, label_temperature=0.5, sft=stage, reward_model=stage, cost_model=stage,
+            ppo=PPOSettings(iterations=1, prompts_per_iteration=16, kl_coeff=0.5),
+            multiplier={"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 16},
+            calibrate_scorers=False, runtime=runtime, num_ranks=2, cpus_per_rank=0.25,
+        )
+        prepared = PreparedModels(folder / "sft", folder / "reward", folder / "cost",
+                                  [prompt.text for prompt in world_prompts()], [], {}, {}, {})
+        run = run_ppo_stage(settings, prepared, folder / "run")
+        nodes: dict[str, list[str]] = {}  # worker class → the node of each of its actors
+        for actor in list_actors(detail=True, limit=1000):
+            if actor.class_name.endswith("Worker"):
+                nodes.setdefault(actor.class_name, []).append(actor.node_id)
+        result = {
+            "worker_node_ids": sorted(node.node_id for node in worker_nodes),
+            "nodes_by_actor": nodes,
+            "history": run.history,
+            "multiplier": run.multiplier,
+            "policy_exported": (run.policy_dir / "config.json").is_file(),
+        }
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
