@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from saferl.eval.outputs import refuse_overwrite
 from saferl.eval.world_report import report_console
 
 __all__ = [
@@ -371,13 +372,7 @@ def write_arena(
     """
     folder = Path(folder)
     json_path, csv_path = folder / ARENA_JSON, folder / ARENA_CSV
-    if not overwrite:
-        for path in (json_path, csv_path):
-            if path.exists():
-                raise FileExistsError(
-                    f"arena: {path} exists; pass overwrite=True to replace it, or write to "
-                    "another folder"
-                )
+    refuse_overwrite((json_path, csv_path), overwrite, "pass overwrite=True to replace it, or write to another folder")
     folder.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     with csv_path.open("w", newline="") as handle:

@@ -32,6 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from saferl.core.dual import DualSolution, Frontier
+from saferl.eval.outputs import refuse_overwrite
 
 __all__ = ["frontier_table", "write_frontier", "print_frontier"]
 
@@ -117,13 +118,7 @@ def write_frontier(
     """
     folder = Path(folder)
     csv_path, png_path = folder / f"{stem}.csv", folder / f"{stem}.png"
-    if not overwrite:
-        for path in (csv_path, png_path):
-            if path.exists():
-                raise FileExistsError(
-                    f"{path} already exists; pass overwrite=True to replace it, or choose another "
-                    "folder or stem"
-                )
+    refuse_overwrite((csv_path, png_path), overwrite, "pass overwrite=True to replace it, or choose another folder or stem")
     folder.mkdir(parents=True, exist_ok=True)
     rows = frontier_table(frontier)
     with csv_path.open("w", newline="") as handle:

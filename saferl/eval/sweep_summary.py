@@ -35,7 +35,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from saferl.data.world.exact import PolicyScore
+from saferl.eval.outputs import refuse_overwrite
 
 __all__ = [
     "SCORE_KEYS",
@@ -65,16 +68,7 @@ PNG_FILE = "frontier.png"
 
 #: The keys of a score block (``trained``, ``reference``, ``optimum``) of ``summary.json``;
 #: the fields of :class:`saferl.data.world.PolicyScore`.
-SCORE_KEYS = (
-    "expected_reward",
-    "expected_cost",
-    "kl",
-    "objective",
-    "safe_rate",
-    "optimality_gap",
-    "normalised_gap",
-    "violation",
-)
+SCORE_KEYS = tuple(field.name for field in fields(PolicyScore))
 _REQUIRED_KEYS = ("method", "beta", "cost_limit", "trained")
 _SCORE_BLOCKS = ("trained", "reference", "optimum")
 _MISSING = "missing"
@@ -88,28 +82,8 @@ class SweepInputError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Typed records
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Scores:
-    """One score block of ``summary.json``; NaN where the file holds null or NaN.
-
-    Attributes:
-        expected_reward, expected_cost: ``E_x E_π r`` and ``E_x E_π c``.
-        kl: ``E_x KL(π‖π_ref)``.
-        objective: ``E[r] − β KL``.
-        safe_rate: ``P(cost ≤ 0)`` under π.
-        optimality_gap: ``J* − J(π)``.
-        normalised_gap: ``(J* − J(π)) / (J* − J(π_ref))``.
-        violation: ``max(0, E[c] − d)``.
-    """
-
-    expected_reward: float
-    expected_cost: float
-    kl: float
-    objective: float
-    safe_rate: float
-    optimality_gap: float
-    normalised_gap: float
-    violation: float
+# One score block of ``summary.json`` is a PolicyScore (NaN where the file holds null or NaN).
+Scores = PolicyScore
 
 
 @dataclass(frozen=True)
@@ -694,13 +668,10 @@ def _output_paths(out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
     """``(csv_path, png_path)`` in ``out_dir``; raises FileExistsError if one exists and
     ``overwrite`` is False."""
     csv_path, png_path = out_dir / CSV_FILE, out_dir / PNG_FILE
-    if not overwrite:
-        for path in (csv_path, png_path):
-            if path.exists():
-                raise FileExistsError(
-                    f"{path} already exists; pass overwrite=True (--overwrite) to replace it, "
-                    "or choose another output folder (--out)"
-                )
+    refuse_overwrite(
+        (csv_path, png_path), overwrite,
+        "pass overwrite=True (--overwrite) to replace it, or choose another output folder (--out)",
+    )
     return csv_path, png_path
 
 

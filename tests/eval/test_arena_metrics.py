@@ -238,10 +238,10 @@ def test_write_arena_files_and_overwrite(tmp_path: Path) -> None:
     assert lines[0]["safe_to_safe"] == ""  # transitions on the policy line only
     assert (lines[1]["safe_to_unsafe"], lines[3]["unsafe_to_unsafe"]) == ("1", "1")
 
-    with pytest.raises(FileExistsError, match="arena.json exists"):
+    with pytest.raises(FileExistsError, match="arena.json already exists"):
         write_arena(result, tmp_path / "eval")
     json_path.unlink()
-    with pytest.raises(FileExistsError, match="arena.csv exists"):
+    with pytest.raises(FileExistsError, match="arena.csv already exists"):
         write_arena(result, tmp_path / "eval")
     assert not json_path.exists()  # nothing written when refusing
     write_arena(result, tmp_path / "eval", overwrite=True)
