@@ -859,6 +859,8 @@ def run_pipeline(
             "eval/expected_cost": trained.expected_cost,
             "eval/expected_reward": trained.expected_reward,
             "eval/kl": trained.kl,
+            # Per-stage wall seconds (the PPO iterations' own timers are logged per iteration).
+            **{f"perf/stage_{stage}_s": value for stage, value in seconds.items()},
         },
         step=settings.ppo.iterations,
     )
