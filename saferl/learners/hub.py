@@ -38,7 +38,14 @@ from saferl.data.sources import looks_like_local_path
 from saferl.learners.pipeline import CriticStart, run_ppo_loop
 from saferl.learners.ppo_lag import PPOSettings
 from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint
-from saferl.models import ModelSpec, ensure_pad_token, load_tokenizer
+from saferl.models import (
+    ModelSpec,
+    check_safe_rlhf_score_config,
+    ensure_pad_token,
+    is_safe_rlhf_score_config,
+    load_tokenizer,
+    safe_rlhf_score_dim,
+)
 from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
 from saferl.tracking import Tracker
 
@@ -113,8 +120,8 @@ def _require_existing(key: str, source: str, folder: bool) -> None:
 
 
 def _require_score_model(key: str, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> None:
-    """``key``'s checkpoint must be a one-output sequence-classification model (trained head) that
-    reads the policy's token ids.
+    """``key``'s checkpoint must be a one-output sequence-classification model (trained head), or a
+    safe-rlhf ``*ForScore`` one with ``score_dim`` 1, that reads the policy's token ids.
 
     The score groups and critics load it with ``AutoModelForSequenceClassification``; a causal-LM
     checkpoint would load with a fresh random head and score noise, so it is refused here. When the
@@ -125,15 +132,27 @@ def _require_score_model(key: str, spec: ModelSpec, tokenizer: PreTrainedTokeniz
         spec.name_or_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
     )
     architectures = list(config.architectures or [])
-    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+    if is_safe_rlhf_score_config(config):
+        # A safe-rlhf *ForScore checkpoint (the Beaver-7B-v1.0 reward and cost models): loaded as
+        # the matching *ForSequenceClassification; config-level refusals (do_normalize) happen here,
+        # a non-zero score_head.bias is refused when the weights load.
+        try:
+            check_safe_rlhf_score_config(config, spec.name_or_path)
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from error
+        num_outputs = safe_rlhf_score_dim(config)
+    elif any(name.endswith("ForSequenceClassification") for name in architectures):
+        num_outputs = config.num_labels
+    else:
         raise ValueError(
             f"{key}: {spec.name_or_path!r} is not a score model (its architectures are {architectures}; "
             "expected a transformers *ForSequenceClassification checkpoint with a trained one-output "
-            "head, as saferl's score-model stage writes)"
+            "head, as saferl's score-model stage writes, or a safe-rlhf *ForScore checkpoint such as "
+            "the Beaver reward and cost models)"
         )
-    if config.num_labels != 1:
+    if num_outputs != 1:
         raise ValueError(
-            f"{key}: {spec.name_or_path!r} has {config.num_labels} outputs; ppo_lag on a hub setup "
+            f"{key}: {spec.name_or_path!r} has {num_outputs} outputs; ppo_lag on a hub setup "
             "takes one reward and one cost score model with one output each"
         )
     try:

@@ -18,6 +18,13 @@ from saferl.models.builders import (
 )
 from saferl.models.io import load_policy, load_score_model, save_policy, save_score_model
 from saferl.models.metadata import SCORE_KINDS, score_model_kind, set_score_metadata
+from saferl.models.safe_rlhf_format import (
+    check_safe_rlhf_score_config,
+    convert_safe_rlhf_score_model,
+    is_safe_rlhf_score_config,
+    load_safe_rlhf_score_model,
+    safe_rlhf_score_dim,
+)
 from saferl.models.scoring import (
     critic_values,
     end_scores,
@@ -41,16 +48,21 @@ __all__ = [
     "build_critic",
     "build_policy",
     "build_score_model",
+    "check_safe_rlhf_score_config",
+    "convert_safe_rlhf_score_model",
     "critic_values",
     "default_head_init_std",
     "end_scores",
     "ensure_pad_token",
     "init_score_head_",
+    "is_safe_rlhf_score_config",
     "last_token_index",
     "load_policy",
+    "load_safe_rlhf_score_model",
     "load_score_model",
     "load_tokenizer",
     "policy_token_logprobs",
+    "safe_rlhf_score_dim",
     "save_policy",
     "save_score_model",
     "score_all_positions",

@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from saferl.models.metadata import set_score_metadata
+from saferl.models.safe_rlhf_format import is_safe_rlhf_score_config, load_safe_rlhf_score_model
 from saferl.models.scoring import score_head, unwrap_model
 from saferl.models.spec import LoraSpec, ModelSpec, TinyModelConfig
 
@@ -220,6 +221,18 @@ def _load_score_model(
     config = AutoConfig.from_pretrained(
         source, revision=revision, trust_remote_code=spec.trust_remote_code
     )
+    if is_safe_rlhf_score_config(config):
+        # A safe-rlhf ``*ForScore`` checkpoint (e.g. the Beaver-7B-v1.0 reward and cost models):
+        # loaded as the same ``*ForSequenceClassification``, head included, or refused.
+        model = load_safe_rlhf_score_model(
+            source,
+            revision=revision,
+            dtype=spec.torch_dtype,
+            trust_remote_code=spec.trust_remote_code,
+            num_outputs=num_outputs,
+            config=config,
+        )
+        return model, True
     kwargs = _pretrained_kwargs(spec) | {"revision": revision, "output_loading_info": True}
     if _is_sequence_classification(config):
         if num_outputs is not None and config.num_labels != num_outputs:
@@ -251,8 +264,9 @@ def build_score_model(
 
     Args:
         spec: weight source. A hub/local causal-LM checkpoint gives the backbone and a freshly
-            initialised head; an existing sequence-classification checkpoint gives both (its
-            number of outputs must equal ``num_outputs``). ``tiny`` builds everything fresh.
+            initialised head; an existing sequence-classification checkpoint, or a safe-rlhf
+            ``*ForScore`` one (:mod:`saferl.models.safe_rlhf_format`), gives both (its number of
+            outputs must equal ``num_outputs``). ``tiny`` builds everything fresh.
         tokenizer: with a pad token distinct from EOS (see ``ensure_pad_token``).
         num_outputs: ``m``, 1 for a reward model or a single cost, more for several costs.
         head_init_std: std of a fresh head (None: :func:`default_head_init_std`).
@@ -316,8 +330,9 @@ def build_critic(
         spec: dtype, ``trust_remote_code`` and LoRA; also the weight source when ``init_from``
             is None (then the head is freshly initialised, see :func:`build_score_model`).
         tokenizer: with a pad token distinct from EOS.
-        init_from: a saved score model (``save_score_model`` output or any transformers
-            sequence-classification checkpoint) whose weights replace the spec's source.
+        init_from: a saved score model (``save_score_model`` output, any transformers
+            sequence-classification checkpoint, or a safe-rlhf ``*ForScore`` checkpoint) whose
+            weights replace the spec's source.
         init_output_index: for an ``m > 1`` score model, which output row the critic keeps
             (e.g. the cost index this critic estimates). Required when ``m > 1``.
 
