@@ -237,7 +237,17 @@ def load_score_model(
         )
         set_score_metadata(model, str(meta.get("kind", "score")), num_outputs)
         return model, tokenizer
-    model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-        str(folder), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
-    )
+    from transformers import AutoConfig
+
+    from saferl.models.safe_rlhf_format import is_safe_rlhf_score_config, load_safe_rlhf_score_model
+
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    if is_safe_rlhf_score_config(config):  # a safe-rlhf ``*ForScore`` checkpoint (e.g. Beaver)
+        model = load_safe_rlhf_score_model(
+            str(folder), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, config=config
+        )
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
     return model, load_tokenizer(str(folder), trust_remote_code=trust_remote_code)

@@ -421,3 +421,19 @@ def test_models_loaded_from_safe_rlhf_save_as_standard_score_models(
         assert not info["missing_keys"] and not info["unexpected_keys"], info
         assert torch.equal(plain.score.weight, state["score_head.weight"])
         assert json.loads((saved / "config.json").read_text())["saferl"]["kind"] == name
+
+
+def test_load_score_model_reads_a_safe_rlhf_folder(tmp_path, tokenizer, tokenizer_dir, batch) -> None:
+    """``saferl.models.load_score_model`` (the io path) gives the same end scores as the builder."""
+    from saferl.models import load_score_model
+
+    folder = tmp_path / "beaver-tiny-cost"
+    state = write_safe_rlhf_checkpoint(folder, tokenizer_dir, len(tokenizer), score_type="cost")
+    model, loaded_tokenizer = load_score_model(folder)
+    model.eval()
+    assert type(model).__name__ == "LlamaForSequenceClassification" and len(loaded_tokenizer) == len(tokenizer)
+    assert torch.equal(score_head(model).weight, state["score_head.weight"])
+    inputs = _right_padded(batch)
+    with torch.no_grad():
+        got = end_scores(model, inputs["input_ids"], inputs["attention_mask"])
+    torch.testing.assert_close(got.double(), reference_end_scores(state, len(tokenizer), inputs), rtol=1e-5, atol=1e-6)
