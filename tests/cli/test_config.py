@@ -123,7 +123,7 @@ def test_every_group_option_composes_and_validates(group, option):
         (("model=beaver_v1",), ["model.source='hub'", "data.source='world'"]),
         (("model=falcon_11b", "learner=preference"), ["model.source='hub'", "data.source='world'"]),
         (("data=pku_saferlhf",), ["model.source='world'", "data.source='hub'"]),
-        (("generation=safe_rlhf",), ["generation.max_new_tokens", "512"]),
+        (("generation=safe_rlhf",), ["generation.max_new_tokens", "256"]),
         ((*HUB, "model.cost_model=null"), ["model.cost_model", "None"]),
     ],
     ids=["hub-model-world-data", "falcon-world-data", "world-model-hub-data", "hub-generation-world",
@@ -154,7 +154,8 @@ def test_published_preset_is_a_hub_setup_on_pku_saferlhf_at_scale(preset):
     assert cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision == "bf16"  # ZeRO-3, bf16 [§2]
     assert list(cfg.deepspeed.adam_betas) == [0.9, 0.95]
     assert cfg.runtime.num_ranks == 8 and cfg.runtime.gpus_per_rank == 1.0
-    assert cfg.generation.max_new_tokens == 512
+    # 512 tokens in all [§2]: 256 for the response, the rest for the prompt (data.max_length − this).
+    assert cfg.generation.max_new_tokens == 256 and run.hub.max_length - cfg.generation.max_new_tokens == 256
 
 
 def test_beaver_v1_is_the_published_safe_rlhf():
