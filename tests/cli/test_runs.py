@@ -227,3 +227,24 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
     assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
     for key, value in expected["trained"].items():
         assert found["trained"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_a_sweep_with_the_ray_launcher_runs_its_jobs_on_an_existing_cluster(first_run, tmp_path):
+    """`saferl -m launcher=ray`: each job runs as a task on a running Ray cluster and its actor
+    groups (policy, reference, score models) join that cluster."""
+    folder, _ = first_run
+    script = Path(__file__).with_name("ray_launcher_main.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    completed = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "sweep")],
+        capture_output=True, text=True, timeout=700, env=env,
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["returncode"] == 0, result["stderr"]
+    # Two jobs, each with a policy and a reference PolicyWorker and two ScoreWorkers.
+    assert result["worker_actors"] == ["PolicyWorker"] * 4 + ["ScoreWorker"] * 4
+    for job in ("0", "1"):
+        arena = json.loads((tmp_path / "sweep" / job / "arena.json").read_text())
+        assert arena["settings"]["seed"] == int(job)
