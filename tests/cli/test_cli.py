@@ -105,3 +105,18 @@ def test_a_bad_config_fails_before_any_actor_starts(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "cli.log"]
 
 
+
+
+def test_a_sweep_job_runs_through_submitit(tmp_path):
+    """The submitit launcher path (what `launcher=slurm` uses on a cluster) with its local
+    executor: the job is pickled, run in a submitit worker process, and completes."""
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "saferl.cli", "-m", "hydra/launcher=submitit_local", "job=exact_optimum",
+         *FAST_REFERENCE, "cost_limit=-0.9", f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.timeout_min=10"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (log,) = list((sweep_dir / ".submitit").glob("*/*_log.out"))
+    text = log.read_text()
+    assert "strong duality" in text and "-0.9000" in text and "Job completed successfully" in text
