@@ -23,7 +23,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from saferl.cli import CONFIG_DIR, run
-from saferl.learners.run_state import RunFolderInUseError
+from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +189,7 @@ def _history_without_timings(result: dict) -> list[dict]:
 
 def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
     folder, _ = first_run
-    common = [*TINY, f"model.from_run={folder}", "learner.iterations=6", "checkpoint_every=1", "logger=jsonl"]
+    common = [*TINY, f"model.from_run={folder}", "learner.iterations=4", "checkpoint_every=1", "logger=jsonl"]
     # 1. Uninterrupted.
     straight = tmp_path / "straight"
     completed = saferl(*common, f"hydra.run.dir={straight}", cwd=tmp_path)
@@ -205,15 +205,19 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if history_file.exists() and len(json.loads(history_file.read_text() or "[]")) >= 2:
-                break
+            try:
+                if len(json.loads(history_file.read_text())) >= 2:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being swapped in
+                pass
             time.sleep(0.1)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    iterations_done = len(json.loads(history_file.read_text()))
-    assert 2 <= iterations_done < 6 and not (killed / "summary.json").exists()
+    checkpoint = latest_checkpoint(killed / "checkpoints" / "ppo_lag")
+    iterations_done = len(json.loads((checkpoint / "history.json").read_text()))
+    assert 2 <= iterations_done < 4 and not (killed / "summary.json").exists()
     # 3. A fresh run refuses the folder; resume=auto continues it.
     refused = saferl(*common, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert refused.returncode != 0 and "resume=auto" in refused.stderr
@@ -221,7 +225,7 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     expected = json.loads((straight / "result.json").read_text())
     found = json.loads((killed / "result.json").read_text())
-    assert len(found["history"]) == 6
+    assert len(found["history"]) == 4
     for found_row, expected_row in zip(_history_without_timings(found), _history_without_timings(expected), strict=True):
         assert found_row == pytest.approx(expected_row, rel=1e-6, abs=1e-9)
     assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
