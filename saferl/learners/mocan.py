@@ -1,4 +1,5 @@
-"""MoCAN: one-shot safety alignment by optimal dualization (ALGORITHMS.md §1, §4), on the world.
+"""MoCAN: one-shot safety alignment by optimal dualization (ALGORITHMS.md §1, §4), on the world
+(:func:`run_mocan`) or a hub setup (:func:`saferl.learners.hub.run_hub_mocan`).
 
 1. sample K responses per prompt from the reference policy through the runtime and score them
    with the reward and cost scorers;
@@ -15,15 +16,22 @@
 
 Pairs are built from the sampled token ids themselves (not re-tokenised text), so a response cut
 off by the length limit is trained on exactly as it was sampled.
+
+The world and hub recipes share every step's code: :func:`sample_responses` and
+:func:`score_samples` (step 1, with the world's calibrated or oracle scorers, or a hub setup's
+score models), :func:`dualize_and_align` (steps 2 and 3a; step 3b is the caller's PPO stage). Only
+the world evaluates the trained policy (exactly, against the ground truth).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from saferl.core.dual import DualProblem, DualSolution, predict_frontier
 from saferl.core.dualized import composite_score, mocan_dual, pseudo_preference_prob
@@ -31,32 +39,34 @@ from saferl.data.collators import SequenceBatch, collate_prompts
 from saferl.data.world import PolicyScore, build_world_tokenizer
 from saferl.data.world.exact import MAX_RESPONSE_TOKENS
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
+from saferl.learners.offline import GroupSetup, train_policy_on_pairs
 from saferl.learners.pipeline import (
     PipelineSettings,
     PreparedModels,
-    _deepspeed,
-    _group,
     calibrate,
     evaluate_exact,
     run_ppo_stage,
     world_truth,
 )
-from saferl.learners.preference import (
-    PreferenceTrainBatch,
-    attach_reference_logps,
-    train_preference,
-)
-from saferl.learners.scorers import AffineScorer, ModelScorer, WorldOracleScorer
+from saferl.learners.preference import PreferenceTrainBatch
+from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer
 from saferl.models import ModelSpec
 from saferl.runtime import GenerationSpec, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
+from saferl.runtime.batching import pad_and_concat
+from saferl.tracking import Tracker
 
 __all__ = [
     "MocanSettings",
     "MocanResult",
     "ScoredSamples",
+    "sample_responses",
     "sample_reference",
+    "score_samples",
     "sample_and_score",
+    "dualize",
+    "dualize_and_align",
     "pseudo_preference_batch",
+    "train_dpo_policy",
     "train_dpo",
     "run_mocan",
 ]
@@ -75,6 +85,9 @@ class MocanSettings:
         dpo_steps, dpo_pairs_per_step, dpo_learning_rate: the DPO stage.
         frontier_grid: λ values of the predicted frontier.
         predict_only: stop after step 2.
+        num_prompts: on a hub setup, the dual's prompts are this many distinct training prompts
+            (a seeded choice; None: all of them; published 1000). The world always uses its own
+            prompt set.
         seed: sampling and label seed.
     """
 
@@ -87,6 +100,7 @@ class MocanSettings:
     dpo_learning_rate: float = 1e-3
     frontier_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     predict_only: bool = False
+    num_prompts: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +108,8 @@ class MocanSettings:
             raise ValueError(f"learner.mocan.stage must be 'dpo' or 'ppo'; found {self.stage!r}")
         if self.num_samples < 2 or self.num_samples % 2:
             raise ValueError(f"learner.mocan.num_samples must be an even number >= 2; found {self.num_samples}")
+        if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
+            raise ValueError(f"learner.mocan.num_prompts must be an integer >= 1 or null; found {self.num_prompts!r}")
 
 
 @dataclass(frozen=True)
@@ -135,57 +151,189 @@ class ScoredSamples:
     costs: torch.Tensor
 
 
+# ---------------------------------------------------------------------------------------------
+# Step 1: reference samples and their scores (world and hub)
+# ---------------------------------------------------------------------------------------------
+
+
+def _row_chunks(rows: int, rows_per_call: int | None, num_ranks: int) -> list[torch.Tensor]:
+    """Row indices per call: one call with all rows (``rows_per_call=None``), or chunks of
+    ``rows_per_call`` rows whose last, shorter one is padded with copies of its first row up to a
+    multiple of the ranks (callers drop the copies)."""
+    if rows_per_call is None:
+        return [torch.arange(rows)]
+    if rows_per_call < 1 or rows_per_call % num_ranks:
+        raise ValueError(f"rows_per_call must be a positive multiple of the {num_ranks} ranks; found {rows_per_call}")
+    chunks = []
+    for start in range(0, rows, rows_per_call):
+        index = torch.arange(start, min(start + rows_per_call, rows))
+        chunks.append(torch.cat([index, index[:1].repeat(-len(index) % num_ranks)]))
+    return chunks
+
+
+def _concat_sequences(batches: Sequence[SequenceBatch], pad_token_id: int) -> SequenceBatch:
+    """Right-padded batches of different widths as one (right-padded to the widest)."""
+    if len(batches) == 1:
+        return batches[0]
+    return SequenceBatch(
+        pad_and_concat([b.input_ids for b in batches], pad_token_id),
+        pad_and_concat([b.attention_mask for b in batches], False),
+        pad_and_concat([b.response_mask for b in batches], False),
+    )
+
+
+def sample_responses(
+    policy: ModelSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    num_samples: int,
+    *,
+    template: str,
+    max_prompt_length: int,
+    generation: GenerationSpec,
+    setup: GroupSetup,
+    rows_per_call: int | None = None,
+) -> tuple[SequenceBatch, list[str]]:
+    """K samples per prompt from ``policy`` through a sampler group.
+
+    Args:
+        prompts: the ``P`` prompts (untemplated); template, max_prompt_length: how they are
+            formatted and cut (from the left).
+        generation: sampling (its seed seeds the samples).
+        rows_per_call: sampled rows per ``generate`` call (None: all in one call). Call ``c > 0``
+            samples with seed ``generation.seed + c·1000003``, so no two calls share per-row
+            generators.
+
+    Returns:
+        The sampled rows ``(P·K, seq_len)``, RIGHT-padded, prompt-major (row ``i·K + k``), and the
+        prompt of each row.
+    """
+    rows = [prompt for prompt in prompts for _ in range(num_samples)]
+    pad_token_id = int(tokenizer.pad_token_id)
+    sampler = PolicyGroup(policy, tokenizer, setup.engine(0.0, setup.num_ranks), setup.group, setup.runtime,
+                          role="reference_sampler", seed=setup.seed)
+    try:
+        pieces = []
+        for call, index in enumerate(_row_chunks(len(rows), rows_per_call, setup.num_ranks)):
+            keep = len(set(index.tolist()))  # padding copies repeat the chunk's first row
+            generated = sampler.generate(
+                collate_prompts([rows[i] for i in index.tolist()], tokenizer, max_prompt_length, template=template),
+                generation if call == 0 else replace(generation, seed=generation.seed + call * 1_000_003),
+            )
+            batch = generated.to_sequence_batch(pad_token_id)
+            pieces.append(SequenceBatch(batch.input_ids[:keep], batch.attention_mask[:keep],
+                                        batch.response_mask[:keep]))
+    finally:
+        sampler.shutdown()
+    return _concat_sequences(pieces, pad_token_id), rows
+
+
+def _scores(scorer: Scorer, batch: SequenceBatch, prompts: Sequence[str], rows_per_call: int | None,
+            num_ranks: int) -> torch.Tensor:
+    """``scorer``'s first output of every row ``(rows,)``, in calls of ``rows_per_call`` rows."""
+    scores = []
+    for index in _row_chunks(len(prompts), rows_per_call, num_ranks):
+        keep = len(set(index.tolist()))
+        width = int(batch.attention_mask[index].sum(-1).max())  # right padding: real tokens first
+        chunk = SequenceBatch(batch.input_ids[index, :width], batch.attention_mask[index, :width],
+                              batch.response_mask[index, :width])
+        scores.append(scorer.score(chunk, [prompts[i] for i in index.tolist()])[:keep, 0])
+    return torch.cat(scores)
+
+
+def score_samples(
+    batch: SequenceBatch,
+    prompts: Sequence[str],
+    num_samples: int,
+    scorers: Mapping[str, Scorer],
+    *,
+    rows_per_call: int | None = None,
+    num_ranks: int = 1,
+) -> ScoredSamples:
+    """Step 1's scores: the ``"reward"`` and ``"cost"`` scorers on the samples.
+
+    Args:
+        batch: ``(P·K, seq_len)`` prompt-major samples (:func:`sample_responses`); prompts: their
+            prompts, one per row.
+        scorers: ``"reward"`` and ``"cost"`` (one output each used).
+        rows_per_call: rows per scorer call (None: one call); num_ranks: the score groups' ranks.
+    """
+    shape = (len(prompts) // num_samples, num_samples)
+    scores = {kind: _scores(scorers[kind], batch, prompts, rows_per_call, num_ranks).double().reshape(shape)
+              for kind in ("reward", "cost")}
+    return ScoredSamples(batch.input_ids, batch.attention_mask, batch.response_mask, scores["reward"],
+                         scores["cost"].unsqueeze(-1))
+
+
 def sample_reference(
     settings: PipelineSettings, prepared: PreparedModels, num_samples: int, seed: int, tokenizer
 ) -> tuple[SequenceBatch, list[str]]:
-    """K samples per prompt from the SFT reference through the runtime.
-
-    Returns:
-        The sampled rows ``(P·K, seq_len)``, prompt-major (row ``i·K + k``), and the prompt of
-        each row.
-    """
-    sampler = PolicyGroup(ModelSpec(name_or_path=str(prepared.sft_dir)), tokenizer,
-                          _deepspeed(settings, 0.0, settings.num_ranks), _group(settings), settings.runtime,
-                          role="reference_sampler", seed=settings.seed)
-    try:
-        prompts = [prompt for prompt in prepared.prompts for _ in range(num_samples)]
-        generated = sampler.generate(
-            collate_prompts(prompts, tokenizer, MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE),
-            GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS, seed=seed),
-        )
-    finally:
-        sampler.shutdown()
-    return generated.to_sequence_batch(int(tokenizer.pad_token_id)), prompts
+    """K samples per prompt from the world's SFT reference (:func:`sample_responses`)."""
+    return sample_responses(
+        ModelSpec(name_or_path=str(prepared.sft_dir)), tokenizer, prepared.prompts, num_samples,
+        template=WORLD_TEMPLATE, max_prompt_length=MAX_SEQUENCE_LENGTH,
+        generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS, seed=seed),
+        setup=GroupSetup.from_pipeline(settings),
+    )
 
 
 def sample_and_score(
     settings: PipelineSettings, prepared: PreparedModels, num_samples: int, seed: int, tokenizer
 ) -> ScoredSamples:
-    """Step 1: K reference samples per prompt (:func:`sample_reference`), scored
+    """Step 1 on the world: K reference samples per prompt (:func:`sample_reference`), scored
     (learned-calibrated or oracle scorers)."""
     batch, prompts = sample_reference(settings, prepared, num_samples, seed, tokenizer)
+    setup = GroupSetup.from_pipeline(settings)
     groups = []
     try:
-        scores = {}
+        scorers = {}
         for kind in ("reward", "cost"):
             if settings.scorers == "oracle":
-                scorer = WorldOracleScorer(kind, tokenizer)
-            else:
-                directory = prepared.reward_dir if kind == "reward" else prepared.cost_dir
-                group = ScoreGroup(ModelSpec(name_or_path=str(directory)), tokenizer,
-                                   _deepspeed(settings, 0.0, settings.num_ranks), _group(settings), settings.runtime,
-                                   num_outputs=1, kind=kind, role=f"{kind}_scorer", seed=settings.seed)
-                groups.append(group)
-                scorer = ModelScorer(group)
-                if settings.calibrate_scorers:
-                    scorer = AffineScorer(scorer, *calibrate(group, prepared.test_pairs, world_truth(kind), tokenizer,
-                                                             settings.num_ranks))
-            scores[kind] = scorer.score(batch, prompts)[:, 0].double().reshape(len(prepared.prompts), num_samples)
+                scorers[kind] = WorldOracleScorer(kind, tokenizer)
+                continue
+            directory = prepared.reward_dir if kind == "reward" else prepared.cost_dir
+            group = ScoreGroup(ModelSpec(name_or_path=str(directory)), tokenizer,
+                               setup.engine(0.0, setup.num_ranks), setup.group, setup.runtime,
+                               num_outputs=1, kind=kind, role=f"{kind}_scorer", seed=setup.seed)
+            groups.append(group)
+            scorers[kind] = ModelScorer(group)
+            if settings.calibrate_scorers:
+                scorers[kind] = AffineScorer(scorers[kind], *calibrate(group, prepared.test_pairs, world_truth(kind),
+                                                                       tokenizer, settings.num_ranks))
+        return score_samples(batch, prompts, num_samples, scorers)
     finally:
         for group in groups:
             group.shutdown()
-    return ScoredSamples(batch.input_ids, batch.attention_mask, batch.response_mask, scores["reward"],
-                         scores["cost"].unsqueeze(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps 2–3: the dual, the predicted frontier, the relabelled pairs and DPO (world and hub)
+# ---------------------------------------------------------------------------------------------
+
+
+def dualize(
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    beta: float,
+    *,
+    cost_limit: float | list[float] | None = None,
+    margin: float | None = None,
+    frontier_grid: Sequence[float],
+    folder: Path,
+    title: str,
+    heading: str,
+) -> tuple[DualSolution, tuple[Path, Path]]:
+    """Step 2: λ* of the plug-in dual at ``cost_limit`` or ``margin`` (exactly one given), and the
+    predicted frontier over ``frontier_grid`` written to ``folder/frontier.{csv,png}`` (titled
+    ``title``) and printed (headed ``heading``)."""
+    from saferl.eval.frontier import print_frontier, write_frontier
+
+    dual = mocan_dual(rewards, costs, beta, cost_limit=cost_limit, margin=margin)
+    problem = DualProblem.from_samples(rewards, costs, beta, dual.cost_limit)
+    frontier = predict_frontier(problem, torch.tensor(tuple(frontier_grid), dtype=torch.float64))
+    files = write_frontier(frontier, folder, title, dual, overwrite=True)
+    print_frontier(frontier, heading, dual)
+    return dual, files
 
 
 def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, soft_labels: bool, seed: int) -> PreferenceTrainBatch:
@@ -212,83 +360,126 @@ def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, so
     )
 
 
+def train_dpo_policy(
+    policy: ModelSpec, data: PreferenceTrainBatch, tokenizer, setup: GroupSetup, beta: float, export_dir: Path, *,
+    steps: int, pairs_per_step: int, learning_rate: float, seed: int, progress=None,
+    reference: ReferenceGroup | None = None, tracker: Tracker | None = None,
+) -> Path:
+    """DPO at β from ``policy`` on ``data`` (reference log-probs attached first; the offline
+    learner's :func:`~saferl.learners.offline.train_policy_on_pairs`); returns the exported policy
+    folder. MoCAN's step 3a, and PeCAN's steps 1 and 4.
+
+    Args:
+        reference: a running group hosting ``policy`` to reuse (left running); None: one is
+            started here and shut down with the policy.
+    """
+    policy_dir, _ = train_policy_on_pairs(
+        policy, tokenizer, data, "dpo", {"beta": beta}, setup, export_dir, steps=steps,
+        pairs_per_step=pairs_per_step, learning_rate=learning_rate, seed=seed, reference=reference,
+        tracker=tracker, progress=progress,
+    )
+    return policy_dir
+
+
 def train_dpo(
     settings: PipelineSettings, sft_dir: Path, data: PreferenceTrainBatch, tokenizer, export_dir: Path, *,
     steps: int, pairs_per_step: int, learning_rate: float, seed: int, progress=None,
     reference: ReferenceGroup | None = None,
 ) -> Path:
-    """DPO at the world's β from the SFT reference on ``data`` (reference log-probs attached
-    here); returns the exported policy folder. MoCAN's step 3a, and PeCAN's steps 1 and 4.
+    """:func:`train_dpo_policy` on the world: from the SFT reference at the world's β."""
+    return train_dpo_policy(
+        ModelSpec(name_or_path=str(sft_dir)), data, tokenizer, GroupSetup.from_pipeline(settings),
+        settings.world_beta, export_dir, steps=steps, pairs_per_step=pairs_per_step,
+        learning_rate=learning_rate, seed=seed, progress=progress, reference=reference,
+    )
+
+
+def dualize_and_align(
+    samples: ScoredSamples,
+    mocan: MocanSettings,
+    beta: float,
+    cost_limit: float | list[float],
+    *,
+    policy: ModelSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    setup: GroupSetup,
+    output: Path,
+    ppo_stage: Callable[[DualSolution], Path],
+    progress=None,
+    tracker: Tracker | None = None,
+) -> tuple[DualSolution, tuple[Path, Path], Path | None, dict[str, float]]:
+    """Steps 2–3 on scored reference samples, for the world and hub recipes alike.
 
     Args:
-        reference: a running group hosting the SFT reference to reuse (left running); None: one
-            is started here and shut down with the policy.
+        samples: step 1's output; beta: the dual's and DPO's β.
+        cost_limit: the absolute limit ``d`` (used when ``mocan.margin`` is None).
+        policy: the reference policy, DPO's start; tokenizer, setup: its tokenizer and groups.
+        output: MoCAN's folder: the frontier files and ``models/policy_dpo``.
+        ppo_stage: step 3b, given the dual's solution; returns the exported policy folder.
+        progress: ``progress("mocan_dpo", step, mocan.dpo_steps, metrics)``.
+
+    Returns:
+        The dual's solution, the frontier's CSV and PNG, the aligned policy's folder (None with
+        ``predict_only``) and wall seconds of ``"dual"`` and ``"align"``.
     """
-    rows = 2 * pairs_per_step
-    sft = ModelSpec(name_or_path=str(sft_dir))
-    groups = []
-    try:
-        if reference is None:
-            reference = ReferenceGroup(sft, tokenizer, _deepspeed(settings, 0.0, rows), _group(settings),
-                                       settings.runtime, role="reference", seed=settings.seed, wait=False)
-            groups.append(reference)
-        # Started in the background: it comes up while the reference scores the data.
-        policy = PolicyGroup(sft, tokenizer, _deepspeed(settings, learning_rate, rows), _group(settings),
-                             settings.runtime, role="policy", seed=settings.seed, wait=False)
-        groups.append(policy)
-        data = attach_reference_logps(data, reference, rows_per_call=rows)
-        train_preference(policy, data, "dpo", {"beta": settings.world_beta}, steps=steps,
-                         pairs_per_step=pairs_per_step, seed=seed, progress=progress)
-        return policy.export_hf(export_dir)
-    finally:
-        for group in groups:
-            group.shutdown()
+    report = progress or (lambda stage, step, total, metrics: None)
+    seconds: dict[str, float] = {}
+
+    # 2. The dual and the predicted frontier.
+    clock = time.perf_counter()
+    limit = {"cost_limit": cost_limit} if mocan.margin is None else {"margin": mocan.margin}
+    dual, files = dualize(
+        samples.rewards, samples.costs, beta, **limit, frontier_grid=mocan.frontier_grid, folder=output,
+        title="MoCAN predicted frontier (reference samples)",
+        heading=f"MoCAN: predicted frontier from {mocan.num_samples} samples per prompt",
+    )
+    seconds["dual"] = time.perf_counter() - clock
+    if mocan.predict_only:
+        return dual, files, None, seconds
+
+    # 3. One unconstrained alignment on s = r − λ*·c.
+    clock = time.perf_counter()
+    if mocan.stage == "ppo":
+        policy_dir = ppo_stage(dual)
+    else:
+        data = pseudo_preference_batch(samples, dual.multiplier, mocan.soft_labels, mocan.seed)
+        policy_dir = train_dpo_policy(
+            policy, data, tokenizer, setup, beta, output / "models" / "policy_dpo",
+            steps=mocan.dpo_steps, pairs_per_step=mocan.dpo_pairs_per_step, learning_rate=mocan.dpo_learning_rate,
+            seed=mocan.seed, tracker=tracker,
+            progress=lambda step, metrics: report("mocan_dpo", step, mocan.dpo_steps, metrics),
+        )
+    seconds["align"] = time.perf_counter() - clock
+    return dual, files, policy_dir, seconds
 
 
 def run_mocan(
     settings: PipelineSettings, mocan: MocanSettings, prepared: PreparedModels, output_dir: str | Path,
     progress=None,
 ) -> MocanResult:
-    """Steps 1–3 of the module docstring (step 3 skipped with ``predict_only``)."""
-    from saferl.eval.frontier import print_frontier, write_frontier
-
+    """Steps 1–3 of the module docstring on the world, then the exact evaluation (step 3 and the
+    evaluation skipped with ``predict_only``)."""
     init_ray(settings.runtime)
     output = Path(output_dir)
     tokenizer = build_world_tokenizer()
-    seconds: dict[str, float] = {}
-    report = progress or (lambda stage, step, total, metrics: None)
 
     # 1. Reference samples, scored.
     clock = time.perf_counter()
     samples = sample_and_score(settings, prepared, mocan.num_samples, mocan.seed, tokenizer)
-    seconds["sample"] = time.perf_counter() - clock
+    seconds = {"sample": time.perf_counter() - clock}
 
-    # 2. The dual and the predicted frontier.
-    clock = time.perf_counter()
-    if mocan.margin is None:
-        dual = mocan_dual(samples.rewards, samples.costs, settings.world_beta, cost_limit=settings.cost_limit)
-    else:
-        dual = mocan_dual(samples.rewards, samples.costs, settings.world_beta, margin=mocan.margin)
-    problem = DualProblem.from_samples(samples.rewards, samples.costs, settings.world_beta, dual.cost_limit)
-    frontier = predict_frontier(problem, torch.tensor(mocan.frontier_grid, dtype=torch.float64))
-    files = write_frontier(frontier, output / "mocan", "MoCAN predicted frontier (reference samples)", dual,
-                           overwrite=True)
-    print_frontier(frontier, f"MoCAN: predicted frontier from {mocan.num_samples} samples per prompt", dual)
-    seconds["dual"] = time.perf_counter() - clock
-    if mocan.predict_only:
-        return MocanResult(dual, files, None, None, None, None, seconds)
-
-    # 3. One unconstrained alignment on s = r − λ*·c.
-    clock = time.perf_counter()
-    if mocan.stage == "ppo":
+    # 2–3. The dual, the predicted frontier, and one unconstrained alignment on s = r − λ*·c.
+    def ppo_stage(dual: DualSolution) -> Path:
         fixed = replace(settings, multiplier={"kind": "fixed", "value": [float(v) for v in dual.multiplier]})
-        policy_dir = run_ppo_stage(fixed, prepared, output / "mocan", "ppo_lag", progress=progress).policy_dir
-    else:
-        data = pseudo_preference_batch(samples, dual.multiplier, mocan.soft_labels, mocan.seed)
-        policy_dir = train_dpo(settings, prepared.sft_dir, data, tokenizer, output / "mocan" / "models" / "policy_dpo",
-                               steps=mocan.dpo_steps, pairs_per_step=mocan.dpo_pairs_per_step,
-                               learning_rate=mocan.dpo_learning_rate, seed=mocan.seed,
-                               progress=lambda step, metrics: report("mocan_dpo", step, mocan.dpo_steps, metrics))
-    seconds["align"] = time.perf_counter() - clock
+        return run_ppo_stage(fixed, prepared, output / "mocan", "ppo_lag", progress=progress).policy_dir
+
+    dual, files, policy_dir, stage_seconds = dualize_and_align(
+        samples, mocan, settings.world_beta, settings.cost_limit, policy=ModelSpec(name_or_path=str(prepared.sft_dir)),
+        tokenizer=tokenizer, setup=GroupSetup.from_pipeline(settings), output=output / "mocan", ppo_stage=ppo_stage,
+        progress=progress,
+    )
+    seconds.update(stage_seconds)
+    if policy_dir is None:
+        return MocanResult(dual, files, None, None, None, None, seconds)
     reference_score, trained, optimum, optimal_multiplier = evaluate_exact(settings, prepared.sft_dir, policy_dir)
     return MocanResult(dual, files, trained, reference_score, optimum, optimal_multiplier, seconds)
