@@ -152,29 +152,65 @@ def train(config: RunConfig, folder: Path, tracker) -> dict:
 
 
 def train_hub(config: RunConfig, folder: Path, tracker) -> dict:
-    """``job=train`` on a published setup's hub models and data (``model.source=hub``)."""
-    if config.learner != "ppo_lag":
-        raise ConfigError(
-            f"learner={config.learner} with model.source=hub: training on hub models is implemented "
-            "for ppo_lag only (mocan, pecan and the preference losses train on the built-in world); the "
-            "preset composes and validates"
-        )
-    from saferl.learners.hub import run_hub_ppo_lag
+    """``job=train`` on a published setup's hub models and data (``model.source=hub``): the
+    learner's hub recipe (:mod:`saferl.learners.hub`); returns the summary. A hub setup has no
+    ground truth, so the headline is the learner's own: the last rollout's reward (ppo_lag), the
+    last step's loss (preference losses), or the dual's predicted objective (mocan, pecan)."""
+    from saferl.learners import hub as recipes
 
+    hub = config.hub
     bar, progress = _progress_bar()
-    with bar:
-        run = run_hub_ppo_lag(
-            config.hub, config.ppo, config.multiplier, config.cost_limit,
-            config.policy_learning_rate, config.critic_learning_rate, config.deepspeed,
-            config.generation, config.runtime, config.num_ranks, config.cpus_per_rank,
-            config.gpus_per_rank, folder, tracker=tracker, progress=progress,
-            checkpoint_every=config.checkpoint_every, resume=config.resume, seed=config.seed,
-        )
-    print(f"final λ: {', '.join(f'{v:.4f}' for v in run.multiplier)}; last rollout: reward {run.reward:.4f}, "
-          f"cost {', '.join(f'{v:.4f}' for v in run.cost)} (limit {config.cost_limit}); "
-          f"{run.num_prompts} prompts, {len(run.history)} iterations")
-    summary = _summary(config, "ppo_lag", run.reward, multiplier=run.multiplier, folder=folder,
-                       policy_dir=run.policy_dir)
+    ranks = (config.num_ranks, config.cpus_per_rank, config.gpus_per_rank)  # every role's group shape
+    if config.learner == "preference":
+        offline = config.preference
+        with bar:
+            run = recipes.run_hub_preference(hub, offline, config.beta, config.deepspeed, config.runtime, *ranks,
+                                             folder, tracker=tracker, progress=progress, seed=config.seed)
+        dropped = f"; {run.num_dropped_pairs} dropped (prompt fills data.max_length)" if run.num_dropped_pairs else ""
+        print(f"{offline.loss} ({run.ordering} pairs): {run.num_pairs} pairs{dropped}, {len(run.history)} steps, "
+              f"final loss {run.final_loss:.4f}")
+        summary = _summary(config, f"preference:{offline.loss}", run.final_loss, folder=folder,
+                           policy_dir=run.policy_dir)
+    elif config.learner in ("mocan", "pecan"):
+        with bar:
+            if config.learner == "mocan":
+                run = recipes.run_hub_mocan(
+                    hub, config.mocan, config.beta, config.cost_limit, config.ppo, config.policy_learning_rate,
+                    config.critic_learning_rate, config.deepspeed, config.generation, config.runtime, *ranks, folder,
+                    tracker=tracker, progress=progress, seed=config.seed,
+                )
+            else:
+                run = recipes.run_hub_pecan(
+                    hub, config.pecan, config.beta, config.deepspeed, config.generation, config.runtime, *ranks, folder,
+                    tracker=tracker, progress=progress, seed=config.seed,
+                )
+        dual = run.dual
+        units = "cost-model units" if config.learner == "mocan" else "implicit units"
+        print(f"λ* = {', '.join(f'{v:.4f}' for v in dual.multiplier.tolist())} at limit d = "
+              f"{', '.join(f'{v:.4f}' for v in dual.cost_limit.tolist())} ({units}; {len(run.prompts)} prompts × "
+              f"{run.rewards.shape[1]} samples): predicted E[r] = {dual.expected_reward.item():.4f}, "
+              f"E[c] = {', '.join(f'{v:.4f}' for v in dual.expected_cost.tolist())}, KL = {dual.kl.item():.4f}")
+        print(f"predicted frontier: {run.frontier_files[0]} and {run.frontier_files[1]}")
+        if run.policy_dir is not None:
+            print(f"aligned policy: {run.policy_dir}")
+        # PeCAN's prediction is in implicit units: the sweep plot shows only cost-model-unit curves.
+        frontier = run.frontier_files[0] if config.learner == "mocan" else None
+        summary = _summary(config, config.learner, float(dual.objective), multiplier=dual.multiplier.tolist(),
+                           frontier_csv=frontier, folder=folder, policy_dir=run.policy_dir)
+    else:
+        with bar:
+            run = recipes.run_hub_ppo_lag(
+                hub, config.ppo, config.multiplier, config.cost_limit,
+                config.policy_learning_rate, config.critic_learning_rate, config.deepspeed,
+                config.generation, config.runtime, config.num_ranks, config.cpus_per_rank,
+                config.gpus_per_rank, folder, tracker=tracker, progress=progress,
+                checkpoint_every=config.checkpoint_every, resume=config.resume, seed=config.seed,
+            )
+        print(f"final λ: {', '.join(f'{v:.4f}' for v in run.multiplier)}; last rollout: reward {run.reward:.4f}, "
+              f"cost {', '.join(f'{v:.4f}' for v in run.cost)} (limit {config.cost_limit}); "
+              f"{run.num_prompts} prompts, {len(run.history)} iterations")
+        summary = _summary(config, "ppo_lag", run.reward, multiplier=run.multiplier, folder=folder,
+                           policy_dir=run.policy_dir)
     summary.update(beta=config.beta, cost_limit=config.cost_limit)
     return summary
 

@@ -231,3 +231,249 @@ def test_the_beaver_v1_preset_trains_through_the_cli_on_hub_format_files(ray_clu
     assert summary["method"] == "ppo_lag" and summary["cost_limit"] == 0.0 and summary["beta"] == 0.01
     assert len(result["history"]) == 1 and summary["multiplier"] == result["multiplier"]
     assert (tmp_path / summary["policy_dir"] / "config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The other learners on hub-format files: preference losses, MoCAN, PeCAN (and their presets)
+# ---------------------------------------------------------------------------------------------
+
+
+class RecordingTracker:
+    """Keeps every ``log`` call (the tracker interface the learners take)."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    def log(self, metrics, step: int) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    def finish(self) -> None:
+        pass
+
+
+def weights_changed(start_dir: Path, trained_dir: Path) -> bool:
+    """The exported policy has the start's parameters, and at least one of them moved."""
+    start, _ = load_policy(start_dir)
+    trained, _ = load_policy(trained_dir)
+    start_weights, trained_weights = start.state_dict(), trained.state_dict()
+    assert start_weights.keys() == trained_weights.keys()
+    return any(not torch.equal(start_weights[k], trained_weights[k]) for k in start_weights)
+
+
+@pytest.fixture(scope="module")
+def correlated_cost(hub_folder) -> Path:
+    """A cost model that partly agrees with the reward model: the reward model with half of another
+    random head added to its score head, ``c = r + n/2``. Tilting towards reward then raises the
+    cost, so at margin 0 (d = the reference's mean cost) MoCAN's constraint binds (λ* > 0), while
+    ``r − λ*·c`` still ranks the samples (a cost equal to the reward would make it 0 at λ* = 1)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = hub_folder / "correlated_cost"
+    if not folder.exists():
+        shutil.copytree(hub_folder / "reward", folder)
+        weights = load_file(folder / "model.safetensors")
+        generator = torch.Generator().manual_seed(7)
+        other = torch.randn(weights["score.weight"].shape, generator=generator) * weights["score.weight"].std()
+        weights["score.weight"] = weights["score.weight"] + 0.5 * other
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_pairs_whose_prompt_fills_max_length_are_dropped_and_counted(hub_folder, tmp_path):
+    from saferl.data.records import SafetyPreferencePair
+    from saferl.learners.hub import _training_pairs
+
+    pairs = make_preference_pairs(8, seed=2)
+    long = SafetyPreferencePair(prompt="explain bread explain bread", response_0="sorry", response_1="steps",
+                                better_response_id=1, safer_response_id=0, is_response_0_safe=True,
+                                is_response_1_safe=True)
+    write_records([*pairs, long], tmp_path / "pku" / "train.jsonl")
+    tokenizer = hub_tokenizer()
+    ensure_pad_token(tokenizer)
+    # The template's 5 words + 2 prompt words = 7 tokens fit 9; the long prompt's 9 tokens do not.
+    kept, dropped = _training_pairs(hub_settings(hub_folder, data_path=str(tmp_path / "pku"), max_length=9), tokenizer)
+    assert dropped == 1 and kept == pairs
+    with pytest.raises(ValueError, match="data.max_length=7"):
+        _training_pairs(hub_settings(hub_folder, data_path=str(tmp_path / "pku"), max_length=7), tokenizer)
+
+
+def test_sampling_and_scoring_calls_cover_every_row_once_on_any_number_of_ranks():
+    """MoCAN's calls on a hub setup: chunks of ``rows_per_call`` rows, the last padded with copies
+    of its first row to a multiple of the ranks; kept rows are every row once, in order."""
+    from saferl.data.collators import SequenceBatch
+    from saferl.learners.mocan import _concat_sequences, _row_chunks
+
+    assert [c.tolist() for c in _row_chunks(5, None, 1)] == [[0, 1, 2, 3, 4]]  # the world: one call
+    chunks = _row_chunks(11, 4, 2)
+    assert [c.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 8]]
+    kept = [i for c in chunks for i in c.tolist()[: len(set(c.tolist()))]]
+    assert kept == list(range(11))
+    with pytest.raises(ValueError, match="multiple of the 2 ranks"):
+        _row_chunks(11, 3, 2)
+    # Right-padded pieces of different widths join right-padded to the widest.
+    a = SequenceBatch(torch.tensor([[1, 2]]), torch.tensor([[True, True]]), torch.tensor([[False, True]]))
+    b = SequenceBatch(torch.tensor([[3, 4, 5]]), torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool))
+    joined = _concat_sequences([a, b], pad_token_id=0)
+    assert joined.input_ids.tolist() == [[1, 2, 0], [3, 4, 5]]
+    assert joined.attention_mask.tolist() == [[True, True, False], [True, True, True]]
+    assert joined.response_mask.tolist() == [[False, True, False], [True, True, True]]
+
+
+@pytest.mark.slow
+def test_hub_preference_trains_bfpo_on_the_hub_policy(ray_cluster, hub_folder, tmp_path):
+    from saferl.learners.hub import run_hub_preference
+    from saferl.learners.offline import OfflineSettings
+
+    tracker = RecordingTracker()
+    offline = OfflineSettings(loss="bfpo", ordering="better", steps=3, pairs_per_step=8, learning_rate=1e-3)
+    run = run_hub_preference(hub_settings(hub_folder), offline, 0.1, DeepSpeedSpec(zero_stage=0), RUNTIME, 1, 0.25,
+                             0.0, tmp_path, tracker=tracker)
+
+    # Every pair of train.jsonl (BFPO keeps all four safety cases), helpfulness order, no β (BFPO has τ).
+    assert (run.loss, run.ordering, run.num_pairs, run.num_dropped_pairs) == ("bfpo", "better", 64, 0)
+    assert run.hyperparameters == {}
+    assert len(run.history) == 3 and [step for step, _ in tracker.logged] == [1, 2, 3]
+    losses = [metrics["preference/loss"] for metrics in run.history]
+    assert all(math.isfinite(loss) and loss > 0 for loss in losses), losses
+    assert run.final_loss == losses[-1]
+    # BFPO's targets are ±50 or ±100 on h at τ = 0.01: the untrained policy's h ≈ 0 is far off.
+    assert losses[0] > 1000
+    assert weights_changed(hub_folder / "policy", run.policy_dir)
+    assert run.policy_dir == tmp_path / "models" / "policy_bfpo"
+    recorded = json.loads((tmp_path / "result.json").read_text())
+    assert recorded["final_loss"] == run.final_loss and len(recorded["history"]) == 3
+    assert recorded["settings"]["preference"]["loss"] == "bfpo"
+
+
+@pytest.mark.slow
+def test_hub_mocan_solves_the_dual_on_its_samples_and_trains_dpo(ray_cluster, hub_folder, correlated_cost, tmp_path):
+    from saferl.core.dual import solve_from_samples
+    from saferl.learners.hub import run_hub_mocan
+    from saferl.learners.mocan import MocanSettings
+
+    hub = hub_settings(hub_folder, cost_model=str(correlated_cost))
+    mocan = MocanSettings(num_samples=4, margin=0.0, stage="dpo", dpo_steps=3, dpo_pairs_per_step=8,
+                          frontier_grid=(0.0, 0.5, 1.0), num_prompts=12, seed=3)
+    tracker = RecordingTracker()
+    run = run_hub_mocan(
+        hub, mocan, 0.1, 0.0, PPOSettings(iterations=1, prompts_per_iteration=ROWS), 1e-3, 1e-3,
+        DeepSpeedSpec(zero_stage=0), GenerationSpec(max_new_tokens=3), RUNTIME, 1, 0.25, 0.0, tmp_path,
+        tracker=tracker,
+    )
+
+    # Step 1: 12 of the 16 distinct prompts (seeded choice), K = 4 samples each, sampled in calls of
+    # 2 × dpo_pairs_per_step = 16 rows, scored by the two models.
+    assert len(run.prompts) == 12 and set(run.prompts) < {p.text for p in world_prompts()}
+    assert run.rewards.shape == (12, 4) and run.costs.shape == (12, 4, 1)
+    assert run.rewards.std() > 0 and not torch.allclose(run.costs[..., 0], run.rewards)
+    # The same samples scored by both: c − r = n/2 is the extra head alone, so c and r correlate.
+    assert torch.corrcoef(torch.stack([run.rewards.flatten(), run.costs.flatten()]))[0, 1] > 0
+    # Step 2: the dual's λ* is the plug-in solve on the returned samples at d = E_ref c − 0.
+    assert torch.allclose(run.dual.cost_limit, run.costs.mean().reshape(1), atol=1e-12)
+    expected = solve_from_samples(run.rewards, run.costs, 0.1, run.dual.cost_limit)
+    assert torch.allclose(run.dual.multiplier, expected.multiplier, atol=1e-12, rtol=0)
+    assert run.dual.multiplier.item() > 0
+    csv_path, png_path = run.frontier_files
+    assert csv_path == tmp_path / "mocan" / "frontier.csv" and png_path.stat().st_size > 0
+    assert len(csv_path.read_text().strip().splitlines()) == 1 + 3  # header + the grid
+    saved = torch.load(tmp_path / "mocan" / "scores.pt")
+    assert saved["prompts"] == run.prompts and torch.equal(saved["rewards"], run.rewards)
+    # Step 3: DPO on the relabelled samples, from the hub policy.
+    losses = [metrics["preference/loss"] for _, metrics in tracker.logged]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
+    assert run.policy_dir == tmp_path / "mocan" / "models" / "policy_dpo"
+    assert weights_changed(hub_folder / "policy", run.policy_dir)
+    recorded = json.loads((tmp_path / "result.json").read_text())
+    assert recorded["multiplier"] == run.dual.multiplier.tolist() and recorded["num_samples"] == 4
+
+
+def test_hub_mocan_and_pecan_name_their_missing_pieces(hub_folder, tmp_path):
+    from saferl.learners.hub import run_hub_mocan, run_hub_pecan
+    from saferl.learners.mocan import MocanSettings
+    from saferl.learners.pecan import PecanSettings
+
+    with pytest.raises(ValueError, match="model.cost_model: mocan on a hub setup needs"):
+        run_hub_mocan(hub_settings(hub_folder, cost_model=None), MocanSettings(), 0.1, 0.0, PPOSettings(1, ROWS), 1e-3,
+                      1e-3, DeepSpeedSpec(), GenerationSpec(max_new_tokens=3), RUNTIME, 1, 0.25, 0.0, tmp_path)
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        run_hub_pecan(hub_settings(hub_folder, data_path="./missing.jsonl"), PecanSettings(), 0.1, DeepSpeedSpec(),
+                      GenerationSpec(max_new_tokens=3), RUNTIME, 1, 0.25, 0.0, tmp_path)
+
+
+HUB_PRESETS = {
+    "bfpo": ["learner.preference.steps=2", "learner.preference.pairs_per_step=8"],
+    "safe_nca": ["learner.preference.steps=2", "learner.preference.pairs_per_step=8"],
+    # MoCAN's PPO stage (the hub PPO-Lagrangian recipe with λ fixed at λ*), one rollout.
+    "mocan": ["learner.mocan.num_samples=4", "learner.mocan.margin=0.0", "learner.mocan.stage=ppo",
+              "learner.mocan.dpo_pairs_per_step=8", "+learner.mocan.num_prompts=8", "learner.iterations=1",
+              f"learner.prompts_per_iteration={ROWS}"],
+    "pecan": ["learner.pecan.num_samples=4", "learner.pecan.margin=0.0", "learner.pecan.dpo_steps=2",
+              "learner.pecan.dpo_pairs_per_step=8", "+learner.pecan.num_prompts=8"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(HUB_PRESETS))
+def test_hub_presets_train_through_the_cli_on_hub_format_files(preset, ray_cluster, hub_folder, correlated_cost,
+                                                               tmp_path):
+    """``saferl experiment=<preset>`` with the models and data pointed at local hub-format files
+    (shrunk to a CPU): each published preset's code path, end to end."""
+    from hydra import compose, initialize_config_dir
+
+    from saferl.cli import CONFIG_DIR
+    from saferl.cli import run as run_cli
+    from saferl.core.dual import solve_from_samples
+
+    models = [f"model.policy={hub_folder / 'policy'}"]
+    if preset == "mocan":  # a cost model that partly agrees with the reward: λ* > 0 at margin 0
+        models += [f"model.reward_model={hub_folder / 'reward'}", f"model.cost_model={correlated_cost}"]
+    overrides = [
+        f"experiment={preset}", *models, "model.dtype=float32", f"data.path={hub_folder / 'pku'}",
+        "data.max_length=12", "generation.max_new_tokens=3", "runtime=local", "deepspeed.zero_stage=0",
+        "deepspeed.precision=fp32", *HUB_PRESETS[preset], "logger=jsonl", f"output_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    headline = run_cli(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert summary["headline"] == pytest.approx(headline) and math.isfinite(headline)
+    assert summary["beta"] == cfg.beta and summary["cost_limit"] == cfg.cost_limit
+    policy_dir = tmp_path / summary["policy_dir"]
+    assert (policy_dir / "config.json").is_file() and weights_changed(hub_folder / "policy", policy_dir)
+
+    if preset in ("bfpo", "safe_nca"):
+        assert summary["method"] == f"preference:{preset}" and summary["policy_dir"] == f"models/policy_{preset}"
+        assert headline == result["final_loss"] and len(result["history"]) == 2
+        if preset == "safe_nca":  # NCA on the safe-vs-unsafe pairs at the preset's β
+            assert result["ordering"] == "safer" and result["hyperparameters"] == {"beta": 0.1}
+            assert result["num_pairs"] == sum(p.is_response_0_safe != p.is_response_1_safe
+                                              for p in make_preference_pairs(64, seed=0))
+        else:  # the preset's τ, B1, α
+            assert result["hyperparameters"] == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}
+        return
+
+    # MoCAN and PeCAN: λ* is the plug-in solve on the saved scores at d = E_ref c − margin (0).
+    scores = torch.load(tmp_path / preset / "scores.pt")
+    assert len(scores["prompts"]) == 8 and scores["rewards"].shape == (8, 4)
+    limit = scores["costs"].mean().reshape(1)
+    assert result["cost_limit"] == pytest.approx(limit.tolist(), abs=1e-12)
+    expected = solve_from_samples(scores["rewards"], scores["costs"], cfg.beta, limit)
+    assert summary["multiplier"] == pytest.approx(expected.multiplier.tolist(), abs=1e-9)
+    assert headline == pytest.approx(result["objective"])
+    assert summary["method"] == preset
+    if preset == "mocan":
+        assert summary["multiplier"][0] > 0
+        assert (tmp_path / summary["predicted_frontier_csv"]).is_file()
+        assert summary["policy_dir"] == "mocan/models/policy_ppo_lag"
+        # The PPO stage ran with λ fixed at λ*.
+        ppo_result = json.loads((tmp_path / "mocan" / "result.json").read_text())
+        assert ppo_result["multiplier"] == pytest.approx(summary["multiplier"])
+        assert ppo_result["history"][0]["multiplier/value_0"] == pytest.approx(summary["multiplier"][0])
+    else:
+        assert summary["predicted_frontier_csv"] is None  # implicit units
+        assert summary["policy_dir"] == "pecan/models/policy_dpo"
+        for kind in ("implicit_reward", "implicit_safety"):
+            assert weights_changed(hub_folder / "policy", tmp_path / "pecan" / "models" / kind)
