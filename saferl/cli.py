@@ -84,7 +84,11 @@ def _relative(path: Path | None, folder: Path | None) -> str | None:
 
 def train(config: RunConfig, folder: Path, tracker) -> dict:
     """``job=train``: the learner's whole pipeline on the built-in world; returns the summary."""
-    from saferl.eval.pipeline_report import exact_comparison_table, print_mocan_result, print_pipeline_result
+    from saferl.eval.pipeline_report import (
+        exact_comparison_table,
+        print_mocan_result,
+        print_pipeline_result,
+    )
     from saferl.eval.world_report import report_console
     from saferl.learners.pipeline import evaluate_exact, prepare_models, run_pipeline
 

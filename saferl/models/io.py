@@ -25,7 +25,6 @@ from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 

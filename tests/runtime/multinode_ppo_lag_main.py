@@ -18,10 +18,21 @@ import torch
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from saferl.data.world import ReferenceConfig, build_world_tokenizer, train_reference_policy, world_prompts
+from saferl.data.world import (
+    ReferenceConfig,
+    build_world_tokenizer,
+    train_reference_policy,
+    world_prompts,
+)
 from saferl.learners.pipeline import PipelineSettings, PreparedModels, StageSettings, run_ppo_stage
 from saferl.learners.ppo_lag import PPOSettings
-from saferl.models import ModelSpec, TinyModelConfig, build_score_model, save_policy, save_score_model
+from saferl.models import (
+    ModelSpec,
+    TinyModelConfig,
+    build_score_model,
+    save_policy,
+    save_score_model,
+)
 from saferl.runtime import RuntimeSpec, init_ray
 
 

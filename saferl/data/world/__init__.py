@@ -22,8 +22,8 @@ from saferl.data.world.generator import (
     demonstrator_distribution,
     make_preference_pairs,
     make_sft_examples,
-    world_statistics,
     world_dataset_paths,
+    world_statistics,
     write_world_datasets,
 )
 from saferl.data.world.ground_truth import (
