@@ -188,14 +188,11 @@ def _history_without_timings(result: dict) -> list[dict]:
 
 
 def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
+    """The uninterrupted run is the first run (two PPO iterations); the same PPO stage on its
+    models (``model.from_run``) is killed with SIGKILL after the first iteration's checkpoint,
+    refused as a fresh run, resumed with ``resume=auto``, and must end with the same metrics."""
     folder, _ = first_run
-    common = [*TINY, f"model.from_run={folder}", "learner.iterations=4", "checkpoint_every=1", "logger=jsonl"]
-    # 1. Uninterrupted.
-    straight = tmp_path / "straight"
-    completed = saferl(*common, f"hydra.run.dir={straight}", cwd=tmp_path)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    # 2. The same run, killed (SIGKILL to its whole process group, Ray included) after the
-    #    checkpoint of iteration 2 and before the end.
+    common = [*TINY, f"model.from_run={folder}", "checkpoint_every=1", "logger=jsonl"]
     killed = tmp_path / "killed"
     history_file = killed / "checkpoints" / "ppo_lag" / "history.json"
     process = subprocess.Popen(
@@ -206,26 +203,26 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
     try:
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if len(json.loads(history_file.read_text())) >= 2:
+                if len(json.loads(history_file.read_text())) >= 1:
                     break
             except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being swapped in
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # the whole process group: the driver and Ray
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     checkpoint = latest_checkpoint(killed / "checkpoints" / "ppo_lag")
     iterations_done = len(json.loads((checkpoint / "history.json").read_text()))
-    assert 2 <= iterations_done < 4 and not (killed / "summary.json").exists()
-    # 3. A fresh run refuses the folder; resume=auto continues it.
+    assert iterations_done == 1 and not (killed / "summary.json").exists()
+    # A fresh run refuses the folder; resume=auto continues it.
     refused = saferl(*common, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert refused.returncode != 0 and "resume=auto" in refused.stderr
     resumed = saferl(*common, "resume=auto", f"hydra.run.dir={killed}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    expected = json.loads((straight / "result.json").read_text())
+    expected = json.loads((folder / "result.json").read_text())
     found = json.loads((killed / "result.json").read_text())
-    assert len(found["history"]) == 4
+    assert len(found["history"]) == len(expected["history"]) == 2
     for found_row, expected_row in zip(_history_without_timings(found), _history_without_timings(expected), strict=True):
         assert found_row == pytest.approx(expected_row, rel=1e-6, abs=1e-9)
     assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
@@ -247,8 +244,7 @@ def test_a_sweep_with_the_ray_launcher_runs_its_jobs_on_an_existing_cluster(firs
     assert completed.returncode == 0 and lines, completed.stderr[-4000:]
     result = json.loads(lines[-1][len("RESULT ") :])
     assert result["returncode"] == 0, result["stderr"]
-    # Two jobs, each with a policy and a reference PolicyWorker and two ScoreWorkers.
-    assert result["worker_actors"] == ["PolicyWorker"] * 4 + ["ScoreWorker"] * 4
-    for job in ("0", "1"):
-        arena = json.loads((tmp_path / "sweep" / job / "arena.json").read_text())
-        assert arena["settings"]["seed"] == int(job)
+    # The job's groups on that cluster: the policy's and the reference's PolicyWorker, two ScoreWorkers.
+    assert result["worker_actors"] == ["PolicyWorker"] * 2 + ["ScoreWorker"] * 2
+    arena = json.loads((tmp_path / "sweep" / "0" / "arena.json").read_text())
+    assert arena["settings"]["seed"] == 3

@@ -407,10 +407,10 @@ HUB_PRESETS = {
     "safe_nca": ["learner.preference.steps=2", "learner.preference.pairs_per_step=8"],
     # MoCAN's PPO stage (the hub PPO-Lagrangian recipe with λ fixed at λ*), one rollout.
     "mocan": ["learner.mocan.num_samples=4", "learner.mocan.margin=0.0", "learner.mocan.stage=ppo",
-              "learner.mocan.dpo_pairs_per_step=8", "+learner.mocan.num_prompts=8", "learner.iterations=1",
+              "learner.mocan.dpo_pairs_per_step=8", "learner.mocan.num_prompts=8", "learner.iterations=1",
               f"learner.prompts_per_iteration={ROWS}"],
     "pecan": ["learner.pecan.num_samples=4", "learner.pecan.margin=0.0", "learner.pecan.dpo_steps=2",
-              "learner.pecan.dpo_pairs_per_step=8", "+learner.pecan.num_prompts=8"],
+              "learner.pecan.dpo_pairs_per_step=8", "learner.pecan.num_prompts=8"],
 }
 
 

@@ -1,9 +1,9 @@
 """Run by test_multinode.py in a subprocess (it needs its own Ray instance): one ``ppo_lag``
 iteration of the built-in world's PPO stage (``saferl.learners.pipeline.run_ppo_stage``) on a Ray
-multi-node test cluster — a head without CPUs and two worker raylets on loopback — with two ranks
-per role placed STRICT_SPREAD, so every role (policy, reference, reward and cost score models, both
-critics) has a rank on each worker node. Prints one JSON line: each role's node ids (from Ray's
-state API, dead actors included) and the iteration's metrics."""
+multi-node test cluster — a head without CPUs and two worker raylets on loopback, 3 CPUs each —
+with one rank of 1 CPU per role, so the six roles (policy, reference, reward and cost score models,
+both critics) cannot fit on one node and are spread over both. Prints one JSON line: each worker
+actor's node id (from Ray's state API, dead actors included) and the iteration's metrics."""
 
 from __future__ import annotations
 
@@ -50,12 +50,12 @@ def main() -> int:
         save_score_model(build_score_model(tiny, tokenizer), tokenizer, folder / kind, kind=kind)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    worker_nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    worker_nodes = [cluster.add_node(num_cpus=3) for _ in range(2)]
     cluster.wait_for_nodes()
     try:
         runtime = RuntimeSpec(
             address=cluster.address,
-            placement_strategy="STRICT_SPREAD",
+            placement_strategy="PACK",
             ship_code=False,  # the nodes share this checkout
             startup_timeout_s=300.0,
             call_timeout_s=300.0,
@@ -68,7 +68,7 @@ def main() -> int:
             num_pairs_test=1, label_temperature=0.5, sft=stage, reward_model=stage, cost_model=stage,
             ppo=PPOSettings(iterations=1, prompts_per_iteration=16, kl_coeff=0.5),
             multiplier={"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 16},
-            calibrate_scorers=False, runtime=runtime, num_ranks=2, cpus_per_rank=0.25,
+            calibrate_scorers=False, runtime=runtime, num_ranks=1, cpus_per_rank=1.0,
         )
         prepared = PreparedModels(folder / "sft", folder / "reward", folder / "cost",
                                   [prompt.text for prompt in world_prompts()], [], {}, {}, {})

@@ -44,8 +44,8 @@ def test_groups_spread_over_nodes_train_and_generate() -> None:
 
 
 def test_one_ppo_lag_iteration_with_every_role_spread_over_nodes() -> None:
-    """The world's PPO-Lagrangian stage, one iteration, two ranks per role STRICT_SPREAD over the
-    two worker raylets of Ray's multi-node test cluster."""
+    """The world's PPO-Lagrangian stage, one iteration, its six roles (one rank of 1 CPU each)
+    spread over the two 3-CPU worker raylets of Ray's multi-node test cluster."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     script = SCRIPT.with_name("multinode_ppo_lag_main.py")
@@ -59,12 +59,13 @@ def test_one_ppo_lag_iteration_with_every_role_spread_over_nodes() -> None:
     )
     result = json.loads(lines[-1][len("RESULT ") :])
     workers = set(result["worker_node_ids"])
-    # policy and reference: 2 ranks each; reward and cost score models, reward and cost critics: 4 each.
-    expected_actors = {"PolicyWorker": 2, "ReferenceWorker": 2, "ScoreWorker": 4, "CriticWorker": 4}
+    # policy, reference, the reward and cost score models and critics: one rank each.
+    expected_actors = {"PolicyWorker": 1, "ReferenceWorker": 1, "ScoreWorker": 2, "CriticWorker": 2}
+    nodes = []
     for worker_class, count in expected_actors.items():
-        nodes = result["nodes_by_actor"][worker_class]
-        assert len(nodes) == count, worker_class
-        assert set(nodes) == workers, worker_class  # a rank of every role on each worker node
+        assert len(result["nodes_by_actor"][worker_class]) == count, worker_class
+        nodes += result["nodes_by_actor"][worker_class]
+    assert sorted(nodes.count(node) for node in workers) == [3, 3]  # three roles on each worker node
     (metrics,) = result["history"]
     assert all(value == value for value in metrics.values())  # finite (no NaN)
     assert metrics["multiplier/value_0"] == result["multiplier"][0] > 0
