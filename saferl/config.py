@@ -352,6 +352,11 @@ def validate(cfg: DictConfig) -> RunConfig:
         for key in ("policy_learning_rate", "critic_learning_rate"):
             _number(cfg, f"learner.{key}", minimum=0.0, strict=True)
         _divides(ppo.prompts_per_iteration, "learner.prompts_per_iteration", num_ranks)
+        if ppo.ptx_coeff > 0:
+            raise ConfigError(
+                f"learner.ptx_coeff={ppo.ptx_coeff}: the PTX loss needs a supervised data set, and no "
+                "data group provides one yet; use 0 (the default)"
+            )
     for name in ("mocan", "pecan", "preference"):
         if name in learner_values and learner != name:
             raise ConfigError(

@@ -292,6 +292,7 @@ ERRORS = [
     # Unknown names.
     ("unknown-learner", ("learner.name=foo",), ["learner.name", "'foo'"]),
     ("unknown-loss", ("learner=preference", "learner.preference.loss=foo"), ["learner.preference.loss", "'foo'"]),
+    ("ptx-without-data", ("learner.ptx_coeff=16",), ["learner.ptx_coeff", "16"]),
     ("unknown-multiplier", ("multiplier.kind=foo",), ["multiplier.kind", "'foo'"]),
     ("unknown-ordering", ("learner=preference", "learner.preference.ordering=foo"),
      ["learner.preference.ordering", "'foo'"]),
