@@ -50,9 +50,11 @@ def saferl(*args: str, cwd: Path, timeout: int = 600, **kwargs) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The default job at debug size, through the console entry point (W&B offline)."""
+    """The default job at debug size, through the console entry point (W&B offline). It is run as
+    the ``world_ppo_lag`` preset, which is the default job with more iterations (debug=tiny sets
+    them to 2 either way), so this run is also that preset's one-iteration test."""
     folder = tmp_path_factory.mktemp("first_run")
-    completed = saferl(*TINY, f"hydra.run.dir={folder}", cwd=folder)
+    completed = saferl("experiment=world_ppo_lag", *TINY, f"hydra.run.dir={folder}", cwd=folder)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return folder, completed
 
@@ -103,8 +105,7 @@ def test_a_fresh_run_refuses_a_folder_holding_a_run(first_run):
     assert (folder / "summary.json").read_text() == before
 
 
-WORLD_PRESETS = {
-    "world_ppo_lag": ["learner.iterations=1"],
+WORLD_PRESETS = {  # world_ppo_lag: the first run
     "world_mocan": [],
     "world_pecan": [],
     "world_bfpo": [],
@@ -129,7 +130,7 @@ def test_world_preset_runs_one_iteration(preset, first_run, tmp_path):
     assert summary["trained"]["normalised_gap"] == pytest.approx(headline)
     assert (tmp_path / summary["policy_dir"] / "config.json").is_file()
     assert not (tmp_path / "models" / "sft").exists()  # stages 1–4 came from the first run
-    expected = {"world_ppo_lag": "ppo_lag", "world_mocan": "mocan", "world_pecan": "pecan",
+    expected = {"world_mocan": "mocan", "world_pecan": "pecan",
                 "world_bfpo": "preference:bfpo", "world_safe_nca": "preference:safe_nca"}[preset]
     assert summary["method"] == expected
     if preset == "world_mocan":

@@ -121,7 +121,7 @@ def run(root: Path, output: Path, iterations: int, **changes):
 
 
 @pytest.mark.slow
-def test_hub_ppo_lag_trains_and_resumes_from_its_checkpoint(ray_cluster, hub_folder, tmp_path):
+def test_hub_ppo_lag_trains_and_checkpoints(ray_cluster, hub_folder, tmp_path):
     output = tmp_path / "run"
     first = run(hub_folder, output, iterations=2, checkpoint_every=1)
 
@@ -151,16 +151,10 @@ def test_hub_ppo_lag_trains_and_resumes_from_its_checkpoint(ray_cluster, hub_fol
     assert recorded["multiplier"] == first.multiplier and len(recorded["history"]) == 2
     assert recorded["settings"]["hub"]["template"] == "safe_rlhf"
 
-    # A fresh run refuses the folder; resume continues from the checkpoint to iteration 4.
+    # A fresh run refuses the folder (resume itself is the shared run_ppo_loop's, tested through
+    # the CLI with SIGKILL in tests/cli/test_runs.py).
     with pytest.raises(RunFolderInUseError, match="resume"):
         run(hub_folder, output, iterations=4)
-    resumed = run(hub_folder, output, iterations=4, resume=True)
-    assert len(resumed.history) == 4
-    for before, after in zip(first.history, resumed.history[:2], strict=True):
-        assert after == pytest.approx(before)
-    values = [m["multiplier/value_0"] for m in resumed.history]
-    assert all(b > a for a, b in zip(values, values[1:], strict=False)), values
-    assert len(json.loads((output / "result.json").read_text())["history"]) == 4
     assert (output / "checkpoints" / RUN_NAME / "COMPLETE").exists()
 
 
