@@ -25,18 +25,6 @@ from saferl.data.collators import (
     collate_sequences,
 )
 from saferl.data.errors import DataError, ErrorReason
-from saferl.data.loading import (
-    LoadedDataset,
-    PairwiseDataset,
-    PreferenceDataset,
-    PromptDataset,
-    SFTDataset,
-    load_pairwise_dataset,
-    load_preference_dataset,
-    load_prompt_dataset,
-    load_records,
-    load_sft_dataset,
-)
 from saferl.data.records import (
     PreferencePair,
     PromptRecord,
@@ -44,7 +32,6 @@ from saferl.data.records import (
     SafetyPreferencePair,
     SFTExample,
 )
-from saferl.data.sources import SUPPORTED_EXTENSIONS
 from saferl.data.templates import (
     SAFE_RLHF_TEMPLATE,
     TEMPLATE_NAMES,
@@ -52,7 +39,31 @@ from saferl.data.templates import (
     response_separator,
 )
 from saferl.data.validation import ValidationReport, validate_record, validate_records
-from saferl.data.writing import write_records
+
+# Loading and writing import the `datasets` library (about 0.6 s); they are imported on first use
+# (PEP 562), so that Ray workers, which only collate, start without it.
+_LAZY = {
+    "LoadedDataset": "saferl.data.loading",
+    "PairwiseDataset": "saferl.data.loading",
+    "PreferenceDataset": "saferl.data.loading",
+    "PromptDataset": "saferl.data.loading",
+    "SFTDataset": "saferl.data.loading",
+    "load_pairwise_dataset": "saferl.data.loading",
+    "load_preference_dataset": "saferl.data.loading",
+    "load_prompt_dataset": "saferl.data.loading",
+    "load_records": "saferl.data.loading",
+    "load_sft_dataset": "saferl.data.loading",
+    "SUPPORTED_EXTENSIONS": "saferl.data.sources",
+    "write_records": "saferl.data.writing",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'saferl.data' has no attribute {name!r}")
 
 __all__ = [
     # records

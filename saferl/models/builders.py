@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -126,14 +125,16 @@ def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
                 setattr(config, key, value)
 
 
-def _apply_lora(model: PreTrainedModel, lora: LoraSpec, task_type: TaskType) -> nn.Module:
+def _apply_lora(model: PreTrainedModel, lora: LoraSpec, task_type: str) -> nn.Module:
     """Wrap ``model`` in LoRA adapters; only the adapters (and, for SEQ_CLS, the head) train."""
+    from peft import LoraConfig, TaskType, get_peft_model  # imported only when LoRA is asked for
+
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=None if lora.target_modules is None else list(lora.target_modules),
-        task_type=task_type,
+        task_type=TaskType[task_type],
     )
     return get_peft_model(model, config)
 
@@ -166,7 +167,7 @@ def build_policy(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Modu
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_pretrained_kwargs(spec))
     _match_tokenizer(model, tokenizer)
     if spec.lora is not None:
-        return _apply_lora(model, spec.lora, TaskType.CAUSAL_LM)
+        return _apply_lora(model, spec.lora, "CAUSAL_LM")
     return model
 
 
@@ -290,7 +291,7 @@ def build_score_model(
         set_score_metadata(model, "score", num_outputs)
     _match_tokenizer(model, tokenizer)
     if spec.lora is not None:
-        return _apply_lora(model, spec.lora, TaskType.SEQ_CLS)
+        return _apply_lora(model, spec.lora, "SEQ_CLS")
     return model
 
 
@@ -366,5 +367,5 @@ def build_critic(
     set_score_metadata(model, "critic", 1)
     _match_tokenizer(model, tokenizer)
     if spec.lora is not None:
-        return _apply_lora(model, spec.lora, TaskType.SEQ_CLS)
+        return _apply_lora(model, spec.lora, "SEQ_CLS")
     return model

@@ -20,7 +20,6 @@ import copy
 import json
 from pathlib import Path
 
-from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -29,7 +28,7 @@ from transformers import (
 )
 
 from saferl.models.metadata import score_model_kind, set_score_metadata
-from saferl.models.scoring import score_head
+from saferl.models.scoring import is_peft_model, score_head
 from saferl.models.spec import torch_dtype
 from saferl.models.tokenizers import load_tokenizer
 
@@ -81,7 +80,7 @@ def _save(
     merge_lora: bool,
     adapter_metadata: dict[str, object],
 ) -> None:
-    if isinstance(model, PeftModel):
+    if is_peft_model(model):
         if merge_lora:
             merged = copy.deepcopy(model).merge_and_unload()
             merged.save_pretrained(folder)
@@ -174,6 +173,8 @@ def _load_adapter(
     trust_remote_code: bool,
     extra_kwargs: dict[str, object],
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    from peft import PeftConfig, PeftModel  # an adapter folder: peft is needed from here on
+
     tokenizer = load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
     base_name = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
     base = auto_class.from_pretrained(

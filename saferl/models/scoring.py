@@ -12,8 +12,9 @@ in peft LoRA adapters.
 
 from __future__ import annotations
 
+import sys
+
 import torch
-from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -38,9 +39,16 @@ def unwrap_model(model: nn.Module) -> PreTrainedModel:
 
     LoRA layers are injected in place, so the unwrapped model still runs the active adapters.
     """
-    if isinstance(model, PeftModel):
+    if is_peft_model(model):
         return model.get_base_model()
     return model
+
+
+def is_peft_model(model: object) -> bool:
+    """Whether ``model`` is a peft ``PeftModel`` (peft is imported only by code that uses LoRA,
+    so a model cannot be one while peft is not loaded)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def score_head(model: nn.Module) -> nn.Module:
