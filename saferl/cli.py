@@ -331,7 +331,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
         policy_dir = json.loads((run_dir / "summary.json").read_text()).get("policy_dir")
     settings = ArenaSettings(
         responses_per_prompt=int(job.responses_per_prompt),
-        generation=_generation(cfg),
+        generation=config.generation,
         seed=int(cfg.seed),
         rows_per_call=int(job.rows_per_call),
     )
@@ -376,9 +376,9 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
             settings,
             template=hub.template,
             max_prompt_length=hub.max_length,
-            runtime=_runtime(cfg),
-            group=GroupSpec(num_ranks=int(cfg.runtime.num_ranks), cpus_per_rank=float(cfg.runtime.cpus_per_rank),
-                            gpus_per_rank=float(cfg.runtime.gpus_per_rank)),
+            runtime=config.runtime,
+            group=GroupSpec(num_ranks=config.num_ranks, cpus_per_rank=config.cpus_per_rank,
+                            gpus_per_rank=config.gpus_per_rank),
         )
     print_arena(result)
     for path in write_arena(result, folder):
@@ -388,19 +388,6 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     arena = result.to_dict()
     summary["arena"] = {"rows": arena["rows"], "transitions": arena["transitions"]}
     return summary
-
-
-def _generation(cfg: DictConfig):
-    from saferl.runtime import GenerationSpec
-
-    return GenerationSpec(**OmegaConf.to_container(cfg.generation, resolve=True), seed=int(cfg.seed))
-
-
-def _runtime(cfg: DictConfig):
-    from saferl.runtime import RuntimeSpec
-
-    values = OmegaConf.to_container(cfg.runtime, resolve=True)
-    return RuntimeSpec(**{k: v for k, v in values.items() if k not in ("num_ranks", "cpus_per_rank", "gpus_per_rank")})
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

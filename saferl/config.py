@@ -128,10 +128,7 @@ def _build(values: dict, key: str, cls, drop: tuple[str, ...] = (), **extra):
     """Dataclass ``cls`` from ``values`` (less ``drop``); unknown keys and bad values raise a
     ConfigError naming ``key``."""
     values = {k: v for k, v in values.items() if k not in drop}
-    allowed = {field.name for field in fields(cls)} - set(extra)
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    _unknown(values, {field.name for field in fields(cls)} - set(extra), key)
     try:
         return cls(**values, **extra)
     except (TypeError, ValueError) as error:
@@ -201,11 +198,13 @@ JOB_KEYS = {
 }
 
 
-def _unknown(values: dict, allowed, key: str) -> None:
+def _unknown(values, allowed, key: str, context: str = "") -> None:
+    """Raise a ConfigError naming section ``key`` (``""``: the root) when ``values`` has keys
+    outside ``allowed``; ``context`` says for which choice (e.g. ``" for source=world"``)."""
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         where = f"{key}: unknown key(s)" if key else "unknown root key(s)"
-        raise ConfigError(f"{where} {unknown}; allowed: {sorted(allowed)}")
+        raise ConfigError(f"{where} {unknown}{context}; allowed: {sorted(allowed)}")
 
 
 def _job(cfg: DictConfig, job: str, num_ranks: int) -> None:
@@ -256,9 +255,7 @@ def _hub_settings(cfg: DictConfig) -> HubSettings:
     model_keys = {"source", "policy", "reward_model", "cost_model", "revision", "dtype", "trust_remote_code"}
     data_keys = {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}
     for section, values, allowed in (("model", model, model_keys), ("data", data, data_keys)):
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ConfigError(f"{section}: unknown key(s) {unknown} for source=hub; allowed: {sorted(allowed)}")
+        _unknown(values, allowed, section, " for source=hub")
         if values.get("source") != "hub":
             raise ConfigError(
                 f"{section}.source: a hub setup needs model.source=hub and data.source=hub; found "
@@ -364,9 +361,7 @@ def validate(cfg: DictConfig) -> RunConfig:
                 f"(pick it with learner={name})"
             )
     if learner in ("pecan", "preference"):
-        unknown = sorted(set(learner_values) - {"name", learner})
-        if unknown:
-            raise ConfigError(f"learner: unknown key(s) {unknown} for learner={learner}; allowed: ['name', '{learner}']")
+        _unknown(learner_values, {"name", learner}, "learner", f" for learner={learner}")
     sections = {}
     for name, cls in (("mocan", MocanSettings), ("pecan", PecanSettings), ("preference", OfflineSettings)):
         if learner == name:
@@ -410,9 +405,7 @@ def validate(cfg: DictConfig) -> RunConfig:
             raise ConfigError("scorers.kind='pretrained' needs hub score models (model.reward_model); "
                               "on the built-in world use learned or oracle")
         model = _container(cfg.model, "model")
-        unknown = sorted(set(model) - {"source", "sft", "from_run"})
-        if unknown:
-            raise ConfigError(f"model: unknown key(s) {unknown} for source=world; allowed: ['from_run', 'sft', 'source']")
+        _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
         if model.get("from_run") is not None:
             reuse_from = Path(str(model["from_run"])).expanduser()
             if not (reuse_from / "stages.json").is_file():
@@ -422,16 +415,12 @@ def validate(cfg: DictConfig) -> RunConfig:
                 )
         data = _container(cfg.data, "data")
         data_keys = {"source", "num_sft", "num_pairs_train", "num_pairs_test", "label_temperature"}
-        unknown = sorted(set(data) - data_keys)
-        if unknown:
-            raise ConfigError(f"data: unknown key(s) {unknown} for source=world; allowed: {sorted(data_keys)}")
+        _unknown(data, data_keys, "data", " for source=world")
         for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
             _integer(cfg, f"data.{key}", 1)
         _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
         score_keys = {"kind", "calibrate", "regularization", "reward_model", "cost_model"}
-        unknown = sorted(set(scorers) - score_keys)
-        if unknown:
-            raise ConfigError(f"scorers: unknown key(s) {unknown}; allowed: {sorted(score_keys)}")
+        _unknown(scorers, score_keys, "scorers")
         stages = {}
         for key, values in (("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
                             ("scorers.cost_model", scorers["cost_model"])):

@@ -67,7 +67,7 @@ from saferl.learners.offline import GroupSetup, OfflineSettings, train_offline_p
 from saferl.learners.pecan import PecanSettings, pecan_align
 from saferl.learners.pipeline import CriticStart, run_ppo_loop
 from saferl.learners.ppo_lag import PPOSettings
-from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint
+from saferl.learners.run_state import claim_run_folder
 from saferl.learners.scorers import ModelScorer
 from saferl.models import (
     ModelSpec,
@@ -350,7 +350,7 @@ def run_hub_ppo_lag(
         ValueError, FileNotFoundError: a setting that cannot run; the message names the config key
             (``model.policy``, ``model.reward_model``, ``model.cost_model``, ``data.path``,
             ``data.max_length``, ``generation.max_new_tokens``).
-        RunFolderInUseError: a fresh run in a folder with a checkpoint.
+        RunFolderInUseError: a fresh run in a folder holding a run (a checkpoint, results).
     """
     # 1. Settings that cannot run fail here, before any model or actor is loaded.
     max_prompt_length = hub_max_prompt_length(hub.max_length, generation.max_new_tokens)
@@ -358,12 +358,7 @@ def run_hub_ppo_lag(
     _require_existing("model.policy", hub.policy, folder=True)
     _require_existing("data.path", hub.data_path, folder=False)
     output = Path(output_dir)
-    checkpoint = latest_checkpoint(output / "checkpoints" / RUN_NAME)
-    if checkpoint is not None and not resume:
-        raise RunFolderInUseError(
-            f"{output} already holds a ppo_lag checkpoint ({checkpoint}); pass resume=auto to continue "
-            "it, or choose another folder"
-        )
+    claim_run_folder(output, resume)  # a fresh run never overwrites another run's checkpoint
     policy, reward_model, cost_model = (
         _model_spec(hub, name) for name in (hub.policy, hub.reward_model, hub.cost_model)
     )

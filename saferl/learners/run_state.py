@@ -61,28 +61,22 @@ class StageRecords:
     Args:
         folder: the run folder.
         resume: continue the run in ``folder`` (True) or start a fresh one (False: the folder must
-            not hold finished stages).
+            not hold another run, see :func:`claim_run_folder`).
 
     Raises:
-        RunFolderInUseError: a fresh run in a folder with finished stages.
+        RunFolderInUseError: a fresh run in a folder holding a run.
     """
 
     def __init__(self, folder: str | Path, resume: bool) -> None:
+        claim_run_folder(folder, resume)  # a fresh run: no stages.json (nor any other run's outputs)
         self.path = Path(folder) / RECORDS_FILE
-        self.folder = Path(folder)
         self.resume = resume
+        self._records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
-                self._records: dict[str, dict[str, Any]] = json.loads(self.path.read_text())
+                self._records = json.loads(self.path.read_text())
             except json.JSONDecodeError as error:
                 raise ValueError(f"{self.path}: not valid JSON ({error}); delete it to start over") from error
-            if not resume and self._records:
-                raise RunFolderInUseError(
-                    f"{self.path.parent} already holds a run (finished stages: {', '.join(self._records)}); "
-                    "pass resume=auto to continue it, or choose another folder"
-                )
-        else:
-            self._records = {}
 
     def finished(self, stage: str, settings: dict[str, Any]) -> dict[str, Any] | None:
         """The record of ``stage`` when resuming and it finished, else ``None`` (run it).
