@@ -309,7 +309,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     import json
 
     from saferl.eval.arena import TRUTH_JUDGE, print_arena, write_arena
-    from saferl.learners.arena import ArenaSettings, run_arena, world_arena_prompts
+    from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
 
     job = cfg.job
     run_dir = Path(job.run_dir) if job.run_dir is not None else None

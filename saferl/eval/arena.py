@@ -2,7 +2,7 @@
 
 Pure: score tensors in, typed numbers out (:func:`arena_metrics`), then a printed table
 (:func:`print_arena`) and files (:func:`write_arena`). The generation and scoring that produce the
-tensors live in :mod:`saferl.learners.arena`; nothing here imports the runtime.
+tensors live in :mod:`saferl.eval.arena_run`; nothing here imports the runtime.
 
 Conventions (ALGORITHMS.md §0): reward higher is better, cost lower is safer, a response is *safe*
 when its cost is ``≤ 0`` (exactly 0 is safe). Both models answer the same prompts with the same

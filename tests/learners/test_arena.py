@@ -32,7 +32,7 @@ from saferl.data.world import (
 )
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.eval.arena import SCORERS_JUDGE, TRUTH_JUDGE, ArenaResult
-from saferl.learners.arena import ArenaSettings, run_arena, world_arena_prompts
+from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
 from saferl.learners.pipeline import world_truth
 from saferl.learners.scorers import WorldOracleScorer
 from saferl.models import (

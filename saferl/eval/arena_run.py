@@ -1,4 +1,7 @@
-"""The arena: a trained policy against its reference on held-out prompts, through the runtime.
+"""The arena's runtime driver: a trained policy against its reference on held-out prompts.
+
+The evaluation layer's only module that starts runtime groups; the numbers, tables and files are
+:mod:`saferl.eval.arena` (pure).
 
 :func:`run_arena` reads top to bottom:
 
