@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from saferl.data.collators import PairBatch
+from saferl.data.batches import PairBatch
 
 __all__ = [
     "batch_rows",
@@ -142,7 +142,7 @@ def concat_batches(batches: Sequence[B]) -> B:
 def model_inputs(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` a role's model runs on for ``batch``.
 
-    A :class:`~saferl.data.collators.PairBatch` runs chosen rows then rejected rows
+    A :class:`~saferl.data.batches.PairBatch` runs chosen rows then rejected rows
     (:meth:`PairBatch.concatenated`, ``(2 * batch, seq_len)``); any other batch must have
     ``input_ids`` and ``attention_mask`` tensors (``SequenceBatch`` and rollout containers).
 

@@ -24,7 +24,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from saferl.data.collators import PromptBatch
+from saferl.data.batches import PromptBatch
 from saferl.runtime.specs import GenerationSpec
 from saferl.runtime.types import GenerationOutput, response_mask_from_eos
 

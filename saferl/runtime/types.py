@@ -1,7 +1,7 @@
 """Typed containers that cross the driver/actor boundary (frozen dataclasses of tensors).
 
 Masks follow the project convention: ``torch.bool``, True = valid. Tensors travel on the CPU.
-Batches from :mod:`saferl.data.collators` (``PromptBatch``, ``SequenceBatch``, ``PairBatch``)
+Batches from :mod:`saferl.data.batches` (``PromptBatch``, ``SequenceBatch``, ``PairBatch``)
 are used as they are; this module adds what the runtime returns.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from saferl.data.collators import SequenceBatch
+from saferl.data.batches import SequenceBatch
 
 __all__ = [
     "GenerationOutput",

@@ -28,7 +28,7 @@ from typing import Any
 import ray
 import torch
 
-from saferl.data.collators import PromptBatch
+from saferl.data.batches import PromptBatch
 from saferl.runtime.batching import pad_and_concat
 from saferl.runtime.generation import row_seed
 from saferl.runtime.specs import GenerationSpec, RuntimeSpec
