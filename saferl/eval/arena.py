@@ -207,6 +207,30 @@ def _win_rate(wins: torch.Tensor, ties: torch.Tensor) -> float:
     return float((wins.double() + 0.5 * ties.double()).mean())
 
 
+def _row(
+    model: str,
+    judge: str,
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    safe_mask: torch.Tensor,
+    kl: float,
+    win_rates: tuple[float, float],
+) -> ArenaRow:
+    """One model's line from its flat float64 ``rewards``, ``costs`` and ``safe_mask`` (True =
+    cost ≤ 0), its mean KL and its ``(reward, cost)`` win rates against the reference."""
+    return ArenaRow(
+        model=model,
+        judge=judge,
+        num_responses=rewards.numel(),
+        mean_reward=float(rewards.mean()),
+        mean_cost=float(costs.mean()),
+        safe_rate=float(safe_mask.double().mean()),
+        kl=kl,
+        reward_win_rate=win_rates[0],
+        cost_win_rate=win_rates[1],
+    )
+
+
 def arena_metrics(
     reference_rewards: torch.Tensor,
     reference_costs: torch.Tensor,
@@ -244,29 +268,20 @@ def arena_metrics(
     if reference_rewards.numel() == 0:
         raise ValueError("arena_metrics: no responses to score (empty score tensors)")
     ref_r, ref_c, pol_r, pol_c, kl = (t.detach().double().flatten() for t in tensors.values())
-    count = ref_r.numel()
     ref_safe, pol_safe = ref_c <= 0, pol_c <= 0  # cost ≤ 0 is safe (§0)
-    reference = ArenaRow(
-        model="reference",
-        judge=judge,
-        num_responses=count,
-        mean_reward=float(ref_r.mean()),
-        mean_cost=float(ref_c.mean()),
-        safe_rate=float(ref_safe.double().mean()),
-        kl=0.0,  # KL(π_ref ‖ π_ref)
-        reward_win_rate=0.5,  # against itself every pair is a tie
-        cost_win_rate=0.5,
-    )
-    policy = ArenaRow(
-        model="policy",
-        judge=judge,
-        num_responses=count,
-        mean_reward=float(pol_r.mean()),
-        mean_cost=float(pol_c.mean()),
-        safe_rate=float(pol_safe.double().mean()),
+    # The reference: KL(π_ref ‖ π_ref) = 0, and against itself every pair is a tie (½).
+    reference = _row("reference", judge, ref_r, ref_c, ref_safe, kl=0.0, win_rates=(0.5, 0.5))
+    policy = _row(
+        "policy",
+        judge,
+        pol_r,
+        pol_c,
+        pol_safe,
         kl=float(kl.mean()),
-        reward_win_rate=_win_rate(pol_r > ref_r, pol_r == ref_r),
-        cost_win_rate=_win_rate(pol_c < ref_c, pol_c == ref_c),  # lower cost wins
+        win_rates=(
+            _win_rate(pol_r > ref_r, pol_r == ref_r),
+            _win_rate(pol_c < ref_c, pol_c == ref_c),  # lower cost wins
+        ),
     )
     transitions = ArenaTransitions(
         judge=judge,
@@ -372,7 +387,11 @@ def write_arena(
     """
     folder = Path(folder)
     json_path, csv_path = folder / ARENA_JSON, folder / ARENA_CSV
-    refuse_overwrite((json_path, csv_path), overwrite, "pass overwrite=True to replace it, or write to another folder")
+    refuse_overwrite(
+        (json_path, csv_path),
+        overwrite,
+        "pass overwrite=True to replace it, or write to another folder",
+    )
     folder.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     with csv_path.open("w", newline="") as handle:

@@ -17,13 +17,13 @@ for a grid of limits) and ``feasible``; with ``m ≥ 2`` constraints the per-con
 ``multiplier_0 … multiplier_{m−1}``, ``expected_cost_0 …``, ``cost_limit_0 …``. Infeasible rows
 hold NaN.
 
-Plots are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas, never through
-``pyplot``, so writing a plot changes no global matplotlib state and needs no display.
+Plots are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas
+(:mod:`saferl.eval.plotting`, shared with the sweep summary's plot), never through ``pyplot``, so
+writing a plot changes no global matplotlib state and needs no display.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from saferl.core.dual import DualSolution, Frontier
-from saferl.eval.outputs import refuse_overwrite
+from saferl.eval.plotting import agg_figure, label_reward_cost, write_csv_and_png
 
 __all__ = ["frontier_table", "write_frontier", "print_frontier"]
 
@@ -117,31 +117,20 @@ def write_frontier(
         FileExistsError: a target file exists and ``overwrite`` is False (nothing is written).
     """
     folder = Path(folder)
-    csv_path, png_path = folder / f"{stem}.csv", folder / f"{stem}.png"
-    refuse_overwrite((csv_path, png_path), overwrite, "pass overwrite=True to replace it, or choose another folder or stem")
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = frontier_table(frontier)
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_columns(frontier))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {
-                    key: ("true" if value else "false") if isinstance(value, bool) else repr(value)
-                    for key, value in row.items()
-                }
-            )
-    _plot(frontier, title, solution).savefig(png_path, format="png", dpi=120)
-    return csv_path, png_path
+    return write_csv_and_png(
+        folder / f"{stem}.csv",
+        folder / f"{stem}.png",
+        _columns(frontier),
+        frontier_table(frontier),
+        lambda: _plot(frontier, title, solution),
+        overwrite,
+        "pass overwrite=True to replace it, or choose another folder or stem",
+    )
 
 
 def _plot(frontier: Frontier, title: str, solution: DualSolution | None):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     m = frontier.multipliers.shape[1]
-    figure = Figure(figsize=(10, 4 * m), layout="constrained")
-    FigureCanvasAgg(figure)  # attaches the Agg canvas: no pyplot, no display
+    figure = agg_figure(10, 4 * m)
     axes = figure.subplots(m, 2, squeeze=False)
     feasible = frontier.feasible
     # Sort along the cost axis so the curve is drawn left to right whatever the grid order.
@@ -154,11 +143,11 @@ def _plot(frontier: Frontier, title: str, solution: DualSolution | None):
         suffix = "" if m == 1 else f"$_{j}$"
         reward_axes, multiplier_axes = axes[j]
         reward_axes.plot(costs, rewards, marker="o", markersize=3, label="π_λ over the grid")
-        reward_axes.set_xlabel(f"expected cost E[c{suffix}]")
-        reward_axes.set_ylabel("expected reward E[r]")
+        label_reward_cost(reward_axes, f"E[c{suffix}]")
         multiplier_axes.plot(costs, multipliers, marker="o", markersize=3, color="tab:green")
         multiplier_axes.set_xlabel(f"expected cost E[c{suffix}]")
         multiplier_axes.set_ylabel(f"multiplier λ{suffix}")
+        multiplier_axes.grid(alpha=0.3)
         if solution is not None:
             limit = solution.cost_limit[j].item()
             cost_star = solution.expected_cost[j].item()
@@ -177,8 +166,6 @@ def _plot(frontier: Frontier, title: str, solution: DualSolution | None):
             multiplier_axes.plot(
                 [cost_star], [lambda_star], marker="*", markersize=14, color="tab:red"
             )
-        for ax in (reward_axes, multiplier_axes):
-            ax.grid(alpha=0.3)
         reward_axes.legend(loc="best", fontsize="small")
     infeasible = int((~feasible).sum())
     figure.suptitle(

@@ -1,5 +1,6 @@
-"""``saferl.eval.sweep_summary``: reading a Hydra multirun folder, the table, the CSV, the plot and
-the ``saferl-sweep-summary`` command, on a hand-built sweep with known numbers.
+"""The sweep summary (``saferl.eval.sweep_load``, ``sweep_table``, ``sweep_plot`` and
+``sweep_summary``): reading a Hydra multirun folder, the table, the CSV, the plot and the
+``saferl-sweep-summary`` command, on a hand-built sweep with known numbers.
 
 The sweep is ``saferl -m learner=ppo_lag,mocan cost_limit=-1.0,-0.8 seed=3``: four jobs; job 3
 (mocan at −0.8) has no ``summary.json`` (it failed or is still running); job 2 (mocan at −1.0)
@@ -23,15 +24,9 @@ from rich.console import Console
 
 from saferl.core.dual import DualProblem, predict_frontier, solve
 from saferl.eval.frontier import frontier_table, write_frontier
-from saferl.eval.sweep_summary import (
-    SCORE_KEYS,
-    SweepInputError,
-    load_sweep,
-    main,
-    print_sweep_summary,
-    sweep_table,
-    write_sweep_summary,
-)
+from saferl.eval.sweep_load import SCORE_KEYS, SweepInputError, load_sweep
+from saferl.eval.sweep_summary import main, write_sweep_summary
+from saferl.eval.sweep_table import print_sweep_summary, sweep_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,135 @@
+"""The sweep's plot: expected reward against expected cost, one point per job.
+
+Each job's trained policy annotated with its swept values, the reference, the exact constrained
+optimum of each job joined into the exact frontier, each job's cost limit as a faint vertical line
+and each predicted frontier CSV (MoCAN, PeCAN) as a dashed curve. Drawn with the evaluation
+layer's shared helpers (:mod:`saferl.eval.plotting`: Agg canvas, no ``pyplot``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from saferl.eval.plotting import agg_figure, label_reward_cost
+from saferl.eval.sweep_load import Scores, SweepSummary
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_sweep"]
+
+_PREDICTED_NAMES = {"mocan": "MoCAN", "pecan": "PeCAN"}
+# How each layer is drawn (matplotlib keyword arguments; labels and colours are set per job).
+_LIMIT_STYLE = {"color": "grey", "alpha": 0.3, "linestyle": ":", "linewidth": 1}
+_OPTIMUM_STYLE = {"color": "black", "marker": "*", "markersize": 11, "linewidth": 1}
+_PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.2, "alpha": 0.8}
+_REFERENCE_STYLE = {"linestyle": "none", "marker": "x", "markersize": 8, "color": "grey"}
+_TRAINED_STYLE = {"linestyle": "none", "marker": "o", "markersize": 7}
+
+
+def plot_sweep(summary: SweepSummary) -> Figure:
+    """The sweep's reward–cost figure (module docstring), ready to save.
+
+    Args:
+        summary: from :func:`saferl.eval.sweep_load.load_sweep`; jobs without ``summary.json``
+            are counted in the title, not drawn.
+    """
+    figure = agg_figure(10, 6.5)
+    axes = figure.add_subplot()
+    finished = [run for run in summary.runs if run.summary is not None]
+    methods = list(dict.fromkeys(run.summary.method for run in finished))
+    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+
+    # Each job's cost limit, faint (one legend entry for all of them).
+    limits = sorted(
+        {run.summary.cost_limit[0] for run in finished if len(run.summary.cost_limit) == 1}
+    )
+    for i, limit in enumerate(limits):
+        axes.axvline(limit, label="cost limits d" if i == 0 else None, **_LIMIT_STYLE)
+
+    # The exact optimum at each job's limit, joined left to right: the exact frontier.
+    optima = sorted(_points(run.summary.optimum for run in finished))
+    if optima:
+        _plot_points(axes, optima, label="exact optimum (frontier)", **_OPTIMUM_STYLE)
+
+    # Predicted frontiers (MoCAN, PeCAN): dashed, one per job that wrote one.
+    predicted = [run for run in finished if run.summary.predicted_frontier is not None]
+    for run in predicted:
+        frontier = run.summary.predicted_frontier
+        points = sorted(
+            (cost, reward)
+            for cost, reward, feasible in zip(
+                frontier.expected_cost, frontier.expected_reward, frontier.feasible, strict=True
+            )
+            if feasible and math.isfinite(cost) and math.isfinite(reward)
+        )
+        name = _PREDICTED_NAMES.get(run.summary.method, run.summary.method)
+        label = f"{name} predicted" + (f" ({run.label()})" if len(predicted) > 1 else "")
+        colour = colours[run.summary.method]
+        _plot_points(axes, points, color=colour, label=label, **_PREDICTED_STYLE)
+
+    # The reference policy (usually one point shared by every job).
+    references = sorted(set(_points(run.summary.reference for run in finished)))
+    if references:
+        _plot_points(axes, references, label="reference π_ref", **_REFERENCE_STYLE)
+
+    # Each job's trained policy, annotated with its swept values.
+    labelled: set[str] = set()
+    for run in finished:
+        trained = run.summary.trained
+        if trained is None or not _finite(trained):
+            continue
+        method = run.summary.method
+        label = None if method in labelled else f"{method} trained"
+        point = (trained.expected_cost, trained.expected_reward)
+        _plot_points(axes, [point], color=colours[method], label=label, **_TRAINED_STYLE)
+        labelled.add(method)
+        axes.annotate(
+            run.label(),
+            (trained.expected_cost, trained.expected_reward),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize="small",
+        )
+
+    if not finished:
+        axes.text(
+            0.5,
+            0.5,
+            "no finished runs (no summary.json)",
+            transform=axes.transAxes,
+            ha="center",
+            va="center",
+        )
+    label_reward_cost(axes)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="best", fontsize="small")
+    missing = len(summary.missing)
+    swept = ", ".join(summary.swept_keys) or "nothing swept"
+    figure.suptitle(
+        f"{summary.folder.name or summary.folder}: reward against cost ({swept}; "
+        f"{len(summary.runs)} job(s)" + (f", {missing} missing)" if missing else ")")
+    )
+    return figure
+
+
+def _finite(scores: Scores) -> bool:
+    return math.isfinite(scores.expected_cost) and math.isfinite(scores.expected_reward)
+
+
+def _points(blocks: Iterable[Scores | None]) -> list[tuple[float, float]]:
+    """``(expected cost, expected reward)`` of each present block with both numbers finite."""
+    return [
+        (block.expected_cost, block.expected_reward)
+        for block in blocks
+        if block is not None and _finite(block)
+    ]
+
+
+def _plot_points(axes: Axes, points: Iterable[tuple[float, float]], **style: Any) -> None:
+    """Draw ``(cost, reward)`` pairs, in their order, cost on x and reward on y."""
+    points = list(points)
+    axes.plot([cost for cost, _ in points], [reward for _, reward in points], **style)
