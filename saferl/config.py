@@ -8,24 +8,35 @@ KL coefficient, a negative learning rate), batch sizes that do not divide over t
 and combinations that cannot run (oracle scorers off the built-in world, a hub model without hub
 data, ...).
 
-This is the one place that maps config keys onto the learners' dataclasses; the learners never see
-the config.
+This is the one place that maps config keys onto the setups' and learners' dataclasses, which
+validate their own values (each rule lives in its dataclass; this module adds the dotted section to
+their messages and checks what only the composed config knows: unknown keys, and which
+combinations can run). Nothing below this module imports it.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from saferl.data.world import ReferenceConfig
+from saferl.learners.mocan import MocanSettings
+from saferl.learners.pecan import PecanSettings
+from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
+from saferl.learners.preference import PreferenceSettings
+from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+from saferl.runtime.resources import Resources
+from saferl.setups.hub import HubSettings, max_prompt_length
+from saferl.setups.world import StageSettings, WorldSettings
+
 __all__ = [
     "ConfigError",
-    "HubSettings",
     "RunConfig",
     "validate",
     "LEARNERS",
@@ -45,74 +56,38 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class HubSettings:
-    """A published setup's models and data on the Hugging Face hub (``model.source=hub``).
-
-    Attributes:
-        policy: the policy's start and reference; reward_model, cost_model: score models (or None).
-        model_revision, dtype, trust_remote_code: how the models load.
-        data_path, data_revision, train_split, test_split: the preference dataset.
-        template: prompt template name; max_length: prompt + response tokens.
-    """
-
-    policy: str
-    reward_model: str | None
-    cost_model: str | None
-    model_revision: str | None
-    dtype: str
-    trust_remote_code: bool
-    data_path: str
-    data_revision: str | None
-    train_split: str
-    test_split: str
-    template: str
-    max_length: int
-
-
-@dataclass(frozen=True)
 class RunConfig:
     """Everything a ``saferl`` run needs, typed and checked.
 
     Attributes:
-        job: what to do (``JOBS``); learner: the algorithm (``LEARNERS``).
-        pipeline: the built-in world's pipeline settings (None for hub setups).
-        hub: the hub models and data (None on the built-in world).
-        mocan, pecan, preference: the chosen learner's own settings (the others are None).
-        beta, cost_limit, seed, ppo, multiplier, policy_learning_rate, critic_learning_rate,
-        runtime, deepspeed, generation, num_ranks, cpus_per_rank, gpus_per_rank: the typed
-            sections every setup shares (the world's ``pipeline`` holds them too).
+        job: what to do (``JOBS``); learner: the algorithm (``LEARNERS``, ``learner.name``).
+        setup: where the models, data and scorers come from: the built-in world's settings, or the
+            hub's models and data.
+        settings: the learner's settings (the ``run`` argument of its module).
+        resources: where every group runs (``runtime.*``, ``deepspeed.*``, the root ``seed``).
+        seed, beta, cost_limit: the root keys (the problem ``max E[r] − β KL s.t. E[c] ≤ d``).
+        generation: rollout sampling (``generation.*``).
+        reference: ``world.reference``, the world's built-in reference (``job=exact_optimum``).
         logger: the validated ``logger`` section.
-        resume: continue the run folder's last checkpoint.
+        resume: continue the run folder's finished stages and last checkpoint.
         checkpoint_every: RL iterations between checkpoints.
-        reuse_from: a finished run folder whose stages 1–4 this run uses (``model.from_run``).
         output_dir: an explicit output folder, or None for Hydra's run folder.
     """
 
     job: str
     learner: str
-    pipeline: Any
-    hub: HubSettings | None
-    mocan: Any
-    pecan: Any
-    preference: Any
+    setup: WorldSettings | HubSettings
+    settings: PPOLagSettings | MocanSettings | PecanSettings | PreferenceSettings
+    resources: Resources
+    seed: int
+    beta: float
+    cost_limit: float
+    generation: GenerationSpec
+    reference: ReferenceConfig
     logger: dict
     resume: bool
     checkpoint_every: int
     output_dir: Path | None
-    reuse_from: Path | None = None
-    beta: float = 0.5
-    cost_limit: float = 0.0
-    seed: int = 0
-    ppo: Any = None
-    multiplier: dict | None = None
-    policy_learning_rate: float = 1e-3
-    critic_learning_rate: float = 1e-3
-    runtime: Any = None
-    deepspeed: Any = None
-    generation: Any = None
-    num_ranks: int = 1
-    cpus_per_rank: float = 0.25
-    gpus_per_rank: float = 0.0
 
 
 def _container(node: Any, key: str) -> dict:
@@ -237,20 +212,7 @@ def _positive_rates(settings: Any, key: str) -> None:
             raise ConfigError(f"{key}.{field.name}: must be > 0; found {value!r}")
 
 
-def _preference_hyperparameters(preference: Any) -> None:
-    from saferl.core.preference_losses import get_preference_loss
-
-    spec = get_preference_loss(preference.loss)
-    given = dict(preference.hyperparameters or {})
-    _unknown(given, spec.defaults, "learner.preference.hyperparameters")
-    for name in ("beta", "tau"):
-        if name in given and (
-            isinstance(given[name], bool) or not isinstance(given[name], (int, float)) or given[name] <= 0
-        ):
-            raise ConfigError(f"learner.preference.hyperparameters.{name}: must be > 0; found {given[name]!r}")
-
-
-def _hub_settings(cfg: DictConfig) -> HubSettings:
+def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: int | None) -> HubSettings:
     model, data = _container(cfg.model, "model"), _container(cfg.data, "data")
     model_keys = {"source", "policy", "reward_model", "cost_model", "revision", "dtype", "trust_remote_code"}
     data_keys = {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}
@@ -261,9 +223,8 @@ def _hub_settings(cfg: DictConfig) -> HubSettings:
                 f"{section}.source: a hub setup needs model.source=hub and data.source=hub; found "
                 f"model.source={model.get('source')!r}, data.source={data.get('source')!r}"
             )
-    for key in ("policy",):
-        if not isinstance(model.get(key), str) or not model[key].strip():
-            raise ConfigError(f"model.{key}: expected a hub name or local folder; found {model.get(key)!r}")
+    if not isinstance(model.get("policy"), str) or not model["policy"].strip():
+        raise ConfigError(f"model.policy: expected a hub name or local folder; found {model.get('policy')!r}")
     if not isinstance(data.get("path"), str) or not data["path"].strip():
         raise ConfigError(f"data.path: expected a hub dataset name or local file; found {data.get('path')!r}")
     from saferl.data.templates import TEMPLATE_NAMES
@@ -273,20 +234,117 @@ def _hub_settings(cfg: DictConfig) -> HubSettings:
     _choice(model.get("dtype"), "model.dtype", tuple(DTYPES))
     if not isinstance(data.get("max_length"), int) or data["max_length"] < 2:
         raise ConfigError(f"data.max_length: expected an integer >= 2; found {data.get('max_length')!r}")
+    try:
+        max_prompt_length(data["max_length"], generation.max_new_tokens)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     return HubSettings(
         policy=model["policy"],
         reward_model=model.get("reward_model"),
         cost_model=model.get("cost_model"),
-        model_revision=model.get("revision"),
+        revision=model.get("revision"),
         dtype=model["dtype"],
         trust_remote_code=bool(model.get("trust_remote_code", False)),
-        data_path=data["path"],
+        path=data["path"],
         data_revision=data.get("revision"),
         train_split=data.get("train_split", "train"),
         test_split=data.get("test_split", "test"),
         template=data["template"],
         max_length=data["max_length"],
+        generation=generation,
+        rows_per_call=rows_per_call,
     )
+
+
+def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation: GenerationSpec,
+                    reference: ReferenceConfig, scorer_kind: str, seed: int, num_ranks: int) -> WorldSettings:
+    model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
+    _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
+    from_run = None
+    if model.get("from_run") is not None:
+        from_run = Path(str(model["from_run"])).expanduser()
+        if not (from_run / "stages.json").is_file():
+            raise ConfigError(
+                f"model.from_run: {str(from_run)!r} is not a saferl run folder (no stages.json); "
+                "give the folder of a run whose data, SFT and score-model stages finished"
+            )
+    _unknown(data, {"source", "num_sft", "num_pairs_train", "num_pairs_test", "label_temperature"}, "data",
+             " for source=world")
+    for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
+        _integer(cfg, f"data.{key}", 1)
+    _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
+    _unknown(scorers, {"kind", "calibrate", "regularization", "reward_model", "cost_model"}, "scorers")
+    stages = {key: _build(values, key, StageSettings) for key, values in (
+        ("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
+        ("scorers.cost_model", scorers["cost_model"]))}
+    for key, stage in stages.items():
+        try:
+            stage.check(key)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        _divides(stage.rows_per_step, f"{key}.rows_per_step", num_ranks)
+    return _build(
+        {
+            "beta": beta,
+            "cost_limit": cost_limit,
+            "reference": reference,
+            "num_sft": data["num_sft"],
+            "num_pairs_train": data["num_pairs_train"],
+            "num_pairs_test": data["num_pairs_test"],
+            "label_temperature": float(data["label_temperature"]),
+            "sft": stages["model.sft"],
+            "reward_model": stages["scorers.reward_model"],
+            "cost_model": stages["scorers.cost_model"],
+            "scorers": scorer_kind,
+            "calibrate": bool(scorers["calibrate"]),
+            "regularization": float(scorers["regularization"]),
+            "generation": generation,
+            "from_run": from_run,
+            "seed": seed,
+        },
+        "config",
+        WorldSettings,
+    )
+
+
+def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, beta: float, cost_limit: float,
+                      seed: int, num_ranks: int):
+    """The chosen learner's settings; every other learner's section must be absent."""
+    for name in ("mocan", "pecan", "preference"):
+        if name in learner_values and learner != name:
+            raise ConfigError(
+                f"learner.{name}: the {name} learner's section is set but learner.name={learner!r} "
+                f"(pick it with learner={name})"
+            )
+    if learner in ("pecan", "preference"):
+        _unknown(learner_values, {"name", learner}, "learner", f" for learner={learner}")
+        if learner not in learner_values:
+            raise ConfigError(f"learner.{learner}: missing (the {learner} learner's section)")
+    ppo = None
+    if learner in ("ppo_lag", "mocan"):
+        ppo = _build(learner_values, "learner", PPOSettings, _LEARNER_EXTRA, seed=seed)
+        _divides(ppo.prompts_per_iteration, "learner.prompts_per_iteration", num_ranks)
+        ppo = _build({"ppo": ppo, "multiplier": _multiplier(cfg, cost_limit), "cost_limit": cost_limit,
+                      "policy_learning_rate": learner_values.get("policy_learning_rate", 1e-3),
+                      "critic_learning_rate": learner_values.get("critic_learning_rate", 1e-3)},
+                     "learner", PPOLagSettings)
+    if learner == "ppo_lag":
+        return ppo
+    if learner == "mocan":
+        if "mocan" not in learner_values:
+            raise ConfigError("learner.mocan: missing (the mocan learner's section)")
+        settings = _build(learner_values["mocan"], "learner.mocan", MocanSettings, beta=beta, cost_limit=cost_limit,
+                          ppo=ppo, seed=seed)
+        _divides(settings.dpo_pairs_per_step, "learner.mocan.dpo_pairs_per_step", num_ranks)
+    elif learner == "pecan":
+        settings = _build(learner_values["pecan"], "learner.pecan", PecanSettings, beta=beta, seed=seed)
+        _divides(settings.dpo_pairs_per_step, "learner.pecan.dpo_pairs_per_step", num_ranks)
+    else:
+        settings = _build(learner_values["preference"], "learner.preference", PreferenceSettings, beta=beta,
+                          seed=seed)
+        _divides(settings.pairs_per_step, "learner.preference.pairs_per_step", num_ranks)
+    _positive_rates(settings, f"learner.{learner}")
+    return settings
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -295,14 +353,6 @@ def validate(cfg: DictConfig) -> RunConfig:
     Raises:
         ConfigError: the first mistake, naming its dotted key.
     """
-    from saferl.data.world import ReferenceConfig
-    from saferl.learners.mocan import MocanSettings
-    from saferl.learners.offline import OfflineSettings
-    from saferl.learners.pecan import PecanSettings
-    from saferl.learners.pipeline import PipelineSettings, StageSettings
-    from saferl.learners.ppo_lag import PPOSettings
-    from saferl.runtime import DeepSpeedSpec, GenerationSpec, RuntimeSpec
-
     # Root keys: the problem max E[r] − β KL s.t. E[c] ≤ d.
     seed = _integer(cfg, "seed", 0)
     beta = _number(cfg, "beta", minimum=0.0, strict=True)
@@ -328,73 +378,24 @@ def validate(cfg: DictConfig) -> RunConfig:
     # Where and how the groups run.
     runtime_values = _container(cfg.runtime, "runtime")
     num_ranks = _integer(cfg, "runtime.num_ranks", 1)
-    cpus_per_rank = _number(cfg, "runtime.cpus_per_rank", minimum=0.0)
-    gpus_per_rank = _number(cfg, "runtime.gpus_per_rank", minimum=0.0)
+    group = GroupSpec(num_ranks=num_ranks, cpus_per_rank=_number(cfg, "runtime.cpus_per_rank", minimum=0.0),
+                      gpus_per_rank=_number(cfg, "runtime.gpus_per_rank", minimum=0.0))
     runtime = _build(runtime_values, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "gpus_per_rank"))
     deepspeed = _build(_container(cfg.deepspeed, "deepspeed"), "deepspeed", DeepSpeedSpec)
+    resources = Resources(group=group, runtime=runtime, deepspeed=deepspeed, seed=seed)
     generation = _build(_container(cfg.generation, "generation"), "generation", GenerationSpec, seed=seed)
     _job(cfg, job, num_ranks)
+    reference = _build(_container(cfg.world.reference, "world.reference"), "world.reference", ReferenceConfig)
+    _positive_rates(reference, "world.reference")
 
-    # The learner: PPO keys (ppo_lag and mocan), or the learner's own section.
-    learner_values = _container(cfg.learner, "learner")
-    ppo = None
-    if learner in ("ppo_lag", "mocan"):
-        kl_coeff = learner_values.get("kl_coeff")
-        if isinstance(kl_coeff, (int, float)) and kl_coeff <= 0:
-            raise ConfigError(
-                f"learner.kl_coeff: must be > 0 (the weight of the KL penalty; a sign mistake flips it "
-                f"into a bonus); found {kl_coeff!r}"
-            )
-        ppo = _build(learner_values, "learner", PPOSettings, _LEARNER_EXTRA, seed=seed)
-        for key in ("policy_learning_rate", "critic_learning_rate"):
-            _number(cfg, f"learner.{key}", minimum=0.0, strict=True)
-        _divides(ppo.prompts_per_iteration, "learner.prompts_per_iteration", num_ranks)
-        if ppo.ptx_coeff > 0:
-            raise ConfigError(
-                f"learner.ptx_coeff={ppo.ptx_coeff}: the PTX loss needs a supervised data set, and no "
-                "data group provides one yet; use 0 (the default)"
-            )
-    for name in ("mocan", "pecan", "preference"):
-        if name in learner_values and learner != name:
-            raise ConfigError(
-                f"learner.{name}: the {name} learner's section is set but learner.name={learner!r} "
-                f"(pick it with learner={name})"
-            )
-    if learner in ("pecan", "preference"):
-        _unknown(learner_values, {"name", learner}, "learner", f" for learner={learner}")
-    sections = {}
-    for name, cls in (("mocan", MocanSettings), ("pecan", PecanSettings), ("preference", OfflineSettings)):
-        if learner == name:
-            if name not in learner_values:
-                raise ConfigError(f"learner.{name}: missing (the {name} learner's section)")
-            sections[name] = _build(learner_values[name], f"learner.{name}", cls, seed=seed)
-    for name in ("mocan", "pecan"):
-        if name in sections:
-            sections[name] = replace(sections[name], frontier_grid=tuple(float(v) for v in sections[name].frontier_grid))
-            _divides(sections[name].dpo_pairs_per_step, f"learner.{name}.dpo_pairs_per_step", num_ranks)
-    for name, settings in sections.items():
-        _positive_rates(settings, f"learner.{name}")
-    if "mocan" in sections and sections["mocan"].margin is not None and not (
-        isinstance(sections["mocan"].margin, (int, float)) and sections["mocan"].margin >= 0
-    ):
-        raise ConfigError(
-            f"learner.mocan.margin: must be a number >= 0 (be safer than the reference by b) or null; "
-            f"found {sections['mocan'].margin!r}"
-        )
-    if "preference" in sections:
-        _preference_hyperparameters(sections["preference"])
-        _divides(sections["preference"].pairs_per_step, "learner.preference.pairs_per_step", num_ranks)
-        hyper = dict(sections["preference"].hyperparameters or {})
-        if "beta" in hyper and (not isinstance(hyper["beta"], (int, float)) or hyper["beta"] <= 0):
-            raise ConfigError(f"learner.preference.hyperparameters.beta: must be > 0; found {hyper['beta']!r}")
+    # The learner.
+    settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta, cost_limit=cost_limit,
+                                 seed=seed, num_ranks=num_ranks)
 
-    # Models, data, scorers.
+    # The setup: models, data, scorers.
     model_source = _choice(OmegaConf.select(cfg, "model.source"), "model.source", SOURCES)
     data_source = _choice(OmegaConf.select(cfg, "data.source"), "data.source", SOURCES)
-    scorers = _container(cfg.scorers, "scorers")
-    scorer_kind = _choice(scorers.get("kind"), "scorers.kind", SCORER_KINDS)
-    multiplier = _multiplier(cfg, cost_limit)
-    pipeline = hub = reuse_from = None
+    scorer_kind = _choice(OmegaConf.select(cfg, "scorers.kind"), "scorers.kind", SCORER_KINDS)
     if model_source == "world" or data_source == "world":
         if model_source != data_source:
             raise ConfigError(
@@ -404,110 +405,34 @@ def validate(cfg: DictConfig) -> RunConfig:
         if scorer_kind == "pretrained":
             raise ConfigError("scorers.kind='pretrained' needs hub score models (model.reward_model); "
                               "on the built-in world use learned or oracle")
-        model = _container(cfg.model, "model")
-        _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
-        if model.get("from_run") is not None:
-            reuse_from = Path(str(model["from_run"])).expanduser()
-            if not (reuse_from / "stages.json").is_file():
-                raise ConfigError(
-                    f"model.from_run: {str(reuse_from)!r} is not a saferl run folder (no stages.json); "
-                    "give the folder of a run whose data, SFT and score-model stages finished"
-                )
-        data = _container(cfg.data, "data")
-        data_keys = {"source", "num_sft", "num_pairs_train", "num_pairs_test", "label_temperature"}
-        _unknown(data, data_keys, "data", " for source=world")
-        for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
-            _integer(cfg, f"data.{key}", 1)
-        _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
-        score_keys = {"kind", "calibrate", "regularization", "reward_model", "cost_model"}
-        _unknown(scorers, score_keys, "scorers")
-        stages = {}
-        for key, values in (("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
-                            ("scorers.cost_model", scorers["cost_model"])):
-            stage = _build(values, key, StageSettings)
-            if not isinstance(stage.steps, int) or stage.steps < 1:
-                raise ConfigError(f"{key}.steps: expected an integer >= 1; found {stage.steps!r}")
-            if not isinstance(stage.rows_per_step, int) or stage.rows_per_step < 1:
-                raise ConfigError(f"{key}.rows_per_step: expected an integer >= 1; found {stage.rows_per_step!r}")
-            if not isinstance(stage.learning_rate, (int, float)) or stage.learning_rate <= 0:
-                raise ConfigError(f"{key}.learning_rate: must be > 0; found {stage.learning_rate!r}")
-            _divides(stage.rows_per_step, f"{key}.rows_per_step", num_ranks)
-            stages[key] = stage
-        reference_values = _container(cfg.world.reference, "world.reference")
-        reference = _build(reference_values, "world.reference", ReferenceConfig)
-        _positive_rates(reference, "world.reference")
-        pipeline = _build(
-            {
-                "world_beta": beta,
-                "cost_limit": cost_limit,
-                "reference": reference,
-                "num_sft": data["num_sft"],
-                "num_pairs_train": data["num_pairs_train"],
-                "num_pairs_test": data["num_pairs_test"],
-                "label_temperature": float(data["label_temperature"]),
-                "sft": stages["model.sft"],
-                "reward_model": stages["scorers.reward_model"],
-                "cost_model": stages["scorers.cost_model"],
-                "ppo": ppo,
-                "policy_learning_rate": float(learner_values.get("policy_learning_rate", 1e-3)),
-                "critic_learning_rate": float(learner_values.get("critic_learning_rate", 1e-3)),
-                "multiplier": multiplier,
-                "scorers": scorer_kind,
-                "calibrate_scorers": bool(scorers["calibrate"]),
-                "score_regularization": float(scorers["regularization"]),
-                "runtime": runtime,
-                "deepspeed": deepspeed,
-                "generation": generation,
-                "num_ranks": num_ranks,
-                "cpus_per_rank": cpus_per_rank,
-                "gpus_per_rank": gpus_per_rank,
-                "seed": seed,
-            },
-            "config",
-            PipelineSettings,
-        )
+        setup = _world_settings(cfg, beta, cost_limit, generation, reference, scorer_kind, seed, num_ranks)
     else:
-        hub = _hub_settings(cfg)
         if scorer_kind == "oracle":
             raise ConfigError("scorers.kind='oracle' is the built-in world's ground truth; a hub setup "
                               "uses pretrained (or learned) score models")
-        from saferl.learners.hub import hub_max_prompt_length
-
-        try:
-            hub_max_prompt_length(hub.max_length, generation.max_new_tokens)
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
+        # The dualized learners sample and score a hub setup's prompts in calls of a DPO step's rows.
+        rows_per_call = 2 * settings.dpo_pairs_per_step if learner in ("mocan", "pecan") else None
+        setup = _hub_settings(cfg, generation, rows_per_call)
         if learner in ("ppo_lag", "mocan") and scorer_kind == "pretrained" and not (
-            hub.reward_model and hub.cost_model
+            setup.reward_model and setup.cost_model
         ):
             raise ConfigError(
                 f"learner={learner} with scorers.kind=pretrained needs model.reward_model and "
-                f"model.cost_model; found {hub.reward_model!r} and {hub.cost_model!r}"
+                f"model.cost_model; found {setup.reward_model!r} and {setup.cost_model!r}"
             )
     return RunConfig(
         job=job,
         learner=learner,
-        pipeline=pipeline,
-        hub=hub,
-        mocan=sections.get("mocan"),
-        pecan=sections.get("pecan"),
-        preference=sections.get("preference"),
+        setup=setup,
+        settings=settings,
+        resources=resources,
+        seed=seed,
+        beta=beta,
+        cost_limit=cost_limit,
+        generation=generation,
+        reference=reference,
         logger=logger,
         resume=resume == "auto",
         checkpoint_every=checkpoint_every,
         output_dir=Path(output_dir) if output_dir is not None else None,
-        reuse_from=reuse_from,
-        beta=beta,
-        cost_limit=cost_limit,
-        seed=seed,
-        ppo=ppo,
-        multiplier=multiplier,
-        policy_learning_rate=float(learner_values.get("policy_learning_rate", 1e-3)),
-        critic_learning_rate=float(learner_values.get("critic_learning_rate", 1e-3)),
-        runtime=runtime,
-        deepspeed=deepspeed,
-        generation=generation,
-        num_ranks=num_ranks,
-        cpus_per_rank=cpus_per_rank,
-        gpus_per_rank=gpus_per_rank,
     )

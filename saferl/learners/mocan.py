@@ -1,96 +1,90 @@
-"""MoCAN: one-shot safety alignment by optimal dualization (ALGORITHMS.md §1, §4), on the world
-(:func:`run_mocan`) or a hub setup (:func:`saferl.learners.hub.run_hub_mocan`).
+"""MoCAN: one-shot safety alignment by optimal dualization (ALGORITHMS.md §1, §4), on any setup.
 
 1. sample K responses per prompt from the reference policy through the runtime and score them
-   with the reward and cost scorers;
-2. solve the plug-in dual at the cost limit (or a relative margin) for λ*; print and write the
-   predicted reward–cost frontier (table and PNG) — with ``predict_only`` MoCAN stops here, the
-   cheap way to choose a limit;
-3. one unconstrained alignment on ``s = r − λ*·c``:
+   with the setup's reward and cost scorers;
+2. solve the plug-in dual at the cost limit (or a relative margin) for λ̂ and predict the
+   reward–cost frontier over ``frontier_grid`` — with ``predict_only`` MoCAN stops here, the cheap
+   way to choose a limit;
+3. one unconstrained alignment on ``s = r − λ̂·c``:
 
    a. ``stage="dpo"``: the K samples of each prompt are paired (0–1, 2–3, ...), labelled with
       ``P(y_0 ≻ y_1) = σ(s_0 − s_1)`` (soft labels, or Bernoulli draws with ``soft_labels=False``)
-      and DPO runs at the dual's β — its population optimum is ``π_λ*``;
-   b. ``stage="ppo"``: the PPO-Lagrangian loop with the multiplier fixed at λ* (the same
-      rollout, advantage and update code as ``ppo_lag``; only the multiplier differs).
+      and DPO runs at the dual's β — its population optimum is ``π_λ̂``;
+   b. ``stage="ppo"``: :func:`saferl.learners.ppo_lag.run` with the multiplier fixed at λ̂ (the
+      same rollout, advantage and update code as ``ppo_lag``; only the multiplier differs), in
+      ``<run>/mocan``.
 
 Pairs are built from the sampled token ids themselves (not re-tokenised text), so a response cut
-off by the length limit is trained on exactly as it was sampled.
-
-The world and hub recipes share every step's code: :func:`sample_responses` and
-:func:`score_samples` (step 1, with the world's calibrated or oracle scorers, or a hub setup's
-score models), :func:`dualize_and_align` (steps 2 and 3a; step 3b is the caller's PPO stage). Only
-the world evaluates the trained policy (exactly, against the ground truth).
+off by the length limit is trained on exactly as it was sampled. The samples' scores are saved
+(``mocan/scores.pt``) so that the dual can be re-solved at another limit without resampling.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from saferl.core.dual import DualProblem, DualSolution, predict_frontier
+from saferl.core.dual import DualProblem, predict_frontier
 from saferl.core.dualized import composite_score, mocan_dual, pseudo_preference_prob
-from saferl.data.collators import SequenceBatch, collate_prompts
-from saferl.data.world import PolicyScore, build_world_tokenizer
-from saferl.data.world.exact import MAX_RESPONSE_TOKENS
-from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
-from saferl.learners.offline import GroupSetup, train_policy_on_pairs
-from saferl.learners.pipeline import (
-    PipelineSettings,
-    PreparedModels,
-    calibrate,
-    evaluate_exact,
-    run_ppo_stage,
-    world_truth,
-)
-from saferl.learners.preference import PreferenceTrainBatch
-from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer
+from saferl.data.batches import SequenceBatch
+from saferl.data.collators import collate_prompts
+from saferl.learners import ppo_lag
+from saferl.learners.preference import train_policy_on_pairs
+from saferl.learners.output import RunOutput
+from saferl.learners.preference_update import PreferenceTrainBatch
+from saferl.learners.result import DualPrediction, RunResult
+from saferl.learners.scorers import Scorer
 from saferl.models import ModelSpec
-from saferl.runtime import GenerationSpec, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
+from saferl.runtime import GenerationSpec, PolicyGroup, ScoreGroup, init_ray
 from saferl.runtime.batching import pad_and_concat
-from saferl.tracking import Tracker
+from saferl.runtime.resources import Resources
+from saferl.setups.base import Needs, Setup
 
 __all__ = [
     "MocanSettings",
-    "MocanResult",
     "ScoredSamples",
-    "sample_responses",
-    "sample_reference",
-    "score_samples",
-    "sample_and_score",
+    "choose_prompts",
     "dualize",
-    "dualize_and_align",
+    "needs",
     "pseudo_preference_batch",
-    "train_dpo_policy",
-    "train_dpo",
-    "run_mocan",
+    "run",
+    "sample_responses",
+    "score_samples",
 ]
+
+DEFAULT_FRONTIER_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
 class MocanSettings:
-    """MoCAN's own knobs (the world, scorers, runtime and PPO settings come from the pipeline's).
+    """MoCAN's settings (``learner.mocan.*`` unless said otherwise).
 
     Attributes:
+        beta: β of the dual and of the DPO stage (root ``beta``).
+        cost_limit: ``d`` when ``margin`` is None (root ``cost_limit``).
         num_samples: K reference samples per prompt for the dual (published 128).
-        margin: a relative safety margin ``b`` instead of the absolute limit (``None``: use the
-            world's cost limit).
-        stage: ``"dpo"`` (pseudo-preference DPO) or ``"ppo"`` (PPO with λ fixed at λ*).
+        margin: a relative safety margin ``b`` instead of the absolute limit (``None``: use
+            ``cost_limit``).
+        stage: ``"dpo"`` (pseudo-preference DPO) or ``"ppo"`` (PPO with λ fixed at λ̂).
         soft_labels: DPO on the probabilities themselves (lower variance) or on Bernoulli draws.
         dpo_steps, dpo_pairs_per_step, dpo_learning_rate: the DPO stage.
         frontier_grid: λ values of the predicted frontier.
         predict_only: stop after step 2.
-        num_prompts: on a hub setup, the dual's prompts are this many distinct training prompts
-            (a seeded choice; None: all of them; published 1000). The world always uses its own
-            prompt set.
-        seed: sampling and label seed.
+        num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
+            in data order; None: all of them; published 1000).
+        ppo: ``stage="ppo"``'s loop (the ``learner.*`` PPO keys; its multiplier is replaced by
+            λ̂ fixed).
+        seed: sampling and label seed (the root ``seed``).
     """
 
+    beta: float = 0.5
+    cost_limit: float | tuple[float, ...] = 0.0
     num_samples: int = 64
     margin: float | None = None
     stage: str = "dpo"
@@ -98,9 +92,10 @@ class MocanSettings:
     dpo_steps: int = 200
     dpo_pairs_per_step: int = 32
     dpo_learning_rate: float = 1e-3
-    frontier_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    frontier_grid: tuple[float, ...] = DEFAULT_FRONTIER_GRID
     predict_only: bool = False
     num_prompts: int | None = None
+    ppo: ppo_lag.PPOLagSettings | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -110,29 +105,15 @@ class MocanSettings:
             raise ValueError(f"learner.mocan.num_samples must be an even number >= 2; found {self.num_samples}")
         if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
             raise ValueError(f"learner.mocan.num_prompts must be an integer >= 1 or null; found {self.num_prompts!r}")
-
-
-@dataclass(frozen=True)
-class MocanResult:
-    """What MoCAN measured: the dual's solution and prediction, and (unless predict-only) the
-    trained policy's exact scores.
-
-    Attributes:
-        dual: λ̂ and the predicted statistics of ``π_λ̂`` (from the samples).
-        frontier_files: the CSV and PNG of the predicted frontier.
-        trained: exact ground-truth scores of the aligned policy (None with ``predict_only``).
-        reference, optimum: exact scores of the reference and the exact optimum.
-        optimal_multiplier: the exact λ*.
-        seconds: wall seconds per step.
-    """
-
-    dual: DualSolution
-    frontier_files: tuple[Path, Path]
-    trained: PolicyScore | None
-    reference: PolicyScore | None
-    optimum: PolicyScore | None
-    optimal_multiplier: list[float] | None
-    seconds: dict[str, float]
+        if self.margin is not None and (isinstance(self.margin, bool) or not isinstance(self.margin, (int, float))
+                                        or self.margin < 0):
+            raise ValueError(
+                f"learner.mocan.margin: must be a number >= 0 (be safer than the reference by b) or null; "
+                f"found {self.margin!r}"
+            )
+        if self.stage == "ppo" and self.ppo is None:
+            raise ValueError("learner.mocan.stage=ppo needs the learner's PPO keys (learner.iterations, ...)")
+        object.__setattr__(self, "frontier_grid", tuple(float(v) for v in self.frontier_grid))
 
 
 @dataclass(frozen=True)
@@ -149,6 +130,20 @@ class ScoredSamples:
     response_mask: torch.Tensor
     rewards: torch.Tensor
     costs: torch.Tensor
+
+
+def needs(settings: MocanSettings) -> Needs:
+    """The reward and cost scorers; critic starts only for the PPO stage."""
+    return Needs(scorers=True, critics=settings.stage == "ppo" and not settings.predict_only)
+
+
+def choose_prompts(prompts: Sequence[str], limit: int | None, seed: int) -> list[str]:
+    """At most ``limit`` of ``prompts``: a seeded choice kept in data order (None: all)."""
+    prompts = list(prompts)
+    if limit is not None and limit < len(prompts):
+        chosen = sorted(random.Random(seed).sample(range(len(prompts)), limit))
+        prompts = [prompts[i] for i in chosen]
+    return prompts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +186,7 @@ def sample_responses(
     template: str,
     max_prompt_length: int,
     generation: GenerationSpec,
-    setup: GroupSetup,
+    resources: Resources,
     rows_per_call: int | None = None,
 ) -> tuple[SequenceBatch, list[str]]:
     """K samples per prompt from ``policy`` through a sampler group.
@@ -210,11 +205,11 @@ def sample_responses(
     """
     rows = [prompt for prompt in prompts for _ in range(num_samples)]
     pad_token_id = int(tokenizer.pad_token_id)
-    sampler = PolicyGroup(policy, tokenizer, setup.engine(0.0, setup.num_ranks), setup.group, setup.runtime,
-                          role="reference_sampler", seed=setup.seed)
+    sampler = PolicyGroup(policy, tokenizer, resources.engine(0.0, resources.num_ranks), resources.group,
+                          resources.runtime, role="reference_sampler", seed=resources.seed)
     try:
         pieces = []
-        for call, index in enumerate(_row_chunks(len(rows), rows_per_call, setup.num_ranks)):
+        for call, index in enumerate(_row_chunks(len(rows), rows_per_call, resources.num_ranks)):
             keep = len(set(index.tolist()))  # padding copies repeat the chunk's first row
             generated = sampler.generate(
                 collate_prompts([rows[i] for i in index.tolist()], tokenizer, max_prompt_length, template=template),
@@ -265,49 +260,8 @@ def score_samples(
                          scores["cost"].unsqueeze(-1))
 
 
-def sample_reference(
-    settings: PipelineSettings, prepared: PreparedModels, num_samples: int, seed: int, tokenizer
-) -> tuple[SequenceBatch, list[str]]:
-    """K samples per prompt from the world's SFT reference (:func:`sample_responses`)."""
-    return sample_responses(
-        ModelSpec(name_or_path=str(prepared.sft_dir)), tokenizer, prepared.prompts, num_samples,
-        template=WORLD_TEMPLATE, max_prompt_length=MAX_SEQUENCE_LENGTH,
-        generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS, seed=seed),
-        setup=GroupSetup.from_pipeline(settings),
-    )
-
-
-def sample_and_score(
-    settings: PipelineSettings, prepared: PreparedModels, num_samples: int, seed: int, tokenizer
-) -> ScoredSamples:
-    """Step 1 on the world: K reference samples per prompt (:func:`sample_reference`), scored
-    (learned-calibrated or oracle scorers)."""
-    batch, prompts = sample_reference(settings, prepared, num_samples, seed, tokenizer)
-    setup = GroupSetup.from_pipeline(settings)
-    groups = []
-    try:
-        scorers = {}
-        for kind in ("reward", "cost"):
-            if settings.scorers == "oracle":
-                scorers[kind] = WorldOracleScorer(kind, tokenizer)
-                continue
-            directory = prepared.reward_dir if kind == "reward" else prepared.cost_dir
-            group = ScoreGroup(ModelSpec(name_or_path=str(directory)), tokenizer,
-                               setup.engine(0.0, setup.num_ranks), setup.group, setup.runtime,
-                               num_outputs=1, kind=kind, role=f"{kind}_scorer", seed=setup.seed)
-            groups.append(group)
-            scorers[kind] = ModelScorer(group)
-            if settings.calibrate_scorers:
-                scorers[kind] = AffineScorer(scorers[kind], *calibrate(group, prepared.test_pairs, world_truth(kind),
-                                                                       tokenizer, settings.num_ranks))
-        return score_samples(batch, prompts, num_samples, scorers)
-    finally:
-        for group in groups:
-            group.shutdown()
-
-
 # ---------------------------------------------------------------------------------------------
-# Steps 2–3: the dual, the predicted frontier, the relabelled pairs and DPO (world and hub)
+# Steps 2–3: the dual, the predicted frontier, the relabelled pairs and DPO
 # ---------------------------------------------------------------------------------------------
 
 
@@ -316,24 +270,19 @@ def dualize(
     costs: torch.Tensor,
     beta: float,
     *,
-    cost_limit: float | list[float] | None = None,
+    cost_limit: float | Sequence[float] | None = None,
     margin: float | None = None,
     frontier_grid: Sequence[float],
-    folder: Path,
+    units: str,
     title: str,
     heading: str,
-) -> tuple[DualSolution, tuple[Path, Path]]:
-    """Step 2: λ* of the plug-in dual at ``cost_limit`` or ``margin`` (exactly one given), and the
-    predicted frontier over ``frontier_grid`` written to ``folder/frontier.{csv,png}`` (titled
-    ``title``) and printed (headed ``heading``)."""
-    from saferl.eval.frontier import print_frontier, write_frontier
-
-    dual = mocan_dual(rewards, costs, beta, cost_limit=cost_limit, margin=margin)
-    problem = DualProblem.from_samples(rewards, costs, beta, dual.cost_limit)
+) -> DualPrediction:
+    """Step 2: λ̂ of the plug-in dual at ``cost_limit`` or ``margin`` (exactly one given), and the
+    predicted frontier over ``frontier_grid`` (the caller writes and prints it)."""
+    solution = mocan_dual(rewards, costs, beta, cost_limit=cost_limit, margin=margin)
+    problem = DualProblem.from_samples(rewards, costs, beta, solution.cost_limit)
     frontier = predict_frontier(problem, torch.tensor(tuple(frontier_grid), dtype=torch.float64))
-    files = write_frontier(frontier, folder, title, dual, overwrite=True)
-    print_frontier(frontier, heading, dual)
-    return dual, files
+    return DualPrediction(solution, frontier, units, title, heading)
 
 
 def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, soft_labels: bool, seed: int) -> PreferenceTrainBatch:
@@ -360,126 +309,73 @@ def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, so
     )
 
 
-def train_dpo_policy(
-    policy: ModelSpec, data: PreferenceTrainBatch, tokenizer, setup: GroupSetup, beta: float, export_dir: Path, *,
-    steps: int, pairs_per_step: int, learning_rate: float, seed: int, progress=None,
-    reference: ReferenceGroup | None = None, tracker: Tracker | None = None,
-) -> Path:
-    """DPO at β from ``policy`` on ``data`` (reference log-probs attached first; the offline
-    learner's :func:`~saferl.learners.offline.train_policy_on_pairs`); returns the exported policy
-    folder. MoCAN's step 3a, and PeCAN's steps 1 and 4.
-
-    Args:
-        reference: a running group hosting ``policy`` to reuse (left running); None: one is
-            started here and shut down with the policy.
-    """
-    policy_dir, _ = train_policy_on_pairs(
-        policy, tokenizer, data, "dpo", {"beta": beta}, setup, export_dir, steps=steps,
-        pairs_per_step=pairs_per_step, learning_rate=learning_rate, seed=seed, reference=reference,
-        tracker=tracker, progress=progress,
-    )
-    return policy_dir
-
-
-def train_dpo(
-    settings: PipelineSettings, sft_dir: Path, data: PreferenceTrainBatch, tokenizer, export_dir: Path, *,
-    steps: int, pairs_per_step: int, learning_rate: float, seed: int, progress=None,
-    reference: ReferenceGroup | None = None,
-) -> Path:
-    """:func:`train_dpo_policy` on the world: from the SFT reference at the world's β."""
-    return train_dpo_policy(
-        ModelSpec(name_or_path=str(sft_dir)), data, tokenizer, GroupSetup.from_pipeline(settings),
-        settings.world_beta, export_dir, steps=steps, pairs_per_step=pairs_per_step,
-        learning_rate=learning_rate, seed=seed, progress=progress, reference=reference,
-    )
-
-
-def dualize_and_align(
-    samples: ScoredSamples,
-    mocan: MocanSettings,
-    beta: float,
-    cost_limit: float | list[float],
-    *,
-    policy: ModelSpec,
-    tokenizer: PreTrainedTokenizerBase,
-    setup: GroupSetup,
-    output: Path,
-    ppo_stage: Callable[[DualSolution], Path],
-    progress=None,
-    tracker: Tracker | None = None,
-) -> tuple[DualSolution, tuple[Path, Path], Path | None, dict[str, float]]:
-    """Steps 2–3 on scored reference samples, for the world and hub recipes alike.
-
-    Args:
-        samples: step 1's output; beta: the dual's and DPO's β.
-        cost_limit: the absolute limit ``d`` (used when ``mocan.margin`` is None).
-        policy: the reference policy, DPO's start; tokenizer, setup: its tokenizer and groups.
-        output: MoCAN's folder: the frontier files and ``models/policy_dpo``.
-        ppo_stage: step 3b, given the dual's solution; returns the exported policy folder.
-        progress: ``progress("mocan_dpo", step, mocan.dpo_steps, metrics)``.
-
-    Returns:
-        The dual's solution, the frontier's CSV and PNG, the aligned policy's folder (None with
-        ``predict_only``) and wall seconds of ``"dual"`` and ``"align"``.
-    """
-    report = progress or (lambda stage, step, total, metrics: None)
+def run(setup: Setup, settings: MocanSettings, resources: Resources, output: RunOutput) -> RunResult:
+    """Steps 1–3 of the module docstring on ``setup``; writes into ``<output>/mocan``."""
+    setup.require(needs(settings), "mocan")
+    init_ray(resources.runtime)
+    folder = output.folder / "mocan"
+    folder.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
+
+    # 1. K reference samples per prompt, scored by the setup's reward and cost scorers.
+    clock = time.perf_counter()
+    prompts = choose_prompts(setup.prompts, settings.num_prompts, settings.seed)
+    rows_per_call = setup.rows_per_call
+    batch, rows = sample_responses(
+        setup.policy, setup.tokenizer, prompts, settings.num_samples, template=setup.template,
+        max_prompt_length=setup.max_prompt_length, generation=replace(setup.generation, seed=settings.seed),
+        resources=resources, rows_per_call=rows_per_call,
+    )
+    groups: list[ScoreGroup] = []
+
+    def start_score_group(spec: ModelSpec, kind: str) -> ScoreGroup:
+        groups.append(ScoreGroup(spec, setup.tokenizer, resources.engine(0.0, rows_per_call or resources.num_ranks),
+                                 resources.group, resources.runtime, num_outputs=1, kind=kind,
+                                 role=f"{kind}_scorer", seed=resources.seed))
+        return groups[-1]
+
+    try:
+        scorers = {"reward": setup.reward.build(start_score_group), "cost": setup.costs[0].build(start_score_group)}
+        samples = score_samples(batch, rows, settings.num_samples, scorers, rows_per_call=rows_per_call,
+                                num_ranks=resources.num_ranks)
+    finally:
+        for group in groups:
+            group.shutdown()
+    torch.save({"prompts": prompts, "rewards": samples.rewards, "costs": samples.costs}, folder / "scores.pt")
+    seconds["sample"] = time.perf_counter() - clock
 
     # 2. The dual and the predicted frontier.
     clock = time.perf_counter()
-    limit = {"cost_limit": cost_limit} if mocan.margin is None else {"margin": mocan.margin}
-    dual, files = dualize(
-        samples.rewards, samples.costs, beta, **limit, frontier_grid=mocan.frontier_grid, folder=output,
-        title="MoCAN predicted frontier (reference samples)",
-        heading=f"MoCAN: predicted frontier from {mocan.num_samples} samples per prompt",
+    limit = {"cost_limit": settings.cost_limit} if settings.margin is None else {"margin": settings.margin}
+    dual = dualize(
+        samples.rewards, samples.costs, settings.beta, **limit, frontier_grid=settings.frontier_grid,
+        units=setup.score_units, title="MoCAN predicted frontier (reference samples)",
+        heading=f"MoCAN: predicted frontier from {settings.num_samples} samples per prompt",
     )
     seconds["dual"] = time.perf_counter() - clock
-    if mocan.predict_only:
-        return dual, files, None, seconds
+    details = {"num_prompts": len(prompts), "num_samples": settings.num_samples,
+               "reference_reward": float(samples.rewards.mean()),
+               "reference_cost": samples.costs.mean(dim=(0, 1)).tolist(), "stage": settings.stage}
+    multiplier = [float(v) for v in dual.solution.multiplier]
+    result = RunResult(method="mocan", headline=float(dual.solution.objective), policy_dir=None, folder=folder,
+                       multiplier=multiplier, seconds=seconds, dual=dual, details=details)
+    if settings.predict_only:
+        return result
 
-    # 3. One unconstrained alignment on s = r − λ*·c.
+    # 3. One unconstrained alignment on s = r − λ̂·c.
     clock = time.perf_counter()
-    if mocan.stage == "ppo":
-        policy_dir = ppo_stage(dual)
+    if settings.stage == "ppo":
+        fixed = replace(settings.ppo, multiplier={"kind": "fixed", "value": multiplier},
+                        cost_limit=tuple(float(v) for v in dual.solution.cost_limit))
+        aligned = ppo_lag.run(setup, fixed, resources, output.under("mocan"))
+        policy_dir, history = aligned.policy_dir, aligned.history
     else:
-        data = pseudo_preference_batch(samples, dual.multiplier, mocan.soft_labels, mocan.seed)
-        policy_dir = train_dpo_policy(
-            policy, data, tokenizer, setup, beta, output / "models" / "policy_dpo",
-            steps=mocan.dpo_steps, pairs_per_step=mocan.dpo_pairs_per_step, learning_rate=mocan.dpo_learning_rate,
-            seed=mocan.seed, tracker=tracker,
-            progress=lambda step, metrics: report("mocan_dpo", step, mocan.dpo_steps, metrics),
+        data = pseudo_preference_batch(samples, dual.solution.multiplier, settings.soft_labels, settings.seed)
+        policy_dir, history = train_policy_on_pairs(
+            setup.policy, setup.tokenizer, data, "dpo", {"beta": settings.beta}, resources,
+            folder / "models" / "policy_dpo", steps=settings.dpo_steps, pairs_per_step=settings.dpo_pairs_per_step,
+            learning_rate=settings.dpo_learning_rate, seed=settings.seed, tracker=output.tracker,
+            progress=output.stage_progress("mocan_dpo", settings.dpo_steps),
         )
     seconds["align"] = time.perf_counter() - clock
-    return dual, files, policy_dir, seconds
-
-
-def run_mocan(
-    settings: PipelineSettings, mocan: MocanSettings, prepared: PreparedModels, output_dir: str | Path,
-    progress=None,
-) -> MocanResult:
-    """Steps 1–3 of the module docstring on the world, then the exact evaluation (step 3 and the
-    evaluation skipped with ``predict_only``)."""
-    init_ray(settings.runtime)
-    output = Path(output_dir)
-    tokenizer = build_world_tokenizer()
-
-    # 1. Reference samples, scored.
-    clock = time.perf_counter()
-    samples = sample_and_score(settings, prepared, mocan.num_samples, mocan.seed, tokenizer)
-    seconds = {"sample": time.perf_counter() - clock}
-
-    # 2–3. The dual, the predicted frontier, and one unconstrained alignment on s = r − λ*·c.
-    def ppo_stage(dual: DualSolution) -> Path:
-        fixed = replace(settings, multiplier={"kind": "fixed", "value": [float(v) for v in dual.multiplier]})
-        return run_ppo_stage(fixed, prepared, output / "mocan", "ppo_lag", progress=progress).policy_dir
-
-    dual, files, policy_dir, stage_seconds = dualize_and_align(
-        samples, mocan, settings.world_beta, settings.cost_limit, policy=ModelSpec(name_or_path=str(prepared.sft_dir)),
-        tokenizer=tokenizer, setup=GroupSetup.from_pipeline(settings), output=output / "mocan", ppo_stage=ppo_stage,
-        progress=progress,
-    )
-    seconds.update(stage_seconds)
-    if policy_dir is None:
-        return MocanResult(dual, files, None, None, None, None, seconds)
-    reference_score, trained, optimum, optimal_multiplier = evaluate_exact(settings, prepared.sft_dir, policy_dir)
-    return MocanResult(dual, files, trained, reference_score, optimum, optimal_multiplier, seconds)
+    return replace(result, policy_dir=Path(policy_dir), history=history)

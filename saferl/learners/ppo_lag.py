@@ -38,15 +38,22 @@ from pathlib import Path
 
 import torch
 
-from saferl.core.multipliers import Multiplier
+from saferl.core.multipliers import Multiplier, build_multiplier
 from saferl.core.ppo import explained_variance
 from saferl.learners.advantages import compute_advantages
+from saferl.learners.output import RunOutput
 from saferl.learners.ppo_update import minibatch_steps, sft_loss, update_critic, update_policy
+from saferl.learners.result import RunResult
 from saferl.learners.rollout import ExperienceMaker
+from saferl.learners.run_state import latest_checkpoint, save_checkpoint_atomically
 from saferl.learners.types import SFTTrainBatch
+from saferl.models import ModelSpec
+from saferl.runtime import CriticGroup, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
+from saferl.runtime.resources import Resources
+from saferl.setups.base import CriticStart, Needs, Setup
 from saferl.tracking import NullTracker, Tracker
 
-__all__ = ["PPOSettings", "PromptSchedule", "PPOLagrangian"]
+__all__ = ["PPOLagSettings", "PPOSettings", "PromptSchedule", "PPOLagrangian", "needs", "run"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,11 @@ class PPOSettings:
         for key in ("iterations", "prompts_per_iteration", "ppo_epochs"):
             if getattr(self, key) < 1:
                 raise ValueError(f"learner.{key} must be >= 1; found {getattr(self, key)}")
-        if self.kl_coeff < 0:
-            raise ValueError(f"learner.kl_coeff must be >= 0; found {self.kl_coeff}")
+        if isinstance(self.kl_coeff, bool) or not isinstance(self.kl_coeff, (int, float)) or self.kl_coeff <= 0:
+            raise ValueError(
+                f"learner.kl_coeff: must be > 0 (the weight of the KL penalty; a sign mistake flips it "
+                f"into a bonus); found {self.kl_coeff!r}"
+            )
         for key in ("clip_range_score", "clip_eps", "clip_eps_value"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"learner.{key} must be > 0; found {getattr(self, key)}")
@@ -360,3 +370,167 @@ class PPOLagrangian:
         self.history = json.loads(history.read_text()) if history.exists() else []
         if self.multiplier is not None:
             self.multiplier.load_state_dict(state["multiplier"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: the loop built on any setup
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PPOLagSettings:
+    """A PPO-Lagrangian run (config keys in brackets).
+
+    Attributes:
+        ppo: the loop's hyper-parameters (``learner.*``).
+        multiplier: :func:`saferl.core.multipliers.build_multiplier` options with ``kind``
+            (``multiplier.*``); None: plain PPO on the reward alone (no cost, no cost critic).
+        cost_limit: ``d``, one value per cost (root ``cost_limit``).
+        policy_learning_rate, critic_learning_rate: AdamW rates (``learner.policy_learning_rate``,
+            ``learner.critic_learning_rate``).
+        name: names the checkpoint folder (``checkpoints/<name>``), the exported policy
+            (``models/policy_<name>``) and the progress stage.
+    """
+
+    ppo: PPOSettings
+    multiplier: dict | None
+    cost_limit: float | tuple[float, ...]
+    policy_learning_rate: float = 1e-3
+    critic_learning_rate: float = 1e-3
+    name: str = "ppo_lag"
+
+    def __post_init__(self) -> None:
+        for key in ("policy_learning_rate", "critic_learning_rate"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"learner.{key}: must be > 0; found {value!r}")
+        if self.ppo.ptx_coeff > 0:
+            raise ValueError(
+                f"learner.ptx_coeff={self.ppo.ptx_coeff}: the PTX loss needs a supervised data set, and no "
+                "setup provides one yet; use 0 (the default)"
+            )
+
+
+def needs(settings: PPOLagSettings) -> Needs:
+    """What the loop reads from its setup: scorers and critic starts (and prompts)."""
+    return Needs(scorers=True, critics=True)
+
+
+def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: RunOutput) -> RunResult:
+    """PPO-Lagrangian on ``setup`` (plain PPO on the reward when ``settings.multiplier`` is None).
+
+    1. start the policy and the reference (both from ``setup.policy``) and one critic per stream;
+    2. build the scorers from the setup's sources (their score groups run on ``resources`` and
+       are shut down with the rest); every group starts in the background and all are awaited
+       before the loop;
+    3. the experience maker, the multiplier and the :class:`PPOLagrangian` loop;
+    4. with ``output.resume``, restore ``checkpoints/<name>`` when it holds a checkpoint;
+    5. run ``ppo.iterations`` iterations, checkpointing atomically every
+       ``output.checkpoint_every`` iterations and after the last;
+    6. export the policy to ``models/policy_<name>``; every group is shut down.
+
+    Returns:
+        The exported policy, the final λ (empty without costs), every iteration's metrics; its
+        headline is the last rollout's mean reward score. ``details`` holds the last rollout's
+        cost scores and the scorers' calibration (learned world scorers).
+    """
+    with_costs = settings.multiplier is not None
+    setup.require(Needs(scorers=with_costs, critics=True), "ppo_lag")
+    if setup.reward is None or setup.reward_critic is None:
+        raise ValueError("ppo_lag needs a reward scorer and a reward critic start")
+    ppo, name = settings.ppo, settings.name
+    init_ray(resources.runtime)
+    clock = time.perf_counter()
+    rows = ppo.prompts_per_iteration  # one optimizer step per rollout and epoch
+    groups: list = []
+    roles: set[str] = set()
+
+    def start(started):
+        groups.append(started)
+        return started
+
+    def role(base: str) -> str:
+        """``base``, or ``base_<k>`` when a group of that name already runs (several costs)."""
+        candidate, k = base, 0
+        while candidate in roles:
+            k += 1
+            candidate = f"{base}_{k}"
+        roles.add(candidate)
+        return candidate
+
+    def start_score_group(spec: ModelSpec, kind: str) -> ScoreGroup:
+        return start(ScoreGroup(spec, setup.tokenizer, resources.engine(0.0, rows), resources.group,
+                                resources.runtime, num_outputs=1, kind=kind, role=role(kind), seed=resources.seed,
+                                wait=False))
+
+    def start_critic(critic: CriticStart, kind: str) -> CriticGroup:
+        return start(CriticGroup(critic.spec, setup.tokenizer, resources.engine(settings.critic_learning_rate, rows),
+                                 resources.group, resources.runtime, init_from=critic.init_from,
+                                 role=role(f"{kind}_critic"), seed=resources.seed, wait=False))
+
+    cost_sources = list(setup.costs) if with_costs else []
+    try:
+        # 1. Policy, reference and critics.
+        policy_group = start(PolicyGroup(setup.policy, setup.tokenizer,
+                                         resources.engine(settings.policy_learning_rate, rows), resources.group,
+                                         resources.runtime, role=role("policy"), seed=resources.seed, wait=False))
+        reference = start(ReferenceGroup(setup.policy, setup.tokenizer, resources.engine(0.0, rows),
+                                         resources.group, resources.runtime, role=role("reference"),
+                                         seed=resources.seed, wait=False))
+        reward_critic = start_critic(setup.reward_critic, "reward")
+        cost_critics = [start_critic(critic, "cost") for critic in (setup.cost_critics if with_costs else ())]
+        # 2. Scorers.
+        reward = setup.reward.build(start_score_group)
+        costs = [source.build(start_score_group) for source in cost_sources]
+        for started in groups:  # they start side by side; a start-up failure surfaces here
+            started.wait_ready()
+        # 3. Experience maker, multiplier, loop.
+        maker = ExperienceMaker(
+            policy=policy_group, reference=reference, reward_scorer=reward, cost_scorers=costs,
+            reward_critic=reward_critic, cost_critics=cost_critics, tokenizer=setup.tokenizer,
+            generation=setup.generation, max_prompt_length=setup.max_prompt_length, template=setup.template,
+        )
+        lagrange = None
+        if with_costs:
+            options = dict(settings.multiplier)
+            lagrange = build_multiplier(options.pop("kind"), settings.cost_limit, **options)
+        learner = PPOLagrangian(
+            maker, reward_critic, cost_critics, lagrange, PromptSchedule(list(setup.prompts), rows, resources.seed),
+            ppo, policy_rows_per_step=rows, critic_rows_per_step=rows, tracker=output.tracker,
+        )
+        progress = output.stage_progress(name, ppo.iterations)
+        # 4. Resume.
+        checkpoint_dir = output.folder / "checkpoints" / name
+        if output.resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
+            learner.load(found)
+            progress(learner.iteration, learner.history[-1] if learner.history else {})
+        # 5. Iterate, with atomic checkpoints.
+        history = learner.run(
+            progress=progress,
+            checkpoint=lambda: save_checkpoint_atomically(learner.save, checkpoint_dir),
+            checkpoint_every=output.checkpoint_every,
+        )
+        # 6. Export.
+        policy_dir = policy_group.export_hf(output.folder / "models" / f"policy_{name}")
+        final = [] if lagrange is None else [float(v) for v in lagrange.value]
+    finally:
+        for running in groups:
+            running.shutdown()
+    last = history[-1]
+    calibration = {source.kind: source.calibration for source in (setup.reward, *cost_sources)
+                   if getattr(source, "calibration", None) is not None}
+    return RunResult(
+        method="ppo_lag",
+        headline=float(last["reward/score"]),
+        policy_dir=Path(policy_dir),
+        folder=output.folder,
+        multiplier=final,
+        history=history,
+        seconds={name: time.perf_counter() - clock},
+        details={
+            "last_cost_scores": [float(last[f"cost/score_{j}"]) for j in range(len(final))],
+            "num_prompts": len(setup.prompts),
+            "max_prompt_length": setup.max_prompt_length,
+            "calibration": calibration,
+        },
+    )

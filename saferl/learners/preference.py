@@ -1,77 +1,57 @@
-"""Offline preference alignment with any loss of the core registry, on the built-in world or a hub
-setup (:func:`saferl.learners.hub.run_hub_preference`).
+"""Offline preference alignment with any loss of the core registry (ALGORITHMS.md §5), on any setup.
 
-1. load the training pairs (the world's, written by the pipeline's data stage; or a hub setup's
-   ``data.path``);
+1. take the setup's training pairs;
 2. order them — ``"better"`` (helpfulness labels: DPO, IPO, BFPO, ...) or ``"safer"`` (safety
    labels); Safe-NCA keeps only the safe-vs-unsafe pairs, safe response chosen;
 3. the reference log-probs once (reference group), then ``steps`` optimizer steps of the policy
-   group (from the reference policy) on the loss;
-4. export the aligned policy (exact evaluation is the world caller's: :func:`evaluate_exact`).
+   group (from the setup's policy) on the loss;
+4. export the aligned policy to ``models/policy_<loss>``.
 
-Steps 2–4 are :func:`train_offline_preference`, the one body both recipes run; step 3 alone
-(reference log-probs, training, export on a ready batch) is :func:`train_policy_on_pairs`, which
-MoCAN's and PeCAN's DPO stages run too. :class:`GroupSetup` says where their groups run.
+Step 3 alone (reference log-probs, training, export on a ready batch) is
+:func:`train_policy_on_pairs`, which MoCAN's and PeCAN's DPO stages run too.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from saferl.data import load_preference_dataset
-from saferl.data.records import SafetyPreferencePair
-from saferl.data.world import build_world_tokenizer
-from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
-from saferl.learners.pipeline import PipelineSettings, PreparedModels, _engine_spec, _group
-from saferl.learners.preference import (
+from saferl.learners.output import RunOutput
+from saferl.learners.preference_update import (
     PreferenceTrainBatch,
     attach_reference_logps,
     build_preference_batch,
     safe_pairs,
     train_preference,
 )
+from saferl.learners.result import RunResult
 from saferl.models import ModelSpec
-from saferl.runtime import (
-    DeepSpeedSpec,
-    GroupSpec,
-    PolicyGroup,
-    ReferenceGroup,
-    RuntimeSpec,
-    init_ray,
-)
+from saferl.runtime import PolicyGroup, ReferenceGroup, init_ray
+from saferl.runtime.resources import Resources
+from saferl.setups.base import Needs, Setup
 from saferl.tracking import Tracker
 
-__all__ = [
-    "GroupSetup",
-    "OfflineSettings",
-    "PreferenceRun",
-    "run_offline_preference",
-    "train_offline_preference",
-    "train_policy_on_pairs",
-]
-
-#: ``progress(stage, step, total, metrics)``, as the CLI's progress bar takes it.
-Progress = Callable[[str, int, int, dict[str, float]], None]
+__all__ = ["PreferenceSettings", "needs", "run", "train_policy_on_pairs"]
 
 
 @dataclass(frozen=True)
-class OfflineSettings:
-    """One offline preference run.
+class PreferenceSettings:
+    """One offline preference run (``learner.preference.*`` unless said otherwise).
 
     Attributes:
         loss: a name of the core registry (``dpo``, ``ipo``, ``safe_nca``, ``bfpo``, ...).
         ordering: ``"better"`` (helpfulness labels) or ``"safer"`` (safety labels); ``safe_nca``
             always uses the safe-vs-unsafe pairs.
-        hyperparameters: the loss's keyword hyper-parameters (``beta`` defaults to the world's β
-            for the losses that take one).
+        hyperparameters: the loss's keyword hyper-parameters (``beta`` defaults to ``beta`` for
+            the losses that take one).
         steps, pairs_per_step, learning_rate: the optimisation.
-        seed: pair order.
+        beta: the root ``beta``, the loss's β unless ``hyperparameters`` sets it.
+        seed: pair order (the root ``seed``).
     """
 
     loss: str = "dpo"
@@ -80,6 +60,7 @@ class OfflineSettings:
     steps: int = 200
     pairs_per_step: int = 32
     learning_rate: float = 1e-3
+    beta: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,56 +72,30 @@ class OfflineSettings:
             get_preference_loss(self.loss)
         except (KeyError, ValueError) as error:
             raise ValueError(f"learner.preference.loss: {error}") from error
+        spec = get_preference_loss(self.loss)
+        given = dict(self.hyperparameters or {})
+        unknown = sorted(set(given) - set(spec.defaults))
+        if unknown:
+            raise ValueError(
+                f"learner.preference.hyperparameters: unknown key(s) {unknown}; allowed: {sorted(spec.defaults)}"
+            )
+        for name in ("beta", "tau"):
+            if name in given and (isinstance(given[name], bool) or not isinstance(given[name], (int, float))
+                                  or given[name] <= 0):
+                raise ValueError(f"learner.preference.hyperparameters.{name}: must be > 0; found {given[name]!r}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            raise ValueError(f"learner.preference.learning_rate: must be > 0; found {self.learning_rate!r}")
 
+    def loss_hyperparameters(self) -> dict[str, Any]:
+        """The loss's hyper-parameters as trained: ``beta`` defaults to the root β where the loss
+        takes one (SimPO's β is its own length-normalised scale, so it keeps its default)."""
+        from saferl.core.preference_losses import get_preference_loss
 
-@dataclass(frozen=True)
-class GroupSetup:
-    """Where and how a recipe's groups run (the world's pipeline settings or a hub run's sections).
-
-    Attributes:
-        deepspeed: every engine's ZeRO stage, precision and AdamW settings (each engine sets its
-            own learning rate and batch size, :meth:`engine`).
-        group: ranks, CPUs and GPUs per role.
-        runtime: the Ray cluster.
-        seed: seeds every group's model build.
-    """
-
-    deepspeed: DeepSpeedSpec
-    group: GroupSpec
-    runtime: RuntimeSpec
-    seed: int = 0
-
-    @classmethod
-    def from_pipeline(cls, settings: PipelineSettings) -> GroupSetup:
-        """The built-in world's setup (the same engines as the pipeline's ``_deepspeed``)."""
-        return cls(settings.deepspeed, _group(settings), settings.runtime, settings.seed)
-
-    @property
-    def num_ranks(self) -> int:
-        return self.group.num_ranks
-
-    def engine(self, learning_rate: float, rows_per_step: int) -> DeepSpeedSpec:
-        """One engine's spec: ``learning_rate``, one optimizer step per ``rows_per_step`` rows."""
-        return _engine_spec(self.deepspeed, self.group.num_ranks, learning_rate, rows_per_step)
-
-
-@dataclass(frozen=True)
-class PreferenceRun:
-    """What :func:`train_offline_preference` produced.
-
-    Attributes:
-        policy_dir: the exported policy.
-        ordering: the pairs' ordering as trained (``"safer"`` for ``safe_nca``).
-        hyperparameters: the loss's hyper-parameters as trained (with the defaulted ``beta``).
-        num_pairs: pairs in the training set after the ordering step.
-        history: every step's metrics (``preference/loss``, ...).
-    """
-
-    policy_dir: Path
-    ordering: str
-    hyperparameters: dict[str, Any]
-    num_pairs: int
-    history: list[dict[str, float]]
+        hyperparameters = dict(self.hyperparameters or {})
+        if "beta" in get_preference_loss(self.loss).defaults and self.loss != "simpo":
+            hyperparameters.setdefault("beta", self.beta)
+        return hyperparameters
 
 
 def train_policy_on_pairs(
@@ -149,7 +104,7 @@ def train_policy_on_pairs(
     data: PreferenceTrainBatch,
     loss: str,
     hyperparameters: Mapping[str, Any],
-    setup: GroupSetup,
+    resources: Resources,
     export_dir: Path,
     *,
     steps: int,
@@ -180,12 +135,12 @@ def train_policy_on_pairs(
     groups = []
     try:
         if spec.needs_reference and reference is None:
-            reference = ReferenceGroup(policy, tokenizer, setup.engine(0.0, rows), setup.group, setup.runtime,
-                                       role="reference", seed=setup.seed, wait=False)
+            reference = ReferenceGroup(policy, tokenizer, resources.engine(0.0, rows), resources.group,
+                                       resources.runtime, role="reference", seed=resources.seed, wait=False)
             groups.append(reference)
         # Started in the background: it comes up while the reference scores the data.
-        policy_group = PolicyGroup(policy, tokenizer, setup.engine(learning_rate, rows), setup.group,
-                                   setup.runtime, role="policy", seed=setup.seed, wait=False)
+        policy_group = PolicyGroup(policy, tokenizer, resources.engine(learning_rate, rows), resources.group,
+                                   resources.runtime, role="policy", seed=resources.seed, wait=False)
         groups.append(policy_group)
         if spec.needs_reference:
             data = attach_reference_logps(data, reference, rows_per_call=rows)
@@ -197,80 +152,45 @@ def train_policy_on_pairs(
             group.shutdown()
 
 
-def train_offline_preference(
-    pairs: Sequence[SafetyPreferencePair],
-    offline: OfflineSettings,
-    *,
-    policy: ModelSpec,
-    tokenizer: PreTrainedTokenizerBase,
-    template: str,
-    max_length: int,
-    beta: float,
-    setup: GroupSetup,
-    export_dir: Path,
-    source: str = "the training pairs",
-    tracker: Tracker | None = None,
-    progress: Progress | None = None,
-) -> PreferenceRun:
-    """Steps 2–4 of the module docstring on any policy, tokenizer, template and length.
+def needs(settings: PreferenceSettings) -> Needs:
+    """The training pairs only: no scorer, no critic, no prompt set."""
+    return Needs(pairs=True, prompts=False)
 
-    Args:
-        pairs: the safety-labelled training pairs.
-        offline: the loss and its optimisation.
-        policy: the policy's start and reference.
-        template, max_length: how pairs are formatted and cut (prompt + response tokens).
-        beta: the β of losses that take one, unless ``offline.hyperparameters`` sets it.
-        setup: where the groups run.
-        export_dir: where the trained policy is exported.
-        source: names the data in errors.
-        progress: ``progress(offline.loss, step, offline.steps, metrics)``.
+
+def run(setup: Setup, settings: PreferenceSettings, resources: Resources, output: RunOutput) -> RunResult:
+    """Steps 1–4 of the module docstring on ``setup``; its headline is the last step's loss.
 
     Raises:
         ValueError: ``safe_nca`` on data without a pair of one safe and one unsafe response.
     """
-    from saferl.core.preference_losses import get_preference_loss
-
-    report = progress or (lambda stage, step, total, metrics: None)
-    init_ray(setup.runtime)
-    # 2. The training pairs, ordered.
-    ordering = offline.ordering
-    if offline.loss == "safe_nca":
+    setup.require(needs(settings), f"learner.preference.loss={settings.loss}")
+    init_ray(resources.runtime)
+    clock = time.perf_counter()
+    # 1–2. The training pairs, ordered.
+    pairs, ordering = list(setup.pairs), settings.ordering
+    if settings.loss == "safe_nca":
         pairs, ordering = safe_pairs(pairs), "safer"
         if not pairs:
             raise ValueError(
                 f"learner.preference.loss=safe_nca trains on pairs with exactly one safe response, and "
-                f"{source} has none (every pair is safe/safe or unsafe/unsafe); check data.path"
+                f"{setup.pairs_source} has none (every pair is safe/safe or unsafe/unsafe)"
             )
-    batch = build_preference_batch(pairs, tokenizer, max_length, template, ordering=ordering)
-    spec = get_preference_loss(offline.loss)
-    hyperparameters = dict(offline.hyperparameters or {})
-    if "beta" in spec.defaults and offline.loss not in ("simpo",):
-        hyperparameters.setdefault("beta", beta)
+    batch = build_preference_batch(pairs, setup.tokenizer, setup.max_length, setup.template, ordering=ordering)
+    hyperparameters = settings.loss_hyperparameters()
     # 3–4. Reference log-probs once, then the policy's steps, then the export.
     policy_dir, history = train_policy_on_pairs(
-        policy, tokenizer, batch, offline.loss, hyperparameters, setup, export_dir,
-        steps=offline.steps, pairs_per_step=offline.pairs_per_step, learning_rate=offline.learning_rate,
-        seed=offline.seed, tracker=tracker,
-        progress=lambda step, metrics: report(offline.loss, step, offline.steps, metrics),
+        setup.policy, setup.tokenizer, batch, settings.loss, hyperparameters, resources,
+        output.folder / "models" / f"policy_{settings.loss}", steps=settings.steps,
+        pairs_per_step=settings.pairs_per_step, learning_rate=settings.learning_rate, seed=settings.seed,
+        tracker=output.tracker, progress=output.stage_progress(settings.loss, settings.steps),
     )
-    return PreferenceRun(policy_dir, ordering, hyperparameters, batch.num_pairs, history)
-
-
-def run_offline_preference(
-    settings: PipelineSettings, offline: OfflineSettings, prepared: PreparedModels, output_dir: str | Path,
-    progress=None,
-) -> tuple[Path, float]:
-    """Steps 1–4 of the module docstring on the built-in world; returns the exported policy folder
-    and wall seconds."""
-    init_ray(settings.runtime)
-    clock = time.perf_counter()
-    # 1. The world's training pairs (steps 2–4: the shared body).
-    data = prepared.sft_dir.parent.parent / "data" / "preferences_train.jsonl"
-    pairs = list(load_preference_dataset(str(data)).records)
-    run = train_offline_preference(
-        pairs, offline, policy=ModelSpec(name_or_path=str(prepared.sft_dir)), tokenizer=build_world_tokenizer(),
-        template=WORLD_TEMPLATE, max_length=MAX_SEQUENCE_LENGTH, beta=settings.world_beta,
-        setup=GroupSetup.from_pipeline(settings), export_dir=Path(output_dir) / "models" / f"policy_{offline.loss}",
-        source=str(data), progress=progress,
+    return RunResult(
+        method=f"preference:{settings.loss}",
+        headline=float(history[-1]["preference/loss"]),
+        policy_dir=Path(policy_dir),
+        folder=output.folder,
+        history=history,
+        seconds={settings.loss: time.perf_counter() - clock},
+        details={"loss": settings.loss, "ordering": ordering, "hyperparameters": hyperparameters,
+                 "num_pairs": batch.num_pairs, "num_dropped_pairs": setup.num_dropped_pairs},
     )
-    return run.policy_dir, time.perf_counter() - clock

@@ -22,7 +22,7 @@ from saferl.data.world import (
     make_preference_pairs,
 )
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
-from saferl.learners.preference import (
+from saferl.learners.preference_update import (
     PreferenceTrainBatch,
     attach_reference_logps,
     build_preference_batch,

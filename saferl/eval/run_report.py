@@ -1,0 +1,109 @@
+"""The console report and the files of a finished run, for every learner on every setup.
+
+* :func:`write_dual_prediction`: a dualized learner's predicted frontier (CSV and PNG) in its
+  folder;
+* :func:`print_run`: the dual's prediction, the exact comparison of the reference, the trained
+  policy and the optimum (on a setup with an evaluator), the setup's score models, and seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from saferl.eval.frontier import print_frontier, write_frontier
+from saferl.eval.world_report import exact_comparison_table, report_console
+from saferl.learners.result import RunResult, RunSummary
+
+__all__ = ["print_run", "write_dual_prediction"]
+
+#: How each method is named in the tables.
+METHOD_NAMES = {"ppo_lag": "PPO-Lagrangian", "mocan": "MoCAN", "pecan": "PeCAN"}
+
+
+def _values(values) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
+
+
+def write_dual_prediction(result: RunResult) -> tuple[Path, Path] | None:
+    """The predicted frontier's CSV and PNG in ``result.folder`` (None without a dual)."""
+    if result.dual is None:
+        return None
+    dual = result.dual
+    return write_frontier(dual.frontier, result.folder, dual.title, dual.solution, overwrite=True)
+
+
+def _method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method.removeprefix("preference:"))
+
+
+def print_run(summary: RunSummary, console: Console | None = None) -> None:
+    """Print what the run found (see the module docstring)."""
+    console = console or report_console()
+    result, evaluation = summary.result, summary.evaluation
+    name = _method_name(result.method)
+    if result.dual is not None:
+        dual = result.dual
+        print_frontier(dual.frontier, dual.heading, dual.solution, console=console)
+        solution = dual.solution
+        console.print(
+            f"{name} dual ({dual.units}): λ̂ = {_values(solution.multiplier.tolist())} at limit d = "
+            f"{_values(solution.cost_limit.tolist())}; predicted E[r] = {solution.expected_reward.item():.4f}, "
+            f"E[c] = {_values(solution.expected_cost.tolist())}, KL = {solution.kl.item():.4f}",
+            soft_wrap=True,
+        )
+    if evaluation is not None:
+        rows = [("reference (SFT)", "—", evaluation.reference)]
+        rows.append(
+            (
+                name if result.dual is None else f"{name}-aligned policy",
+                _values(result.multiplier) or "—",
+                evaluation.trained,
+            )
+        )
+        rows.append(
+            ("exact optimum π_λ*", _values(evaluation.optimal_multiplier), evaluation.optimum)
+        )
+        console.print(
+            exact_comparison_table(
+                f"{name} on the built-in world, exact evaluation (ground truth): β = {summary.beta}, "
+                f"cost limit d = {summary.cost_limit}",
+                rows,
+            )
+        )
+    elif result.policy_dir is not None:
+        console.print(
+            f"{name}: final λ {_values(result.multiplier) or '—'}; headline {result.headline:.4f} "
+            f"({len(result.history)} steps); aligned policy in {result.policy_dir}",
+            soft_wrap=True,
+        )
+    _print_score_models(summary.setup_details, console)
+    seconds = summary.seconds
+    if seconds:
+        console.print(
+            "stage seconds: "
+            + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items()),
+            soft_wrap=True,
+        )
+
+
+def _print_score_models(details: dict, console: Console) -> None:
+    models = {
+        kind: details[f"{kind}_model"] for kind in ("reward", "cost") if f"{kind}_model" in details
+    }
+    if not models:
+        return
+    table = Table(title="Score models on held-out pairs")
+    for column in ("model", "pairwise accuracy", "ground-truth accuracy", "sign accuracy", "pairs"):
+        table.add_column(column, justify="right")
+    for kind, metrics in models.items():
+        table.add_row(
+            kind,
+            f"{metrics['pairwise_accuracy']:.3f}",
+            f"{metrics.get('ground_truth_accuracy', float('nan')):.3f}",
+            f"{metrics['sign_accuracy']:.3f}" if "sign_accuracy" in metrics else "—",
+            f"{int(metrics['num_pairs'])}",
+        )
+    console.print(table)

@@ -1,0 +1,447 @@
+"""The built-in world as a setup: its datasets, the SFT and score-model stages, calibration and exact
+evaluation (the default ``saferl`` job's models and data).
+
+:func:`build` runs only the stages the learner needs, each through the runtime (Ray actor groups
+hosting DeepSpeed engines), each recorded in ``<run>/stages.json`` so that ``resume=auto`` skips it:
+
+1. write the world's datasets (PKU-SafeRLHF format) and load them back with the normal loaders;
+2. SFT a tiny Llama on the demonstrations: the reference policy and every learner's start;
+3. train the reward model and 4. the cost model on the preference pairs (held-out accuracies),
+   when the learner's scorers or critics use them (``scorers.kind=oracle`` still trains them for
+   the critics' start; MoCAN's DPO stage with oracle scorers, PeCAN and the preference losses
+   never read them, so they are skipped);
+5. the scorers: the world's ground truth (``scorers.kind=oracle``) or the learned models, mapped
+   affinely into ground-truth units on the held-out responses (``scorers.calibrate``);
+6. the exact evaluator: every response of the reference and of a trained policy is enumerated and
+   compared with the exact constrained optimum ``π_λ*`` of the same problem.
+
+``model.from_run`` reuses another run's stages 1–4 in place (their settings must match).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
+from saferl.data.world import (
+    ReferenceConfig,
+    build_exact_world,
+    build_world_tokenizer,
+    enumerate_policy_logprobs,
+    world_dataset_paths,
+    world_model_spec,
+    write_world_datasets,
+)
+from saferl.data.world.exact import MAX_RESPONSE_TOKENS
+from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
+from saferl.learners.output import RunOutput
+from saferl.learners.run_state import StageRecords
+from saferl.learners.score_model import (
+    evaluate_score_model,
+    relabel_saved_score_model,
+    train_score_model,
+)
+from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer, fit_affine
+from saferl.learners.sft import run_sft
+from saferl.models import ModelSpec, load_policy
+from saferl.runtime import CriticGroup, GenerationSpec, PolicyGroup, init_ray
+from saferl.runtime.resources import Resources
+from saferl.setups.base import CriticStart, Evaluation, Needs, ScoreGroupStarter, Setup
+
+__all__ = [
+    "PREPARED_STAGES",
+    "StageSettings",
+    "WorldEvaluator",
+    "WorldScorerSource",
+    "WorldSettings",
+    "build",
+    "calibrate",
+    "world_truth",
+]
+
+PREPARED_STAGES = ("data", "sft", "reward_model", "cost_model")
+SCORER_KINDS = ("learned", "oracle")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One training stage (``model.sft``, ``scorers.reward_model``, ``scorers.cost_model``).
+
+    Attributes:
+        steps: optimizer steps; rows_per_step: rows (SFT) or pairs (score models) per step.
+        learning_rate: AdamW learning rate (constant).
+    """
+
+    steps: int
+    rows_per_step: int
+    learning_rate: float
+
+    def check(self, key: str) -> None:
+        """Raise a ValueError naming ``key`` for a value that cannot run."""
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"{key}.steps: expected an integer >= 1; found {self.steps!r}")
+        if isinstance(self.rows_per_step, bool) or not isinstance(self.rows_per_step, int) or self.rows_per_step < 1:
+            raise ValueError(f"{key}.rows_per_step: expected an integer >= 1; found {self.rows_per_step!r}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            raise ValueError(f"{key}.learning_rate: must be > 0; found {self.learning_rate!r}")
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The built-in world's problem, data, stages and scorers (config keys in brackets).
+
+    Attributes:
+        beta, cost_limit: the problem's β and limit d (root ``beta``, ``cost_limit``), which the
+            exact evaluator solves.
+        reference: the tiny policy's shape (``world.reference``; its SFT steps come from ``sft``).
+        num_sft, num_pairs_train, num_pairs_test, label_temperature: the datasets (``data.*``).
+        sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``.
+        scorers: ``scorers.kind``: ``"learned"`` (the trained models) or ``"oracle"`` (the ground
+            truth).
+        calibrate: ``scorers.calibrate``: map each learned model affinely into ground-truth units
+            (fitted on the held-out responses), so that β and the limit mean what they mean in the
+            exact optimum.
+        regularization: ``scorers.regularization``, η of the score losses.
+        generation: rollout sampling (``generation.*``; ``max_new_tokens`` must be the world's 3).
+        from_run: ``model.from_run``, a finished run whose stages 1–4 are used in place.
+        seed: the root ``seed`` (data, initialisation).
+    """
+
+    beta: float
+    cost_limit: float
+    reference: ReferenceConfig
+    num_sft: int
+    num_pairs_train: int
+    num_pairs_test: int
+    label_temperature: float
+    sft: StageSettings
+    reward_model: StageSettings
+    cost_model: StageSettings
+    scorers: str = "learned"
+    calibrate: bool = True
+    regularization: float = 0.001
+    generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS))
+    from_run: Path | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scorers not in SCORER_KINDS:
+            raise ValueError(
+                f"scorers.kind: {self.scorers!r} is not available on the built-in world; allowed: "
+                f"{', '.join(SCORER_KINDS)} (pretrained needs hub score models)"
+            )
+        if self.generation.max_new_tokens != MAX_RESPONSE_TOKENS:
+            raise ValueError(
+                f"generation.max_new_tokens must be {MAX_RESPONSE_TOKENS} on the built-in world (the exact "
+                f"evaluation enumerates every response of at most {MAX_RESPONSE_TOKENS} tokens); "
+                f"found {self.generation.max_new_tokens}"
+            )
+        for key, stage in (("model.sft", self.sft), ("scorers.reward_model", self.reward_model),
+                           ("scorers.cost_model", self.cost_model)):
+            stage.check(key)
+
+    def stage_settings(self, stage: str) -> dict:
+        """What a stage's outputs depend on (a resumed or reusing run must match it)."""
+        if stage == "data":
+            return {
+                "seed": self.seed,
+                "num_sft": self.num_sft,
+                "num_pairs_train": self.num_pairs_train,
+                "num_pairs_test": self.num_pairs_test,
+                "label_temperature": self.label_temperature,
+            }
+        if stage == "sft":
+            return {"seed": self.seed, "reference": asdict(self.reference), "sft": asdict(self.sft)}
+        return {
+            "seed": self.seed,
+            stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
+            "score_regularization": self.regularization,
+        }
+
+
+def world_truth(kind: str) -> Callable[[str, str], float]:
+    """The world's ground-truth reward or cost of a (prompt, response text) pair."""
+    from saferl.data.world import ground_truth_cost, ground_truth_reward, world_prompts
+
+    prompts = {prompt.text: prompt for prompt in world_prompts()}
+    function = ground_truth_reward if kind == "reward" else ground_truth_cost
+    return lambda prompt, response: function(prompts[prompt], response.split())
+
+
+def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int) -> tuple[float, float]:
+    """Fit the affine map of a score group's outputs to the ground truth on held-out responses."""
+    from saferl.data.collators import collate_sequences
+
+    unique = sorted({(pair.prompt, response) for pair in pairs for response in (pair.response_0, pair.response_1)})
+    unique = unique[: len(unique) - len(unique) % num_ranks]
+    batch = collate_sequences(
+        [p for p, _ in unique], [r for _, r in unique], tokenizer, MAX_SEQUENCE_LENGTH, template=WORLD_TEMPLATE
+    )
+    model_scores = score_group.end_scores(batch)[:, 0]
+    true_scores = torch.tensor([truth(p, r) for p, r in unique])
+    return fit_affine(model_scores, true_scores)
+
+
+@dataclass
+class WorldScorerSource:
+    """The world's reward or cost during RL: the ground truth, or the learned model (mapped into
+    ground-truth units when calibrating). ``calibration`` holds the fitted map once built."""
+
+    kind: str
+    scorers: str
+    model_dir: Path | None
+    calibrate: bool
+    test_pairs: list
+    tokenizer: object
+    num_ranks: int
+    calibration: dict[str, float] | None = None
+
+    def build(self, start_group: ScoreGroupStarter) -> Scorer:
+        if self.scorers == "oracle":
+            return WorldOracleScorer(self.kind, self.tokenizer)
+        score_group = start_group(ModelSpec(name_or_path=str(self.model_dir)), self.kind)
+        if not self.calibrate:
+            return ModelScorer(score_group)
+        scale, shift = calibrate(score_group, self.test_pairs, world_truth(self.kind), self.tokenizer, self.num_ranks)
+        self.calibration = {"scale": scale, "shift": shift}
+        return AffineScorer(ModelScorer(score_group), scale, shift)
+
+
+@dataclass(frozen=True)
+class WorldEvaluator:
+    """Exact scores of the reference, a trained policy and the exact optimum (ground truth)."""
+
+    sft_dir: Path
+    beta: float
+    cost_limit: float
+
+    def evaluate(self, policy_dir: Path) -> Evaluation:
+        tokenizer = build_world_tokenizer()
+        reference_model, _ = load_policy(self.sft_dir)
+        trained_model, _ = load_policy(policy_dir)
+        world = build_exact_world(reference_model.eval(), tokenizer, self.beta, self.cost_limit)
+        trained = world.score(enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts))
+        optimum = world.optimum()
+        return Evaluation(
+            reference=world.score(world.ref_logprobs),
+            trained=trained,
+            optimum=world.score(world.optimal_logprobs()),
+            optimal_multiplier=[float(v) for v in optimum.multiplier],
+        )
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    # The run reports its own progress; the libraries' per-file bars would drown it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _score_models_needed(settings: WorldSettings, needs: Needs) -> bool:
+    """The score models serve the learned scorers and every critic's start."""
+    return needs.critics or (needs.scorers and settings.scorers == "learned")
+
+
+def build(settings: WorldSettings, resources: Resources, output: RunOutput, needs: Needs) -> Setup:
+    """Stages 1–6 of the module docstring (those ``needs`` asks for); returns the world's setup."""
+    _quiet_libraries()
+    tokenizer = build_world_tokenizer()
+    score_models = _score_models_needed(settings, needs)
+    if settings.from_run is not None:
+        folder, metrics, seconds = _reuse(settings, Path(settings.from_run), score_models)
+    else:
+        folder = output.folder
+        metrics, seconds = _run_stages(settings, resources, output, tokenizer, score_models)
+    # Stage 1's outputs, loaded back through the normal loaders.
+    paths = world_dataset_paths(folder / "data")
+    prompts = [record.prompt for record in load_prompt_dataset(str(paths.prompts)).records]
+    test_pairs = list(load_preference_dataset(str(paths.preferences_test)).records)
+    pairs = list(load_preference_dataset(str(paths.preferences_train)).records) if needs.pairs else []
+    sft_dir = folder / "models" / "sft"
+    sft_spec = ModelSpec(name_or_path=str(sft_dir))
+    score_dirs = {kind: folder / "models" / f"{kind}_model" for kind in ("reward", "cost")}
+
+    # 5. The scorers.
+    def source(kind: str) -> WorldScorerSource:
+        return WorldScorerSource(kind, settings.scorers, score_dirs[kind], settings.calibrate, test_pairs, tokenizer,
+                                 resources.num_ranks)
+
+    # Critics start from the score models (ALGORITHMS.md §2).
+    return Setup(
+        name="world",
+        policy=sft_spec,
+        tokenizer=tokenizer,
+        template=WORLD_TEMPLATE,
+        max_length=MAX_SEQUENCE_LENGTH,
+        max_prompt_length=MAX_SEQUENCE_LENGTH,
+        generation=settings.generation,
+        prompts=prompts,
+        pairs=pairs,
+        pairs_source=str(paths.preferences_train),
+        reward=source("reward") if needs.scorers else None,
+        costs=(source("cost"),) if needs.scorers else (),
+        reward_critic=CriticStart(sft_spec, init_from=str(score_dirs["reward"])) if needs.critics else None,
+        cost_critics=(CriticStart(sft_spec, init_from=str(score_dirs["cost"])),) if needs.critics else (),
+        # 6. The exact evaluator.
+        evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit),
+        rows_per_call=None,
+        score_units="ground-truth units" if settings.scorers == "oracle" or settings.calibrate else "cost-model units",
+        details={f"{kind}_model": value for kind, value in metrics.items()},
+        seconds=seconds,
+    )
+
+
+def _run_stages(
+    settings: WorldSettings, resources: Resources, output: RunOutput, tokenizer, score_models: bool
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Stages 1–4 in ``output.folder`` (finished ones skipped with ``output.resume``); returns the
+    score models' held-out metrics and each stage's wall seconds."""
+    folder = output.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    records = StageRecords(folder, output.resume)
+    seconds: dict[str, float] = {}
+    init_ray(resources.runtime)
+
+    # 1. The world's datasets.
+    clock = time.perf_counter()
+    if records.finished("data", settings.stage_settings("data")) is None:
+        write_world_datasets(
+            folder / "data",
+            seed=settings.seed,
+            num_sft=settings.num_sft,
+            num_pairs_train=settings.num_pairs_train,
+            num_pairs_test=settings.num_pairs_test,
+            temperature=settings.label_temperature,
+            overwrite=True,  # this run's own folder: a stage that did not finish is redone
+        )
+        records.mark("data", {"seconds": time.perf_counter() - clock}, settings.stage_settings("data"))
+    paths = world_dataset_paths(folder / "data")
+    seconds["data"] = time.perf_counter() - clock
+
+    # 2. SFT of the reference policy.
+    clock = time.perf_counter()
+    sft_dir = folder / "models" / "sft"
+    if (done := records.finished("sft", settings.stage_settings("sft"))) is not None:
+        seconds["sft"] = done["seconds"]
+    else:
+        _run_sft_stage(settings, resources, load_sft_dataset(str(paths.sft)).records, tokenizer, sft_dir, output)
+        seconds["sft"] = time.perf_counter() - clock
+        records.mark("sft", {"seconds": seconds["sft"]}, settings.stage_settings("sft"))
+    if not score_models:
+        return {}, seconds
+
+    # 3–4. Reward and cost models, initialised from the SFT backbone.
+    train_pairs = load_preference_dataset(str(paths.preferences_train)).records
+    test_pairs = list(load_preference_dataset(str(paths.preferences_test)).records)
+    metrics: dict[str, dict[str, float]] = {}
+    for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
+        clock = time.perf_counter()
+        name = f"{kind}_model"
+        if (done := records.finished(name, settings.stage_settings(name))) is not None:
+            metrics[kind], seconds[name] = done["metrics"], done["seconds"]
+            continue
+        metrics[kind] = _run_score_stage(settings, resources, kind, stage, train_pairs, test_pairs, tokenizer,
+                                         sft_dir, folder / "models" / name, output)
+        seconds[name] = time.perf_counter() - clock
+        records.mark(name, {"metrics": metrics[kind], "seconds": seconds[name]}, settings.stage_settings(name))
+    return metrics, seconds
+
+
+def _reuse(
+    settings: WorldSettings, folder: Path, score_models: bool
+) -> tuple[Path, dict[str, dict[str, float]], dict[str, float]]:
+    """Stages 1–4 of the finished run in ``folder`` (``model.from_run``), checked against ours."""
+    if not (folder / "stages.json").exists():
+        raise FileNotFoundError(
+            f"model.from_run: {folder} holds no finished run (no stages.json); give a run folder "
+            "whose stages 1–4 (data, SFT, reward and cost models) finished"
+        )
+    records = StageRecords(folder, resume=True)
+    stages = PREPARED_STAGES if score_models else PREPARED_STAGES[:2]
+    done = {}
+    for stage in stages:
+        done[stage] = records.finished(stage, settings.stage_settings(stage))
+        if done[stage] is None:
+            raise ValueError(f"model.from_run: stage {stage!r} of {folder} did not finish; resume that run first")
+    metrics = {kind: done[f"{kind}_model"]["metrics"] for kind in ("reward", "cost") if f"{kind}_model" in done}
+    return folder, metrics, {stage: 0.0 for stage in stages}
+
+
+def _run_sft_stage(settings: WorldSettings, resources: Resources, sft_examples, tokenizer, sft_dir: Path,
+                   output: RunOutput) -> None:
+    """Stage 2: SFT of the tiny policy on the demonstrations, exported to ``sft_dir``."""
+    policy = PolicyGroup(
+        world_model_spec(settings.reference, tokenizer),
+        tokenizer,
+        resources.engine(settings.sft.learning_rate, settings.sft.rows_per_step),
+        resources.group,
+        resources.runtime,
+        role="sft",
+        seed=resources.seed,
+    )
+    try:
+        run_sft(
+            policy,
+            sft_examples,
+            tokenizer,
+            steps=settings.sft.steps,
+            rows_per_step=settings.sft.rows_per_step,
+            max_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
+            seed=settings.seed,
+            tracker=output.tracker,
+            progress=output.stage_progress("sft", settings.sft.steps),
+        )
+        policy.export_hf(sft_dir)
+    finally:
+        policy.shutdown()
+
+
+def _run_score_stage(
+    settings: WorldSettings, resources: Resources, kind: str, stage: StageSettings, train_pairs, test_pairs,
+    tokenizer, sft_dir: Path, score_dir: Path, output: RunOutput,
+) -> dict[str, float]:
+    """Stages 3–4: one score model from the SFT backbone, exported to ``score_dir``; returns its
+    held-out metrics."""
+    critic = CriticGroup(
+        ModelSpec(name_or_path=str(sft_dir)),
+        tokenizer,
+        resources.engine(stage.learning_rate, 2 * stage.rows_per_step),
+        resources.group,
+        resources.runtime,
+        role=f"{kind}_model",
+        seed=resources.seed,
+    )
+    try:
+        train_score_model(
+            critic,
+            train_pairs,
+            kind,
+            tokenizer,
+            steps=stage.steps,
+            pairs_per_step=stage.rows_per_step,
+            max_length=MAX_SEQUENCE_LENGTH,
+            template=WORLD_TEMPLATE,
+            score_regularization=settings.regularization,
+            seed=settings.seed,
+            tracker=output.tracker,
+            progress=output.stage_progress(f"{kind}_model", stage.steps),
+        )
+        metrics = evaluate_score_model(
+            critic, test_pairs, kind, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE,
+            rows_per_call=2 * stage.rows_per_step, truth=world_truth(kind),
+        )
+        critic.export_hf(score_dir)
+        relabel_saved_score_model(score_dir, kind)
+    finally:
+        critic.shutdown()
+    output.tracker.log({f"{kind}_model/test_{k}": v for k, v in metrics.items()}, step=0)
+    return metrics
