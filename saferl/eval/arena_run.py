@@ -48,7 +48,8 @@ Notes:
 
 * ``truth`` functions take ``(prompt, response text)``; the text is the response decoded without
   its EOS, as in the datasets' records, so a text function cannot tell a response cut by
-  ``max_new_tokens`` from a finished one (the pipeline's ``world_truth`` scores it as finished).
+  ``max_new_tokens`` from a finished one (:func:`saferl.setups.world.world_truth` scores it as
+  finished).
   A :class:`~saferl.learners.scorers.Scorer` is accepted in its place (e.g.
   :class:`~saferl.learners.scorers.WorldOracleScorer`, which penalises a cut response as exact
   mode does).

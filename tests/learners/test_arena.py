@@ -4,7 +4,7 @@ Two tiny world policies: the module's SFT reference (``SFT_REFERENCE``, via ``co
 and a barely-trained one (fewer SFT steps, another seed) as "the policy". The scorers are the
 world's oracles (they read the tokens, so a response cut by the length limit is penalised), except
 the self-arena's reward, an untrained score model given as a folder (so the arena starts a
-``ScoreGroup``); the second judge is the pipeline's ground-truth functions on the response texts.
+``ScoreGroup``); the second judge is the world's ground-truth functions on the response texts.
 
 * The reference against itself: same per-row seeds, so identical responses, KL exactly 0,
   identical rows, transitions only on the diagonal, win rates ½; the score model's scores equal
@@ -33,7 +33,6 @@ from saferl.data.world import (
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.eval.arena import SCORERS_JUDGE, TRUTH_JUDGE, ArenaResult
 from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
-from saferl.learners.pipeline import world_truth
 from saferl.learners.scorers import WorldOracleScorer
 from saferl.models import (
     ModelSpec,
@@ -46,6 +45,7 @@ from saferl.models import (
     save_score_model,
 )
 from saferl.runtime import GenerationSpec, GroupSpec, RuntimeSpec
+from saferl.setups.world import world_truth
 
 pytestmark = pytest.mark.slow
 
