@@ -1,12 +1,15 @@
 """The Hydra config tree ``conf/`` and its validation (``saferl.config.validate``).
 
-No Ray, no training: every test composes configs and validates them into typed settings.
+No Ray, no training: every test composes configs and validates them into typed settings
+(``RunConfig.setup``: the world's ``WorldSettings`` or the hub's ``HubSettings``;
+``RunConfig.settings``: the chosen learner's settings, and only its).
 
 1. Every option of every group composes and validates (alone, or in the combination it needs);
    inconsistent combinations raise a ConfigError naming the keys.
 2. The published presets carry the published values (ALGORITHMS.md §2, §4, §5); the world presets
-   build the built-in world's pipeline.
-3. Validation errors name the dotted key and the bad value.
+   build the built-in world's setup.
+3. Validation errors name the dotted key and the bad value (also where the rule lives in a settings
+   dataclass, constructed directly).
 4. Sweep presets are multiruns over keys that exist, and every swept point validates.
 5. Launcher presets select the right Hydra launcher plugin.
 6. Every field in ``conf/`` has a one-line comment.
@@ -26,6 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from saferl.cli import CONFIG_DIR
 from saferl.config import ConfigError, RunConfig, validate
+from saferl.learners.mocan import MocanSettings
+from saferl.learners.pecan import PecanSettings
+from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
+from saferl.learners.preference import PreferenceSettings
+from saferl.runtime.resources import Resources
+from saferl.setups.hub import HubSettings
+from saferl.setups.world import WorldSettings
 
 CONF = Path(CONFIG_DIR)
 
@@ -57,6 +67,33 @@ WORLD_PRESETS = {  # preset -> (learner, preference loss or None)
     "world_safe_nca": ("preference", "safe_nca"),
 }
 ALPACA = "PKU-Alignment/alpaca-7b-reproduced"
+# The type of ``RunConfig.settings`` for each learner.
+SETTINGS = {
+    "ppo_lag": PPOLagSettings,
+    "mocan": MocanSettings,
+    "pecan": PecanSettings,
+    "preference": PreferenceSettings,
+}
+
+
+def assert_settings_of(run: RunConfig, learner: str) -> None:
+    """``run.settings`` is ``learner``'s settings, and no other learner's were built."""
+    assert run.learner == learner
+    assert type(run.settings) is SETTINGS[learner], (learner, type(run.settings))
+    for name, cls in SETTINGS.items():
+        assert isinstance(run.settings, cls) == (name == learner), name
+
+
+def ppo_of(run: RunConfig) -> PPOSettings | None:
+    """The PPO loop's settings (the ``learner.*`` PPO keys) where the learner has them: ppo_lag's
+    own, MoCAN's through its PPO-Lagrangian stage; None for PeCAN and the preference losses."""
+    if isinstance(run.settings, PPOLagSettings):
+        return run.settings.ppo
+    if isinstance(run.settings, MocanSettings):
+        assert isinstance(run.settings.ppo, PPOLagSettings)
+        return run.settings.ppo.ppo
+    assert not hasattr(run.settings, "ppo"), type(run.settings)
+    return None
 
 
 def composed(*overrides: str, hydra_cfg: bool = False) -> DictConfig:
@@ -113,8 +150,13 @@ def test_every_group_option_composes_and_validates(group, option):
     assert cfg.hydra.runtime.choices[choice] == option
     run = validate(cfg)
     assert isinstance(run, RunConfig)
-    # Exactly one of the two setups: the built-in world's pipeline or the hub's models and data.
-    assert (run.pipeline is None) != (run.hub is None)
+    # Exactly one of the two setups: the built-in world's settings or the hub's models and data.
+    assert isinstance(run.setup, (WorldSettings, HubSettings))
+    assert isinstance(run.setup, WorldSettings) != isinstance(run.setup, HubSettings)
+    # The chosen learner's settings, and only its.
+    assert_settings_of(run, cfg.learner.name)
+    assert isinstance(run.resources, Resources)
+    assert run.resources.group.num_ranks == cfg.runtime.num_ranks and run.resources.seed == run.seed == cfg.seed
 
 
 @pytest.mark.parametrize(
@@ -147,24 +189,30 @@ def test_the_published_and_world_presets_are_all_the_experiment_options():
 def test_published_preset_is_a_hub_setup_on_pku_saferlhf_at_scale(preset):
     cfg = composed(f"experiment={preset}")
     run = validate(cfg)
-    assert run.pipeline is None and run.hub is not None
-    assert run.hub.data_path.startswith("PKU-Alignment/PKU-SafeRLHF")
-    assert run.hub.template == "safe_rlhf" and run.hub.max_length == 512  # max length 512 [§2]
-    assert run.hub.dtype == "bfloat16"
+    assert isinstance(run.setup, HubSettings) and not isinstance(run.setup, WorldSettings)
+    assert run.setup.path.startswith("PKU-Alignment/PKU-SafeRLHF")
+    assert run.setup.template == "safe_rlhf" and run.setup.max_length == 512  # max length 512 [§2]
+    assert run.setup.dtype == "bfloat16"
     assert cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision == "bf16"  # ZeRO-3, bf16 [§2]
+    assert run.resources.deepspeed.zero_stage == 3 and run.resources.deepspeed.precision == "bf16"
     assert list(cfg.deepspeed.adam_betas) == [0.9, 0.95]
+    assert tuple(run.resources.deepspeed.adam_betas) == (0.9, 0.95)
     assert cfg.runtime.num_ranks == 8 and cfg.runtime.gpus_per_rank == 1.0
+    assert run.resources.group.num_ranks == 8 and run.resources.group.gpus_per_rank == 1.0
     # 512 tokens in all [§2]: 256 for the response, the rest for the prompt (data.max_length − this).
-    assert cfg.generation.max_new_tokens == 256 and run.hub.max_length - cfg.generation.max_new_tokens == 256
+    assert cfg.generation.max_new_tokens == 256 and run.setup.max_length - cfg.generation.max_new_tokens == 256
+    assert run.setup.generation.max_new_tokens == run.generation.max_new_tokens == 256
 
 
 def test_beaver_v1_is_the_published_safe_rlhf():
     cfg = composed("experiment=beaver_v1")
     run = validate(cfg)
     assert run.learner == "ppo_lag" and cfg.learner.name == "ppo_lag"
+    assert_settings_of(run, "ppo_lag")
     # The problem: β = 0.01, d = 0 [§2].
     assert cfg.beta == 0.01 and cfg.learner.kl_coeff == 0.01
-    assert cfg.cost_limit == 0.0
+    assert run.beta == 0.01 and run.settings.ppo.kl_coeff == 0.01
+    assert cfg.cost_limit == 0.0 and run.cost_limit == 0.0 and run.settings.cost_limit == 0.0
     # PPO [§2]: clip 0.2, score clip 50, value clip 5, γ = 1, λ_GAE = 0.95, one pass, +β·kl in cost.
     assert cfg.learner.clip_eps == 0.2
     assert cfg.learner.clip_range_score == 50.0
@@ -172,88 +220,107 @@ def test_beaver_v1_is_the_published_safe_rlhf():
     assert cfg.learner.gamma == 1.0 and cfg.learner.gae_lambda == 0.95
     assert cfg.learner.ppo_epochs == 1 and cfg.learner.kl_in_cost_stream is True
     assert cfg.learner.prompts_per_iteration == 16 * cfg.runtime.num_ranks  # 16 prompts per device
+    ppo = run.settings.ppo
+    assert (ppo.clip_eps, ppo.clip_range_score, ppo.clip_eps_value) == (0.2, 50.0, 5.0)
+    assert (ppo.gamma, ppo.gae_lambda, ppo.ppo_epochs, ppo.kl_in_cost_stream) == (1.0, 0.95, 1, True)
+    assert ppo.prompts_per_iteration == 16 * run.resources.group.num_ranks
     # Optimisation [§2]: actor 1e-5, critic 5e-6.
     assert cfg.learner.policy_learning_rate == 1e-5
     assert cfg.learner.critic_learning_rate == 5e-6
+    assert run.settings.policy_learning_rate == 1e-5 and run.settings.critic_learning_rate == 5e-6
     # The multiplier [§2]: λ_init 1, lr 0.1 on log λ, window 128, no delay, λ_max 5.
-    assert dict(cfg.multiplier) == {
+    published = {
         "kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 128, "delay": 0,
         "max_value": 5.0,
     }
+    assert dict(cfg.multiplier) == published
+    assert run.settings.multiplier == published
     # The published models and data.
     assert cfg.scorers.kind == "pretrained" and cfg.scorers.calibrate is False
-    assert run.hub.policy == ALPACA
-    assert run.hub.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
-    assert run.hub.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
-    assert run.hub.data_path == "PKU-Alignment/PKU-SafeRLHF-30K"
+    assert isinstance(run.setup, HubSettings)
+    assert run.setup.policy == ALPACA
+    assert run.setup.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
+    assert run.setup.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
+    assert run.setup.path == "PKU-Alignment/PKU-SafeRLHF-30K"
 
 
 def test_mocan_preset_is_the_published_mocan():
     cfg = composed("experiment=mocan")
     run = validate(cfg)
-    assert run.learner == "mocan" and run.pecan is None and run.preference is None
-    assert cfg.beta == 0.1  # β = 0.1 [§4]
-    assert run.mocan.num_samples == 128  # K = 128 [§4]
-    assert run.mocan.stage == "dpo" and run.mocan.soft_labels is False  # Bernoulli relabelling + DPO
-    assert run.mocan.frontier_grid == (0.10, 0.35, 0.50, 0.75, 1.13, 2.0, 3.0)  # the published λ grid
+    assert_settings_of(run, "mocan")  # not PeCAN's, not the preference losses'
+    assert cfg.beta == 0.1 and run.settings.beta == 0.1  # β = 0.1 [§4]
+    assert run.settings.num_samples == 128  # K = 128 [§4]
+    assert run.settings.stage == "dpo" and run.settings.soft_labels is False  # Bernoulli relabelling + DPO
+    assert run.settings.frontier_grid == (0.10, 0.35, 0.50, 0.75, 1.13, 2.0, 3.0)  # the published λ grid
     assert cfg.scorers.kind == "pretrained"
-    assert (run.hub.policy, run.hub.reward_model, run.hub.cost_model) == (
+    assert isinstance(run.setup, HubSettings)
+    assert (run.setup.policy, run.setup.reward_model, run.setup.cost_model) == (
         ALPACA, "PKU-Alignment/beaver-7b-v1.0-reward", "PKU-Alignment/beaver-7b-v1.0-cost",
     )
+    # The hub's prompts are sampled and scored in calls of one DPO step's rows.
+    assert run.setup.rows_per_call == 2 * run.settings.dpo_pairs_per_step
 
 
 def test_pecan_preset_is_the_published_pecan():
     cfg = composed("experiment=pecan")
     run = validate(cfg)
-    assert run.learner == "pecan" and run.mocan is None
-    assert cfg.beta == 0.1 and run.pecan.num_samples == 128  # β = 0.1, K = 128 [§4]
-    assert run.pecan.consistent is True  # saferl's consistent labels (documented departure)
-    assert run.hub.policy == ALPACA
-    assert run.hub.reward_model is None and run.hub.cost_model is None  # preferences only
+    assert_settings_of(run, "pecan")  # not MoCAN's
+    assert cfg.beta == 0.1 and run.settings.num_samples == 128  # β = 0.1, K = 128 [§4]
+    assert run.settings.beta == 0.1
+    assert run.settings.consistent is True  # saferl's consistent labels (documented departure)
+    assert isinstance(run.setup, HubSettings)
+    assert run.setup.policy == ALPACA
+    assert run.setup.reward_model is None and run.setup.cost_model is None  # preferences only
 
 
 def test_bfpo_preset_has_the_published_hyperparameters():
     run = validate(composed("experiment=bfpo"))
-    assert run.learner == "preference"
-    assert run.preference.loss == "bfpo" and run.preference.ordering == "better"
-    assert run.preference.hyperparameters == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}  # [§5]
-    assert run.hub.policy == ALPACA
+    assert_settings_of(run, "preference")
+    assert run.settings.loss == "bfpo" and run.settings.ordering == "better"
+    assert run.settings.hyperparameters == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}  # [§5]
+    assert isinstance(run.setup, HubSettings)
+    assert run.setup.policy == ALPACA
 
 
 def test_safe_nca_preset_is_nca_on_safety_pairs_from_falcon():
     cfg = composed("experiment=safe_nca")
     run = validate(cfg)
-    assert run.learner == "preference"
-    assert run.preference.loss == "safe_nca" and run.preference.ordering == "safer"
-    assert cfg.beta == 0.1
-    assert run.hub.policy == "tiiuae/falcon-11B"
-    assert run.hub.reward_model is None and run.hub.cost_model is None
+    assert_settings_of(run, "preference")
+    assert run.settings.loss == "safe_nca" and run.settings.ordering == "safer"
+    assert cfg.beta == 0.1 and run.settings.beta == 0.1
+    assert isinstance(run.setup, HubSettings)
+    assert run.setup.policy == "tiiuae/falcon-11B"
+    assert run.setup.reward_model is None and run.setup.cost_model is None
 
 
 @pytest.mark.parametrize("preset", sorted(WORLD_PRESETS))
-def test_world_preset_builds_the_world_pipeline_with_its_learner(preset):
+def test_world_preset_builds_the_world_setup_with_its_learner(preset):
     learner, loss = WORLD_PRESETS[preset]
     cfg = composed(f"experiment={preset}")
     run = validate(cfg)
-    assert run.hub is None and run.pipeline is not None
+    assert isinstance(run.setup, WorldSettings) and not isinstance(run.setup, HubSettings)
     assert run.learner == learner
-    assert run.pipeline.world_beta == cfg.beta and run.pipeline.cost_limit == cfg.cost_limit
-    assert run.pipeline.generation.max_new_tokens == 3
-    assert run.pipeline.scorers in ("learned", "oracle")
+    assert run.setup.beta == cfg.beta and run.setup.cost_limit == cfg.cost_limit
+    assert run.beta == cfg.beta and run.cost_limit == cfg.cost_limit
+    assert run.setup.generation.max_new_tokens == 3
+    assert run.setup.scorers in ("learned", "oracle")
+    assert run.setup.reference == run.reference
+    ppo = ppo_of(run)
     if learner in ("ppo_lag", "mocan"):
-        assert run.pipeline.ppo is not None
-        assert run.pipeline.ppo.kl_coeff == cfg.beta  # the learner's KL coefficient is the problem's β
+        assert ppo is not None
+        assert ppo.kl_coeff == cfg.beta  # the learner's KL coefficient is the problem's β
     else:
-        assert run.pipeline.ppo is None
-    sections = {"mocan": run.mocan, "pecan": run.pecan, "preference": run.preference}
-    for name, section in sections.items():
-        assert (section is not None) == (name == learner), name
+        assert ppo is None
+    # The learner's own settings, and no other learner's.
+    assert_settings_of(run, learner)
+    if learner != "ppo_lag":
+        assert run.settings.beta == cfg.beta
     if loss is not None:
-        assert run.preference.loss == loss
+        assert run.settings.loss == loss
     if preset == "world_bfpo":
-        assert run.preference.hyperparameters == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}
+        assert run.settings.hyperparameters == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}
     if preset == "world_safe_nca":
-        assert run.preference.ordering == "safer"
+        assert run.settings.ordering == "safer"
 
 
 @pytest.mark.parametrize("preset", sorted(WORLD_PRESETS))
@@ -264,16 +331,18 @@ def test_debug_tiny_shrinks_every_world_preset_and_its_learner(preset):
     assert cfg.hydra.runtime.choices["debug_learner@learner"] == f"tiny_{learner}"
     tiny = validate(cfg)
     assert tiny.learner == learner
-    assert tiny.pipeline.sft.steps < full.pipeline.sft.steps
-    assert tiny.pipeline.num_sft < full.pipeline.num_sft
+    assert_settings_of(tiny, learner)
+    assert isinstance(tiny.setup, WorldSettings) and isinstance(full.setup, WorldSettings)
+    assert tiny.setup.sft.steps < full.setup.sft.steps
+    assert tiny.setup.num_sft < full.setup.num_sft
     if learner in ("ppo_lag", "mocan"):
-        assert tiny.pipeline.ppo.iterations < full.pipeline.ppo.iterations
+        assert ppo_of(tiny).iterations < ppo_of(full).iterations
     if learner in ("mocan", "pecan"):
-        assert getattr(tiny, learner).num_samples < getattr(full, learner).num_samples
-        assert getattr(tiny, learner).dpo_steps < getattr(full, learner).dpo_steps
+        assert tiny.settings.num_samples < full.settings.num_samples
+        assert tiny.settings.dpo_steps < full.settings.dpo_steps
     if learner == "preference":
-        assert tiny.preference.steps < full.preference.steps
-        assert tiny.preference.loss == full.preference.loss  # the preset's loss is kept
+        assert tiny.settings.steps < full.settings.steps
+        assert tiny.settings.loss == full.settings.loss  # the preset's loss is kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +442,50 @@ def test_validation_error_names_the_key_and_the_bad_value(overrides, fragments):
         validate(cfg)
 
 
+# Rules that live in the settings dataclasses: constructed directly (not through validate), their
+# ValueError already names the dotted config key and the bad value.
+DATACLASS_ERRORS = [
+    ("ppo-zero-kl-coeff", lambda: PPOSettings(iterations=1, prompts_per_iteration=1, kl_coeff=0),
+     ["learner.kl_coeff", "0"]),
+    ("ppo-negative-kl-coeff", lambda: PPOSettings(iterations=1, prompts_per_iteration=1, kl_coeff=-0.01),
+     ["learner.kl_coeff", "-0.01"]),
+    ("ppo-zero-iterations", lambda: PPOSettings(iterations=0, prompts_per_iteration=1), ["learner.iterations", "0"]),
+    ("ppo-lag-negative-policy-lr",
+     lambda: PPOLagSettings(ppo=PPOSettings(iterations=1, prompts_per_iteration=1), multiplier=None, cost_limit=0.0,
+                            policy_learning_rate=-0.5),
+     ["learner.policy_learning_rate", "-0.5"]),
+    ("ppo-lag-ptx", lambda: PPOLagSettings(ppo=PPOSettings(iterations=1, prompts_per_iteration=1, ptx_coeff=16.0),
+                                           multiplier=None, cost_limit=0.0),
+     ["learner.ptx_coeff", "16.0"]),
+    ("preference-negative-beta", lambda: PreferenceSettings(loss="dpo", hyperparameters={"beta": -1}),
+     ["learner.preference.hyperparameters.beta", "-1"]),
+    ("preference-unknown-ordering", lambda: PreferenceSettings(ordering="foo"),
+     ["learner.preference.ordering", "'foo'"]),
+    ("preference-negative-lr", lambda: PreferenceSettings(learning_rate=-0.5),
+     ["learner.preference.learning_rate", "-0.5"]),
+    ("mocan-unknown-stage", lambda: MocanSettings(stage="foo"), ["learner.mocan.stage", "'foo'"]),
+    ("mocan-negative-margin", lambda: MocanSettings(margin=-0.1), ["learner.mocan.margin", "-0.1"]),
+    ("pecan-negative-dpo-lr", lambda: PecanSettings(dpo_learning_rate=-0.5),
+     ["learner.pecan.dpo_learning_rate", "-0.5"]),
+]
+
+
+@pytest.mark.parametrize(("build", "fragments"), [case[1:] for case in DATACLASS_ERRORS],
+                         ids=[case[0] for case in DATACLASS_ERRORS])
+def test_settings_dataclass_refuses_a_bad_value_naming_its_key(build, fragments):
+    with pytest.raises(ValueError, match=named(*fragments)):
+        build()
+
+
+def test_a_dataclass_message_reaches_the_config_error_unchanged():
+    """validate() passes a dataclass's own message on (it already starts with the dotted key)."""
+    with pytest.raises(ValueError) as direct:
+        PPOSettings(iterations=1, prompts_per_iteration=1, kl_coeff=0)
+    with pytest.raises(ConfigError) as through_config:
+        validate(composed("learner.kl_coeff=0"))
+    assert str(through_config.value) == str(direct.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. Sweeps.
 # ---------------------------------------------------------------------------------------------
@@ -392,15 +505,24 @@ def sweep_points(cfg: DictConfig) -> dict[str, list[str]]:
 
 
 def typed(run: RunConfig, key: str):
-    """Where a swept key lands in the typed settings."""
+    """Where a swept key lands in the typed settings (checking that every copy agrees)."""
     if key == "beta":
-        return run.pipeline.world_beta
+        assert run.beta == run.setup.beta
+        if not isinstance(run.settings, PPOLagSettings):
+            assert run.settings.beta == run.setup.beta
+        return run.setup.beta
     if key == "cost_limit":
-        return run.pipeline.cost_limit
+        assert run.cost_limit == run.setup.cost_limit
+        if isinstance(run.settings, (PPOLagSettings, MocanSettings)):
+            assert run.settings.cost_limit == run.setup.cost_limit
+        return run.setup.cost_limit
     if key.startswith("multiplier."):
-        return run.pipeline.multiplier[key.removeprefix("multiplier.")]
+        lagrangian = run.settings.ppo if isinstance(run.settings, MocanSettings) else run.settings
+        assert isinstance(lagrangian, PPOLagSettings)
+        return lagrangian.multiplier[key.removeprefix("multiplier.")]
     if key == "learner.mocan.margin":
-        return run.mocan.margin
+        assert isinstance(run.settings, MocanSettings)
+        return run.settings.margin
     raise AssertionError(f"add {key} to typed()")
 
 
@@ -419,7 +541,7 @@ def test_sweep_preset_is_a_multirun_over_existing_keys_and_every_point_validates
             assert OmegaConf.select(point, key) == pytest.approx(float(value))
             assert typed(run, key) == pytest.approx(float(value))
             if key == "beta":  # the learner's KL coefficient follows β
-                assert run.pipeline.ppo.kl_coeff == pytest.approx(float(value))
+                assert ppo_of(run).kl_coeff == pytest.approx(float(value))
 
 
 def test_sweeps_select_the_groups_their_keys_need():
