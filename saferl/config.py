@@ -309,7 +309,10 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation:
 
 def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, beta: float, cost_limit: float,
                       seed: int, num_ranks: int):
-    """The chosen learner's settings; every other learner's section must be absent."""
+    """The chosen learner's settings; every other learner's section must be absent. The
+    ``multiplier`` section is checked whichever the learner (a mistake in it is a mistake even
+    where the learner does not read it)."""
+    multiplier = _multiplier(cfg, cost_limit)
     for name in ("mocan", "pecan", "preference"):
         if name in learner_values and learner != name:
             raise ConfigError(
@@ -324,7 +327,7 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
     if learner in ("ppo_lag", "mocan"):
         ppo = _build(learner_values, "learner", PPOSettings, _LEARNER_EXTRA, seed=seed)
         _divides(ppo.prompts_per_iteration, "learner.prompts_per_iteration", num_ranks)
-        ppo = _build({"ppo": ppo, "multiplier": _multiplier(cfg, cost_limit), "cost_limit": cost_limit,
+        ppo = _build({"ppo": ppo, "multiplier": multiplier, "cost_limit": cost_limit,
                       "policy_learning_rate": learner_values.get("policy_learning_rate", 1e-3),
                       "critic_learning_rate": learner_values.get("critic_learning_rate", 1e-3)},
                      "learner", PPOLagSettings)

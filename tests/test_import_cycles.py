@@ -36,7 +36,6 @@ TOP_LEVEL = "module level"
 DEFERRED = "inside a function"
 TYPE_CHECKING_ONLY = "under TYPE_CHECKING"
 
-BEING_REMOVED = pytest.mark.xfail(strict=False, reason="being removed by the restructuring")
 
 
 @dataclass(frozen=True)
@@ -374,7 +373,6 @@ def test_the_reader_sees_the_tree(saferl_imports) -> None:
     assert any(item.source == "saferl.cli" and item.kind == DEFERRED for item in imports)
 
 
-@BEING_REMOVED
 def test_no_import_cycle_between_saferl_modules(saferl_imports) -> None:
     modules, imports = saferl_imports
     cycles = find_cycles(_graph(modules, imports))
@@ -405,7 +403,6 @@ LOWER_LAYERS = (
 UPPER_LAYERS = ("saferl.eval", "saferl.config", "saferl.cli")
 
 
-@BEING_REMOVED
 def test_lower_layers_do_not_import_eval_config_or_cli(saferl_imports) -> None:
     _, imports = saferl_imports
     bad = [

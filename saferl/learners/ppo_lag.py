@@ -45,7 +45,11 @@ from saferl.learners.output import RunOutput
 from saferl.learners.ppo_update import minibatch_steps, sft_loss, update_critic, update_policy
 from saferl.learners.result import RunResult
 from saferl.learners.rollout import ExperienceMaker
-from saferl.learners.run_state import latest_checkpoint, save_checkpoint_atomically
+from saferl.learners.run_state import (
+    RunFolderInUseError,
+    latest_checkpoint,
+    save_checkpoint_atomically,
+)
 from saferl.learners.types import SFTTrainBatch
 from saferl.models import ModelSpec
 from saferl.runtime import CriticGroup, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
@@ -439,6 +443,14 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
     if setup.reward is None or setup.reward_critic is None:
         raise ValueError("ppo_lag needs a reward scorer and a reward critic start")
     ppo, name = settings.ppo, settings.name
+    checkpoint_dir = output.folder / "checkpoints" / name
+    if not output.resume and latest_checkpoint(checkpoint_dir) is not None:
+        # A fresh run never overwrites another run's checkpoint (the CLI refuses the whole folder;
+        # this guards a direct call too).
+        raise RunFolderInUseError(
+            f"{checkpoint_dir} holds a checkpoint; resume it (resume=auto) or choose another folder "
+            "(nothing was changed)"
+        )
     init_ray(resources.runtime)
     clock = time.perf_counter()
     rows = ppo.prompts_per_iteration  # one optimizer step per rollout and epoch
@@ -500,7 +512,6 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
         )
         progress = output.stage_progress(name, ppo.iterations)
         # 4. Resume.
-        checkpoint_dir = output.folder / "checkpoints" / name
         if output.resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
             learner.load(found)
             progress(learner.iteration, learner.history[-1] if learner.history else {})

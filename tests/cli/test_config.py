@@ -363,6 +363,8 @@ ERRORS = [
     ("unknown-loss", ("learner=preference", "learner.preference.loss=foo"), ["learner.preference.loss", "'foo'"]),
     ("ptx-without-data", ("learner.ptx_coeff=16",), ["learner.ptx_coeff", "16"]),
     ("unknown-multiplier", ("multiplier.kind=foo",), ["multiplier.kind", "'foo'"]),
+    # Checked whichever the learner, even one that does not read it.
+    ("unknown-multiplier-pecan", ("learner=pecan", "multiplier.kind=foo"), ["multiplier.kind", "'foo'"]),
     ("unknown-ordering", ("learner=preference", "learner.preference.ordering=foo"),
      ["learner.preference.ordering", "'foo'"]),
     ("unknown-mocan-stage", ("learner=mocan", "learner.mocan.stage=foo"), ["learner.mocan.stage", "'foo'"]),

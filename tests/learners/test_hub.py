@@ -1,4 +1,4 @@
-"""PPO-Lagrangian on a hub setup (``saferl.learners.hub``), from local folders in the hub's formats.
+"""The learners on a hub setup (``saferl.setups.hub``), from local folders in the hub's formats.
 
 The setup mirrors ``experiment=beaver_v1`` at toy size, with nothing downloaded:
 
@@ -28,12 +28,12 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from saferl.config import HubSettings
 from saferl.data import write_records
 from saferl.data.world import EOS, VOCABULARY, make_preference_pairs, world_prompts
 from saferl.data.world.vocab import UNK
-from saferl.learners.hub import RUN_NAME, run_hub_ppo_lag
-from saferl.learners.ppo_lag import PPOSettings
+from saferl.learners import mocan, pecan, ppo_lag, preference
+from saferl.learners.output import RunOutput
+from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
 from saferl.learners.run_state import RunFolderInUseError
 from saferl.models import (
     ModelSpec,
@@ -45,13 +45,17 @@ from saferl.models import (
     save_policy,
     save_score_model,
 )
-from saferl.runtime import DeepSpeedSpec, GenerationSpec, RuntimeSpec
+from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+from saferl.runtime.resources import Resources
+from saferl.setups import hub as hub_setup
+from saferl.setups.hub import HubSettings
 
 TEMPLATE_WORDS = ("BEGINNING", "OF", "CONVERSATION:", "USER:", "ASSISTANT:")
 ROWS = 16  # prompts per iteration: the world's 16 distinct prompts
 COST_LIMIT = -1.0  # below every mean cost score of the untrained cost model (|score| ≲ 0.3): λ must rise
 MULTIPLIER = {"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": ROWS, "max_value": 10.0}
 RUNTIME = RuntimeSpec(local_num_cpus=8, startup_timeout_s=300, call_timeout_s=300)
+RESOURCES = Resources(GroupSpec(num_ranks=1, cpus_per_rank=0.25), RUNTIME, DeepSpeedSpec(zero_stage=0), seed=0)
 
 
 def hub_tokenizer() -> PreTrainedTokenizerFast:
@@ -83,41 +87,38 @@ def hub_folder(tmp_path_factory) -> Path:
     return root
 
 
-def hub_settings(root: Path, **changes) -> HubSettings:
+def hub_settings(root: Path, max_new_tokens: int = 3, **changes) -> HubSettings:
     values = dict(
         policy=str(root / "policy"),
         reward_model=str(root / "reward"),
         cost_model=str(root / "cost"),
-        model_revision=None,
+        revision=None,
         dtype="float32",
         trust_remote_code=False,
-        data_path=str(root / "pku"),
+        path=str(root / "pku"),
         data_revision=None,
         train_split="train",
         test_split="test",
         template="safe_rlhf",
         max_length=12,  # 7 prompt tokens ("BEGINNING OF CONVERSATION: USER: explain bread ASSISTANT:") + 3
+        generation=GenerationSpec(max_new_tokens=max_new_tokens),
     )
     return HubSettings(**{**values, **changes})
 
 
+def ppo_lag_settings(iterations: int) -> PPOLagSettings:
+    return PPOLagSettings(PPOSettings(iterations=iterations, prompts_per_iteration=ROWS, kl_coeff=0.05, seed=0),
+                          MULTIPLIER, COST_LIMIT)
+
+
+def train(learner, hub: HubSettings, settings, output: RunOutput):
+    """The CLI's train path without the CLI: the hub setup for the learner's needs, then its run."""
+    setup = hub_setup.build(hub, RESOURCES, output, learner.needs(settings), learner.__name__.rsplit(".", 1)[-1])
+    return learner.run(setup, settings, RESOURCES, output)
+
+
 def run(root: Path, output: Path, iterations: int, **changes):
-    return run_hub_ppo_lag(
-        hub_settings(root),
-        PPOSettings(iterations=iterations, prompts_per_iteration=ROWS, kl_coeff=0.05, seed=0),
-        MULTIPLIER,
-        COST_LIMIT,
-        policy_learning_rate=1e-3,
-        critic_learning_rate=1e-3,
-        deepspeed=DeepSpeedSpec(zero_stage=0),
-        generation=GenerationSpec(max_new_tokens=3),
-        runtime=RUNTIME,
-        num_ranks=1,
-        cpus_per_rank=0.25,
-        gpus_per_rank=0.0,
-        output_dir=output,
-        **changes,
-    )
+    return train(ppo_lag, hub_settings(root), ppo_lag_settings(iterations), RunOutput(output, **changes))
 
 
 @pytest.mark.slow
@@ -126,7 +127,7 @@ def test_hub_ppo_lag_trains_and_checkpoints(ray_cluster, hub_folder, tmp_path):
     first = run(hub_folder, output, iterations=2, checkpoint_every=1)
 
     # The loop ran on the hub pieces: 16 distinct prompts, the template's 7 tokens fit 12 − 3.
-    assert first.num_prompts == len(world_prompts()) and first.max_prompt_length == 9
+    assert first.details["num_prompts"] == len(world_prompts()) and first.details["max_prompt_length"] == 9
     assert len(first.history) == 2
     for metrics in first.history:
         for key in ("policy/loss", "critic/reward_loss", "critic/cost_0_loss", "reward/score",
@@ -138,7 +139,8 @@ def test_hub_ppo_lag_trains_and_checkpoints(ray_cluster, hub_folder, tmp_path):
     assert all(m["constraint/estimate_0"] > COST_LIMIT for m in first.history)
     assert all(b > a for a, b in zip(values, values[1:], strict=False)), values
     assert first.multiplier == [values[-1]]
-    assert first.reward == first.history[-1]["reward/score"] and first.cost == [first.history[-1]["cost/score_0"]]
+    assert first.headline == first.history[-1]["reward/score"]
+    assert first.details["last_cost_scores"] == [first.history[-1]["cost/score_0"]]
 
     # The exported policy is a trained copy of the start.
     start, _ = load_policy(hub_folder / "policy")
@@ -147,31 +149,24 @@ def test_hub_ppo_lag_trains_and_checkpoints(ray_cluster, hub_folder, tmp_path):
     assert start_weights.keys() == trained_weights.keys()
     assert any(not torch.equal(start_weights[k], trained_weights[k]) for k in start_weights)
 
-    recorded = json.loads((output / "result.json").read_text())
-    assert recorded["multiplier"] == first.multiplier and len(recorded["history"]) == 2
-    assert recorded["settings"]["hub"]["template"] == "safe_rlhf"
-
-    # A fresh run refuses the folder (resume itself is the shared run_ppo_loop's, tested through
-    # the CLI with SIGKILL in tests/cli/test_runs.py).
+    # A fresh run refuses the folder's checkpoint (resume itself is tested through the CLI with
+    # SIGKILL in tests/cli/test_runs.py).
     with pytest.raises(RunFolderInUseError, match="resume"):
         run(hub_folder, output, iterations=4)
-    assert (output / "checkpoints" / RUN_NAME / "COMPLETE").exists()
+    assert (output / "checkpoints" / "ppo_lag" / "COMPLETE").exists()
 
 
 def test_missing_local_model_names_model_policy(hub_folder, tmp_path):
     settings = hub_settings(hub_folder, policy=str(tmp_path / "no_such_policy"))
     with pytest.raises(FileNotFoundError, match="model.policy"):
-        run_hub_ppo_lag(
-            settings, PPOSettings(iterations=1, prompts_per_iteration=ROWS), MULTIPLIER, COST_LIMIT,
-            1e-3, 1e-3, DeepSpeedSpec(), GenerationSpec(max_new_tokens=3), RUNTIME, 1, 0.25, 0.0, tmp_path,
-        )
+        train(ppo_lag, settings, ppo_lag_settings(1), RunOutput(tmp_path))
 
 
 @pytest.mark.parametrize(
     ("changes", "max_new_tokens", "error", "pattern"),
     [
         ({"cost_model": "./missing_cost"}, 3, FileNotFoundError, "model.cost_model"),
-        ({"data_path": "./missing.jsonl"}, 3, FileNotFoundError, "data.path"),
+        ({"path": "./missing.jsonl"}, 3, FileNotFoundError, "data.path"),
         ({"reward_model": None}, 3, ValueError, "model.reward_model"),
         ({"max_length": 8}, 8, ValueError, r"data.max_length=8 .* generation.max_new_tokens=8"),
         # A causal LM is not a score model: it would load with a random head.
@@ -181,11 +176,7 @@ def test_missing_local_model_names_model_policy(hub_folder, tmp_path):
 def test_settings_that_cannot_run_name_their_key(hub_folder, tmp_path, changes, max_new_tokens, error, pattern):
     changes = {k: (str(hub_folder / "policy") if v == "POLICY" else v) for k, v in changes.items()}
     with pytest.raises(error, match=pattern):
-        run_hub_ppo_lag(
-            hub_settings(hub_folder, **changes), PPOSettings(iterations=1, prompts_per_iteration=ROWS),
-            MULTIPLIER, COST_LIMIT, 1e-3, 1e-3, DeepSpeedSpec(), GenerationSpec(max_new_tokens=max_new_tokens),
-            RUNTIME, 1, 0.25, 0.0, tmp_path,
-        )
+        train(ppo_lag, hub_settings(hub_folder, max_new_tokens, **changes), ppo_lag_settings(1), RunOutput(tmp_path))
 
 
 @pytest.mark.slow
@@ -277,7 +268,6 @@ def correlated_cost(hub_folder) -> Path:
 
 def test_pairs_whose_prompt_fills_max_length_are_dropped_and_counted(hub_folder, tmp_path):
     from saferl.data.records import SafetyPreferencePair
-    from saferl.learners.hub import _training_pairs
 
     pairs = make_preference_pairs(8, seed=2)
     long = SafetyPreferencePair(prompt="explain bread explain bread", response_0="sorry", response_1="steps",
@@ -287,10 +277,11 @@ def test_pairs_whose_prompt_fills_max_length_are_dropped_and_counted(hub_folder,
     tokenizer = hub_tokenizer()
     ensure_pad_token(tokenizer)
     # The template's 5 words + 2 prompt words = 7 tokens fit 9; the long prompt's 9 tokens do not.
-    kept, dropped = _training_pairs(hub_settings(hub_folder, data_path=str(tmp_path / "pku"), max_length=9), tokenizer)
+    kept, dropped = hub_setup.training_pairs(hub_settings(hub_folder, path=str(tmp_path / "pku"), max_length=9),
+                                             tokenizer)
     assert dropped == 1 and kept == pairs
     with pytest.raises(ValueError, match="data.max_length=7"):
-        _training_pairs(hub_settings(hub_folder, data_path=str(tmp_path / "pku"), max_length=7), tokenizer)
+        hub_setup.training_pairs(hub_settings(hub_folder, path=str(tmp_path / "pku"), max_length=7), tokenizer)
 
 
 def test_sampling_and_scoring_calls_cover_every_row_once_on_any_number_of_ranks():
@@ -317,83 +308,72 @@ def test_sampling_and_scoring_calls_cover_every_row_once_on_any_number_of_ranks(
 
 @pytest.mark.slow
 def test_hub_preference_trains_bfpo_on_the_hub_policy(ray_cluster, hub_folder, tmp_path):
-    from saferl.learners.hub import run_hub_preference
-    from saferl.learners.offline import OfflineSettings
-
     tracker = RecordingTracker()
-    offline = OfflineSettings(loss="bfpo", ordering="better", steps=3, pairs_per_step=8, learning_rate=1e-3)
-    run = run_hub_preference(hub_settings(hub_folder), offline, 0.1, DeepSpeedSpec(zero_stage=0), RUNTIME, 1, 0.25,
-                             0.0, tmp_path, tracker=tracker)
+    settings = preference.PreferenceSettings(loss="bfpo", ordering="better", steps=3, pairs_per_step=8,
+                                             learning_rate=1e-3, beta=0.1)
+    run = train(preference, hub_settings(hub_folder), settings, RunOutput(tmp_path, tracker=tracker))
 
     # Every pair of train.jsonl (BFPO keeps all four safety cases), helpfulness order, no β (BFPO has τ).
-    assert (run.loss, run.ordering, run.num_pairs, run.num_dropped_pairs) == ("bfpo", "better", 64, 0)
-    assert run.hyperparameters == {}
+    details = run.details
+    assert (details["loss"], details["ordering"], details["num_pairs"], details["num_dropped_pairs"]) == (
+        "bfpo", "better", 64, 0)
+    assert details["hyperparameters"] == {}
     assert len(run.history) == 3 and [step for step, _ in tracker.logged] == [1, 2, 3]
     losses = [metrics["preference/loss"] for metrics in run.history]
     assert all(math.isfinite(loss) and loss > 0 for loss in losses), losses
-    assert run.final_loss == losses[-1]
+    assert run.headline == losses[-1] and run.method == "preference:bfpo"
     # BFPO's targets are ±50 or ±100 on h at τ = 0.01: the untrained policy's h ≈ 0 is far off.
     assert losses[0] > 1000
     assert weights_changed(hub_folder / "policy", run.policy_dir)
     assert run.policy_dir == tmp_path / "models" / "policy_bfpo"
-    recorded = json.loads((tmp_path / "result.json").read_text())
-    assert recorded["final_loss"] == run.final_loss and len(recorded["history"]) == 3
-    assert recorded["settings"]["preference"]["loss"] == "bfpo"
 
 
 @pytest.mark.slow
 def test_hub_mocan_solves_the_dual_on_its_samples_and_trains_dpo(ray_cluster, hub_folder, correlated_cost, tmp_path):
     from saferl.core.dual import solve_from_samples
-    from saferl.learners.hub import run_hub_mocan
-    from saferl.learners.mocan import MocanSettings
+    from saferl.eval.run_report import write_dual_prediction
 
-    hub = hub_settings(hub_folder, cost_model=str(correlated_cost))
-    mocan = MocanSettings(num_samples=4, margin=0.0, stage="dpo", dpo_steps=3, dpo_pairs_per_step=8,
-                          frontier_grid=(0.0, 0.5, 1.0), num_prompts=12, seed=3)
+    # The dualized learners sample and score in calls of 2 × dpo_pairs_per_step = 16 rows.
+    hub = hub_settings(hub_folder, cost_model=str(correlated_cost), rows_per_call=16)
+    settings = mocan.MocanSettings(beta=0.1, num_samples=4, margin=0.0, stage="dpo", dpo_steps=3,
+                                   dpo_pairs_per_step=8, frontier_grid=(0.0, 0.5, 1.0), num_prompts=12, seed=3)
     tracker = RecordingTracker()
-    run = run_hub_mocan(
-        hub, mocan, 0.1, 0.0, PPOSettings(iterations=1, prompts_per_iteration=ROWS), 1e-3, 1e-3,
-        DeepSpeedSpec(zero_stage=0), GenerationSpec(max_new_tokens=3), RUNTIME, 1, 0.25, 0.0, tmp_path,
-        tracker=tracker,
-    )
+    run = train(mocan, hub, settings, RunOutput(tmp_path, tracker=tracker))
 
-    # Step 1: 12 of the 16 distinct prompts (seeded choice), K = 4 samples each, sampled in calls of
-    # 2 × dpo_pairs_per_step = 16 rows, scored by the two models.
-    assert len(run.prompts) == 12 and set(run.prompts) < {p.text for p in world_prompts()}
-    assert run.rewards.shape == (12, 4) and run.costs.shape == (12, 4, 1)
-    assert run.rewards.std() > 0 and not torch.allclose(run.costs[..., 0], run.rewards)
+    # Step 1: 12 of the 16 distinct prompts (seeded choice), K = 4 samples each, scored by the two
+    # models; the scores are saved.
+    saved = torch.load(tmp_path / "mocan" / "scores.pt")
+    prompts, rewards, costs = saved["prompts"], saved["rewards"], saved["costs"]
+    assert len(prompts) == 12 and set(prompts) < {p.text for p in world_prompts()}
+    assert rewards.shape == (12, 4) and costs.shape == (12, 4, 1)
+    assert rewards.std() > 0 and not torch.allclose(costs[..., 0], rewards)
     # The same samples scored by both: c − r = n/2 is the extra head alone, so c and r correlate.
-    assert torch.corrcoef(torch.stack([run.rewards.flatten(), run.costs.flatten()]))[0, 1] > 0
-    # Step 2: the dual's λ* is the plug-in solve on the returned samples at d = E_ref c − 0.
-    assert torch.allclose(run.dual.cost_limit, run.costs.mean().reshape(1), atol=1e-12)
-    expected = solve_from_samples(run.rewards, run.costs, 0.1, run.dual.cost_limit)
-    assert torch.allclose(run.dual.multiplier, expected.multiplier, atol=1e-12, rtol=0)
-    assert run.dual.multiplier.item() > 0
-    csv_path, png_path = run.frontier_files
+    assert torch.corrcoef(torch.stack([rewards.flatten(), costs.flatten()]))[0, 1] > 0
+    # Step 2: the dual's λ* is the plug-in solve on the saved samples at d = E_ref c − 0.
+    dual = run.dual.solution
+    assert torch.allclose(dual.cost_limit, costs.mean().reshape(1), atol=1e-12)
+    expected = solve_from_samples(rewards, costs, 0.1, dual.cost_limit)
+    assert torch.allclose(dual.multiplier, expected.multiplier, atol=1e-12, rtol=0)
+    assert dual.multiplier.item() > 0 and run.multiplier == dual.multiplier.tolist()
+    assert run.headline == pytest.approx(float(dual.objective)) and run.dual.units == "cost-model units"
+    csv_path, png_path = write_dual_prediction(run)  # the CLI writes the prediction; the learner never plots
     assert csv_path == tmp_path / "mocan" / "frontier.csv" and png_path.stat().st_size > 0
     assert len(csv_path.read_text().strip().splitlines()) == 1 + 3  # header + the grid
-    saved = torch.load(tmp_path / "mocan" / "scores.pt")
-    assert saved["prompts"] == run.prompts and torch.equal(saved["rewards"], run.rewards)
-    # Step 3: DPO on the relabelled samples, from the hub policy.
+    # Step 3: DPO on the relabelled samples, from the hub policy; its steps reach the tracker.
     losses = [metrics["preference/loss"] for _, metrics in tracker.logged]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
+    assert [m["preference/loss"] for m in run.history] == losses
     assert run.policy_dir == tmp_path / "mocan" / "models" / "policy_dpo"
     assert weights_changed(hub_folder / "policy", run.policy_dir)
-    recorded = json.loads((tmp_path / "result.json").read_text())
-    assert recorded["multiplier"] == run.dual.multiplier.tolist() and recorded["num_samples"] == 4
+    assert run.details["num_samples"] == 4
 
 
 def test_hub_mocan_and_pecan_name_their_missing_pieces(hub_folder, tmp_path):
-    from saferl.learners.hub import run_hub_mocan, run_hub_pecan
-    from saferl.learners.mocan import MocanSettings
-    from saferl.learners.pecan import PecanSettings
-
     with pytest.raises(ValueError, match="model.cost_model: mocan on a hub setup needs"):
-        run_hub_mocan(hub_settings(hub_folder, cost_model=None), MocanSettings(), 0.1, 0.0, PPOSettings(1, ROWS), 1e-3,
-                      1e-3, DeepSpeedSpec(), GenerationSpec(max_new_tokens=3), RUNTIME, 1, 0.25, 0.0, tmp_path)
+        train(mocan, hub_settings(hub_folder, cost_model=None), mocan.MocanSettings(beta=0.1), RunOutput(tmp_path))
     with pytest.raises(FileNotFoundError, match="data.path"):
-        run_hub_pecan(hub_settings(hub_folder, data_path="./missing.jsonl"), PecanSettings(), 0.1, DeepSpeedSpec(),
-                      GenerationSpec(max_new_tokens=3), RUNTIME, 1, 0.25, 0.0, tmp_path)
+        train(pecan, hub_settings(hub_folder, path="./missing.jsonl"), pecan.PecanSettings(beta=0.1),
+              RunOutput(tmp_path))
 
 
 HUB_PRESETS = {
@@ -440,32 +420,32 @@ def test_hub_presets_train_through_the_cli_on_hub_format_files(preset, ray_clust
 
     if preset in ("bfpo", "safe_nca"):
         assert summary["method"] == f"preference:{preset}" and summary["policy_dir"] == f"models/policy_{preset}"
-        assert headline == result["final_loss"] and len(result["history"]) == 2
+        details = result["details"]
+        assert headline == result["history"][-1]["preference/loss"] and len(result["history"]) == 2
         if preset == "safe_nca":  # NCA on the safe-vs-unsafe pairs at the preset's β
-            assert result["ordering"] == "safer" and result["hyperparameters"] == {"beta": 0.1}
-            assert result["num_pairs"] == sum(p.is_response_0_safe != p.is_response_1_safe
-                                              for p in make_preference_pairs(64, seed=0))
+            assert details["ordering"] == "safer" and details["hyperparameters"] == {"beta": 0.1}
+            assert details["num_pairs"] == sum(p.is_response_0_safe != p.is_response_1_safe
+                                               for p in make_preference_pairs(64, seed=0))
         else:  # the preset's τ, B1, α
-            assert result["hyperparameters"] == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}
+            assert details["hyperparameters"] == {"tau": 0.01, "b1": 3.0, "alpha": 0.5}
         return
 
     # MoCAN and PeCAN: λ* is the plug-in solve on the saved scores at d = E_ref c − margin (0).
     scores = torch.load(tmp_path / preset / "scores.pt")
     assert len(scores["prompts"]) == 8 and scores["rewards"].shape == (8, 4)
     limit = scores["costs"].mean().reshape(1)
-    assert result["cost_limit"] == pytest.approx(limit.tolist(), abs=1e-12)
+    assert result["dual"]["cost_limit"] == pytest.approx(limit.tolist(), abs=1e-12)
     expected = solve_from_samples(scores["rewards"], scores["costs"], cfg.beta, limit)
     assert summary["multiplier"] == pytest.approx(expected.multiplier.tolist(), abs=1e-9)
-    assert headline == pytest.approx(result["objective"])
+    assert headline == pytest.approx(result["dual"]["objective"])
     assert summary["method"] == preset
     if preset == "mocan":
         assert summary["multiplier"][0] > 0
         assert (tmp_path / summary["predicted_frontier_csv"]).is_file()
         assert summary["policy_dir"] == "mocan/models/policy_ppo_lag"
-        # The PPO stage ran with λ fixed at λ*.
-        ppo_result = json.loads((tmp_path / "mocan" / "result.json").read_text())
-        assert ppo_result["multiplier"] == pytest.approx(summary["multiplier"])
-        assert ppo_result["history"][0]["multiplier/value_0"] == pytest.approx(summary["multiplier"][0])
+        # The PPO stage (ppo_lag.run) ran with λ fixed at λ*.
+        assert result["history"][0]["multiplier/value_0"] == pytest.approx(summary["multiplier"][0])
+        assert (tmp_path / "mocan" / "checkpoints" / "ppo_lag" / "COMPLETE").exists()
     else:
         assert summary["predicted_frontier_csv"] is None  # implicit units
         assert summary["policy_dir"] == "pecan/models/policy_dpo"
