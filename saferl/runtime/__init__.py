@@ -4,9 +4,12 @@ The driver (a learner) is a single controller: it connects to Ray (:func:`init_r
 resources (:func:`plan_placement`, optional: a group plans its own when not colocated), starts
 one group per role (:class:`PolicyGroup`, :class:`ReferenceGroup`, :class:`ScoreGroup`,
 :class:`CriticGroup`) and calls typed methods on whole batches; each group splits a batch into
-equal shards over its ranks and joins the results in order. Configs arrive as the frozen
-dataclasses of :mod:`saferl.runtime.specs`. Imports ray, deepspeed and torch.distributed, never
-Hydra or W&B.
+equal shards over its ranks and joins the results in order. A rank is one of two workers, by
+engine kind (:class:`TrainableWorker`, :class:`InferenceWorker`), holding a head
+(:class:`PolicyHead`, :class:`ScoreHead`, :class:`CriticHead`) that says which model it builds
+and what its forward returns. Batches are the types of :mod:`saferl.data.batches` (the runtime
+never imports the tokenising collators). Configs arrive as the frozen dataclasses of
+:mod:`saferl.runtime.specs`. Imports ray, deepspeed and torch.distributed, never Hydra or W&B.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from saferl.runtime.ds_config import (
 )
 from saferl.runtime.generation import SeededSampler, generate_sequences
 from saferl.runtime.group import ActorGroup
-from saferl.runtime.roles import CriticGroup, PolicyGroup, ReferenceGroup, ScoreGroup
+from saferl.runtime.heads import CriticHead, PolicyHead, ScoreHead
+from saferl.runtime.roles import CriticGroup, PolicyGroup, ReferenceGroup, RoleGroup, ScoreGroup
 from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
 from saferl.runtime.types import (
     GenerationOutput,
@@ -42,34 +46,42 @@ from saferl.runtime.types import (
 from saferl.runtime.vllm_engine import VLLMEngineGroup, VLLMSpec, require_vllm
 from saferl.runtime.workers import (
     CriticWorker,
+    InferenceWorker,
     PolicyWorker,
     RankSetup,
     ReferenceWorker,
     ScoreWorker,
+    TrainableWorker,
 )
 
 __all__ = [
     "ActorGroup",
     "CriticGroup",
+    "CriticHead",
     "CriticWorker",
     "DeepSpeedSpec",
     "GenerationOutput",
     "GenerationSpec",
     "GroupSpec",
+    "InferenceWorker",
     "LossFn",
     "PlacementPlan",
     "PolicyGroup",
+    "PolicyHead",
     "PolicyWorker",
     "RankInfo",
     "RankSetup",
     "ReferenceGroup",
     "ReferenceWorker",
+    "RoleGroup",
     "RoleSlot",
     "RuntimeSpec",
     "ScoreGroup",
+    "ScoreHead",
     "ScoreWorker",
     "SeededSampler",
     "TrainStepOutput",
+    "TrainableWorker",
     "VLLMEngineGroup",
     "VLLMSpec",
     "batch_rows",

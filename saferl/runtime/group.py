@@ -240,10 +240,19 @@ class ActorGroup:
         return self._gather([ref], [rank], method, self._timeout(timeout_s))[0]
 
     def call_per_rank(
-        self, method: str, per_rank_args: Sequence[tuple[Any, ...]], timeout_s: float | None = None
+        self,
+        method: str,
+        per_rank_args: Sequence[tuple[Any, ...]],
+        timeout_s: float | None = None,
+        label: str | None = None,
     ) -> list[Any]:
-        """``method(*per_rank_args[r])`` on rank ``r``; results in rank order."""
-        self._check_open(method)
+        """``method(*per_rank_args[r])`` on rank ``r``; results in rank order.
+
+        ``label`` is the name messages give the call (default ``method``): a role group calls a
+        rank's ``forward`` as its own ``token_logprobs``, ``end_scores`` or ``values``.
+        """
+        label = method if label is None else label
+        self._check_open(label)
         if len(per_rank_args) != self.num_ranks:
             raise ValueError(
                 f"{len(per_rank_args)} argument tuples for the {self.num_ranks} ranks of {self.role}"
@@ -252,7 +261,7 @@ class ActorGroup:
             getattr(actor, method).remote(*args)
             for actor, args in zip(self.actors, per_rank_args, strict=True)
         ]
-        return self._gather(refs, list(range(self.num_ranks)), method, self._timeout(timeout_s))
+        return self._gather(refs, list(range(self.num_ranks)), label, self._timeout(timeout_s))
 
     def _timeout(self, timeout_s: float | None) -> float:
         return self.runtime_spec.call_timeout_s if timeout_s is None else timeout_s

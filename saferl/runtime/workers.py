@@ -1,21 +1,33 @@
-"""The rank actors: one class per role, each one rank of its role's torch.distributed world.
+"""The rank actors: one worker per engine kind, each holding a head (the kind of model).
 
-These are plain classes; :class:`saferl.runtime.group.ActorGroup` turns them into Ray actors
-(``ray.remote(PolicyWorker)``), so Ray shows them by role. Every worker
+=================  =======================  =====================================================
+worker             engine                   methods (beyond the shared ones)
+=================  =======================  =====================================================
+TrainableWorker    DeepSpeed training       ``train_step``; checkpoints: DeepSpeed's own (weights,
+                                            optimizer, scheduler)
+InferenceWorker    DeepSpeed inference      checkpoints: rank 0 writes the full frozen weights
+=================  =======================  =====================================================
 
-1. is constructed with a :class:`RankSetup` (role, rank, world size, backend, ...) and its model
-   description; nothing heavy happens in the constructor;
+Both serve ``forward`` (the head's output: token log-probs, end scores or values, see
+:mod:`saferl.runtime.heads`), ``generate`` (policy heads only), ``export_hf`` and
+``state_dict``. These are plain classes; :class:`saferl.runtime.group.ActorGroup` turns them into
+Ray actors (``ray.remote(PolicyWorker)``). Ray names an actor after its class, so each role has a
+named subclass that adds nothing (``PolicyWorker``, ``ReferenceWorker``, ``ScoreWorker``,
+``CriticWorker``) and Ray shows the ranks by role. Every worker
+
+1. is constructed with a :class:`RankSetup` (role, rank, world size, backend, ...), its head and
+   its DeepSpeed spec; nothing heavy happens in the constructor;
 2. reports ``master_address()`` (rank 0's node address and a free port) and ``rank_info()``;
-3. ``setup((master_addr, master_port))``: joins the world, builds its model on the CPU with the
-   group's seed, wraps it (:mod:`saferl.runtime.engines`) and starts its DeepSpeed engine, which
-   moves it to the rank's device (ZeRO 0-2) or partitions it there (ZeRO-3: no rank's GPU ever
-   holds the whole model);
+3. ``setup((master_addr, master_port))``: joins the world, builds its head's model on the CPU
+   with the group's seed, wraps it (:mod:`saferl.runtime.engines`) and starts its DeepSpeed
+   engine, which moves it to the rank's device (ZeRO 0-2) or partitions it there (ZeRO-3: no
+   rank's GPU ever holds the whole model);
 4. serves its role's methods on the shard of the batch the driver sends. Methods that hold a
    collective under ZeRO-3 (any forward, checkpoints, exports) must be called on every rank with
    equal shards, which the groups guarantee.
 
-Shared behaviour lives in small helpers (:class:`RankContext`, :func:`run_train_step`,
-:func:`run_forward`), not in a base class.
+The rank plumbing is :class:`RankContext`; the two workers share :class:`EngineWorker` (one
+level, no hooks: each worker's ``setup`` and checkpoints are its own).
 """
 
 from __future__ import annotations
@@ -28,23 +40,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from saferl.data.collators import PromptBatch
-from saferl.models import (
-    ModelSpec,
-    build_critic,
-    build_policy,
-    build_score_model,
-    save_policy,
-    save_score_model,
-)
+from saferl.data.batches import PromptBatch
 from saferl.runtime import distributed
 from saferl.runtime.batching import batch_rows, batch_to, model_inputs, slice_batch
 from saferl.runtime.engines import (
-    EndScoresModule,
-    TokenLogprobsModule,
-    ValuesModule,
     build_inference_engine,
     build_train_engine,
     full_state_dict,
@@ -52,17 +52,21 @@ from saferl.runtime.engines import (
     load_full_state_dict,
 )
 from saferl.runtime.generation import generate_sequences
+from saferl.runtime.heads import Head, PolicyHead
 from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec
 from saferl.runtime.types import GenerationOutput, LossFn, RankInfo
 
 __all__ = [
     "CriticWorker",
+    "EngineWorker",
+    "InferenceWorker",
     "PolicyWorker",
     "RankContext",
     "RankSetup",
     "RankStepResult",
     "ReferenceWorker",
     "ScoreWorker",
+    "TrainableWorker",
 ]
 
 #: File an inference worker's checkpoint writes (rank 0, full weights) inside ``<dir>/<tag>/``.
@@ -263,13 +267,7 @@ def _load_inference_engine(engine: Any, rank: int, directory: str, tag: str | No
     load_full_state_dict(engine, state, source_rank=0)
 
 
-def _export(
-    engine: Any,
-    rank: int,
-    rebuild: Any,
-    save: Any,
-    directory: str,
-) -> str | None:
+def _export(engine: Any, rank: int, head: Head, directory: str) -> str | None:
     """Rank 0 writes the wrapped model in Hugging Face format; returns the folder there.
 
     Under ZeRO-3 the full weights are gathered (every rank takes part) into a freshly built
@@ -278,41 +276,25 @@ def _export(
     """
     if not is_zero3(engine):
         if rank == 0:
-            return str(save(engine.module.model, directory))
+            return str(head.save(engine.module.model, directory))
         return None
     state = full_state_dict(engine, keep=rank == 0)
     if rank != 0:
         return None
-    model: nn.Module = rebuild()
+    model: nn.Module = head.build()
     dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     model.load_state_dict(state, strict=True)
     model.to(dtype=dtype)
-    return str(save(model, directory))
+    return str(head.save(model, directory))
 
 
-def _state_dict(engine: Any, rank: int, on_all_ranks: bool) -> dict[str, torch.Tensor]:
-    # every rank takes part (a collective under ZeRO-3); only those that return it copy
-    return full_state_dict(engine, keep=on_all_ranks or rank == 0)
+class EngineWorker:
+    """What both engine workers share: the rank's plumbing, the head's forward, generation,
+    exports and full state dicts. Not used on its own (it builds no engine)."""
 
-
-class PolicyWorker:
-    """One rank of the policy: a DeepSpeed training engine around a causal LM.
-
-    Methods: ``generate`` (seeded, see :mod:`saferl.runtime.generation`), ``token_logprobs``,
-    ``train_step(batch, loss_fn)`` with ``loss_fn(token_logprobs (batch, seq_len), batch)``,
-    checkpoints, ``export_hf`` and ``state_dict``.
-    """
-
-    def __init__(
-        self,
-        setup: RankSetup,
-        model_spec: ModelSpec,
-        tokenizer: PreTrainedTokenizerBase,
-        deepspeed_spec: DeepSpeedSpec,
-    ) -> None:
+    def __init__(self, setup: RankSetup, head: Head, deepspeed_spec: DeepSpeedSpec) -> None:
         self.ctx = RankContext(setup)
-        self.model_spec = model_spec
-        self.tokenizer = tokenizer
+        self.head = head
         self.spec = deepspeed_spec
         self.engine: Any = None
 
@@ -322,212 +304,66 @@ class PolicyWorker:
     def master_address(self) -> tuple[str, int]:
         return self.ctx.master_address()
 
-    def setup(self, master: tuple[str, int]) -> None:
+    def _join_and_build(self, master: tuple[str, int]) -> nn.Module:
+        """Join the world, seed torch, build the head's model and wrap it (before the engine)."""
         self.ctx.join(*master)
-        model = build_policy(self.model_spec, self.tokenizer)
-        self.engine = build_train_engine(
-            TokenLogprobsModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
-        )
+        return self.head.wrap(self.head.build())
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        """The head's output on this rank's shard (no grad, on CPU): token log-probs
+        ``(shard, seq_len)`` (position ``t``: ``log π(x_t | x_<t)``; 0 at padding), end scores
+        ``(shard, m)`` or values ``(shard, seq_len)``."""
+        return run_forward(self.engine, batch, self.ctx.device)
 
     def generate(
         self, prompts: PromptBatch, spec: GenerationSpec, row_offset: int
     ) -> GenerationOutput:
         """Responses for this rank's prompts ``(shard, prompt_len)``; rows are numbered from
-        ``row_offset`` for the per-row seeds."""
+        ``row_offset`` for the per-row seeds.
+
+        Raises:
+            TypeError: the head is not a :class:`~saferl.runtime.heads.PolicyHead`.
+        """
+        if not isinstance(self.head, PolicyHead):
+            raise TypeError(
+                f"only a policy head generates; this rank holds a {type(self.head).__name__}"
+            )
         self.engine.eval()
         synced = is_zero3(self.engine) and self.ctx.setup.world_size > 1
         return generate_sequences(
             self.engine.module.model,
             prompts.to(self.ctx.device),
             spec,
-            pad_token_id=int(self.tokenizer.pad_token_id),
-            eos_token_id=int(self.tokenizer.eos_token_id),
+            pad_token_id=int(self.head.tokenizer.pad_token_id),
+            eos_token_id=int(self.head.tokenizer.eos_token_id),
             row_offset=row_offset,
             synced_gpus=synced,
         )
 
-    def token_logprobs(self, batch: Any) -> torch.Tensor:
-        """``(shard, seq_len)`` log-probs (position ``t``: ``log π(x_t | x_<t)``; 0 at padding)."""
-        return run_forward(self.engine, batch, self.ctx.device)
-
-    def train_step(self, batch: Any, loss_fn: LossFn) -> RankStepResult:
-        return run_train_step(self.engine, self.spec, batch, loss_fn, self.ctx.device)
-
-    def save_checkpoint(self, directory: str, tag: str | None) -> str:
-        return _checkpoint_train_engine(self.engine, directory, tag)
-
-    def load_checkpoint(self, directory: str, tag: str | None) -> None:
-        _load_train_engine(self.engine, directory, tag)
-
     def export_hf(self, directory: str) -> str | None:
-        return _export(
-            self.engine,
-            self.ctx.setup.rank,
-            lambda: build_policy(self.model_spec, self.tokenizer),
-            lambda model, path: save_policy(model, self.tokenizer, path, overwrite=True),
-            directory,
-        )
+        """The head's Hugging Face folder, written by rank 0 (a collective under ZeRO-3)."""
+        return _export(self.engine, self.ctx.setup.rank, self.head, directory)
 
     def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
-        """Full weights of the causal LM on CPU (a collective under ZeRO-3); with
+        """Full weights of the wrapped model on CPU (a collective under ZeRO-3); with
         ``on_all_ranks=False`` ranks other than 0 return an empty dict."""
-        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)
+        # every rank takes part; only those that return it copy
+        return full_state_dict(self.engine, keep=on_all_ranks or self.ctx.setup.rank == 0)
 
 
-class ReferenceWorker:
-    """One rank of the frozen reference policy: a DeepSpeed inference engine (ZeRO-3 partitions
-    its parameters when the spec's stage is 3). Methods: ``token_logprobs``, checkpoints,
-    ``state_dict``."""
+class TrainableWorker(EngineWorker):
+    """One rank of a trained model: a DeepSpeed training engine around its head's model.
 
-    def __init__(
-        self,
-        setup: RankSetup,
-        model_spec: ModelSpec,
-        tokenizer: PreTrainedTokenizerBase,
-        deepspeed_spec: DeepSpeedSpec,
-    ) -> None:
-        self.ctx = RankContext(setup)
-        self.model_spec = model_spec
-        self.tokenizer = tokenizer
-        self.spec = deepspeed_spec
-        self.engine: Any = None
-
-    def rank_info(self) -> RankInfo:
-        return self.ctx.info()
-
-    def master_address(self) -> tuple[str, int]:
-        return self.ctx.master_address()
+    ``train_step(batch, loss_fn)`` calls ``loss_fn(forward outputs, micro_batch)``: token
+    log-probs ``(micro, seq_len)`` for a policy head, values ``(micro, seq_len)`` for a critic
+    head. Checkpoints are DeepSpeed's (weights, optimizer, scheduler).
+    """
 
     def setup(self, master: tuple[str, int]) -> None:
-        self.ctx.join(*master)
-        model = build_policy(self.model_spec, self.tokenizer)
-        self.engine = build_inference_engine(
-            TokenLogprobsModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
-        )
-
-    def token_logprobs(self, batch: Any) -> torch.Tensor:
-        """``(shard, seq_len)`` reference log-probs."""
-        return run_forward(self.engine, batch, self.ctx.device)
-
-    def save_checkpoint(self, directory: str, tag: str | None) -> str:
-        return _checkpoint_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
-
-    def load_checkpoint(self, directory: str, tag: str | None) -> None:
-        _load_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
-
-    def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
-        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)
-
-
-class ScoreWorker:
-    """One rank of a reward or cost model: a DeepSpeed inference engine around a score model.
-    Methods: ``end_scores`` ``(shard, m)``, checkpoints, ``export_hf``, ``state_dict``."""
-
-    def __init__(
-        self,
-        setup: RankSetup,
-        model_spec: ModelSpec,
-        tokenizer: PreTrainedTokenizerBase,
-        deepspeed_spec: DeepSpeedSpec,
-        num_outputs: int = 1,
-        kind: str | None = None,
-    ) -> None:
-        self.ctx = RankContext(setup)
-        self.model_spec = model_spec
-        self.tokenizer = tokenizer
-        self.spec = deepspeed_spec
-        self.num_outputs = num_outputs
-        self.kind = kind
-        self.engine: Any = None
-
-    def rank_info(self) -> RankInfo:
-        return self.ctx.info()
-
-    def master_address(self) -> tuple[str, int]:
-        return self.ctx.master_address()
-
-    def _build(self) -> nn.Module:
-        return build_score_model(self.model_spec, self.tokenizer, num_outputs=self.num_outputs)
-
-    def setup(self, master: tuple[str, int]) -> None:
-        self.ctx.join(*master)
-        model = self._build()
-        self.engine = build_inference_engine(
-            EndScoresModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
-        )
-
-    def end_scores(self, batch: Any) -> torch.Tensor:
-        """``(shard, m)`` scores at each row's last real token."""
-        return run_forward(self.engine, batch, self.ctx.device)
-
-    def save_checkpoint(self, directory: str, tag: str | None) -> str:
-        return _checkpoint_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
-
-    def load_checkpoint(self, directory: str, tag: str | None) -> None:
-        _load_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
-
-    def export_hf(self, directory: str) -> str | None:
-        return _export(
-            self.engine,
-            self.ctx.setup.rank,
-            self._build,
-            lambda model, path: save_score_model(
-                model, self.tokenizer, path, kind=self.kind, overwrite=True
-            ),
-            directory,
-        )
-
-    def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
-        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)
-
-
-class CriticWorker:
-    """One rank of a reward or cost critic: a DeepSpeed training engine around a one-output score
-    model read at every position. Methods: ``values`` ``(shard, seq_len)``,
-    ``train_step(batch, loss_fn)`` with ``loss_fn(values (batch, seq_len), batch)``, checkpoints,
-    ``export_hf``, ``state_dict``."""
-
-    def __init__(
-        self,
-        setup: RankSetup,
-        model_spec: ModelSpec,
-        tokenizer: PreTrainedTokenizerBase,
-        deepspeed_spec: DeepSpeedSpec,
-        init_from: str | None = None,
-        init_output_index: int | None = None,
-    ) -> None:
-        self.ctx = RankContext(setup)
-        self.model_spec = model_spec
-        self.tokenizer = tokenizer
-        self.spec = deepspeed_spec
-        self.init_from = init_from
-        self.init_output_index = init_output_index
-        self.engine: Any = None
-
-    def rank_info(self) -> RankInfo:
-        return self.ctx.info()
-
-    def master_address(self) -> tuple[str, int]:
-        return self.ctx.master_address()
-
-    def _build(self) -> nn.Module:
-        return build_critic(
-            self.model_spec,
-            self.tokenizer,
-            init_from=self.init_from,
-            init_output_index=self.init_output_index,
-        )
-
-    def setup(self, master: tuple[str, int]) -> None:
-        self.ctx.join(*master)
-        model = self._build()
+        module = self._join_and_build(master)
         self.engine = build_train_engine(
-            ValuesModule(model), self.spec, self.ctx.setup.world_size, self.ctx.device_type
+            module, self.spec, self.ctx.setup.world_size, self.ctx.device_type
         )
-
-    def values(self, batch: Any) -> torch.Tensor:
-        """``(shard, seq_len)`` values ``V_t``."""
-        return run_forward(self.engine, batch, self.ctx.device)
 
     def train_step(self, batch: Any, loss_fn: LossFn) -> RankStepResult:
         return run_train_step(self.engine, self.spec, batch, loss_fn, self.ctx.device)
@@ -538,16 +374,41 @@ class CriticWorker:
     def load_checkpoint(self, directory: str, tag: str | None) -> None:
         _load_train_engine(self.engine, directory, tag)
 
-    def export_hf(self, directory: str) -> str | None:
-        return _export(
-            self.engine,
-            self.ctx.setup.rank,
-            self._build,
-            lambda model, path: save_score_model(
-                model, self.tokenizer, path, kind="critic", overwrite=True
-            ),
-            directory,
+
+class InferenceWorker(EngineWorker):
+    """One rank of a frozen model: a DeepSpeed inference engine around its head's model (ZeRO-3
+    partitions its parameters when the spec's stage is 3). Checkpoints hold the frozen weights
+    only (rank 0 writes them in full)."""
+
+    def setup(self, master: tuple[str, int]) -> None:
+        module = self._join_and_build(master)
+        self.engine = build_inference_engine(
+            module, self.spec, self.ctx.setup.world_size, self.ctx.device_type
         )
 
-    def state_dict(self, on_all_ranks: bool = True) -> Mapping[str, torch.Tensor]:
-        return _state_dict(self.engine, self.ctx.setup.rank, on_all_ranks)
+    def save_checkpoint(self, directory: str, tag: str | None) -> str:
+        return _checkpoint_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
+
+    def load_checkpoint(self, directory: str, tag: str | None) -> None:
+        _load_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
+
+
+# Ray names an actor after its class: one named class per role shows the ranks by role (in
+# `ray list actors` and the dashboard). They add nothing; the role groups pick them.
+
+
+class PolicyWorker(TrainableWorker):
+    """Policy ranks: a trainable engine with a :class:`~saferl.runtime.heads.PolicyHead`."""
+
+
+class ReferenceWorker(InferenceWorker):
+    """Reference ranks: an inference engine with a :class:`~saferl.runtime.heads.PolicyHead`."""
+
+
+class ScoreWorker(InferenceWorker):
+    """Reward or cost model ranks: an inference engine with a
+    :class:`~saferl.runtime.heads.ScoreHead`."""
+
+
+class CriticWorker(TrainableWorker):
+    """Critic ranks: a trainable engine with a :class:`~saferl.runtime.heads.CriticHead`."""
