@@ -10,6 +10,9 @@ the same SFT policy:
   ground-truth units on held-out responses, so β and d mean the same thing);
 * ``ppo_lag (oracle, §1 KL)`` — oracle PPO-Lagrangian without the published ``+β kl`` in the cost
   stream (its stationary point is exactly ALGORITHMS.md §1's ``π_λ``);
+
+Each row is the learner's own module (``saferl.learners.<name>.run``) on the world setup
+(``saferl.setups.world``), scored by the setup's exact evaluator.
 * ``ppo (oracle)``      — unconstrained RLHF on the reward alone;
 * ``shaping λ* (oracle)`` — PPO on ``r − λ* c`` with λ fixed at the exact λ*;
 
@@ -41,27 +44,26 @@ from dataclasses import replace
 from pathlib import Path
 
 from saferl.data.world import ReferenceConfig
-from saferl.learners.mocan import MocanSettings, run_mocan
-from saferl.learners.offline import OfflineSettings, run_offline_preference
-from saferl.learners.pecan import PecanSettings, run_pecan
-from saferl.learners.pipeline import (
-    PipelineSettings,
-    PreparedModels,
-    StageSettings,
-    evaluate_exact,
-    prepare_models,
-    run_ppo_stage,
-)
-from saferl.learners.ppo_lag import PPOSettings
-from saferl.runtime import RuntimeSpec
+from saferl.learners import mocan, pecan, ppo_lag, preference
+from saferl.learners.mocan import MocanSettings
+from saferl.learners.output import RunOutput
+from saferl.learners.pecan import PecanSettings
+from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
+from saferl.learners.preference import PreferenceSettings
+from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+from saferl.runtime.resources import Resources
+from saferl.setups import world
+from saferl.setups.base import Needs, Setup, ShapedScorerSource
+from saferl.setups.world import StageSettings, WorldScorerSource, WorldSettings
 
 COST_RANGE = 2.8 - (-2.2)  # the ground-truth cost's range over exact mode's responses
+MULTIPLIER = {"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 128, "max_value": 5.0}
 
 
-def default_settings(seed: int, iterations: int) -> PipelineSettings:
-    """The default job's settings (conf/job/pipeline.yaml) for one seed."""
-    return PipelineSettings(
-        world_beta=0.5,
+def default_settings(seed: int) -> WorldSettings:
+    """The default job's world (conf/data/world.yaml, conf/model/world.yaml, conf/scorers) for one seed."""
+    return WorldSettings(
+        beta=0.5,
         cost_limit=-0.8,
         reference=ReferenceConfig(seed=seed),
         num_sft=2000,
@@ -71,19 +73,22 @@ def default_settings(seed: int, iterations: int) -> PipelineSettings:
         sft=StageSettings(300, 64, 3e-3),
         reward_model=StageSettings(150, 32, 1e-3),
         cost_model=StageSettings(300, 32, 1e-3),
-        ppo=PPOSettings(iterations=iterations, prompts_per_iteration=64, kl_coeff=0.5, seed=seed),
-        policy_learning_rate=1e-3,
-        critic_learning_rate=1e-3,
-        multiplier={
-            "kind": "log_gradient_ascent",
-            "initial_value": 1.0,
-            "lr": 0.1,
-            "window": 128,
-            "max_value": 5.0,
-        },
-        runtime=RuntimeSpec(local_num_cpus=8),
+        generation=GenerationSpec(max_new_tokens=3, seed=seed),
         seed=seed,
     )
+
+
+def ppo_settings(seed: int, iterations: int, multiplier=MULTIPLIER, **changes) -> PPOLagSettings:
+    loop = PPOSettings(iterations=iterations, prompts_per_iteration=64, kl_coeff=0.5, seed=seed, **changes)
+    return PPOLagSettings(loop, multiplier, -0.8)
+
+
+def oracle(setup: Setup) -> Setup:
+    """The same setup with the ground-truth reward and cost."""
+    def truth(kind: str) -> WorldScorerSource:
+        return WorldScorerSource(kind, "oracle", None, False, [], setup.tokenizer, 1)
+
+    return replace(setup, reward=truth("reward"), costs=(truth("cost"),), score_units="ground-truth units")
 
 
 def main() -> None:
@@ -114,46 +119,35 @@ def main() -> None:
     root = args.output or Path(tempfile.mkdtemp(prefix="saferl-bench-"))
     rows, predictions = [], []
     for seed in args.seeds:
-        base = default_settings(seed, args.iterations)
-        prepared = reuse(base, root / f"seed{seed}") if args.reuse else None
-        prepared = prepared or prepare_models(base, root / f"seed{seed}")
-        _, _, _, optimal_multiplier = evaluate_exact(base, prepared.sft_dir, prepared.sft_dir)
+        resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=0.25), RuntimeSpec(local_num_cpus=8),
+                              DeepSpeedSpec(), seed=seed)
+        # Stages 1–4 once per seed (--reuse: finished stages in --output/seed<k> are skipped).
+        setup = world.build(default_settings(seed), resources,
+                            RunOutput(root / f"seed{seed}", resume=args.reuse),
+                            Needs(scorers=True, critics=True, pairs=True))
+        optimal_multiplier = setup.evaluator.evaluate(setup.policy.name_or_path).optimal_multiplier
         if args.group in ("dualized", "all"):
-            run_dualized(
-                base,
-                prepared,
-                root / f"seed{seed}",
-                seed,
-                optimal_multiplier,
-                rows,
-                predictions,
-                args.learners,
-            )
+            run_dualized(setup, resources, root / f"seed{seed}", seed, optimal_multiplier, rows, predictions,
+                         args.learners)
         if args.group == "dualized":
             continue
+        truth = oracle(setup)
+        shaped = replace(truth, reward=ShapedScorerSource(truth.reward, tuple(truth.costs), tuple(optimal_multiplier)))
         runs = {
-            "ppo_lag (oracle)": (replace(base, scorers="oracle"), "ppo_lag", None),
-            "ppo_lag (learned)": (base, "ppo_lag", None),
-            "ppo_lag (oracle, §1 KL)": (
-                replace(base, scorers="oracle", ppo=replace(base.ppo, kl_in_cost_stream=False)),
-                "ppo_lag",
-                None,
-            ),
-            "ppo (oracle)": (replace(base, scorers="oracle"), "ppo", None),
-            "shaping λ* (oracle)": (
-                replace(base, scorers="oracle"),
-                "shaping",
-                optimal_multiplier[0],
-            ),
+            "ppo_lag (oracle)": (truth, ppo_settings(seed, args.iterations), None),
+            "ppo_lag (learned)": (setup, ppo_settings(seed, args.iterations), None),
+            "ppo_lag (oracle, §1 KL)": (truth, ppo_settings(seed, args.iterations, kl_in_cost_stream=False), None),
+            "ppo (oracle)": (truth, ppo_settings(seed, args.iterations, multiplier=None), None),
+            "shaping λ* (oracle)": (shaped, ppo_settings(seed, args.iterations, multiplier=None), optimal_multiplier[0]),
         }
-        for name, (settings, variant, shaping) in runs.items():
+        for name, (learner_setup, settings, shaping) in runs.items():
             folder = (
                 root
                 / f"seed{seed}"
                 / name.replace(" ", "_").replace("(", "").replace(")", "").replace("§", "s")
             )
-            run = run_ppo_stage(settings, prepared, folder, variant, shaping_multiplier=shaping)
-            _, trained, _, _ = evaluate_exact(settings, prepared.sft_dir, run.policy_dir)
+            run = ppo_lag.run(learner_setup, settings, resources, RunOutput(folder))
+            trained = setup.evaluator.evaluate(run.policy_dir).trained
             rows.append(
                 {
                     "learner": name,
@@ -165,7 +159,7 @@ def main() -> None:
                     else (shaping if shaping is not None else 0.0),
                     "optimal": optimal_multiplier[0],
                     "iterations": settings.ppo.iterations,
-                    "seconds": run.seconds,
+                    "seconds": sum(run.seconds.values()),
                     "reward": trained.expected_reward,
                     "cost": trained.expected_cost,
                     "kl": trained.kl,
@@ -189,37 +183,9 @@ def main() -> None:
             )
 
 
-def reuse(settings: PipelineSettings, folder: Path) -> PreparedModels | None:
-    """Stages 1–4 of an earlier run in ``folder``, when all of them are there."""
-    from saferl.data import load_preference_dataset, load_prompt_dataset
-
-    models = folder / "models"
-    if not all(
-        (models / name / "config.json").exists() for name in ("sft", "reward_model", "cost_model")
-    ):
-        return None
-    test_pairs = list(
-        load_preference_dataset(str(folder / "data" / "preferences_test.jsonl")).records
-    )
-    prompts = [
-        record.prompt
-        for record in load_prompt_dataset(str(folder / "data" / "prompts.jsonl")).records
-    ]
-    return PreparedModels(
-        models / "sft",
-        models / "reward_model",
-        models / "cost_model",
-        prompts,
-        test_pairs,
-        {},
-        {},
-        {},
-    )
-
-
 def run_dualized(
-    base,
-    prepared,
+    setup: Setup,
+    resources: Resources,
     folder: Path,
     seed: int,
     optimal_multiplier,
@@ -235,20 +201,19 @@ def run_dualized(
     for stage in ("dpo", "ppo"):
         if not wanted(f"mocan {stage}"):
             continue
-        result = run_mocan(
-            base, MocanSettings(stage=stage, seed=seed), prepared, folder / f"mocan_{stage}"
-        )
-        seconds = result.seconds["sample"] + result.seconds["dual"] + result.seconds["align"]
-        trained = result.trained
+        settings = MocanSettings(beta=0.5, cost_limit=-0.8, stage=stage, ppo=ppo_settings(seed, 150), seed=seed)
+        result = mocan.run(setup, settings, resources, RunOutput(folder / f"mocan_{stage}"))
+        seconds = sum(result.seconds.values())
+        trained = setup.evaluator.evaluate(result.policy_dir).trained
         rows.append(
             {
                 "learner": f"mocan {stage}",
                 "seed": seed,
                 "gap": trained.normalised_gap,
                 "violation": trained.violation,
-                "multiplier": float(result.dual.multiplier[0]),
+                "multiplier": result.multiplier[0],
                 "optimal": optimal_multiplier[0],
-                "iterations": base.ppo.iterations if stage == "ppo" else MocanSettings().dpo_steps,
+                "iterations": settings.ppo.ppo.iterations if stage == "ppo" else settings.dpo_steps,
                 "seconds": seconds,
                 "reward": trained.expected_reward,
                 "cost": trained.expected_cost,
@@ -259,10 +224,10 @@ def run_dualized(
             {
                 "stage": f"mocan {stage}",
                 "seed": seed,
-                "multiplier": float(result.dual.multiplier[0]),
+                "multiplier": result.multiplier[0],
                 "optimal": optimal_multiplier[0],
-                "predicted_reward": result.dual.expected_reward.item(),
-                "predicted_cost": result.dual.expected_cost[0].item(),
+                "predicted_reward": result.dual.solution.expected_reward.item(),
+                "predicted_cost": result.dual.solution.expected_cost[0].item(),
                 "reward": trained.expected_reward,
                 "cost": trained.expected_cost,
             }
@@ -272,20 +237,16 @@ def run_dualized(
         name = f"pecan ({'consistent' if consistent else 'published'})"
         if not wanted(name):
             continue
-        result = run_pecan(
-            base,
-            PecanSettings(consistent=consistent, seed=seed),
-            prepared,
-            folder / ("pecan_consistent" if consistent else "pecan_published"),
-        )
-        trained = result.trained
+        result = pecan.run(setup, PecanSettings(beta=0.5, consistent=consistent, seed=seed), resources,
+                           RunOutput(folder / ("pecan_consistent" if consistent else "pecan_published")))
+        trained = setup.evaluator.evaluate(result.policy_dir).trained
         rows.append(
             {
                 "learner": name,
                 "seed": seed,
                 "gap": trained.normalised_gap,
                 "violation": trained.violation,
-                "multiplier": float(result.dual.multiplier[0]),
+                "multiplier": result.multiplier[0],
                 "optimal": optimal_multiplier[0],
                 "iterations": PecanSettings().dpo_steps,
                 "seconds": sum(result.seconds.values()),
@@ -296,17 +257,16 @@ def run_dualized(
         )
         print(f"done: {name}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
     for name, offline in (
-        ("dpo (helpful)", OfflineSettings(loss="dpo", seed=seed)),
-        ("ipo (helpful)", OfflineSettings(loss="ipo", seed=seed)),
-        ("bfpo", OfflineSettings(loss="bfpo", seed=seed)),
-        ("safe_nca", OfflineSettings(loss="safe_nca", seed=seed)),
+        ("dpo (helpful)", PreferenceSettings(loss="dpo", beta=0.5, seed=seed)),
+        ("ipo (helpful)", PreferenceSettings(loss="ipo", beta=0.5, seed=seed)),
+        ("bfpo", PreferenceSettings(loss="bfpo", beta=0.5, seed=seed)),
+        ("safe_nca", PreferenceSettings(loss="safe_nca", ordering="safer", beta=0.5, seed=seed)),
     ):
         if not wanted(name):
             continue
-        policy_dir, seconds = run_offline_preference(
-            base, offline, prepared, folder / f"offline_{offline.loss}"
-        )
-        _, trained, _, _ = evaluate_exact(base, prepared.sft_dir, policy_dir)
+        result = preference.run(setup, offline, resources, RunOutput(folder / f"offline_{offline.loss}"))
+        trained = setup.evaluator.evaluate(result.policy_dir).trained
+        seconds = sum(result.seconds.values())
         rows.append(
             {
                 "learner": name,

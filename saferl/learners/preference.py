@@ -164,7 +164,6 @@ def run(setup: Setup, settings: PreferenceSettings, resources: Resources, output
         ValueError: ``safe_nca`` on data without a pair of one safe and one unsafe response.
     """
     setup.require(needs(settings), f"learner.preference.loss={settings.loss}")
-    init_ray(resources.runtime)
     clock = time.perf_counter()
     # 1–2. The training pairs, ordered.
     pairs, ordering = list(setup.pairs), settings.ordering
@@ -177,6 +176,7 @@ def run(setup: Setup, settings: PreferenceSettings, resources: Resources, output
             )
     batch = build_preference_batch(pairs, setup.tokenizer, setup.max_length, setup.template, ordering=ordering)
     hyperparameters = settings.loss_hyperparameters()
+    init_ray(resources.runtime)
     # 3–4. Reference log-probs once, then the policy's steps, then the export.
     policy_dir, history = train_policy_on_pairs(
         setup.policy, setup.tokenizer, batch, settings.loss, hyperparameters, resources,

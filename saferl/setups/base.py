@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saferl.data.records import SafetyPreferencePair
 from saferl.data.world import PolicyScore
-from saferl.learners.scorers import ModelScorer, Scorer
+from saferl.learners.scorers import ModelScorer, Scorer, ShapedRewardScorer
 from saferl.models import ModelSpec
 from saferl.runtime import GenerationSpec, ScoreGroup
 
@@ -31,6 +31,7 @@ __all__ = [
     "ScoreGroupStarter",
     "ScorerSource",
     "Setup",
+    "ShapedScorerSource",
 ]
 
 #: Starts a ``ScoreGroup`` for ``(model spec, kind)`` on the caller's resources; the caller shuts it
@@ -58,6 +59,21 @@ class ModelScorerSource:
 
     def build(self, start_group: ScoreGroupStarter) -> Scorer:
         return ModelScorer(start_group(self.spec, self.kind))
+
+
+@dataclass(frozen=True)
+class ShapedScorerSource:
+    """``r − Σ_j λ_j c_j`` with a constant λ, as a reward (the fixed-λ reward-shaping baseline is
+    plain PPO with this as its reward)."""
+
+    reward: ScorerSource
+    costs: tuple[ScorerSource, ...]
+    multipliers: tuple[float, ...]
+    kind: str = "reward"
+
+    def build(self, start_group: ScoreGroupStarter) -> Scorer:
+        return ShapedRewardScorer(self.reward.build(start_group), [cost.build(start_group) for cost in self.costs],
+                                  list(self.multipliers))
 
 
 @dataclass(frozen=True)

@@ -381,7 +381,7 @@ def test_conversion_refuses_a_folder_that_is_not_safe_rlhf(tmp_path, tokenizer, 
 
 
 def test_hub_preflight_accepts_safe_rlhf_score_models(tmp_path, tokenizer, tokenizer_dir) -> None:
-    from saferl.learners.hub import _require_score_model
+    from saferl.setups.hub import require_score_model as _require_score_model
 
     folder = tmp_path / "beaver-tiny-reward"
     write_safe_rlhf_checkpoint(folder, tokenizer_dir, len(tokenizer))

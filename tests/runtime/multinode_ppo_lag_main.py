@@ -1,5 +1,5 @@
 """Run by test_multinode.py in a subprocess (it needs its own Ray instance): one ``ppo_lag``
-iteration of the built-in world's PPO stage (``saferl.learners.pipeline.run_ppo_stage``) on a Ray
+iteration of the ``ppo_lag`` learner (``saferl.learners.ppo_lag.run``) on the world's pieces on a Ray
 multi-node test cluster — a head without CPUs and two worker raylets on loopback, 3 CPUs each —
 with one rank of 1 CPU per role, so the six roles (policy, reference, reward and cost score models,
 both critics) cannot fit on one node and are spread over both. Prints one JSON line: each worker
@@ -24,8 +24,11 @@ from saferl.data.world import (
     train_reference_policy,
     world_prompts,
 )
-from saferl.learners.pipeline import PipelineSettings, PreparedModels, StageSettings, run_ppo_stage
-from saferl.learners.ppo_lag import PPOSettings
+from saferl.data.world.exact import MAX_RESPONSE_TOKENS
+from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
+from saferl.learners import ppo_lag
+from saferl.learners.output import RunOutput
+from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
 from saferl.models import (
     ModelSpec,
     TinyModelConfig,
@@ -33,7 +36,9 @@ from saferl.models import (
     save_policy,
     save_score_model,
 )
-from saferl.runtime import RuntimeSpec, init_ray
+from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec, init_ray
+from saferl.runtime.resources import Resources
+from saferl.setups.base import CriticStart, ModelScorerSource, Setup
 
 
 def main() -> int:
@@ -62,17 +67,22 @@ def main() -> int:
             collective_timeout_s=240.0,
         )
         init_ray(runtime)
-        stage = StageSettings(1, 8, 1e-3)
-        settings = PipelineSettings(
-            world_beta=0.5, cost_limit=-0.8, reference=reference_config, num_sft=1, num_pairs_train=1,
-            num_pairs_test=1, label_temperature=0.5, sft=stage, reward_model=stage, cost_model=stage,
-            ppo=PPOSettings(iterations=1, prompts_per_iteration=16, kl_coeff=0.5),
-            multiplier={"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 16},
-            calibrate_scorers=False, runtime=runtime, num_ranks=1, cpus_per_rank=1.0,
+        sft = ModelSpec(name_or_path=str(folder / "sft"))
+        setup = Setup(
+            name="world", policy=sft, tokenizer=tokenizer, template=WORLD_TEMPLATE, max_length=MAX_SEQUENCE_LENGTH,
+            max_prompt_length=MAX_SEQUENCE_LENGTH, generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
+            prompts=[prompt.text for prompt in world_prompts()],
+            reward=ModelScorerSource(ModelSpec(name_or_path=str(folder / "reward")), "reward"),
+            costs=(ModelScorerSource(ModelSpec(name_or_path=str(folder / "cost")), "cost"),),
+            reward_critic=CriticStart(sft, init_from=str(folder / "reward")),
+            cost_critics=(CriticStart(sft, init_from=str(folder / "cost")),),
         )
-        prepared = PreparedModels(folder / "sft", folder / "reward", folder / "cost",
-                                  [prompt.text for prompt in world_prompts()], [], {}, {}, {})
-        run = run_ppo_stage(settings, prepared, folder / "run")
+        settings = PPOLagSettings(
+            PPOSettings(iterations=1, prompts_per_iteration=16, kl_coeff=0.5),
+            {"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 16}, -0.8,
+        )
+        resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=1.0), runtime, DeepSpeedSpec(), seed=0)
+        run = ppo_lag.run(setup, settings, resources, RunOutput(folder / "run"))
         nodes: dict[str, list[str]] = {}  # worker class → the node of each of its actors
         for actor in list_actors(detail=True, limit=1000):
             if actor.class_name.endswith("Worker"):

@@ -24,7 +24,6 @@ from saferl.data.world import (
 )
 from saferl.data.world.exact import MAX_RESPONSE_TOKENS
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
-from saferl.learners.pipeline import world_truth
 from saferl.learners.ppo_lag import PPOLagrangian, PPOSettings, PromptSchedule
 from saferl.learners.rollout import ExperienceMaker
 from saferl.learners.score_model import evaluate_score_model, train_score_model
@@ -40,6 +39,7 @@ from saferl.runtime import (
     ReferenceGroup,
     RuntimeSpec,
 )
+from saferl.setups.world import world_truth
 
 pytestmark = pytest.mark.slow
 
