@@ -58,11 +58,14 @@ def _progress_bar():
 
 
 def build_setup(config: RunConfig, needs, output):
-    """The run's setup: the built-in world's stages, or the hub's models and data."""
-    from saferl.setups import hub, world
+    """The run's setup: the built-in world's stages, the hub's models and data, or the world's tiny
+    models trained on a PKU-format data set."""
+    from saferl.setups import hub, tiny, world
 
     if isinstance(config.setup, world.WorldSettings):
         return world.build(config.setup, config.resources, output, needs)
+    if isinstance(config.setup, tiny.TinySettings):
+        return tiny.build(config.setup, config.resources, output, needs)
     return hub.build(config.setup, config.resources, output, needs, config.learner)
 
 
@@ -112,7 +115,9 @@ def train(config: RunConfig, folder: Path, tracker):
     metrics = {f"perf/stage_{stage}_s": value for stage, value in seconds.items()}
     if evaluation is not None:
         trained = evaluation.trained
-        metrics.update({"eval/normalised_gap": trained.normalised_gap, "eval/violation": trained.violation,
+        metrics.update({"eval/normalised_lagrangian_gap": trained.normalised_lagrangian_gap,
+                        "eval/kl_to_optimum": trained.kl_to_optimum,
+                        **{f"eval/violation_{j}": value for j, value in enumerate(trained.violation)},
                         "eval/expected_cost": trained.expected_cost, "eval/expected_reward": trained.expected_reward,
                         "eval/kl": trained.kl})
     tracker.log(metrics, step=len(result.history))
@@ -238,6 +243,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
         seed=int(cfg.seed),
         rows_per_call=int(job.rows_per_call),
     )
+    from saferl.setups.tiny import TinySettings
     from saferl.setups.world import WorldSettings
 
     resources = config.resources
@@ -260,6 +266,28 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
             runtime=resources.runtime,
             group=resources.group,
             deepspeed=resources.deepspeed,
+        )
+    elif isinstance(config.setup, TinySettings):  # the world's tiny models on a data set: the run's own
+        from saferl.data import load_prompt_dataset
+        from saferl.models import load_tokenizer
+        from saferl.setups.hub import max_prompt_length
+
+        data = config.setup
+        reference = pick("reference", "models/sft", None)
+        prompts = [record.prompt for record in load_prompt_dataset(
+            data.path, split=data.test_split, revision=data.data_revision, deduplicate=True).records]
+        result = run_arena(
+            pick("policy", policy_dir, None),
+            reference,
+            prompts,
+            load_tokenizer(reference),
+            {"reward": pick("reward_model", "models/reward_model", None),
+             "cost": pick("cost_model", "models/cost_model", None)},
+            settings,
+            template=data.template,
+            max_prompt_length=max_prompt_length(data.max_length, data.generation.max_new_tokens),
+            runtime=resources.runtime,
+            group=resources.group,
         )
     else:  # a hub setup: the data's test split, the model group's score models
         from saferl.data import load_prompt_dataset

@@ -33,7 +33,9 @@ from saferl.learners.preference import PreferenceSettings
 from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
 from saferl.runtime.resources import Resources
 from saferl.setups.hub import HubSettings, max_prompt_length
-from saferl.setups.world import StageSettings, WorldSettings
+from saferl.setups.stages import StageSettings
+from saferl.setups.tiny import TinySettings
+from saferl.setups.world import WorldSettings
 
 __all__ = [
     "ConfigError",
@@ -61,8 +63,8 @@ class RunConfig:
 
     Attributes:
         job: what to do (``JOBS``); learner: the algorithm (``LEARNERS``, ``learner.name``).
-        setup: where the models, data and scorers come from: the built-in world's settings, or the
-            hub's models and data.
+        setup: where the models, data and scorers come from: the built-in world's settings, the
+            hub's models and data, or the world's tiny models on a PKU-format data set.
         settings: the learner's settings (the ``run`` argument of its module).
         resources: where every group runs (``runtime.*``, ``deepspeed.*``, the root ``seed``).
         seed, beta, cost_limit: the root keys (the problem ``max E[r] − β KL s.t. E[c] ≤ d``).
@@ -76,7 +78,7 @@ class RunConfig:
 
     job: str
     learner: str
-    setup: WorldSettings | HubSettings
+    setup: WorldSettings | HubSettings | TinySettings
     settings: PPOLagSettings | MocanSettings | PecanSettings | PreferenceSettings
     resources: Resources
     seed: int
@@ -307,6 +309,43 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation:
     )
 
 
+def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: ReferenceConfig, scorer_kind: str,
+                   seed: int, num_ranks: int) -> TinySettings:
+    """The world's tiny models on a PKU-format data set (``model=world`` with a hub data group)."""
+    model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
+    _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
+    _unknown(data, {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}, "data",
+             " for source=hub")
+    _unknown(scorers, {"kind", "calibrate", "regularization", "reward_model", "cost_model"}, "scorers")
+    if model.get("from_run") is not None:
+        raise ConfigError(f"model.from_run: reuses a built-in-world run's stages; with data.path the stages train on "
+                          f"your data (use resume=auto to continue a run); found {model['from_run']!r}")
+    if scorer_kind != "learned":
+        raise ConfigError(f"scorers.kind={scorer_kind!r}: the world's tiny models on data.path have only the score "
+                          "models trained on that data (scorers.kind=learned); oracle is the built-in world's ground "
+                          "truth and pretrained needs hub score models")
+    if scorers.get("calibrate"):
+        raise ConfigError("scorers.calibrate=true: there is no ground truth to calibrate against on data.path; set "
+                          "scorers.calibrate=false (the scores and cost_limit are then in the cost model's units)")
+    if not isinstance(data.get("path"), str) or not data["path"].strip():
+        raise ConfigError(f"data.path: expected a local file or folder of PKU-format records; found {data.get('path')!r}")
+    if not isinstance(data.get("max_length"), int) or data["max_length"] < 2:
+        raise ConfigError(f"data.max_length: expected an integer >= 2; found {data.get('max_length')!r}")
+    stages = {key: _build(values, key, StageSettings) for key, values in (
+        ("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
+        ("scorers.cost_model", scorers["cost_model"]))}
+    for key, stage in stages.items():
+        _divides(stage.rows_per_step, f"{key}.rows_per_step", num_ranks)
+    return _build(
+        {"reference": reference, "path": data["path"], "data_revision": data.get("revision"),
+         "train_split": data.get("train_split", "train"), "test_split": data.get("test_split", "test"),
+         "template": data.get("template"), "max_length": data["max_length"], "sft": stages["model.sft"],
+         "reward_model": stages["scorers.reward_model"], "cost_model": stages["scorers.cost_model"],
+         "regularization": float(scorers["regularization"]), "generation": generation, "seed": seed},
+        "config", TinySettings,
+    )
+
+
 def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, beta: float, cost_limit: float,
                       seed: int, num_ranks: int):
     """The chosen learner's settings; every other learner's section must be absent. The
@@ -399,11 +438,15 @@ def validate(cfg: DictConfig) -> RunConfig:
     model_source = _choice(OmegaConf.select(cfg, "model.source"), "model.source", SOURCES)
     data_source = _choice(OmegaConf.select(cfg, "data.source"), "data.source", SOURCES)
     scorer_kind = _choice(OmegaConf.select(cfg, "scorers.kind"), "scorers.kind", SCORER_KINDS)
-    if model_source == "world" or data_source == "world":
+    if model_source == "world" and data_source == "hub":
+        setup = _tiny_settings(cfg, generation, reference, scorer_kind, seed, num_ranks)
+    elif model_source == "world" or data_source == "world":
         if model_source != data_source:
             raise ConfigError(
-                f"model.source={model_source!r} with data.source={data_source!r}: the built-in world's "
-                "models and data go together (model=world data=world), and a hub preset's too"
+                f"model.source={model_source!r} with data.source={data_source!r}: hub models need hub data "
+                "(a PKU-format data.path); the built-in world's data goes with its own models (model=world "
+                "data=world), and the world's tiny models can train on your data (model=world data=pku_saferlhf "
+                "data.path=...)"
             )
         if scorer_kind == "pretrained":
             raise ConfigError("scorers.kind='pretrained' needs hub score models (model.reward_model); "

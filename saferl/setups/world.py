@@ -41,17 +41,12 @@ from saferl.data.world.exact import MAX_RESPONSE_TOKENS
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.learners.output import RunOutput
 from saferl.learners.run_state import StageRecords
-from saferl.learners.score_model import (
-    evaluate_score_model,
-    relabel_saved_score_model,
-    train_score_model,
-)
 from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer, fit_affine
-from saferl.learners.sft import run_sft
 from saferl.models import ModelSpec, load_policy
-from saferl.runtime import CriticGroup, GenerationSpec, PolicyGroup, init_ray
+from saferl.runtime import GenerationSpec, init_ray
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, Evaluation, Needs, ScoreGroupStarter, Setup
+from saferl.setups.stages import StageSettings, run_score_stage, run_sft_stage
 
 __all__ = [
     "PREPARED_STAGES",
@@ -66,30 +61,6 @@ __all__ = [
 
 PREPARED_STAGES = ("data", "sft", "reward_model", "cost_model")
 SCORER_KINDS = ("learned", "oracle")
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """One training stage (``model.sft``, ``scorers.reward_model``, ``scorers.cost_model``).
-
-    Attributes:
-        steps: optimizer steps; rows_per_step: rows (SFT) or pairs (score models) per step.
-        learning_rate: AdamW learning rate (constant).
-    """
-
-    steps: int
-    rows_per_step: int
-    learning_rate: float
-
-    def check(self, key: str) -> None:
-        """Raise a ValueError naming ``key`` for a value that cannot run."""
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"{key}.steps: expected an integer >= 1; found {self.steps!r}")
-        if isinstance(self.rows_per_step, bool) or not isinstance(self.rows_per_step, int) or self.rows_per_step < 1:
-            raise ValueError(f"{key}.rows_per_step: expected an integer >= 1; found {self.rows_per_step!r}")
-        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
-                or self.learning_rate <= 0:
-            raise ValueError(f"{key}.learning_rate: must be > 0; found {self.learning_rate!r}")
 
 
 @dataclass(frozen=True)
@@ -332,7 +303,10 @@ def _run_stages(
     if (done := records.finished("sft", settings.stage_settings("sft"))) is not None:
         seconds["sft"] = done["seconds"]
     else:
-        _run_sft_stage(settings, resources, load_sft_dataset(str(paths.sft)).records, tokenizer, sft_dir, output)
+        run_sft_stage(world_model_spec(settings.reference, tokenizer), settings.sft,
+                      load_sft_dataset(str(paths.sft)).records, tokenizer, template=WORLD_TEMPLATE,
+                      max_length=MAX_SEQUENCE_LENGTH, seed=settings.seed, resources=resources, output=output,
+                      export_dir=sft_dir)
         seconds["sft"] = time.perf_counter() - clock
         records.mark("sft", {"seconds": seconds["sft"]}, settings.stage_settings("sft"))
     if not score_models:
@@ -348,8 +322,11 @@ def _run_stages(
         if (done := records.finished(name, settings.stage_settings(name))) is not None:
             metrics[kind], seconds[name] = done["metrics"], done["seconds"]
             continue
-        metrics[kind] = _run_score_stage(settings, resources, kind, stage, train_pairs, test_pairs, tokenizer,
-                                         sft_dir, folder / "models" / name, output)
+        metrics[kind] = run_score_stage(
+            kind, stage, sft_dir, train_pairs, test_pairs, tokenizer, template=WORLD_TEMPLATE,
+            max_length=MAX_SEQUENCE_LENGTH, regularization=settings.regularization, seed=settings.seed,
+            resources=resources, output=output, export_dir=folder / "models" / name, truth=world_truth(kind),
+        )
         seconds[name] = time.perf_counter() - clock
         records.mark(name, {"metrics": metrics[kind], "seconds": seconds[name]}, settings.stage_settings(name))
     return metrics, seconds
@@ -373,75 +350,3 @@ def _reuse(
             raise ValueError(f"model.from_run: stage {stage!r} of {folder} did not finish; resume that run first")
     metrics = {kind: done[f"{kind}_model"]["metrics"] for kind in ("reward", "cost") if f"{kind}_model" in done}
     return folder, metrics, {stage: 0.0 for stage in stages}
-
-
-def _run_sft_stage(settings: WorldSettings, resources: Resources, sft_examples, tokenizer, sft_dir: Path,
-                   output: RunOutput) -> None:
-    """Stage 2: SFT of the tiny policy on the demonstrations, exported to ``sft_dir``."""
-    policy = PolicyGroup(
-        world_model_spec(settings.reference, tokenizer),
-        tokenizer,
-        resources.engine(settings.sft.learning_rate, settings.sft.rows_per_step),
-        resources.group,
-        resources.runtime,
-        role="sft",
-        seed=resources.seed,
-    )
-    try:
-        run_sft(
-            policy,
-            sft_examples,
-            tokenizer,
-            steps=settings.sft.steps,
-            rows_per_step=settings.sft.rows_per_step,
-            max_length=MAX_SEQUENCE_LENGTH,
-            template=WORLD_TEMPLATE,
-            seed=settings.seed,
-            tracker=output.tracker,
-            progress=output.stage_progress("sft", settings.sft.steps),
-        )
-        policy.export_hf(sft_dir)
-    finally:
-        policy.shutdown()
-
-
-def _run_score_stage(
-    settings: WorldSettings, resources: Resources, kind: str, stage: StageSettings, train_pairs, test_pairs,
-    tokenizer, sft_dir: Path, score_dir: Path, output: RunOutput,
-) -> dict[str, float]:
-    """Stages 3–4: one score model from the SFT backbone, exported to ``score_dir``; returns its
-    held-out metrics."""
-    critic = CriticGroup(
-        ModelSpec(name_or_path=str(sft_dir)),
-        tokenizer,
-        resources.engine(stage.learning_rate, 2 * stage.rows_per_step),
-        resources.group,
-        resources.runtime,
-        role=f"{kind}_model",
-        seed=resources.seed,
-    )
-    try:
-        train_score_model(
-            critic,
-            train_pairs,
-            kind,
-            tokenizer,
-            steps=stage.steps,
-            pairs_per_step=stage.rows_per_step,
-            max_length=MAX_SEQUENCE_LENGTH,
-            template=WORLD_TEMPLATE,
-            score_regularization=settings.regularization,
-            seed=settings.seed,
-            tracker=output.tracker,
-            progress=output.stage_progress(f"{kind}_model", stage.steps),
-        )
-        metrics = evaluate_score_model(
-            critic, test_pairs, kind, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE,
-            rows_per_call=2 * stage.rows_per_step, truth=world_truth(kind),
-        )
-        critic.export_hf(score_dir)
-        relabel_saved_score_model(score_dir, kind)
-    finally:
-        critic.shutdown()
-    output.tracker.log({f"{kind}_model/test_{k}": v for k, v in metrics.items()}, step=0)
-    return metrics

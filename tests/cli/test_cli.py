@@ -28,14 +28,14 @@ def test_default_config_composes_to_training_ppo_lag_and_jobs_switch():
     assert composed("job=exact_optimum").job.name == "exact_optimum"
     # The reference's seed follows the global seed through interpolation.
     assert composed("seed=7").world.reference.seed == 7
-    assert validate(composed("seed=7")).pipeline.reference.seed == 7
+    assert validate(composed("seed=7")).setup.reference.seed == 7
 
 
 def test_exact_optimum_job_prints_the_optimum_it_solved(capsys):
     cfg = composed("job=exact_optimum", *FAST_REFERENCE, "cost_limit=-0.9")
     objective = run(cfg)
     printed = capsys.readouterr().out
-    model, tokenizer = load_or_train_reference_policy(validate(cfg).pipeline.reference)
+    model, tokenizer = load_or_train_reference_policy(validate(cfg).reference)
     world = build_exact_world(model, tokenizer, beta=cfg.beta, cost_limit=-0.9)
     solution = world.optimum()
     assert objective == pytest.approx(solution.objective.item(), abs=1e-9)

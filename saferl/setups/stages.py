@@ -1,0 +1,89 @@
+"""The training stages a setup may run before the learner: SFT of the reference policy and the
+reward and cost models (ALGORITHMS.md §3), each through the runtime and exported in Hugging Face
+format. Shared by the setups that train their own models (:mod:`saferl.setups.world`,
+:mod:`saferl.setups.tiny`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from saferl.data.records import SafetyPreferencePair, SFTExample
+from saferl.learners.output import RunOutput
+from saferl.learners.score_model import (
+    evaluate_score_model,
+    relabel_saved_score_model,
+    train_score_model,
+)
+from saferl.learners.sft import run_sft
+from saferl.models import ModelSpec
+from saferl.runtime import CriticGroup, PolicyGroup
+from saferl.runtime.resources import Resources
+
+__all__ = ["StageSettings", "run_score_stage", "run_sft_stage"]
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One training stage (``model.sft``, ``scorers.reward_model``, ``scorers.cost_model``).
+
+    Attributes:
+        steps: optimizer steps; rows_per_step: rows (SFT) or pairs (score models) per step.
+        learning_rate: AdamW learning rate (constant).
+    """
+
+    steps: int
+    rows_per_step: int
+    learning_rate: float
+
+    def check(self, key: str) -> None:
+        """Raise a ValueError naming ``key`` for a value that cannot run."""
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"{key}.steps: expected an integer >= 1; found {self.steps!r}")
+        if isinstance(self.rows_per_step, bool) or not isinstance(self.rows_per_step, int) or self.rows_per_step < 1:
+            raise ValueError(f"{key}.rows_per_step: expected an integer >= 1; found {self.rows_per_step!r}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            raise ValueError(f"{key}.learning_rate: must be > 0; found {self.learning_rate!r}")
+
+
+def run_sft_stage(
+    model: ModelSpec, stage: StageSettings, examples: Sequence[SFTExample], tokenizer, *, template: str,
+    max_length: int, seed: int, resources: Resources, output: RunOutput, export_dir: Path,
+) -> None:
+    """SFT of ``model`` on the demonstrations, exported to ``export_dir``."""
+    policy = PolicyGroup(model, tokenizer, resources.engine(stage.learning_rate, stage.rows_per_step),
+                         resources.group, resources.runtime, role="sft", seed=resources.seed)
+    try:
+        run_sft(policy, examples, tokenizer, steps=stage.steps, rows_per_step=stage.rows_per_step,
+                max_length=max_length, template=template, seed=seed, tracker=output.tracker,
+                progress=output.stage_progress("sft", stage.steps))
+        policy.export_hf(export_dir)
+    finally:
+        policy.shutdown()
+
+
+def run_score_stage(
+    kind: str, stage: StageSettings, sft_dir: Path, train_pairs: Sequence[SafetyPreferencePair],
+    test_pairs: Sequence[SafetyPreferencePair], tokenizer, *, template: str, max_length: int, regularization: float,
+    seed: int, resources: Resources, output: RunOutput, export_dir: Path,
+    truth: Callable[[str, str], float] | None = None,
+) -> dict[str, float]:
+    """One score model from the SFT backbone, exported to ``export_dir``; returns its held-out
+    metrics (with ``truth``, also the accuracy against the ground-truth order)."""
+    critic = CriticGroup(ModelSpec(name_or_path=str(sft_dir)), tokenizer,
+                         resources.engine(stage.learning_rate, 2 * stage.rows_per_step), resources.group,
+                         resources.runtime, role=f"{kind}_model", seed=resources.seed)
+    try:
+        train_score_model(critic, train_pairs, kind, tokenizer, steps=stage.steps, pairs_per_step=stage.rows_per_step,
+                          max_length=max_length, template=template, score_regularization=regularization, seed=seed,
+                          tracker=output.tracker, progress=output.stage_progress(f"{kind}_model", stage.steps))
+        metrics = evaluate_score_model(critic, test_pairs, kind, tokenizer, max_length, template,
+                                       rows_per_call=2 * stage.rows_per_step, truth=truth)
+        critic.export_hf(export_dir)
+        relabel_saved_score_model(export_dir, kind)
+    finally:
+        critic.shutdown()
+    output.tracker.log({f"{kind}_model/test_{k}": v for k, v in metrics.items()}, step=0)
+    return metrics
