@@ -29,9 +29,10 @@ policy and the same training pairs:
 
 ``--learners NAME ...`` keeps only the named rows of the dualized group.
 
-Columns: normalised optimality gap ``(J* − J(π)) / (J* − J(π_ref))`` with ``J = E[r] − β KL``
-under the ground truth, the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost
-range), the final λ against λ*, iterations and wall seconds of the PPO stage; then the mean over
+Columns: the normalised Lagrangian gap ``G(π) / G(π_ref)`` with
+``G(π) = J* − [J(π) − λ*(E[c] − d)] = β E_x KL(π‖π*)`` and ``J = E[r] − β KL`` under the ground
+truth (ALGORITHMS.md §8: never negative, so a policy that breaks the limit gets no credit for its
+higher ``J``), the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost range), the final λ against λ*, iterations and wall seconds of the PPO stage; then the mean over
 seeds. Run: ``python experiments/bench/exact_optimum.py [--seeds 0 1 2] [--iterations 150]``.
 """
 
@@ -152,8 +153,8 @@ def main() -> None:
                 {
                     "learner": name,
                     "seed": seed,
-                    "gap": trained.normalised_gap,
-                    "violation": trained.violation,
+                    "gap": trained.normalised_lagrangian_gap,
+                    "violation": trained.violation[0],
                     "multiplier": run.multiplier[0]
                     if run.multiplier
                     else (shaping if shaping is not None else 0.0),
@@ -166,7 +167,7 @@ def main() -> None:
                 }
             )
             print(
-                f"done: {name}, seed {seed}: gap {trained.normalised_gap:.4f}, violation {trained.violation:.4f}",
+                f"done: {name}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}, violation {trained.violation[0]:.4f}",
                 flush=True,
             )
     print_table(rows)
@@ -209,8 +210,8 @@ def run_dualized(
             {
                 "learner": f"mocan {stage}",
                 "seed": seed,
-                "gap": trained.normalised_gap,
-                "violation": trained.violation,
+                "gap": trained.normalised_lagrangian_gap,
+                "violation": trained.violation[0],
                 "multiplier": result.multiplier[0],
                 "optimal": optimal_multiplier[0],
                 "iterations": settings.ppo.ppo.iterations if stage == "ppo" else settings.dpo_steps,
@@ -232,7 +233,7 @@ def run_dualized(
                 "cost": trained.expected_cost,
             }
         )
-        print(f"done: mocan {stage}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
+        print(f"done: mocan {stage}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}", flush=True)
     for consistent in (True, False):
         name = f"pecan ({'consistent' if consistent else 'published'})"
         if not wanted(name):
@@ -244,8 +245,8 @@ def run_dualized(
             {
                 "learner": name,
                 "seed": seed,
-                "gap": trained.normalised_gap,
-                "violation": trained.violation,
+                "gap": trained.normalised_lagrangian_gap,
+                "violation": trained.violation[0],
                 "multiplier": result.multiplier[0],
                 "optimal": optimal_multiplier[0],
                 "iterations": PecanSettings().dpo_steps,
@@ -255,7 +256,7 @@ def run_dualized(
                 "kl": trained.kl,
             }
         )
-        print(f"done: {name}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
+        print(f"done: {name}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}", flush=True)
     for name, offline in (
         ("dpo (helpful)", PreferenceSettings(loss="dpo", beta=0.5, seed=seed)),
         ("ipo (helpful)", PreferenceSettings(loss="ipo", beta=0.5, seed=seed)),
@@ -271,8 +272,8 @@ def run_dualized(
             {
                 "learner": name,
                 "seed": seed,
-                "gap": trained.normalised_gap,
-                "violation": trained.violation,
+                "gap": trained.normalised_lagrangian_gap,
+                "violation": trained.violation[0],
                 "multiplier": float("nan"),
                 "optimal": optimal_multiplier[0],
                 "iterations": offline.steps,
@@ -282,19 +283,19 @@ def run_dualized(
                 "kl": trained.kl,
             }
         )
-        print(f"done: {name}, seed {seed}: gap {trained.normalised_gap:.4f}", flush=True)
+        print(f"done: {name}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}", flush=True)
 
 
 def print_table(rows: list[dict]) -> None:
     header = (
-        f"{'learner':<24} {'seed':>4} {'norm. gap':>9} {'violation':>9} {'% range':>7} {'λ':>7} {'λ*':>7} "
+        f"{'learner':<24} {'seed':>4} {'norm. Lagr. gap':>15} {'violation':>9} {'% range':>7} {'λ':>7} {'λ*':>7} "
         f"{'E r':>7} {'E c':>7} {'KL':>6} {'iters':>5} {'seconds':>7}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['learner']:<24} {row['seed']:>4} {row['gap']:>9.4f} {row['violation']:>9.4f} "
+            f"{row['learner']:<24} {row['seed']:>4} {row['gap']:>15.4f} {row['violation']:>9.4f} "
             f"{100 * row['violation'] / COST_RANGE:>6.2f}% {row['multiplier']:>7.4f} {row['optimal']:>7.4f} "
             f"{row['reward']:>7.4f} {row['cost']:>7.4f} {row['kl']:>6.3f} {row['iterations']:>5} {row['seconds']:>7.1f}"
         )
@@ -315,7 +316,7 @@ def print_table(rows: list[dict]) -> None:
             )
         }
         print(
-            f"{name:<24} {'mean':>4} {mean['gap']:>9.4f} {mean['violation']:>9.4f} "
+            f"{name:<24} {'mean':>4} {mean['gap']:>15.4f} {mean['violation']:>9.4f} "
             f"{100 * mean['violation'] / COST_RANGE:>6.2f}% {mean['multiplier']:>7.4f} {mean['optimal']:>7.4f} "
             f"{mean['reward']:>7.4f} {mean['cost']:>7.4f} {mean['kl']:>6.3f} {group[0]['iterations']:>5} "
             f"{mean['seconds']:>7.1f}"

@@ -14,7 +14,9 @@ status ``missing``. The table is :mod:`saferl.eval.sweep_table`, the plot
 ``headline``, ``reference``, ``optimum``, ``multiplier``, ``optimal_multiplier`` and
 ``predicted_frontier_csv`` may be absent (read as null / empty) so that summaries from older
 runs still load. Score blocks (``trained``, ``reference``, ``optimum``) are null or hold all of
-:data:`SCORE_KEYS`. Unknown keys are ignored.
+:data:`SCORE_KEYS` (the yardsticks of ALGORITHMS.md §8: ``kl_to_optimum``, ``lagrangian_gap``,
+``normalised_lagrangian_gap`` and ``violation``, a list with one entry per constraint); a block
+without one of them is an error that names the file and the key. Unknown keys are ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from saferl.data.world.exact import PolicyScore
 __all__ = [
     "SUMMARY_FILE",
     "SCORE_KEYS",
+    "PER_CONSTRAINT_SCORE_KEYS",
     "SCORE_BLOCKS",
     "SweepInputError",
     "Scores",
@@ -49,6 +52,10 @@ SUMMARY_FILE = "summary.json"
 #: The keys of a score block (``trained``, ``reference``, ``optimum``) of ``summary.json``;
 #: the fields of :class:`saferl.data.world.PolicyScore`.
 SCORE_KEYS = tuple(field.name for field in fields(PolicyScore))
+#: The keys of a score block that hold one number per constraint (a JSON list).
+PER_CONSTRAINT_SCORE_KEYS = tuple(
+    field.name for field in fields(PolicyScore) if str(field.type).startswith("tuple")
+)
 #: The score blocks of ``summary.json``, in table order.
 SCORE_BLOCKS = ("trained", "reference", "optimum")
 _REQUIRED_KEYS = ("method", "beta", "cost_limit", "trained")
@@ -389,10 +396,23 @@ def _scores(block: Any, path: Path, key: str) -> Scores | None:
         )
     for name in SCORE_KEYS:
         if name not in block:
-            raise SweepInputError(
-                f"{path}: missing required key '{key}.{name}' (found keys {sorted(block)})"
+            older = (
+                "; a block with 'normalised_gap' was written by a saferl from before the Lagrangian "
+                "yardsticks (ALGORITHMS.md §8): evaluate the run again"
+                if "normalised_gap" in block
+                else ""
             )
-    return Scores(**{name: _number(block[name], path, f"{key}.{name}") for name in SCORE_KEYS})
+            raise SweepInputError(
+                f"{path}: missing required key '{key}.{name}' (found keys {sorted(block)}){older}"
+            )
+    return Scores(
+        **{
+            name: (_numbers if name in PER_CONSTRAINT_SCORE_KEYS else _number)(
+                block[name], path, f"{key}.{name}"
+            )
+            for name in SCORE_KEYS
+        }
+    )
 
 
 def _read_frontier_csv(path: Path, note: Callable[[str], None]) -> PredictedFrontier | None:

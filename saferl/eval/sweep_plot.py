@@ -1,6 +1,8 @@
 """The sweep's plot: expected reward against expected cost, one point per job.
 
-Each job's trained policy annotated with its swept values, the reference, the exact constrained
+Each job's trained policy annotated with its swept values (and, when it breaks a limit by more
+than :data:`~saferl.data.world.exact.FEASIBILITY_TOLERANCE`, its violation, drawn hollow), the
+reference, the exact constrained
 optimum of each job joined into the exact frontier, each job's cost limit as a faint vertical line
 and each predicted frontier CSV (MoCAN, PeCAN) as a dashed curve. Drawn with the evaluation
 layer's shared helpers (:mod:`saferl.eval.plotting`: Agg canvas, no ``pyplot``).
@@ -12,6 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from saferl.data.world.exact import FEASIBILITY_TOLERANCE
 from saferl.eval.plotting import agg_figure, label_reward_cost
 from saferl.eval.sweep_load import Scores, SweepSummary
 
@@ -28,6 +31,7 @@ _OPTIMUM_STYLE = {"color": "black", "marker": "*", "markersize": 11, "linewidth"
 _PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.2, "alpha": 0.8}
 _REFERENCE_STYLE = {"linestyle": "none", "marker": "x", "markersize": 8, "color": "grey"}
 _TRAINED_STYLE = {"linestyle": "none", "marker": "o", "markersize": 7}
+_INFEASIBLE_STYLE = {"markerfacecolor": "none"}  # a trained policy that breaks its limit
 
 
 def plot_sweep(summary: SweepSummary) -> Figure:
@@ -85,10 +89,13 @@ def plot_sweep(summary: SweepSummary) -> Figure:
         method = run.summary.method
         label = None if method in labelled else f"{method} trained"
         point = (trained.expected_cost, trained.expected_reward)
-        _plot_points(axes, [point], color=colours[method], label=label, **_TRAINED_STYLE)
+        breaks_limit = any(value > FEASIBILITY_TOLERANCE for value in trained.violation)
+        style = {**_TRAINED_STYLE, **(_INFEASIBLE_STYLE if breaks_limit else {})}
+        _plot_points(axes, [point], color=colours[method], label=label, **style)
         labelled.add(method)
+        violation = ", ".join(f"{value:.3f}" for value in trained.violation)
         axes.annotate(
-            run.label(),
+            run.label() + (f" (violation {violation})" if breaks_limit else ""),
             (trained.expected_cost, trained.expected_reward),
             textcoords="offset points",
             xytext=(6, 6),

@@ -40,7 +40,8 @@ def write_sweep_summary(
 
     The CSV writes floats by ``repr`` (they read back exactly), lists of numbers
     ``;``-separated, absent values as empty cells. The PNG plots expected reward against
-    expected cost: each job's trained policy (annotated with its swept values), the reference,
+    expected cost: each job's trained policy (annotated with its swept values; hollow, with its
+    violation, when it breaks its limit beyond the feasibility tolerance), the reference,
     the exact optimum of each job joined into the exact frontier, each job's cost limit as a
     faint vertical line and each predicted frontier as a dashed curve.
 

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from saferl.eval.sweep_load import SCORE_BLOCKS, SCORE_KEYS, SweepSummary
+from saferl.data.world.exact import FEASIBILITY_TOLERANCE
+from saferl.eval.sweep_load import SCORE_BLOCKS, SCORE_KEYS, Scores, SweepSummary
 
 __all__ = ["sweep_columns", "sweep_table", "print_sweep_summary"]
 
@@ -88,8 +89,10 @@ def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -
     """Print one row per job, then the sweep's notes.
 
     Columns: job, each swept key, status, method, headline, the trained policy's reward, cost,
-    KL, safe rate, violation and normalised gap, final λ, exact λ*, and (when any job has one)
-    the exact optimum's reward and cost. ``—`` marks a value the job did not record.
+    KL, safe rate, feasibility (within :data:`~saferl.data.world.exact.FEASIBILITY_TOLERANCE`,
+    stated in the header), violation per constraint and normalised Lagrangian gap
+    ``G(π)/G(π_ref)`` (ALGORITHMS.md §8), final λ, exact λ*, and (when any job has one) the exact
+    optimum's reward and cost. ``—`` marks a value the job did not record.
 
     Args:
         summary: from :func:`load_sweep`.
@@ -115,8 +118,9 @@ def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -
         "E cost",
         "KL",
         "safe rate",
+        f"E c ≤ d + {FEASIBILITY_TOLERANCE:g}",
         "violation",
-        "norm. gap",
+        "norm. Lagr. gap",
         "λ",
         "λ*",
     ]
@@ -136,11 +140,7 @@ def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -
         cells += [
             escape(result.method),
             _fmt(result.headline, 4),
-            *(
-                [_fmt(getattr(trained, name), digits) for name, digits in _TABLE_SCORES]
-                if trained is not None
-                else ["—"] * len(_TABLE_SCORES)
-            ),
+            *_trained_cells(trained),
             _fmt_list(result.multiplier),
             _fmt_list(result.optimal_multiplier),
         ]
@@ -167,9 +167,20 @@ _TABLE_SCORES = (
     ("expected_cost", 4),
     ("kl", 4),
     ("safe_rate", 3),
-    ("violation", 4),
-    ("normalised_gap", 3),
 )
+
+
+def _trained_cells(trained: Scores | None) -> list[str]:
+    """The trained policy's cells: :data:`_TABLE_SCORES`, the feasible verdict, the violation per
+    constraint and the normalised Lagrangian gap."""
+    if trained is None:
+        return ["—"] * (len(_TABLE_SCORES) + 3)
+    return [
+        *(_fmt(getattr(trained, name), digits) for name, digits in _TABLE_SCORES),
+        "yes" if trained.feasible else "no",
+        _fmt_list(trained.violation),
+        _fmt(trained.normalised_lagrangian_gap, 3),
+    ]
 
 
 def _fmt(value: float | None, digits: int) -> str:

@@ -35,8 +35,8 @@ from saferl.core.dualized import composite_score, mocan_dual, pseudo_preference_
 from saferl.data.batches import SequenceBatch
 from saferl.data.collators import collate_prompts
 from saferl.learners import ppo_lag
-from saferl.learners.preference import train_policy_on_pairs
 from saferl.learners.output import RunOutput
+from saferl.learners.preference import train_policy_on_pairs
 from saferl.learners.preference_update import PreferenceTrainBatch
 from saferl.learners.result import DualPrediction, RunResult
 from saferl.learners.scorers import Scorer

@@ -116,10 +116,12 @@ class RunSummary:
 
     @property
     def headline(self) -> float:
-        """What a sweeper optimises: the trained policy's normalised gap when the setup evaluates
-        it, else the learner's own headline."""
+        """What a sweeper minimises: the trained policy's normalised Lagrangian gap
+        ``G(π)/G(π_ref)`` (ALGORITHMS.md §8) when the setup evaluates it, else the learner's own
+        headline. The Lagrangian gap is never negative and is 0 only at ``π*``, so a run that
+        breaks the limit never scores better than the optimum for its higher ``J``."""
         if self.evaluation is not None:
-            return float(self.evaluation.trained.normalised_gap)
+            return float(self.evaluation.trained.normalised_lagrangian_gap)
         return float(self.result.headline)
 
     def summary_record(self, folder: Path) -> dict[str, Any]:

@@ -74,11 +74,15 @@ def test_default_job_end_to_end(first_run):
     result = json.loads((folder / "result.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())
     assert len(result["history"]) == 2
-    assert result["reference"]["normalised_gap"] == pytest.approx(1.0)
-    assert result["optimum"]["normalised_gap"] == pytest.approx(0.0, abs=1e-9)
+    assert result["reference"]["normalised_lagrangian_gap"] == pytest.approx(1.0)
+    assert result["optimum"]["normalised_lagrangian_gap"] == pytest.approx(0.0, abs=1e-8)
+    assert result["optimum"]["violation"] == [pytest.approx(0.0, abs=1e-9)]  # one per constraint
+    trained = result["trained"]
+    assert trained["lagrangian_gap"] == pytest.approx(result["beta"] * trained["kl_to_optimum"], abs=1e-9)
+    assert trained["lagrangian_gap"] > 0 and len(trained["violation"]) == 1
     assert summary["method"] == "ppo_lag" and summary["cost_limit"] == -0.8 and summary["beta"] == 0.5
-    assert summary["trained"] == result["trained"] and summary["headline"] == result["trained"]["normalised_gap"]
-    assert f"{summary['trained']['normalised_gap']:.3f}" in completed.stdout
+    assert summary["trained"] == result["trained"] and summary["headline"] == result["trained"]["normalised_lagrangian_gap"]
+    assert f"{summary['trained']['normalised_lagrangian_gap']:.3f}" in completed.stdout
     for name in ("models/sft", "models/reward_model", "models/cost_model", "models/policy_ppo_lag"):
         assert (folder / name / "config.json").is_file(), name
     assert (folder / "checkpoints" / "ppo_lag" / "COMPLETE").is_file()
@@ -127,7 +131,7 @@ def test_world_preset_runs_one_iteration(preset, first_run, tmp_path):
     headline = run(cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["headline"] == pytest.approx(headline)
-    assert summary["trained"]["normalised_gap"] == pytest.approx(headline)
+    assert summary["trained"]["normalised_lagrangian_gap"] == pytest.approx(headline)
     assert (tmp_path / summary["policy_dir"] / "config.json").is_file()
     assert not (tmp_path / "models" / "sft").exists()  # stages 1–4 came from the first run
     expected = {"world_mocan": "mocan", "world_pecan": "pecan",

@@ -636,7 +636,7 @@ def test_optimum_kkt_and_strong_duality(world: ExactWorld) -> None:
     optimum = world.optimum()
     multiplier = optimum.multiplier.item()
     # The reference violates the limit (E_ref c ≈ −0.71 > −0.8), so the constraint is active.
-    assert world.score(world.ref_logprobs).violation > 0
+    assert world.score(world.ref_logprobs).violation[0] > 0
     assert multiplier > 0
     assert abs(optimum.expected_cost.item() - COST_LIMIT) < 1e-9  # complementary slackness
     assert abs(optimum.dual_value.item() - optimum.objective.item()) < 1e-9  # strong duality
@@ -645,24 +645,30 @@ def test_optimum_kkt_and_strong_duality(world: ExactWorld) -> None:
     assert score.expected_reward == pytest.approx(optimum.expected_reward.item(), abs=1e-9)
     assert score.expected_cost == pytest.approx(optimum.expected_cost.item(), abs=1e-9)
     assert score.kl == pytest.approx(optimum.kl.item(), abs=1e-9)
-    assert abs(score.optimality_gap) < 1e-9 and abs(score.normalised_gap) < 1e-8
-    assert score.violation < 1e-9
-    # Along the tilted family π_λ, a smaller λ violates the limit with a higher objective and a
-    # larger λ is feasible with a positive gap.
+    assert abs(score.lagrangian_gap) < 1e-9 and abs(score.normalised_lagrangian_gap) < 1e-8
+    assert abs(score.kl_to_optimum) < 1e-12
+    assert score.violation[0] < 1e-9 and score.feasible
+    # Along the tilted family π_λ, a smaller λ violates the limit with a higher objective than J*
+    # (the old J-only gap was negative there) and a larger λ is feasible with a lower one; the
+    # Lagrangian gap is positive on both sides and equals β·KL(π‖π*).
     problem = world.problem()
     for factor in (0.5, 2.0):
         tilted = world.score(torch.log(problem.tilted_policy(factor * multiplier)))
+        assert tilted.lagrangian_gap > 1e-4
+        assert tilted.lagrangian_gap == pytest.approx(BETA * tilted.kl_to_optimum, abs=1e-9)
         if factor < 1:
-            assert tilted.violation > 1e-3 and tilted.optimality_gap < -1e-3
+            assert tilted.violation[0] > 1e-3 and not tilted.feasible
+            assert tilted.objective > score.objective + 1e-3
         else:
-            assert tilted.violation == 0 and tilted.optimality_gap > 1e-3
+            assert tilted.violation == (0.0,) and tilted.feasible
+            assert tilted.objective < score.objective - 1e-3
 
 
 def test_score_of_reference_and_extremes(world: ExactWorld) -> None:
     probs = world.ref_logprobs.exp()
     reference = world.score(world.ref_logprobs)
     assert reference.kl == 0.0
-    assert reference.normalised_gap == pytest.approx(1.0, abs=1e-12)
+    assert reference.normalised_lagrangian_gap == pytest.approx(1.0, abs=1e-12)
     assert reference.expected_reward == pytest.approx(
         (probs * world.rewards).sum(1).mean().item(), abs=1e-12
     )
@@ -676,13 +682,15 @@ def test_score_of_reference_and_extremes(world: ExactWorld) -> None:
     # The unconstrained optimum: higher objective than J*, violates the limit; its KL by the
     # log-ratio formula equals the solver's E[(r/β)] − log Z formula.
     assert unconstrained.objective > optimum.objective + 1e-3
-    assert unconstrained.violation > 1e-3
+    assert unconstrained.violation[0] > 1e-3
     assert unconstrained.kl == pytest.approx(world.problem().statistics(0.0)["kl"].item(), abs=1e-9)
     # The safety-only extreme has the lowest cost and the highest safe rate of the three.
     assert safety_only.expected_cost < optimum.expected_cost < unconstrained.expected_cost
     assert safety_only.safe_rate > optimum.safe_rate > unconstrained.safe_rate
-    assert safety_only.violation == 0 and safety_only.optimality_gap > 0
+    assert safety_only.violation == (0.0,) and safety_only.lagrangian_gap > 0
+    assert unconstrained.lagrangian_gap > 0  # J above J*, yet no credit for breaking the limit
     for score in (reference, optimum, unconstrained, safety_only):
+        assert score.lagrangian_gap == pytest.approx(BETA * score.kl_to_optimum, abs=1e-9)
         assert score.objective == pytest.approx(score.expected_reward - BETA * score.kl, abs=1e-12)
         assert score.kl >= -1e-12
 

@@ -32,16 +32,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def scores(reward: float, cost: float, kl: float, gap: float, violation: float = 0.0) -> dict:
+    """A score block as ``summary.json`` holds it (``violation``: a list, one per constraint)."""
     return {
         "expected_reward": reward,
         "expected_cost": cost,
         "kl": kl,
         "objective": reward - 0.5 * kl,
         "safe_rate": 0.625,
-        "optimality_gap": 0.0123,
-        "normalised_gap": gap,
-        "violation": violation,
+        "kl_to_optimum": 0.0246 * gap,
+        "lagrangian_gap": 0.0123 * gap,
+        "normalised_lagrangian_gap": gap,
+        "violation": [violation],
     }
+
+
+def as_json(value):
+    """A loaded score value as ``summary.json`` writes it (tuples are JSON lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 REFERENCE = scores(0.1000, -0.5000, 0.0, 1.0, violation=0.5)
@@ -160,9 +167,8 @@ def test_load_sweep_reads_every_job_its_overrides_and_its_summary(sweep: Path):
         assert result.cost_limit == (expected["cost_limit"],)
         assert result.headline == expected["headline"]
         for block in ("trained", "reference", "optimum"):
-            assert {key: getattr(getattr(result, block), key) for key in SCORE_KEYS} == expected[
-                block
-            ]
+            loaded = getattr(result, block)
+            assert {key: as_json(getattr(loaded, key)) for key in SCORE_KEYS} == expected[block]
         assert result.multiplier == tuple(expected["multiplier"])
         assert result.optimal_multiplier == tuple(expected["optimal_multiplier"])
     assert summary.runs[0].label() == "learner=ppo_lag, cost_limit=-1.0"
@@ -232,8 +238,8 @@ def test_table_prints_every_job_with_its_numbers_whole(sweep: Path, capsys):
             f"{trained['expected_cost']:.4f}",
             f"{trained['kl']:.4f}",
             f"{trained['safe_rate']:.3f}",
-            f"{trained['violation']:.4f}",
-            f"{trained['normalised_gap']:.3f}",
+            f"{trained['violation'][0]:.4f}",
+            f"{trained['normalised_lagrangian_gap']:.3f}",
             f"{expected['multiplier'][0]:.4f}",
             f"{expected['optimal_multiplier'][0]:.4f}",
             f"{expected['optimum']['expected_reward']:.4f}",
@@ -242,6 +248,13 @@ def test_table_prints_every_job_with_its_numbers_whole(sweep: Path, capsys):
         ):
             assert number in line, (number, line)
     assert "…" not in text  # nothing cut
+    # The feasible verdict states its tolerance: job 0 breaks its limit by 0.0124 > 0.001, job 2
+    # by 0.0046 > 0.001, job 1 not at all.
+    assert "E c ≤ d + 0.001" in text and "norm. Lagr. gap" in text
+    header = next(line for line in text.splitlines() if "E c ≤ d" in line)
+    column = [cell.strip() for cell in header.split("┃")].index("E c ≤ d + 0.001")
+    verdicts = {job: lines[job].split("│")[column].strip() for job in (0, 1, 2)}
+    assert verdicts == {0: "no", 1: "yes", 2: "no"}
 
     # The default console is wide enough for the whole table, whatever the terminal says.
     print_sweep_summary(summary)
@@ -279,7 +292,11 @@ def test_write_sweep_summary_csv_rows_equal_the_inputs_and_png_is_valid(
         assert float(row["headline"]) == expected["headline"]
         for block in ("trained", "reference", "optimum"):
             for key in SCORE_KEYS:
-                assert float(row[f"{block}_{key}"]) == expected[block][key]  # exact: repr
+                value = expected[block][key]
+                if isinstance(value, list):  # per constraint: ';'-separated
+                    assert [float(item) for item in row[f"{block}_{key}"].split(";")] == value
+                else:
+                    assert float(row[f"{block}_{key}"]) == value  # exact: repr
         assert float(row["multiplier"]) == expected["multiplier"][0]
         assert float(row["optimal_multiplier"]) == expected["optimal_multiplier"][0]
         frontier = expected["predicted_frontier_csv"]
@@ -323,6 +340,19 @@ def test_bad_inputs_are_errors_that_name_the_file_and_key(sweep: Path, tmp_path:
     for key, change, message in (
         ("beta", None, rf"{path}: missing required key 'beta'"),
         ("trained", {"kl": 0.1}, rf"{path}: missing required key 'trained.expected_reward'"),
+        (
+            "trained",
+            {key: value for key, value in original["trained"].items() if key != "lagrangian_gap"},
+            rf"{path}: missing required key 'trained.lagrangian_gap'",
+        ),
+        (
+            "trained",
+            {**{k: v for k, v in original["trained"].items() if not k.startswith("normalised")},
+             "normalised_gap": 0.5},
+            rf"{path}: missing required key 'trained.normalised_lagrangian_gap'.*before the Lagrangian",
+        ),
+        ("reference", {**original["reference"], "violation": [0.1, "x"]},
+         rf"{path}: key 'reference.violation\[1\]' must be a number"),
         ("beta", "half", rf"{path}: key 'beta' must be a number; found 'half'"),
         ("multiplier", [1.0, "x"], rf"{path}: key 'multiplier\[1\]' must be a number"),
     ):

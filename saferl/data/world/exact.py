@@ -15,12 +15,14 @@ assembled:
 
 With the reference's log-probabilities and the ground truth, the exact constrained optimum
 ``π* = π_λ*`` of ALGORITHMS.md §1 comes from :func:`saferl.core.dual.solve_exact`, and any policy
-is scored by enumeration: expected reward, cost, KL and its optimality gap.
+is scored by enumeration: expected reward, cost, KL, its KL to ``π*``, its Lagrangian gap and
+its violation of the limit (ALGORITHMS.md §8).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,9 +34,12 @@ from saferl.data.world.vocab import EOS, WorldPrompt, world_prompts
 
 __all__ = [
     "MAX_RESPONSE_TOKENS",
+    "FEASIBILITY_TOLERANCE",
     "ExactResponses",
     "PolicyScore",
     "ExactWorld",
+    "score_policy",
+    "tilted_logprobs",
     "enumerate_responses",
     "enumerate_policy_logprobs",
     "build_exact_world",
@@ -141,18 +146,32 @@ def enumerate_policy_logprobs(
     return torch.stack(rows)
 
 
+#: How far above its limit ``d_j`` a policy's expected cost ``E_π c_j`` may be, in cost units, and
+#: the policy still be called feasible (:attr:`PolicyScore.feasible`). Enumeration is exact, so
+#: this is not rounding slack: it is the stated resolution of the "feasible" verdict, printed in
+#: every table's header next to the violation itself.
+FEASIBILITY_TOLERANCE = 1e-3
+
+
 @dataclass(frozen=True)
 class PolicyScore:
     """A policy scored exactly against the world's ground truth and its constrained optimum.
 
+    The yardsticks of ALGORITHMS.md §8: ``J`` alone flatters a policy that breaks the limit (its
+    ``J`` can exceed ``J* = J(π*)``), so the gaps here are Lagrangian ones, which are never negative
+    and vanish only at ``π* = π_λ*``, and the violation is reported beside them.
+
     Attributes:
-        expected_reward, expected_cost: ``E_x E_π r`` and ``E_x E_π c``.
+        expected_reward, expected_cost: ``E_x E_π r`` and ``E_x E_π c`` (one constraint).
         kl: ``E_x KL(π‖π_ref)``, exact.
         objective: ``J(π) = E[r] − β KL``.
-        safe_rate: ``P(cost ≤ 0)`` under π.
-        optimality_gap: ``J* − J(π)`` where ``J*`` is the constrained optimum's objective.
-        normalised_gap: ``(J* − J(π)) / (J* − J(π_ref))`` (0 at the optimum, 1 at the reference).
-        violation: ``max(0, E[c] − d)``.
+        safe_rate: ``P(every cost ≤ 0)`` under π.
+        kl_to_optimum: ``E_x KL(π(·|x) ‖ π*(·|x))``, exact (``0·log 0 = 0``).
+        lagrangian_gap: ``G(π) = J* − [J(π) − λ*·(E_π c − d)]``, from that definition; it equals
+            ``β · kl_to_optimum`` (≥ 0, zero only at ``π*``).
+        normalised_lagrangian_gap: ``G(π) / G(π_ref)`` (0 at the optimum, 1 at the reference; NaN
+            when ``G(π_ref) = 0``, i.e. the reference is the optimum).
+        violation: per constraint, ``max(0, E_π c_j − d_j)`` (one entry per constraint).
     """
 
     expected_reward: float
@@ -160,9 +179,138 @@ class PolicyScore:
     kl: float
     objective: float
     safe_rate: float
-    optimality_gap: float
-    normalised_gap: float
-    violation: float
+    kl_to_optimum: float
+    lagrangian_gap: float
+    normalised_lagrangian_gap: float
+    violation: tuple[float, ...]
+
+    @property
+    def feasible(self) -> bool:
+        """Every constraint holds within :data:`FEASIBILITY_TOLERANCE` (a NaN violation: no)."""
+        return self.is_feasible(FEASIBILITY_TOLERANCE)
+
+    def is_feasible(self, tolerance: float = FEASIBILITY_TOLERANCE) -> bool:
+        """Every ``violation`` entry is ``≤ tolerance`` (cost units)."""
+        return all(value <= tolerance for value in self.violation)
+
+
+def tilted_logprobs(
+    ref_logprobs: torch.Tensor,
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    beta: float,
+    multiplier: torch.Tensor,
+) -> torch.Tensor:
+    """``log π_λ(y|x) = log_softmax_y(log π_ref + (r − λ·c)/β)``, shape ``(num_prompts, num_responses)``.
+
+    Taken in log space, so ``π_λ`` keeps the reference's full support even where its probability
+    would underflow (the KL to it stays finite).
+
+    Args:
+        ref_logprobs, rewards: shape ``(num_prompts, num_responses)``.
+        costs: shape ``(num_prompts, num_responses, m)``.
+        beta: KL coefficient β.
+        multiplier: λ, shape ``(m,)``.
+    """
+    return torch.log_softmax(ref_logprobs + (rewards - costs @ multiplier) / beta, dim=1)
+
+
+def _expected(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``E_x E_π v``: uniform over prompts; ``values`` ``(N, K)`` → scalar, ``(N, K, m)`` → ``(m,)``."""
+    if values.ndim == 3:
+        return torch.einsum("nk,nkj->j", probs, values) / probs.shape[0]
+    return (probs * values).sum(1).mean()
+
+
+def _kl(logprobs: torch.Tensor, other_logprobs: torch.Tensor) -> float:
+    """``E_x KL(π‖q)`` from log-probabilities, ``(N, K)`` each; ``0·log 0 = 0`` (an infinite KL when
+    π has mass where q has none)."""
+    probs = logprobs.exp()
+    terms = torch.where(probs > 0, probs * (logprobs - other_logprobs), torch.zeros_like(probs))
+    return terms.sum(1).mean().item()
+
+
+def score_policy(
+    policy_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    beta: float,
+    cost_limit: float | list[float] | torch.Tensor,
+) -> PolicyScore:
+    """Score a policy exactly on an enumerable problem (ALGORITHMS.md §1 and §8).
+
+    Solves the problem's dual for λ* (:func:`saferl.core.dual.solve`), builds ``π* = π_λ*``, and
+    computes every field of :class:`PolicyScore` by enumeration; prompts are weighted uniformly.
+
+    Args:
+        policy_logprobs: ``log π(y|x)``, shape ``(num_prompts, num_responses)``; rows normalised.
+        ref_logprobs: ``log π_ref(y|x)``, same shape, rows normalised.
+        rewards: ``r(x, y)``, same shape.
+        costs: ``c(x, y)``, same shape (m = 1) or ``(num_prompts, num_responses, m)``.
+        beta: KL coefficient β.
+        cost_limit: ``d``, a float or one per constraint.
+
+    Raises:
+        ValueError: a shape mismatch, rows that do not sum to one, or m ≠ 1 (``expected_cost``
+            holds one constraint; ``violation`` is already one entry per constraint).
+    """
+    ref_logprobs = ref_logprobs.to(torch.float64)
+    rewards = rewards.to(torch.float64)
+    costs = costs.to(torch.float64)
+    policy_logprobs = policy_logprobs.to(torch.float64)
+    if policy_logprobs.shape != ref_logprobs.shape:
+        raise ValueError(
+            f"policy_logprobs must have shape {tuple(ref_logprobs.shape)}; found {tuple(policy_logprobs.shape)}"
+        )
+    probs = policy_logprobs.exp()
+    total = probs.sum(dim=1)
+    if (total - 1).abs().max() > 1e-6:
+        raise ValueError(
+            f"policy_logprobs rows must sum to 1 in probability; found sums {total.tolist()}"
+        )
+    if costs.ndim == 2:
+        costs = costs.unsqueeze(-1)  # (N, K, m = 1)
+    if costs.shape[-1] != 1:
+        raise ValueError(
+            f"score_policy scores one constraint (PolicyScore.expected_cost is one number); "
+            f"found costs of shape {tuple(costs.shape)} with m = {costs.shape[-1]}"
+        )
+    problem = DualProblem.exact(ref_logprobs, rewards, costs, beta, cost_limit)
+    multiplier = solve(problem).multiplier  # λ*, (m,)
+    limit = problem.cost_limit  # d, (m,)
+    optimal_logprobs = tilted_logprobs(ref_logprobs, rewards, costs, beta, multiplier)
+
+    def objective_and_cost(logprobs: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``J(π) = E r − β KL(π‖π_ref)`` and ``E_π c``, shape ``(m,)``."""
+        policy = logprobs.exp()
+        return (
+            _expected(policy, rewards).item() - beta * _kl(logprobs, ref_logprobs),
+            _expected(policy, costs),
+        )
+
+    def lagrangian_gap(logprobs: torch.Tensor) -> float:
+        """``G(π) = J* − [J(π) − λ*·(E_π c − d)]`` (§8), from the definition."""
+        objective, cost = objective_and_cost(logprobs)
+        return optimum_objective - (objective - (multiplier @ (cost - limit)).item())
+
+    optimum_objective, _ = objective_and_cost(optimal_logprobs)  # J* = J(π*)
+    expected_cost = _expected(probs, costs)  # (m,)
+    kl = _kl(policy_logprobs, ref_logprobs)
+    expected_reward = _expected(probs, rewards).item()
+    gap = lagrangian_gap(policy_logprobs)
+    reference_gap = lagrangian_gap(ref_logprobs)
+    return PolicyScore(
+        expected_reward=expected_reward,
+        expected_cost=expected_cost[0].item(),
+        kl=kl,
+        objective=expected_reward - beta * kl,
+        safe_rate=(probs * (costs <= 0).all(-1)).sum(1).mean().item(),
+        kl_to_optimum=_kl(policy_logprobs, optimal_logprobs),
+        lagrangian_gap=gap,
+        normalised_lagrangian_gap=gap / reference_gap if reference_gap > 0 else math.nan,
+        violation=tuple((expected_cost - limit).clamp_min(0.0).tolist()),
+    )
 
 
 @dataclass(frozen=True)
@@ -196,7 +344,9 @@ class ExactWorld:
 
     def optimal_logprobs(self) -> torch.Tensor:
         """``log π_λ*(y|x)``, shape ``(num_prompts, num_responses)``."""
-        return torch.log(self.problem().tilted_policy(self.optimum().multiplier))
+        return tilted_logprobs(
+            self.ref_logprobs, self.rewards, self.costs.unsqueeze(-1), self.beta, self.optimum().multiplier
+        )
 
     def unconstrained_logprobs(self) -> torch.Tensor:
         """The unconstrained optimum ``π ∝ π_ref exp(r/β)`` (λ = 0)."""
@@ -210,38 +360,10 @@ class ExactWorld:
         """Score a policy given ``log π(y|x)`` of every response, shape ``(num_prompts, num_responses)``.
 
         The rows must be normalised distributions over the enumerated responses (they are for any
-        causal LM, see :func:`enumerate_policy_logprobs`).
+        causal LM, see :func:`enumerate_policy_logprobs`). See :func:`score_policy`.
         """
-        policy_logprobs = policy_logprobs.to(torch.float64)
-        if policy_logprobs.shape != self.ref_logprobs.shape:
-            raise ValueError(
-                f"policy_logprobs must have shape {tuple(self.ref_logprobs.shape)}; found {tuple(policy_logprobs.shape)}"
-            )
-        probs = policy_logprobs.exp()
-        total = probs.sum(dim=1)
-        if (total - 1).abs().max() > 1e-6:
-            raise ValueError(
-                f"policy_logprobs rows must sum to 1 in probability; found sums {total.tolist()}"
-            )
-        on_support = probs > 0
-        log_ratio = torch.where(
-            on_support, policy_logprobs - self.ref_logprobs, torch.zeros_like(probs)
-        )
-        expected_reward = (probs * self.rewards).sum(1).mean().item()
-        expected_cost = (probs * self.costs).sum(1).mean().item()
-        kl = (probs * log_ratio).sum(1).mean().item()
-        objective = expected_reward - self.beta * kl
-        optimum = self.optimum().objective.item()
-        reference_objective = self.reference_objective()
-        return PolicyScore(
-            expected_reward=expected_reward,
-            expected_cost=expected_cost,
-            kl=kl,
-            objective=objective,
-            safe_rate=(probs * (self.costs <= 0)).sum(1).mean().item(),
-            optimality_gap=optimum - objective,
-            normalised_gap=(optimum - objective) / (optimum - reference_objective),
-            violation=max(0.0, expected_cost - self.cost_limit),
+        return score_policy(
+            policy_logprobs, self.ref_logprobs, self.rewards, self.costs, self.beta, self.cost_limit
         )
 
     def reference_objective(self) -> float:
