@@ -44,7 +44,9 @@ def exact_comparison_table(title: str, rows) -> Table:
     ):
         # Only the policy's name may wrap on a narrow console; numbers are never cut.
         wrap = column == "policy"
-        table.add_column(column, justify="right", no_wrap=not wrap, overflow="fold" if wrap else "ellipsis")
+        table.add_column(
+            column, justify="right", no_wrap=not wrap, overflow="fold" if wrap else "ellipsis"
+        )
     for name, multiplier, score in rows:
         table.add_row(
             name,

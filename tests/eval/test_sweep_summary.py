@@ -347,12 +347,17 @@ def test_bad_inputs_are_errors_that_name_the_file_and_key(sweep: Path, tmp_path:
         ),
         (
             "trained",
-            {**{k: v for k, v in original["trained"].items() if not k.startswith("normalised")},
-             "normalised_gap": 0.5},
+            {
+                **{k: v for k, v in original["trained"].items() if not k.startswith("normalised")},
+                "normalised_gap": 0.5,
+            },
             rf"{path}: missing required key 'trained.normalised_lagrangian_gap'.*before the Lagrangian",
         ),
-        ("reference", {**original["reference"], "violation": [0.1, "x"]},
-         rf"{path}: key 'reference.violation\[1\]' must be a number"),
+        (
+            "reference",
+            {**original["reference"], "violation": [0.1, "x"]},
+            rf"{path}: key 'reference.violation\[1\]' must be a number",
+        ),
         ("beta", "half", rf"{path}: key 'beta' must be a number; found 'half'"),
         ("multiplier", [1.0, "x"], rf"{path}: key 'multiplier\[1\]' must be a number"),
     ):

@@ -345,7 +345,11 @@ class ExactWorld:
     def optimal_logprobs(self) -> torch.Tensor:
         """``log π_λ*(y|x)``, shape ``(num_prompts, num_responses)``."""
         return tilted_logprobs(
-            self.ref_logprobs, self.rewards, self.costs.unsqueeze(-1), self.beta, self.optimum().multiplier
+            self.ref_logprobs,
+            self.rewards,
+            self.costs.unsqueeze(-1),
+            self.beta,
+            self.optimum().multiplier,
         )
 
     def unconstrained_logprobs(self) -> torch.Tensor:
