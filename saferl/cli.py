@@ -124,15 +124,54 @@ def train(config: RunConfig, folder: Path, tracker):
     return summary
 
 
-def exact_optimum(cfg: DictConfig, config: RunConfig) -> float:
-    """``job=exact_optimum``: the world's exact constrained optimum and predicted frontier."""
-    from saferl.data.world import build_exact_world, load_or_train_reference_policy
-    from saferl.eval.world_report import print_exact_optimum
+def exact_optimum(cfg: DictConfig, config: RunConfig, folder: Path) -> float:
+    """``job=exact_optimum``: the world's exact constrained optimum and predicted frontier, with the
+    reference it was solved for said, and written to ``exact_optimum.json``.
 
-    model, tokenizer = load_or_train_reference_policy(config.reference, cfg.world.cache_dir)
+    The reference is a training run's SFT policy with ``job.run_dir=<run>`` (the very problem that
+    run's exact evaluation scores), else an in-process SFT with the same keys a training run's SFT
+    stage reads (``world.reference`` shape, ``model.sft``, ``data.num_sft``, ``seed``): the same
+    recipe, not the same weights.
+    """
+    import json
+
+    from saferl.data.world import build_exact_world, build_world_tokenizer, load_or_train_reference_policy
+    from saferl.eval.world_report import print_exact_optimum
+    from saferl.models import load_policy
+
+    run_dir = cfg.job.get("run_dir")
+    if run_dir is not None:
+        sft_dir = Path(str(run_dir)) / "models" / "sft"
+        if not (sft_dir / "config.json").is_file():
+            raise ConfigError(f"job.run_dir: {str(run_dir)!r} holds no world run's SFT policy (no {sft_dir}/config.json)")
+        model, _ = load_policy(sft_dir)
+        model, tokenizer = model.eval(), build_world_tokenizer()
+        source = f"the SFT policy of the run in {run_dir}"
+    else:
+        model, tokenizer = load_or_train_reference_policy(config.reference, cfg.world.cache_dir)
+        reference = config.reference
+        source = (f"an in-process SFT ({reference.steps} steps × {reference.batch_size} of {reference.num_examples} "
+                  f"demonstrations, seed {reference.seed}): the training run's recipe, not its weights; "
+                  "give job.run_dir=<run> to solve a run's own problem")
     world = build_exact_world(model, tokenizer, beta=config.beta, cost_limit=config.cost_limit)
+    print(f"reference: {source}")
     print_exact_optimum(world, [float(limit) for limit in cfg.job.frontier_limits], int(cfg.job.top_responses))
-    return float(world.optimum().objective)
+    solution = world.optimum()
+    record = {
+        "beta": config.beta,
+        "cost_limit": config.cost_limit,
+        "reference": source,
+        "run_dir": None if run_dir is None else str(run_dir),
+        "optimal_multiplier": solution.multiplier.tolist(),
+        "objective": float(solution.objective),
+        "expected_reward": float(solution.expected_reward),
+        "expected_cost": solution.expected_cost.tolist(),
+        "kl": float(solution.kl),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "exact_optimum.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {folder / 'exact_optimum.json'}")
+    return float(solution.objective)
 
 
 def world_data(cfg: DictConfig, folder: Path) -> float:
@@ -171,7 +210,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     config = validate(cfg)  # every mistake surfaces here, before any actor starts
     folder = config.output_dir or output_dir or Path.cwd()
     if config.job == "exact_optimum":
-        return exact_optimum(cfg, config)
+        return exact_optimum(cfg, config, folder)
     if config.job == "world_data":
         return world_data(cfg, folder)
     from saferl.learners.run_state import claim_run_folder

@@ -170,7 +170,7 @@ JOB_KEYS = {
     "train": {"name"},
     "evaluate": {"name", "run_dir", "policy", "reference", "reward_model", "cost_model",
                  "responses_per_prompt", "rows_per_call"},
-    "exact_optimum": {"name", "frontier_limits", "top_responses"},
+    "exact_optimum": {"name", "frontier_limits", "top_responses", "run_dir"},
     "world_data": {"name", "output_dir", "num_sft", "num_pairs_train", "num_pairs_test", "temperature", "overwrite"},
 }
 
@@ -256,6 +256,31 @@ def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: in
         generation=generation,
         rows_per_call=rows_per_call,
     )
+
+
+REFERENCE_SHAPE = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+
+
+def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
+    """The world's reference: ``world.reference``'s shape, SFT-ed as ``model.sft`` on ``data.num_sft``
+    demonstrations (the keys a training run's SFT stage reads; their defaults where a hub model or
+    data group has no such key)."""
+    shape = _container(cfg.world.reference, "world.reference")
+    _unknown(shape, REFERENCE_SHAPE, "world.reference")
+    for key in REFERENCE_SHAPE:
+        if key in shape:
+            _integer(cfg, f"world.reference.{key}", 1)
+    training = {}
+    sft = OmegaConf.select(cfg, "model.sft")
+    if isinstance(sft, DictConfig):
+        sft = _container(sft, "model.sft")
+        training = {"steps": sft.get("steps"), "batch_size": sft.get("rows_per_step"),
+                    "learning_rate": sft.get("learning_rate")}
+    num_sft = OmegaConf.select(cfg, "data.num_sft")
+    if num_sft is not None:
+        training["num_examples"] = num_sft
+    return _build({**shape, **{k: v for k, v in training.items() if v is not None}, "seed": seed},
+                  "world.reference", ReferenceConfig)
 
 
 def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation: GenerationSpec,
@@ -427,8 +452,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     resources = Resources(group=group, runtime=runtime, deepspeed=deepspeed, seed=seed)
     generation = _build(_container(cfg.generation, "generation"), "generation", GenerationSpec, seed=seed)
     _job(cfg, job, num_ranks)
-    reference = _build(_container(cfg.world.reference, "world.reference"), "world.reference", ReferenceConfig)
-    _positive_rates(reference, "world.reference")
+    reference = _reference(cfg, seed)
 
     # The learner.
     settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta, cost_limit=cost_limit,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from saferl.config import ConfigError, validate
 from saferl.data import load_preference_dataset, load_sft_dataset
 from saferl.data.world import build_exact_world, load_or_train_reference_policy
 
-FAST_REFERENCE = ["world.reference.steps=30", "world.reference.num_examples=500"]
+FAST_REFERENCE = ["model.sft.steps=30", "data.num_sft=500"]
 
 
 def composed(*overrides: str):
@@ -26,13 +27,14 @@ def test_default_config_composes_to_training_ppo_lag_and_jobs_switch():
     assert (cfg.job.name, cfg.learner.name) == ("train", "ppo_lag")
     assert cfg.learner.kl_coeff == cfg.beta  # the learner's KL weight is the problem's β
     assert composed("job=exact_optimum").job.name == "exact_optimum"
-    # The reference's seed follows the global seed through interpolation.
-    assert composed("seed=7").world.reference.seed == 7
-    assert validate(composed("seed=7")).setup.reference.seed == 7
+    # The reference is SFT-ed with the keys a training run's SFT stage reads, seeded by the root seed.
+    run = validate(composed("seed=7", "model.sft.steps=30", "data.num_sft=500"))
+    assert (run.reference.seed, run.reference.steps, run.reference.num_examples) == (7, 30, 500)
+    assert run.setup.reference == run.reference
 
 
-def test_exact_optimum_job_prints_the_optimum_it_solved(capsys):
-    cfg = composed("job=exact_optimum", *FAST_REFERENCE, "cost_limit=-0.9")
+def test_exact_optimum_job_prints_the_optimum_it_solved(capsys, tmp_path):
+    cfg = composed("job=exact_optimum", *FAST_REFERENCE, "cost_limit=-0.9", f"output_dir={tmp_path}")
     objective = run(cfg)
     printed = capsys.readouterr().out
     model, tokenizer = load_or_train_reference_policy(validate(cfg).reference)
@@ -41,6 +43,11 @@ def test_exact_optimum_job_prints_the_optimum_it_solved(capsys):
     assert objective == pytest.approx(solution.objective.item(), abs=1e-9)
     assert f"{solution.multiplier.item():.6f}" in printed
     assert "-0.9000" in printed  # the optimum's expected cost sits on the limit
+    # It says which reference it solved for, and writes what it solved.
+    assert "reference: an in-process SFT (30 steps × 64 of 500 demonstrations, seed 0)" in printed
+    record = json.loads((tmp_path / "exact_optimum.json").read_text())
+    assert record["optimal_multiplier"] == pytest.approx(solution.multiplier.tolist(), abs=1e-12)
+    assert record["cost_limit"] == -0.9 and record["run_dir"] is None
 
 
 def test_unknown_reference_key_and_unknown_job_are_clear_errors():

@@ -164,7 +164,8 @@ def test_every_group_option_composes_and_validates(group, option):
     [
         (("model=beaver_v1",), ["model.source='hub'", "data.source='world'"]),
         (("model=falcon_11b", "learner=preference"), ["model.source='hub'", "data.source='world'"]),
-        (("data=pku_saferlhf",), ["model.source='world'", "data.source='hub'"]),
+        # The world's tiny models train on a PKU-format file, but no ground truth calibrates them.
+        (("data=pku_saferlhf",), ["scorers.calibrate=true"]),
         (("generation=safe_rlhf",), ["generation.max_new_tokens", "256"]),
         ((*HUB, "model.cost_model=null"), ["model.cost_model", "None"]),
     ],
@@ -385,7 +386,9 @@ ERRORS = [
      ["scorers.reward_model.learning_rate", "-0.5"]),
     ("negative-cost-model-lr", ("scorers.cost_model.learning_rate=-0.5",),
      ["scorers.cost_model.learning_rate", "-0.5"]),
-    ("negative-reference-lr", ("world.reference.learning_rate=-0.5",), ["world.reference.learning_rate", "-0.5"]),
+    # The reference's SFT reads model.sft and data.num_sft; world.reference is only its shape.
+    ("reference-training-key", ("+world.reference.learning_rate=0.1",), ["world.reference", "learning_rate"]),
+    ("zero-reference-width", ("world.reference.hidden_size=0",), ["world.reference.hidden_size", "0"]),
     ("negative-preference-lr", ("learner=preference", "learner.preference.learning_rate=-0.5"),
      ["learner.preference.learning_rate", "-0.5"]),
     ("negative-mocan-dpo-lr", ("learner=mocan", "learner.mocan.dpo_learning_rate=-0.5"),
@@ -732,7 +735,7 @@ def test_the_comment_rule_sees_every_kind_of_line():
     assert fields["cost_limit"] == (False, True)
     fields = {dotted: (header, commented) for _, dotted, _, header, commented in yaml_fields(CONF / "world" / "default.yaml")}
     assert fields["reference"] == (True, True)
-    assert fields["reference.seed"] == (False, True)
-    assert "world.reference.seed" in all_documented()
+    assert fields["reference.hidden_size"] == (False, True)
+    assert "world.reference.hidden_size" in all_documented()
     assert "logger.kind" in extended(CONF / "logger" / "jsonl.yaml")
     assert prefixed(CONF / "sweep" / "beta.yaml", "hydra.sweeper.params.beta") == "hydra.sweeper.params.beta"

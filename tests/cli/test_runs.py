@@ -253,3 +253,14 @@ def test_a_sweep_with_the_ray_launcher_runs_its_jobs_on_an_existing_cluster(firs
     assert result["worker_actors"] == ["PolicyWorker"] * 2 + ["ScoreWorker"] * 2
     arena = json.loads((tmp_path / "sweep" / "0" / "arena.json").read_text())
     assert arena["settings"]["seed"] == 3
+
+
+def test_the_exact_optimum_job_solves_a_runs_own_problem(first_run, tmp_path):
+    """``job=exact_optimum job.run_dir=<run>``: the optimum for that run's SFT policy is the one its
+    exact evaluation compared the trained policy with."""
+    folder, _ = first_run
+    summary = json.loads((folder / "summary.json").read_text())
+    run(composed("job=exact_optimum", f"job.run_dir={folder}", f"output_dir={tmp_path}"))
+    record = json.loads((tmp_path / "exact_optimum.json").read_text())
+    assert record["run_dir"] == str(folder) and str(folder) in record["reference"]
+    assert record["optimal_multiplier"] == pytest.approx(summary["optimal_multiplier"], abs=1e-9)
