@@ -334,6 +334,22 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation:
     )
 
 
+def _same_kl_coefficient(settings, beta: float) -> None:
+    """On the world, a PPO stage's KL coefficient is the problem's β: the exact optimum the run is
+    scored against is solved at β, so another coefficient would optimise a different problem."""
+    stage = settings if isinstance(settings, PPOLagSettings) else (
+        settings.ppo if isinstance(settings, MocanSettings) and settings.stage == "ppo" else None)
+    if stage is None:
+        return
+    kl_coeff = stage.ppo.kl_coeff
+    if kl_coeff != beta:
+        raise ConfigError(
+            f"learner.kl_coeff={kl_coeff!r} differs from beta={beta!r}: the built-in world scores the run against "
+            "the exact optimum at beta, so the PPO stage must use the same KL coefficient (leave learner.kl_coeff "
+            "at its default ${beta}, or set beta)"
+        )
+
+
 def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: ReferenceConfig, scorer_kind: str,
                    seed: int, num_ranks: int) -> TinySettings:
     """The world's tiny models on a PKU-format data set (``model=world`` with a hub data group)."""
@@ -476,6 +492,7 @@ def validate(cfg: DictConfig) -> RunConfig:
             raise ConfigError("scorers.kind='pretrained' needs hub score models (model.reward_model); "
                               "on the built-in world use learned or oracle")
         setup = _world_settings(cfg, beta, cost_limit, generation, reference, scorer_kind, seed, num_ranks)
+        _same_kl_coefficient(settings, beta)
     else:
         if scorer_kind == "oracle":
             raise ConfigError("scorers.kind='oracle' is the built-in world's ground truth; a hub setup "

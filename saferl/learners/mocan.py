@@ -113,6 +113,14 @@ class MocanSettings:
             )
         if self.stage == "ppo" and self.ppo is None:
             raise ValueError("learner.mocan.stage=ppo needs the learner's PPO keys (learner.iterations, ...)")
+        if self.stage == "ppo" and self.ppo.ppo.kl_in_cost_stream:
+            # With λ held at λ̂, the published streams' fixed point is the optimum at KL weight
+            # β(1+λ̂), not π_λ̂ (ALGORITHMS.md §2): MoCAN's PPO stage must aim at π_λ̂.
+            raise ValueError(
+                "learner.kl_in_cost_stream=true with learner.mocan.stage=ppo: the published +β·kl in the cost "
+                "stream makes PPO with λ fixed at λ̂ reach π_ref·exp((r − λ̂c)/(β(1+λ̂))), not MoCAN's target "
+                "π_λ̂; use learner.kl_in_cost_stream=false"
+            )
         object.__setattr__(self, "frontier_grid", tuple(float(v) for v in self.frontier_grid))
 
 

@@ -113,6 +113,12 @@ class WorldSettings:
                 f"evaluation enumerates every response of at most {MAX_RESPONSE_TOKENS} tokens); "
                 f"found {self.generation.max_new_tokens}"
             )
+        if self.scorers == "learned" and not self.calibrate:
+            raise ValueError(
+                "scorers.calibrate=false: on the built-in world the limit d and the exact evaluation are in "
+                "ground-truth units, and uncalibrated scores are not; keep scorers.calibrate=true (or "
+                "scorers=oracle), or train the tiny models on your own data (data=pku_saferlhf data.path=...)"
+            )
         for key, stage in (("model.sft", self.sft), ("scorers.reward_model", self.reward_model),
                            ("scorers.cost_model", self.cost_model)):
             stage.check(key)

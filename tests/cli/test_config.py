@@ -229,9 +229,10 @@ def test_beaver_v1_is_the_published_safe_rlhf():
     assert cfg.learner.policy_learning_rate == 1e-5
     assert cfg.learner.critic_learning_rate == 5e-6
     assert run.settings.policy_learning_rate == 1e-5 and run.settings.critic_learning_rate == 5e-6
-    # The multiplier [§2]: λ_init 1, lr 0.1 on log λ, window 128, no delay, λ_max 5.
+    # The multiplier [§2]: λ_init 1, lr 0.1 on log λ, no delay, λ_max 5; the published window is 128
+    # costs on each rank, all-reduced over 8 ranks: 1,024 gathered costs here.
     published = {
-        "kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 128, "delay": 0,
+        "kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 128 * 8, "delay": 0,
         "max_value": 5.0,
     }
     assert dict(cfg.multiplier) == published
@@ -375,6 +376,15 @@ ERRORS = [
     ("negative-beta", ("beta=-0.1",), ["beta", "-0.1"]),
     ("zero-beta", ("beta=0",), ["beta", "0"]),
     ("zero-kl-coeff", ("learner.kl_coeff=0",), ["learner.kl_coeff", "0"]),
+    # On the world the run is scored against the optimum at beta: its PPO stage must use the same β.
+    ("kl-coeff-not-beta-world", ("learner.kl_coeff=0.25",), ["learner.kl_coeff", "0.25", "beta", "0.5"]),
+    ("kl-coeff-not-beta-mocan-ppo", ("learner=mocan", "learner.mocan.stage=ppo", "learner.kl_coeff=0.25"),
+     ["learner.kl_coeff", "0.25"]),
+    # MoCAN's PPO stage holds λ at λ̂: only the §1 streams aim at π_λ̂.
+    ("mocan-ppo-published-streams", ("learner=mocan", "learner.mocan.stage=ppo", "learner.kl_in_cost_stream=true"),
+     ["learner.kl_in_cost_stream"]),
+    # On the world, d and the exact evaluation are in ground-truth units.
+    ("uncalibrated-world", ("scorers.calibrate=false",), ["scorers.calibrate"]),
     ("negative-kl-coeff", ("learner.kl_coeff=-0.01",), ["learner.kl_coeff", "-0.01"]),
     ("negative-loss-beta", ("learner=preference", "learner.preference.hyperparameters={beta:-0.1}"),
      ["learner.preference.hyperparameters.beta", "-0.1"]),
@@ -739,3 +749,16 @@ def test_the_comment_rule_sees_every_kind_of_line():
     assert "world.reference.hidden_size" in all_documented()
     assert "logger.kind" in extended(CONF / "logger" / "jsonl.yaml")
     assert prefixed(CONF / "sweep" / "beta.yaml", "hydra.sweeper.params.beta") == "hydra.sweeper.params.beta"
+
+
+def test_the_default_streams_target_the_stated_problem_and_the_published_preset_keeps_its_own():
+    """The world's PPO-Lagrangian uses streams whose fixed point is π* of §0 (no +β·kl in the cost
+    stream), and scores against the optimum at the same β; beaver_v1 reproduces the published ones."""
+    world = validate(composed())
+    assert world.settings.ppo.kl_in_cost_stream is False and world.settings.ppo.kl_coeff == world.beta
+    for preset in ("world_ppo_lag",):
+        assert validate(composed(f"experiment={preset}")).settings.ppo.kl_in_cost_stream is False
+    assert validate(composed("experiment=beaver_v1")).settings.ppo.kl_in_cost_stream is True
+    # A hub setup has no exact optimum to match: another KL coefficient is the user's choice.
+    hub = validate(composed("experiment=beaver_v1", "learner.kl_coeff=0.05"))
+    assert hub.settings.ppo.kl_coeff == 0.05 and hub.beta == 0.01
