@@ -93,7 +93,7 @@ def train(config: RunConfig, folder: Path, tracker):
     clock = time.perf_counter()
     evaluation = None
     if setup.evaluator is not None and result.policy_dir is not None:
-        evaluation = setup.evaluator.evaluate(result.policy_dir)
+        evaluation = setup.evaluator.evaluate(result.policy_dir, result.target)
     seconds = {**setup.seconds, **result.seconds}
     if evaluation is not None:
         seconds["evaluation"] = time.perf_counter() - clock
@@ -135,7 +135,11 @@ def exact_optimum(cfg: DictConfig, config: RunConfig, folder: Path) -> float:
     """
     import json
 
-    from saferl.data.world import build_exact_world, build_world_tokenizer, load_or_train_reference_policy
+    from saferl.data.world import (
+        build_exact_world,
+        build_world_tokenizer,
+        load_or_train_reference_policy,
+    )
     from saferl.eval.world_report import print_exact_optimum
     from saferl.models import load_policy
 

@@ -63,6 +63,9 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
                 evaluation.trained,
             )
         )
+        if evaluation.target is not None:  # what the learner aims at under its settings
+            rows.append((f"target: {evaluation.target_label}", f"{evaluation.target_multiplier:.4f}",
+                         evaluation.target))
         rows.append(
             ("exact optimum π_λ*", _values(evaluation.optimal_multiplier), evaluation.optimum)
         )

@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saferl.core.dual import DualProblem, predict_frontier
 from saferl.core.dualized import composite_score, mocan_dual, pseudo_preference_prob
+from saferl.core.targets import TiltTarget
 from saferl.data.batches import SequenceBatch
 from saferl.data.collators import collate_prompts
 from saferl.learners import ppo_lag
@@ -365,8 +366,11 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
                "reference_reward": float(samples.rewards.mean()),
                "reference_cost": samples.costs.mean(dim=(0, 1)).tolist(), "stage": settings.stage}
     multiplier = [float(v) for v in dual.solution.multiplier]
+    # Its target: DPO on σ(s_0 − s_1) at β, or PPO with λ held at λ̂ (§1 streams), reach π_λ̂.
+    target = TiltTarget(f"π_λ̂ (λ̂ from {settings.num_samples} samples per prompt)", settings.beta,
+                        multiplier=multiplier[0]) if len(multiplier) == 1 else None
     result = RunResult(method="mocan", headline=float(dual.solution.objective), policy_dir=None, folder=folder,
-                       multiplier=multiplier, seconds=seconds, dual=dual, details=details)
+                       multiplier=multiplier, seconds=seconds, dual=dual, target=target, details=details)
     if settings.predict_only:
         return result
 

@@ -44,6 +44,7 @@ import torch
 
 from saferl.core.conventions import cost_from_utility
 from saferl.core.dualized import pecan_scores
+from saferl.core.targets import TiltTarget
 from saferl.learners.mocan import (
     DEFAULT_FRONTIER_GRID,
     ScoredSamples,
@@ -143,6 +144,22 @@ def implicit_scores(
     return reward, cost_from_utility(safety)
 
 
+def target(setup: Setup, settings: PecanSettings, multiplier: float) -> TiltTarget | None:
+    """PeCAN's target where the labels' temperature τ is known (ALGORITHMS.md §4, §8).
+
+    DPO at β on labels ``σ(Δr/τ)`` gives implicit scores ``β log(π_r/π_ref) = r/τ`` (+ const(x)),
+    so λ̂ is the same in ground-truth units, and the final DPO at β on ``σ(Δs)`` reaches
+    ``π_ref·exp((r − λ̂c)/(β·τ))``; the published labelling (raw log-ratios ``r/(β·τ)``) reaches
+    ``π_ref·exp((r − λ̂c)/(β²·τ))``."""
+    tau = setup.label_temperature
+    if tau is None:
+        return None
+    if settings.consistent:
+        return TiltTarget(f"π_λ̂ at KL weight β·τ (τ = {tau:g})", settings.beta * tau, multiplier=multiplier)
+    return TiltTarget(f"published labelling: KL weight β²·τ (τ = {tau:g})", settings.beta ** 2 * tau,
+                      multiplier=multiplier)
+
+
 def needs(settings: PecanSettings) -> Needs:
     """The training pairs (of the implicit models) and the prompts (of the dual); no scorer."""
     return Needs(pairs=True)
@@ -228,6 +245,7 @@ def run(setup: Setup, settings: PecanSettings, resources: Resources, output: Run
         result = RunResult(
             method="pecan", headline=float(dual.solution.objective), policy_dir=None, folder=folder,
             multiplier=[float(v) for v in dual.solution.multiplier], seconds=seconds, dual=dual,
+            target=target(setup, settings, float(dual.solution.multiplier[0])),
             details={"units": "implicit", "labelling": labelling,
                      "reference_implicit_cost": float(samples.costs.mean()),
                      "implicit_model_dirs": {kind: str(path) for kind, path in model_dirs.items()},

@@ -40,6 +40,7 @@ import torch
 
 from saferl.core.multipliers import Multiplier, build_multiplier
 from saferl.core.ppo import explained_variance
+from saferl.core.targets import TiltTarget
 from saferl.learners.advantages import compute_advantages
 from saferl.learners.output import RunOutput
 from saferl.learners.ppo_update import minibatch_steps, sft_loss, update_critic, update_policy
@@ -54,10 +55,10 @@ from saferl.learners.types import SFTTrainBatch
 from saferl.models import ModelSpec
 from saferl.runtime import CriticGroup, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
 from saferl.runtime.resources import Resources
-from saferl.setups.base import CriticStart, Needs, Setup
+from saferl.setups.base import CriticStart, Needs, Setup, ShapedScorerSource
 from saferl.tracking import NullTracker, Tracker
 
-__all__ = ["PPOLagSettings", "PPOSettings", "PromptSchedule", "PPOLagrangian", "needs", "run"]
+__all__ = ["PPOLagSettings", "PPOSettings", "PromptSchedule", "PPOLagrangian", "needs", "run", "target"]
 
 
 @dataclass(frozen=True)
@@ -420,6 +421,33 @@ def needs(settings: PPOLagSettings) -> Needs:
     return Needs(scorers=True, critics=True)
 
 
+def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:
+    """The policy the loop reaches with perfect optimisation and exact scorers (ALGORITHMS.md §2,
+    §8): at fixed λ the tilt ``π_ref·exp((r − λc)/(β·g(λ)))`` with ``g = 1 + λ`` for the published
+    streams (``kl_in_cost_stream``) and 1 otherwise; λ is the fixed multiplier, or the point where
+    the multiplier update stops (``E c = d``, within its cap). Plain PPO on ``r`` (or on a shaped
+    ``r − λc``) is the tilt at that λ. None with several constraints (not defined here yet)."""
+    beta, grows = settings.ppo.kl_coeff, settings.ppo.kl_in_cost_stream
+    if settings.multiplier is None:
+        shaped = setup.reward if isinstance(setup.reward, ShapedScorerSource) else None
+        if shaped is not None and len(shaped.multipliers) != 1:
+            return None
+        value = 0.0 if shaped is None else float(shaped.multipliers[0])
+        return TiltTarget("PPO on r" if shaped is None else "PPO on r − λc", beta, multiplier=value)
+    options = settings.multiplier
+    if options["kind"] == "fixed":
+        values = options["value"] if isinstance(options["value"], (list, tuple)) else [options["value"]]
+        if len(values) != 1:
+            return None
+        streams = "published streams" if grows else "§1 streams"
+        return TiltTarget(f"PPO, λ fixed ({streams})", beta, multiplier=float(values[0]), kl_grows_with_multiplier=grows)
+    limits = settings.cost_limit if isinstance(settings.cost_limit, (list, tuple)) else [settings.cost_limit]
+    if len(limits) != 1:
+        return None
+    label = "fixed point, published streams (KL weight β(1+λ))" if grows else "fixed point, §1 streams (π* within the cap)"
+    return TiltTarget(label, beta, kl_grows_with_multiplier=grows, max_multiplier=options.get("max_value"))
+
+
 def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: RunOutput) -> RunResult:
     """PPO-Lagrangian on ``setup`` (plain PPO on the reward when ``settings.multiplier`` is None).
 
@@ -532,6 +560,7 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
                    if getattr(source, "calibration", None) is not None}
     return RunResult(
         method="ppo_lag",
+        target=target(setup, settings),
         headline=float(last["reward/score"]),
         policy_dir=Path(policy_dir),
         folder=output.folder,

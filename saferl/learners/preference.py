@@ -21,6 +21,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from saferl.core.targets import TiltTarget
 from saferl.learners.output import RunOutput
 from saferl.learners.preference_update import (
     PreferenceTrainBatch,
@@ -152,6 +153,22 @@ def train_policy_on_pairs(
             group.shutdown()
 
 
+def target(setup: Setup, settings: PreferenceSettings, ordering: str) -> TiltTarget | None:
+    """DPO's population optimum on Bradley–Terry labels of known temperature τ (ALGORITHMS.md §8):
+    ``β·Δu = Δr/τ``, i.e. ``π_ref·exp(r/(β·τ))`` on helpfulness labels and ``π_ref·exp(−c/(β·τ))``
+    on safety labels. None for the other losses (their optima on these labels are not tilts) and
+    where τ is unknown."""
+    tau = setup.label_temperature
+    if settings.loss != "dpo" or tau is None:
+        return None
+    beta = settings.loss_hyperparameters()["beta"]
+    if ordering == "better":
+        return TiltTarget(f"DPO optimum on helpfulness labels (KL weight β·τ, τ = {tau:g})", beta * tau,
+                          multiplier=0.0)
+    return TiltTarget(f"DPO optimum on safety labels (KL weight β·τ, τ = {tau:g})", beta * tau,
+                      reward_weight=0.0, multiplier=1.0)
+
+
 def needs(settings: PreferenceSettings) -> Needs:
     """The training pairs only: no scorer, no critic, no prompt set."""
     return Needs(pairs=True, prompts=False)
@@ -186,6 +203,7 @@ def run(setup: Setup, settings: PreferenceSettings, resources: Resources, output
     )
     return RunResult(
         method=f"preference:{settings.loss}",
+        target=target(setup, settings, ordering),
         headline=float(history[-1]["preference/loss"]),
         policy_dir=Path(policy_dir),
         folder=output.folder,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from saferl.core.dual import DualSolution, Frontier
+from saferl.core.targets import TiltTarget
 from saferl.data.world import PolicyScore
 from saferl.setups.base import Evaluation
 
@@ -67,6 +68,8 @@ class RunResult:
         history: every iteration's or step's metrics.
         seconds: wall seconds per step of the learner.
         dual: the dual's prediction (dualized learners).
+        target: the learner's own target under its settings (ALGORITHMS.md §8), for a setup that
+            can score it; None where the learner has none defined.
         details: the learner's own record (JSON-able), reported as it is.
     """
 
@@ -78,6 +81,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     dual: DualPrediction | None = None
+    target: TiltTarget | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,6 +141,10 @@ class RunSummary:
             "trained": _score(evaluation.trained if evaluation else None),
             "reference": _score(evaluation.reference if evaluation else None),
             "optimum": _score(evaluation.optimum if evaluation else None),
+            # The learner's own target (what it would reach with perfect optimisation).
+            "target": _score(evaluation.target if evaluation else None),
+            "target_label": evaluation.target_label if evaluation else None,
+            "target_multiplier": evaluation.target_multiplier if evaluation else None,
             "multiplier": [float(v) for v in self.result.multiplier],
             "optimal_multiplier": [float(v) for v in (evaluation.optimal_multiplier if evaluation else ())],
             "predicted_frontier_csv": _relative(self.predicted_frontier_csv, folder),

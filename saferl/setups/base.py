@@ -16,6 +16,7 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
+from saferl.core.targets import TiltTarget
 from saferl.data.records import SafetyPreferencePair
 from saferl.data.world import PolicyScore
 from saferl.learners.scorers import ModelScorer, Scorer, ShapedRewardScorer
@@ -100,18 +101,25 @@ class Evaluation:
         reference, trained, optimum: the scores of the reference, the trained policy and the
             exact constrained optimum ``π_λ*``.
         optimal_multiplier: the exact λ*, one value per constraint.
+        target: the learner's own target (the policy it would reach with perfect optimisation
+            under its settings), scored the same way; None where the learner has none.
+        target_label: what the target is; target_multiplier: its λ.
     """
 
     reference: PolicyScore
     trained: PolicyScore
     optimum: PolicyScore
     optimal_multiplier: list[float]
+    target: PolicyScore | None = None
+    target_label: str | None = None
+    target_multiplier: float | None = None
 
 
 class Evaluator(Protocol):
-    """Scores an exported policy (the world: exactly, against the ground truth)."""
+    """Scores an exported policy (the world: exactly, against the ground truth), and the learner's
+    own target when it has one."""
 
-    def evaluate(self, policy_dir: Path) -> Evaluation: ...
+    def evaluate(self, policy_dir: Path, target: TiltTarget | None = None) -> Evaluation: ...
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,8 @@ class Setup:
         evaluator: scores a trained policy (None: the setup has no ground truth).
         rows_per_call: rows per sampling or scoring call of the dualized learners (None: one call
             with every row; a hub setup's large prompt sets are cut into calls).
+        label_temperature: the Bradley–Terry temperature τ of the pairs' labels where it is known
+            (the world's), which fixes what DPO on them targets (the optimum at β·τ).
         score_units: the units of ``reward`` and ``costs`` (``"ground-truth units"`` for the
             world's oracle or calibrated scorers, ``"cost-model units"`` otherwise), in which the
             limit and a dual's prediction are read.
@@ -178,6 +188,7 @@ class Setup:
     evaluator: Evaluator | None = None
     rows_per_call: int | None = None
     score_units: str = "cost-model units"
+    label_temperature: float | None = None
     details: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from saferl.core.targets import TiltTarget, target_logprobs
 from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
 from saferl.data.world import (
     ReferenceConfig,
@@ -197,19 +198,29 @@ class WorldEvaluator:
     sft_dir: Path
     beta: float
     cost_limit: float
+    scorers: str = "oracle"
 
-    def evaluate(self, policy_dir: Path) -> Evaluation:
+    def evaluate(self, policy_dir: Path, target: TiltTarget | None = None) -> Evaluation:
         tokenizer = build_world_tokenizer()
         reference_model, _ = load_policy(self.sft_dir)
         trained_model, _ = load_policy(policy_dir)
         world = build_exact_world(reference_model.eval(), tokenizer, self.beta, self.cost_limit)
         trained = world.score(enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts))
         optimum = world.optimum()
+        target_score = target_multiplier = None
+        if target is not None:  # scored with the ground truth, as the learner would see it with oracle scorers
+            target_multiplier, logprobs = target_logprobs(world.ref_logprobs, world.rewards, world.costs, target,
+                                                          self.cost_limit)
+            target_score = world.score(logprobs)
         return Evaluation(
             reference=world.score(world.ref_logprobs),
             trained=trained,
             optimum=world.score(world.optimal_logprobs()),
             optimal_multiplier=[float(v) for v in optimum.multiplier],
+            target=target_score,
+            # A learned-scorer run aims at the tilt of its own scores; scored here on the ground truth.
+            target_label=None if target is None else target.label + (" (exact scorers)" if self.scorers == "learned" else ""),
+            target_multiplier=target_multiplier,
         )
 
 
@@ -268,8 +279,9 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         reward_critic=CriticStart(sft_spec, init_from=str(score_dirs["reward"])) if needs.critics else None,
         cost_critics=(CriticStart(sft_spec, init_from=str(score_dirs["cost"])),) if needs.critics else (),
         # 6. The exact evaluator.
-        evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit),
+        evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers),
         rows_per_call=None,
+        label_temperature=settings.label_temperature,
         score_units="ground-truth units" if settings.scorers == "oracle" or settings.calibrate else "cost-model units",
         details={f"{kind}_model": value for kind, value in metrics.items()},
         seconds=seconds,
