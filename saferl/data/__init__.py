@@ -15,15 +15,7 @@ The built-in synthetic task lives in :mod:`saferl.data.world`.
 
 from __future__ import annotations
 
-from saferl.data.collators import (
-    PairBatch,
-    PromptBatch,
-    SequenceBatch,
-    collate_preference_pairs,
-    collate_prompts,
-    collate_safety_pairs,
-    collate_sequences,
-)
+from saferl.data.batches import PairBatch, PromptBatch, SequenceBatch
 from saferl.data.errors import DataError, ErrorReason
 from saferl.data.records import (
     PreferencePair,
@@ -32,17 +24,20 @@ from saferl.data.records import (
     SafetyPreferencePair,
     SFTExample,
 )
-from saferl.data.templates import (
-    SAFE_RLHF_TEMPLATE,
-    TEMPLATE_NAMES,
-    format_prompt,
-    response_separator,
-)
 from saferl.data.validation import ValidationReport, validate_record, validate_records
 
-# Loading and writing import the `datasets` library (about 0.6 s); they are imported on first use
-# (PEP 562), so that Ray workers, which only collate, start without it.
+# Loading and writing import the `datasets` library (about 0.6 s), and the templates and collators
+# tokenise; they are imported on first use (PEP 562), so that the runtime's workers, which only move
+# batches, start without them.
 _LAZY = {
+    "collate_preference_pairs": "saferl.data.collators",
+    "collate_prompts": "saferl.data.collators",
+    "collate_safety_pairs": "saferl.data.collators",
+    "collate_sequences": "saferl.data.collators",
+    "SAFE_RLHF_TEMPLATE": "saferl.data.templates",
+    "TEMPLATE_NAMES": "saferl.data.templates",
+    "format_prompt": "saferl.data.templates",
+    "response_separator": "saferl.data.templates",
     "LoadedDataset": "saferl.data.loading",
     "PairwiseDataset": "saferl.data.loading",
     "PreferenceDataset": "saferl.data.loading",

@@ -66,6 +66,9 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
         if evaluation.target is not None:  # what the learner aims at under its settings
             rows.append((f"target: {evaluation.target_label}", f"{evaluation.target_multiplier:.4f}",
                          evaluation.target))
+        if evaluation.learned_optimum is not None:  # score-model error, apart from the optimiser's
+            rows.append(("optimum of the learned problem", _values(evaluation.learned_optimal_multiplier),
+                         evaluation.learned_optimum))
         rows.append(
             ("exact optimum π_λ*", _values(evaluation.optimal_multiplier), evaluation.optimum)
         )

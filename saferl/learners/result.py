@@ -145,6 +145,9 @@ class RunSummary:
             "target": _score(evaluation.target if evaluation else None),
             "target_label": evaluation.target_label if evaluation else None,
             "target_multiplier": evaluation.target_multiplier if evaluation else None,
+            # With learned scorers: the exact optimum of the problem the scorers define.
+            "learned_optimum": _score(evaluation.learned_optimum if evaluation else None),
+            "learned_optimal_multiplier": evaluation.learned_optimal_multiplier if evaluation else None,
             "multiplier": [float(v) for v in self.result.multiplier],
             "optimal_multiplier": [float(v) for v in (evaluation.optimal_multiplier if evaluation else ())],
             "predicted_frontier_csv": _relative(self.predicted_frontier_csv, folder),

@@ -104,6 +104,9 @@ class Evaluation:
         target: the learner's own target (the policy it would reach with perfect optimisation
             under its settings), scored the same way; None where the learner has none.
         target_label: what the target is; target_multiplier: its λ.
+        learned_optimum: with learned scorers, the exact optimum of the learned problem (every
+            enumerated response scored by the calibrated score models), scored on the ground truth:
+            it separates score-model error from optimiser error. learned_optimal_multiplier: its λ.
     """
 
     reference: PolicyScore
@@ -113,6 +116,8 @@ class Evaluation:
     target: PolicyScore | None = None
     target_label: str | None = None
     target_multiplier: float | None = None
+    learned_optimum: PolicyScore | None = None
+    learned_optimal_multiplier: list[float] | None = None
 
 
 class Evaluator(Protocol):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from saferl.core.dual import DualProblem, InfeasibleConstraintError, solve
 from saferl.core.targets import TiltTarget, target_logprobs
 from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
 from saferl.data.world import (
@@ -191,26 +192,72 @@ class WorldScorerSource:
         return AffineScorer(ModelScorer(score_group), scale, shift)
 
 
+@torch.no_grad()
+def enumerate_end_scores(model, tokenizer, prompts, responses, batch_size: int = 4096) -> torch.Tensor:
+    """A score model's end score of every enumerated response of every prompt, ``(num_prompts,
+    num_responses)`` float64, read as the rollouts are: prompt tokens, then the response's tokens
+    (EOS included when it finished), right-padded, at the last real token."""
+    from saferl.models import end_scores
+
+    pad = int(tokenizer.pad_token_id)
+    rows = []
+    for prompt in prompts:
+        prompt_ids = tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+        sequences = [list(prompt_ids) + list(ids) for ids in responses.token_ids]
+        width = max(len(sequence) for sequence in sequences)
+        input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+        for i, sequence in enumerate(sequences):
+            input_ids[i, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[i, : len(sequence)] = True
+        scores = [end_scores(model, input_ids[start : start + batch_size], attention_mask[start : start + batch_size])
+                  for start in range(0, len(sequences), batch_size)]
+        rows.append(torch.cat(scores)[:, 0].double())
+    return torch.stack(rows)
+
+
 @dataclass(frozen=True)
 class WorldEvaluator:
-    """Exact scores of the reference, a trained policy and the exact optimum (ground truth)."""
+    """Exact scores of the reference, a trained policy and the exact optimum (ground truth), the
+    learner's own target and, with learned scorers, the exact optimum of the *learned* problem.
+
+    Attributes:
+        sft_dir: the reference policy; beta, cost_limit: the problem.
+        scorers: ``scorers.kind`` (``"learned"`` or ``"oracle"``).
+        sources: the run's reward and cost scorer sources (their calibration, once built, maps the
+            learned models into ground-truth units); None when the learner read no scorer.
+    """
 
     sft_dir: Path
     beta: float
     cost_limit: float
     scorers: str = "oracle"
+    sources: tuple[WorldScorerSource, WorldScorerSource] | None = None
 
     def evaluate(self, policy_dir: Path, target: TiltTarget | None = None) -> Evaluation:
+        """Enumerate every response; with learned scorers the target is taken on the calibrated
+        learned scores (the problem the learner optimised) and every row is scored on the truth."""
         tokenizer = build_world_tokenizer()
         reference_model, _ = load_policy(self.sft_dir)
         trained_model, _ = load_policy(policy_dir)
         world = build_exact_world(reference_model.eval(), tokenizer, self.beta, self.cost_limit)
         trained = world.score(enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts))
         optimum = world.optimum()
+        # The problem the learner saw: the ground truth, or the calibrated learned scores.
+        learned = self._learned_scores(world, tokenizer)
+        rewards, costs = learned if learned is not None else (world.rewards, world.costs)
+        learned_optimum = learned_multiplier = None
+        if learned is not None:
+            try:
+                solution = solve(DualProblem.exact(world.ref_logprobs, rewards, costs, self.beta, self.cost_limit))
+                learned_multiplier = [float(v) for v in solution.multiplier]
+                learned_optimum = world.score(torch.log_softmax(
+                    world.ref_logprobs + (rewards - solution.multiplier[0] * costs) / self.beta, dim=1))
+            except InfeasibleConstraintError:  # the learned costs cannot meet d: no learned optimum
+                pass
         target_score = target_multiplier = None
-        if target is not None:  # scored with the ground truth, as the learner would see it with oracle scorers
-            target_multiplier, logprobs = target_logprobs(world.ref_logprobs, world.rewards, world.costs, target,
-                                                          self.cost_limit)
+        if target is not None:
+            target_multiplier, logprobs = target_logprobs(world.ref_logprobs, rewards, costs, target, self.cost_limit)
             target_score = world.score(logprobs)
         return Evaluation(
             reference=world.score(world.ref_logprobs),
@@ -218,10 +265,27 @@ class WorldEvaluator:
             optimum=world.score(world.optimal_logprobs()),
             optimal_multiplier=[float(v) for v in optimum.multiplier],
             target=target_score,
-            # A learned-scorer run aims at the tilt of its own scores; scored here on the ground truth.
-            target_label=None if target is None else target.label + (" (exact scorers)" if self.scorers == "learned" else ""),
+            target_label=None if target is None else target.label + (" (learned scores)" if learned is not None else ""),
             target_multiplier=target_multiplier,
+            learned_optimum=learned_optimum,
+            learned_optimal_multiplier=learned_multiplier,
         )
+
+    def _learned_scores(self, world, tokenizer) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The calibrated learned reward and cost of every enumerated response, or None (oracle
+        scorers, no scorers read, or a scorer never built)."""
+        from saferl.models import load_score_model
+
+        if self.scorers != "learned" or self.sources is None:
+            return None
+        if any(source.calibration is None for source in self.sources):
+            return None
+        scores = []
+        for source in self.sources:
+            model, _ = load_score_model(source.model_dir)
+            raw = enumerate_end_scores(model.eval(), tokenizer, world.prompts, world.responses)
+            scores.append(source.calibration["scale"] * raw + source.calibration["shift"])
+        return scores[0], scores[1]
 
 
 def _quiet_libraries() -> None:
@@ -257,10 +321,12 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
     sft_spec = ModelSpec(name_or_path=str(sft_dir))
     score_dirs = {kind: folder / "models" / f"{kind}_model" for kind in ("reward", "cost")}
 
-    # 5. The scorers.
+    # 5. The scorers (the evaluator reads their calibration once the learner has built them).
     def source(kind: str) -> WorldScorerSource:
         return WorldScorerSource(kind, settings.scorers, score_dirs[kind], settings.calibrate, test_pairs, tokenizer,
                                  resources.num_ranks)
+
+    sources = (source("reward"), source("cost")) if needs.scorers else None
 
     # Critics start from the score models (ALGORITHMS.md §2).
     return Setup(
@@ -274,12 +340,12 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         prompts=prompts,
         pairs=pairs,
         pairs_source=str(paths.preferences_train),
-        reward=source("reward") if needs.scorers else None,
-        costs=(source("cost"),) if needs.scorers else (),
+        reward=sources[0] if sources else None,
+        costs=(sources[1],) if sources else (),
         reward_critic=CriticStart(sft_spec, init_from=str(score_dirs["reward"])) if needs.critics else None,
         cost_critics=(CriticStart(sft_spec, init_from=str(score_dirs["cost"])),) if needs.critics else (),
         # 6. The exact evaluator.
-        evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers),
+        evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers, sources),
         rows_per_call=None,
         label_temperature=settings.label_temperature,
         score_units="ground-truth units" if settings.scorers == "oracle" or settings.calibrate else "cost-model units",

@@ -69,11 +69,6 @@ def test_the_runtime_modules_import_the_batches_not_the_collators() -> None:
     assert data_modules == {"saferl.data", "saferl.data.batches"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="saferl/data/__init__.py imports the collators and templates eagerly (outside the "
-    "runtime); a PEP 562 lazy import there makes this pass, then drop this marker",
-)
 def test_importing_the_runtime_loads_no_collator_or_template() -> None:
     loaded = _modules_after("import saferl.runtime")
     assert "saferl.runtime.workers" in loaded
