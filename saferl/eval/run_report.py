@@ -64,8 +64,7 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
             )
         )
         if evaluation.target is not None:  # what the learner aims at under its settings
-            rows.append((f"target: {evaluation.target_label}", f"{evaluation.target_multiplier:.4f}",
-                         evaluation.target))
+            rows.append(("learner's target", f"{evaluation.target_multiplier:.4f}", evaluation.target))
         if evaluation.learned_optimum is not None:  # score-model error, apart from the optimiser's
             rows.append(("optimum of the learned problem", _values(evaluation.learned_optimal_multiplier),
                          evaluation.learned_optimum))
@@ -79,6 +78,8 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
                 rows,
             )
         )
+        if evaluation.target is not None:
+            console.print(f"learner's target: {evaluation.target_label}", soft_wrap=True)
     elif result.policy_dir is not None:
         console.print(
             f"{name}: final λ {_values(result.multiplier) or '—'}; headline {result.headline:.4f} "

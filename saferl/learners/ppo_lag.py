@@ -444,7 +444,8 @@ def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:
     limits = settings.cost_limit if isinstance(settings.cost_limit, (list, tuple)) else [settings.cost_limit]
     if len(limits) != 1:
         return None
-    label = "fixed point, published streams (KL weight β(1+λ))" if grows else "fixed point, §1 streams (π* within the cap)"
+    label = ("the multiplier update's fixed point with the published streams (the optimum at KL weight β(1+λ))"
+             if grows else "the multiplier update's fixed point with the §1 streams (π* within the cap)")
     return TiltTarget(label, beta, kl_grows_with_multiplier=grows, max_multiplier=options.get("max_value"))
 
 

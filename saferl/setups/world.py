@@ -265,7 +265,7 @@ class WorldEvaluator:
             optimum=world.score(world.optimal_logprobs()),
             optimal_multiplier=[float(v) for v in optimum.multiplier],
             target=target_score,
-            target_label=None if target is None else target.label + (" (learned scores)" if learned is not None else ""),
+            target_label=None if target is None else target.label + (", on the learned scores" if learned is not None else ""),
             target_multiplier=target_multiplier,
             learned_optimum=learned_optimum,
             learned_optimal_multiplier=learned_multiplier,
