@@ -54,7 +54,7 @@ EMITTED_NAMES = [
     "multiplier/used_0",
     "perf/rollout_s",
     "perf/samples_per_s",
-    "eval/normalised_gap",
+    "eval/normalised_lagrangian_gap",
     "eval/kl",
 ]
 

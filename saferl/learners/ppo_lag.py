@@ -1,12 +1,14 @@
 """Safe RLHF: PPO-Lagrangian with reward and cost critics (ALGORITHMS.md §2), and its two baselines.
 
+The learner's entry point is :func:`run` (``run(setup, settings, resources, output)``): it builds
+the loop on any setup's models, scorers and critics and runs it; :class:`PPOLagrangian` is the loop.
 One loop, three configurations (no copies):
 
 * ``ppo_lag``: ``m ≥ 1`` costs, a learned multiplier (gradient ascent on log λ, or PID);
 * ``ppo``: no cost (``m = 0``, no multiplier) — the RLHF baseline; with a
   :class:`~saferl.learners.scorers.ShapedRewardScorer` as its reward it is the fixed-λ
   reward-shaping baseline ``r − λc``;
-* MoCAN's PPO stage: ``ppo_lag`` with a :class:`~saferl.core.multipliers.FixedMultiplier` at λ*.
+* MoCAN's PPO stage: :func:`run` with a :class:`~saferl.core.multipliers.FixedMultiplier` at λ̂.
 
 Each iteration, in this order:
 
