@@ -58,8 +58,9 @@ def exact_comparison_table(title: str, rows) -> Table:
             f"{score.safe_rate:.3f}",
             "yes" if score.feasible else "no",
             ", ".join(f"{value:.4f}" for value in score.violation),
-            f"{score.kl_to_optimum:.4f}",
-            f"{score.normalised_lagrangian_gap:.3f}",
+            # Both are ≥ 0; a rounding error of −1e-16 at π* would print as "-0.0000".
+            f"{max(score.kl_to_optimum, 0.0):.4f}",
+            f"{max(score.normalised_lagrangian_gap, 0.0):.3f}",
         )
     return table
 
