@@ -257,10 +257,10 @@ def _tracker(cfg: DictConfig, config: RunConfig, folder: Path):
 def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     """``job=evaluate``: the arena of a trained policy against its reference (see
     ``conf/job/evaluate.yaml``); returns the summary (headline: the policy's reward win rate)."""
-    import json
 
     from saferl.eval.arena import TRUTH_JUDGE, print_arena, write_arena
     from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
+    from saferl.learners.result import SummaryRecord
 
     job = cfg.job
     run_dir = Path(job.run_dir) if job.run_dir is not None else None
@@ -279,7 +279,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
 
     policy_dir = None
     if run_dir is not None:
-        policy_dir = json.loads((run_dir / "summary.json").read_text()).get("policy_dir")
+        policy_dir = SummaryRecord.read(run_dir / "summary.json").policy_dir
     settings = ArenaSettings(
         responses_per_prompt=int(job.responses_per_prompt),
         generation=config.generation,
@@ -358,10 +358,9 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
         print(f"wrote {path}")
     judge = result.judgement(TRUTH_JUDGE) if any(j.judge == TRUTH_JUDGE for j in result.judgements) else result.judgements[0]
     arena = result.to_dict()
-    return {"method": "arena", "beta": config.beta, "cost_limit": config.cost_limit,
-            "headline": float(judge.policy.reward_win_rate), "trained": None, "reference": None, "optimum": None,
-            "multiplier": [], "optimal_multiplier": [], "predicted_frontier_csv": None, "policy_dir": None,
-            "arena": {"rows": arena["rows"], "transitions": arena["transitions"]}}
+    record = SummaryRecord(method="arena", beta=config.beta, cost_limit=(config.cost_limit,), trained=None,
+                           headline=float(judge.policy.reward_win_rate))
+    return {**record.to_dict(), "arena": {"rows": arena["rows"], "transitions": arena["transitions"]}}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

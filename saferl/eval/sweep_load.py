@@ -3,8 +3,8 @@
 A sweep such as ``saferl -m cost_limit=-1.2,-1.0,-0.8,-0.6`` leaves a multirun folder
 ``multirun/<date>/<time>/`` with one folder per job (``0/``, ``1/``, ...). Each job folder holds
 ``.hydra/overrides.yaml`` (the job's command-line overrides, a YAML list of ``key=value``
-strings) and, once the job has finished, the run's ``summary.json`` (the contract written by
-:mod:`saferl.cli`). :func:`load_sweep` reads the folder into one :class:`SweepRun` per job: its
+strings) and, once the job has finished, the run's ``summary.json`` (the one typed record,
+:class:`saferl.learners.result.SummaryRecord`, that :mod:`saferl.cli` writes and this reads). :func:`load_sweep` reads the folder into one :class:`SweepRun` per job: its
 overrides, the swept keys (the override keys whose values differ between jobs) and the
 ``summary.json`` contents; a job without ``summary.json`` (failed or still running) is kept, with
 status ``missing``. The table is :mod:`saferl.eval.sweep_table`, the plot
@@ -22,16 +22,19 @@ without one of them is an error that names the file and the key. Unknown keys ar
 from __future__ import annotations
 
 import csv
-import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from saferl.data.world.exact import PolicyScore
+from saferl.learners.result import (
+    PER_CONSTRAINT_SCORE_KEYS,
+    SCORE_KEYS,
+    SummaryFileError,
+    SummaryRecord,
+)
 
 __all__ = [
     "SUMMARY_FILE",
@@ -41,7 +44,6 @@ __all__ = [
     "SweepInputError",
     "Scores",
     "PredictedFrontier",
-    "RunSummary",
     "SweepRun",
     "SweepSummary",
     "load_sweep",
@@ -49,22 +51,14 @@ __all__ = [
 
 SUMMARY_FILE = "summary.json"
 
-#: The keys of a score block (``trained``, ``reference``, ``optimum``) of ``summary.json``;
-#: the fields of :class:`saferl.data.world.PolicyScore`.
-SCORE_KEYS = tuple(field.name for field in fields(PolicyScore))
-#: The keys of a score block that hold one number per constraint (a JSON list).
-PER_CONSTRAINT_SCORE_KEYS = tuple(
-    field.name for field in fields(PolicyScore) if str(field.type).startswith("tuple")
-)
 #: The score blocks of ``summary.json``, in table order.
 SCORE_BLOCKS = ("trained", "reference", "optimum")
-_REQUIRED_KEYS = ("method", "beta", "cost_limit", "trained")
 _MISSING = "missing"
 
 
-class SweepInputError(ValueError):
-    """A sweep or run folder that cannot be read: the message names the file, what was expected
-    and what was found."""
+#: A sweep or run folder that cannot be read (the message names the file, what was expected and
+#: what was found); a bad ``summary.json`` raises the same error from its one reader.
+SweepInputError = SummaryFileError
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,39 +88,6 @@ class PredictedFrontier:
 
 
 @dataclass(frozen=True)
-class RunSummary:
-    """The contents of one run's ``summary.json``.
-
-    Attributes:
-        path: the ``summary.json`` file.
-        method: the learner (``ppo_lag``, ``mocan``, ``pecan``, ``preference:<loss>``).
-        beta: the KL coefficient β.
-        cost_limit: the limit ``d``, one entry per constraint.
-        headline: the job's headline metric, or ``None``.
-        trained, reference, optimum: score blocks, or ``None``.
-        multiplier: the learner's final λ (may be empty).
-        optimal_multiplier: the exact λ* (may be empty).
-        predicted_frontier_csv: the predicted frontier file (resolved against the run folder),
-            or ``None``.
-        predicted_frontier: its contents when the file exists and has one constraint, else
-            ``None`` (the sweep's notes say why).
-    """
-
-    path: Path
-    method: str
-    beta: float
-    cost_limit: tuple[float, ...]
-    headline: float | None
-    trained: Scores | None
-    reference: Scores | None
-    optimum: Scores | None
-    multiplier: tuple[float, ...]
-    optimal_multiplier: tuple[float, ...]
-    predicted_frontier_csv: Path | None
-    predicted_frontier: PredictedFrontier | None
-
-
-@dataclass(frozen=True)
 class SweepRun:
     """One job of the sweep.
 
@@ -137,14 +98,25 @@ class SweepRun:
             ``+key``/``++key`` are stored under ``key``, a deletion ``~key`` under ``~key``.
         swept: ``key → value`` for the sweep's swept keys only (``""`` where this job does not
             override the key).
-        summary: the run's ``summary.json``, or ``None`` when the file is missing.
+        summary: the run's ``summary.json`` (the one typed record the CLI writes), or ``None``
+            when the file is missing.
+        predicted_frontier: the predicted frontier the summary names, when that file exists and
+            has one constraint, else ``None`` (the sweep's notes say why).
     """
 
     job: int
     run_dir: Path
     overrides: dict[str, str]
     swept: dict[str, str]
-    summary: RunSummary | None
+    summary: SummaryRecord | None
+    predicted_frontier: PredictedFrontier | None = None
+
+    @property
+    def predicted_frontier_path(self) -> Path | None:
+        """The predicted frontier file the summary names, resolved against the run folder."""
+        if self.summary is None or self.summary.predicted_frontier_csv is None:
+            return None
+        return self.run_dir / self.summary.predicted_frontier_csv
 
     @property
     def status(self) -> str:
@@ -238,20 +210,18 @@ def load_sweep(folder: str | Path) -> SweepSummary:
     runs = []
     for (job, path), job_overrides in zip(numbered, overrides, strict=True):
         summary_path = path / SUMMARY_FILE
-        summary = None
-        if summary_path.exists():
-            summary = _read_summary(
-                summary_path, lambda note, job=job: notes.append(f"job {job}: {note}")
-            )
-        runs.append(
-            SweepRun(
-                job=job,
-                run_dir=path,
-                overrides=job_overrides,
-                swept={key: job_overrides.get(key, "") for key in swept_keys},
-                summary=summary,
-            )
-        )
+        summary = SummaryRecord.read(summary_path) if summary_path.exists() else None
+        run = SweepRun(job=job, run_dir=path, overrides=job_overrides,
+                       swept={key: job_overrides.get(key, "") for key in swept_keys}, summary=summary)
+        frontier_path = run.predicted_frontier_path
+        if frontier_path is not None:
+            if frontier_path.is_file():
+                frontier = _read_frontier_csv(frontier_path, lambda note, job=job: notes.append(f"job {job}: {note}"))
+                run = replace(run, predicted_frontier=frontier)
+            else:
+                notes.append(f"job {job}: predicted frontier {frontier_path} (from {summary_path}) does not exist; "
+                             "not plotted")
+        runs.append(run)
     return SweepSummary(
         folder=folder,
         multirun=multirun,
@@ -320,98 +290,6 @@ def _swept_keys(overrides: Sequence[dict[str, str]]) -> tuple[str, ...]:
     # A key missing from some jobs differs too: it is "" there.
     return tuple(
         key for key in keys if len({job_overrides.get(key) for job_overrides in overrides}) > 1
-    )
-
-
-def _read_summary(path: Path, note: Callable[[str], None]) -> RunSummary:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SweepInputError(
-            f"{path} is not valid JSON ({error}); expected the run summary written by saferl"
-        ) from None
-    if not isinstance(data, dict):
-        raise SweepInputError(f"{path}: expected a JSON object; found {type(data).__name__}")
-    for key in _REQUIRED_KEYS:
-        if key not in data:
-            raise SweepInputError(
-                f"{path}: missing required key '{key}' (found keys {sorted(data)})"
-            )
-    method = data["method"]
-    if not isinstance(method, str):
-        raise SweepInputError(f"{path}: key 'method' must be a string; found {method!r}")
-    frontier_csv = data.get("predicted_frontier_csv")
-    if frontier_csv is not None and not isinstance(frontier_csv, str):
-        raise SweepInputError(
-            f"{path}: key 'predicted_frontier_csv' must be a path string or null; found {frontier_csv!r}"
-        )
-    frontier_path = None if frontier_csv is None else path.parent / frontier_csv
-    predicted = None
-    if frontier_path is not None:
-        if frontier_path.is_file():
-            predicted = _read_frontier_csv(frontier_path, note)
-        else:
-            note(f"predicted frontier {frontier_path} (from {path}) does not exist; not plotted")
-    headline = data.get("headline")
-    return RunSummary(
-        path=path,
-        method=method,
-        beta=_number(data["beta"], path, "beta"),
-        cost_limit=_numbers(data["cost_limit"], path, "cost_limit"),
-        headline=None if headline is None else _number(headline, path, "headline"),
-        trained=_scores(data["trained"], path, "trained"),
-        reference=_scores(data.get("reference"), path, "reference"),
-        optimum=_scores(data.get("optimum"), path, "optimum"),
-        multiplier=_numbers(data.get("multiplier", []), path, "multiplier"),
-        optimal_multiplier=_numbers(data.get("optimal_multiplier", []), path, "optimal_multiplier"),
-        predicted_frontier_csv=frontier_path,
-        predicted_frontier=predicted,
-    )
-
-
-def _number(value: Any, path: Path, key: str) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SweepInputError(f"{path}: key '{key}' must be a number; found {value!r}")
-    return float(value)
-
-
-def _numbers(value: Any, path: Path, key: str) -> tuple[float, ...]:
-    if isinstance(value, list):
-        return tuple(_number(item, path, f"{key}[{i}]") for i, item in enumerate(value))
-    if value is None:
-        raise SweepInputError(
-            f"{path}: key '{key}' must be a number or a list of numbers; found null"
-        )
-    return (_number(value, path, key),)
-
-
-def _scores(block: Any, path: Path, key: str) -> Scores | None:
-    if block is None:
-        return None
-    if not isinstance(block, dict):
-        raise SweepInputError(
-            f"{path}: key '{key}' must be an object with keys {list(SCORE_KEYS)} or null; found {block!r}"
-        )
-    for name in SCORE_KEYS:
-        if name not in block:
-            older = (
-                "; a block with 'normalised_gap' was written by a saferl from before the Lagrangian "
-                "yardsticks (ALGORITHMS.md §8): evaluate the run again"
-                if "normalised_gap" in block
-                else ""
-            )
-            raise SweepInputError(
-                f"{path}: missing required key '{key}.{name}' (found keys {sorted(block)}){older}"
-            )
-    return Scores(
-        **{
-            name: (_numbers if name in PER_CONSTRAINT_SCORE_KEYS else _number)(
-                block[name], path, f"{key}.{name}"
-            )
-            for name in SCORE_KEYS
-        }
     )
 
 

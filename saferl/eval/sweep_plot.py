@@ -60,9 +60,9 @@ def plot_sweep(summary: SweepSummary) -> Figure:
         _plot_points(axes, optima, label="exact optimum (frontier)", **_OPTIMUM_STYLE)
 
     # Predicted frontiers (MoCAN, PeCAN): dashed, one per job that wrote one.
-    predicted = [run for run in finished if run.summary.predicted_frontier is not None]
+    predicted = [run for run in finished if run.predicted_frontier is not None]
     for run in predicted:
-        frontier = run.summary.predicted_frontier
+        frontier = run.predicted_frontier
         points = sorted(
             (cost, reward)
             for cost, reward, feasible in zip(

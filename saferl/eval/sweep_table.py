@@ -67,8 +67,8 @@ def sweep_table(summary: SweepSummary) -> list[dict[str, Any]]:
                 multiplier=result.multiplier,
                 optimal_multiplier=result.optimal_multiplier,
                 predicted_frontier_csv=None
-                if result.predicted_frontier_csv is None
-                else _relative(result.predicted_frontier_csv, summary.folder),
+                if run.predicted_frontier_path is None
+                else _relative(run.predicted_frontier_path, summary.folder),
             )
             for block in SCORE_BLOCKS:
                 scores = getattr(result, block)

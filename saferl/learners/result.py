@@ -8,7 +8,8 @@ and ``result.json`` (the same plus every iteration's metrics and the learner's d
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from saferl.core.targets import TiltTarget
 from saferl.data.world import PolicyScore
 from saferl.setups.base import Evaluation
 
-__all__ = ["DualPrediction", "RunResult", "RunSummary"]
+__all__ = ["DualPrediction", "RunResult", "RunSummary", "SummaryFileError", "SummaryRecord", "SCORE_KEYS"]
 
 
 @dataclass(frozen=True)
@@ -128,31 +129,32 @@ class RunSummary:
             return float(self.evaluation.trained.normalised_lagrangian_gap)
         return float(self.result.headline)
 
-    def summary_record(self, folder: Path) -> dict[str, Any]:
-        """``summary.json``: what ``saferl-sweep-summary`` and ``job=evaluate`` read (paths relative
-        to the run folder)."""
+    def record(self, folder: Path) -> SummaryRecord:
+        """The run's :class:`SummaryRecord` (paths relative to the run folder ``folder``)."""
         evaluation = self.evaluation
-        return {
-            "method": self.result.method,
-            "setup": self.setup,
-            "beta": self.beta,
-            "cost_limit": self.cost_limit,
-            "headline": self.headline,
-            "trained": _score(evaluation.trained if evaluation else None),
-            "reference": _score(evaluation.reference if evaluation else None),
-            "optimum": _score(evaluation.optimum if evaluation else None),
-            # The learner's own target (what it would reach with perfect optimisation).
-            "target": _score(evaluation.target if evaluation else None),
-            "target_label": evaluation.target_label if evaluation else None,
-            "target_multiplier": evaluation.target_multiplier if evaluation else None,
-            # With learned scorers: the exact optimum of the problem the scorers define.
-            "learned_optimum": _score(evaluation.learned_optimum if evaluation else None),
-            "learned_optimal_multiplier": evaluation.learned_optimal_multiplier if evaluation else None,
-            "multiplier": [float(v) for v in self.result.multiplier],
-            "optimal_multiplier": [float(v) for v in (evaluation.optimal_multiplier if evaluation else ())],
-            "predicted_frontier_csv": _relative(self.predicted_frontier_csv, folder),
-            "policy_dir": _relative(self.result.policy_dir, folder),
-        }
+        return SummaryRecord(
+            method=self.result.method,
+            setup=self.setup,
+            beta=float(self.beta),
+            cost_limit=(float(self.cost_limit),),
+            headline=self.headline,
+            trained=evaluation.trained if evaluation else None,
+            reference=evaluation.reference if evaluation else None,
+            optimum=evaluation.optimum if evaluation else None,
+            target=evaluation.target if evaluation else None,
+            target_label=evaluation.target_label if evaluation else None,
+            target_multiplier=evaluation.target_multiplier if evaluation else None,
+            learned_optimum=evaluation.learned_optimum if evaluation else None,
+            learned_optimal_multiplier=tuple(evaluation.learned_optimal_multiplier or ()) if evaluation else (),
+            multiplier=tuple(float(v) for v in self.result.multiplier),
+            optimal_multiplier=tuple(float(v) for v in (evaluation.optimal_multiplier if evaluation else ())),
+            predicted_frontier_csv=_relative(self.predicted_frontier_csv, folder),
+            policy_dir=_relative(self.result.policy_dir, folder),
+        )
+
+    def summary_record(self, folder: Path) -> dict[str, Any]:
+        """``summary.json``: what ``saferl-sweep-summary`` and ``job=evaluate`` read."""
+        return self.record(folder).to_dict()
 
     def result_record(self, folder: Path) -> dict[str, Any]:
         """``result.json``: the summary plus every iteration's metrics, seconds and details."""
@@ -171,3 +173,148 @@ class RunSummary:
         marks a finished run)."""
         for name, record in (("result.json", self.result_record(folder)), ("summary.json", self.summary_record(folder))):
             (folder / name).write_text(json.dumps(record, indent=2, allow_nan=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# summary.json: one typed record, written by the CLI and read by saferl-sweep-summary
+# ---------------------------------------------------------------------------------------------
+
+#: The keys of a score block (``trained``, ``reference``, ``optimum``, ...): PolicyScore's fields.
+SCORE_KEYS = tuple(f.name for f in fields(PolicyScore))
+#: The keys of a score block that hold one number per constraint (a JSON list).
+PER_CONSTRAINT_SCORE_KEYS = tuple(f.name for f in fields(PolicyScore) if str(f.type).startswith("tuple"))
+_SCORE_BLOCKS = ("trained", "reference", "optimum", "target", "learned_optimum")
+_REQUIRED_KEYS = ("method", "beta", "cost_limit", "trained")
+
+
+class SummaryFileError(ValueError):
+    """A ``summary.json`` (or a sweep folder) that cannot be read: the message names the file,
+    the key, what was expected and what was found."""
+
+
+@dataclass(frozen=True)
+class SummaryRecord:
+    """The contents of a run's ``summary.json``.
+
+    Attributes:
+        method: the learner (``ppo_lag``, ``mocan``, ``pecan``, ``preference:<loss>``, ``arena``).
+        setup: ``world``, ``hub`` or ``tiny`` (None in a summary that does not say).
+        beta: β; cost_limit: ``d``, one entry per constraint.
+        headline: what a sweeper optimises (None where absent).
+        trained, reference, optimum: exact scores (None without an evaluator).
+        target, target_label, target_multiplier: the learner's own target and its λ.
+        learned_optimum, learned_optimal_multiplier: the exact optimum of the learned problem.
+        multiplier: the learner's final λ; optimal_multiplier: the exact λ*.
+        predicted_frontier_csv, policy_dir: paths relative to the run folder (or None).
+    """
+
+    method: str
+    beta: float
+    cost_limit: tuple[float, ...]
+    trained: PolicyScore | None
+    headline: float | None = None
+    setup: str | None = None
+    reference: PolicyScore | None = None
+    optimum: PolicyScore | None = None
+    target: PolicyScore | None = None
+    target_label: str | None = None
+    target_multiplier: float | None = None
+    learned_optimum: PolicyScore | None = None
+    learned_optimal_multiplier: tuple[float, ...] = ()
+    multiplier: tuple[float, ...] = ()
+    optimal_multiplier: tuple[float, ...] = ()
+    predicted_frontier_csv: str | None = None
+    policy_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (one constraint's limit as a number, as the config gives it)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in _SCORE_BLOCKS:
+            record[name] = _score(record[name])
+        for name in ("multiplier", "optimal_multiplier", "learned_optimal_multiplier"):
+            record[name] = list(record[name])
+        record["cost_limit"] = self.cost_limit[0] if len(self.cost_limit) == 1 else list(self.cost_limit)
+        return record
+
+    @classmethod
+    def read(cls, path: Path) -> SummaryRecord:
+        """Read and check ``path``.
+
+        ``method``, ``beta``, ``cost_limit`` and ``trained`` are required; the other keys may be
+        absent (read as null or empty), and unknown keys are ignored. A score block is null or
+        holds every key of :data:`SCORE_KEYS`.
+
+        Raises:
+            SummaryFileError: not valid JSON, a required key missing, or a value of the wrong type.
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise SummaryFileError(f"{path} is not valid JSON ({error}); expected the run summary written by saferl") \
+                from None
+        if not isinstance(data, dict):
+            raise SummaryFileError(f"{path}: expected a JSON object; found {type(data).__name__}")
+        for key in _REQUIRED_KEYS:
+            if key not in data:
+                raise SummaryFileError(f"{path}: missing required key '{key}' (found keys {sorted(data)})")
+        for key in ("method", "setup", "target_label", "predicted_frontier_csv", "policy_dir"):
+            value = data.get(key)
+            if (value is not None or key == "method") and not isinstance(value, str):
+                expected = "a string" if key == "method" else "a string or null"
+                raise SummaryFileError(f"{path}: key '{key}' must be {expected}; found {value!r}")
+        headline, target_multiplier = data.get("headline"), data.get("target_multiplier")
+        return cls(
+            method=data["method"],
+            setup=data.get("setup"),
+            beta=_number(data["beta"], path, "beta"),
+            cost_limit=_numbers(data["cost_limit"], path, "cost_limit"),
+            headline=None if headline is None else _number(headline, path, "headline"),
+            **{name: _scores(data.get(name), path, name) for name in _SCORE_BLOCKS},
+            target_label=data.get("target_label"),
+            target_multiplier=None if target_multiplier is None else _number(target_multiplier, path,
+                                                                             "target_multiplier"),
+            learned_optimal_multiplier=_numbers(data.get("learned_optimal_multiplier") or [], path,
+                                                "learned_optimal_multiplier"),
+            multiplier=_numbers(data.get("multiplier", []), path, "multiplier"),
+            optimal_multiplier=_numbers(data.get("optimal_multiplier", []), path, "optimal_multiplier"),
+            predicted_frontier_csv=data.get("predicted_frontier_csv"),
+            policy_dir=data.get("policy_dir"),
+        )
+
+
+def _number(value: Any, path: Path, key: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SummaryFileError(f"{path}: key '{key}' must be a number; found {value!r}")
+    return float(value)
+
+
+def _numbers(value: Any, path: Path, key: str) -> tuple[float, ...]:
+    if isinstance(value, list):
+        return tuple(_number(item, path, f"{key}[{i}]") for i, item in enumerate(value))
+    if value is None:
+        raise SummaryFileError(f"{path}: key '{key}' must be a number or a list of numbers; found null")
+    return (_number(value, path, key),)
+
+
+def _scores(block: Any, path: Path, key: str) -> PolicyScore | None:
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise SummaryFileError(
+            f"{path}: key '{key}' must be an object with keys {list(SCORE_KEYS)} or null; found {block!r}"
+        )
+    for name in SCORE_KEYS:
+        if name not in block:
+            older = (
+                "; a block with 'normalised_gap' was written by a saferl from before the Lagrangian "
+                "yardsticks (ALGORITHMS.md §8): evaluate the run again"
+                if "normalised_gap" in block
+                else ""
+            )
+            raise SummaryFileError(f"{path}: missing required key '{key}.{name}' (found keys {sorted(block)}){older}")
+    return PolicyScore(**{
+        name: (_numbers if name in PER_CONSTRAINT_SCORE_KEYS else _number)(block[name], path, f"{key}.{name}")
+        for name in SCORE_KEYS
+    })

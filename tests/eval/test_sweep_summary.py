@@ -161,7 +161,7 @@ def test_load_sweep_reads_every_job_its_overrides_and_its_summary(sweep: Path):
             assert run.summary is None
             continue
         result = run.summary
-        assert result.path == sweep / str(run.job) / "summary.json"
+        assert run.run_dir == sweep / str(run.job) and (run.run_dir / "summary.json").is_file()
         assert result.method == expected["method"]
         assert result.beta == expected["beta"]
         assert result.cost_limit == (expected["cost_limit"],)
@@ -174,18 +174,19 @@ def test_load_sweep_reads_every_job_its_overrides_and_its_summary(sweep: Path):
     assert summary.runs[0].label() == "learner=ppo_lag, cost_limit=-1.0"
 
     # The MoCAN job's predicted frontier reads back exactly what write_frontier wrote.
-    mocan = summary.runs[2].summary
-    assert mocan.predicted_frontier_csv == sweep / "2" / "mocan" / "frontier.csv"
+    mocan = summary.runs[2]
+    assert mocan.predicted_frontier_path == sweep / "2" / "mocan" / "frontier.csv"
+    assert mocan.summary.predicted_frontier_csv == "mocan/frontier.csv"  # as written: relative to the run
     frontier, _ = small_frontier()
     rows = frontier_table(frontier)
     predicted = mocan.predicted_frontier
-    assert predicted is not None and predicted.path == mocan.predicted_frontier_csv
+    assert predicted is not None and predicted.path == mocan.predicted_frontier_path
     assert predicted.multiplier == tuple(row["multiplier"] for row in rows)
     assert predicted.expected_reward == tuple(row["expected_reward"] for row in rows)
     assert predicted.expected_cost == tuple(row["expected_cost"] for row in rows)
     assert predicted.kl == tuple(row["kl"] for row in rows)
     assert all(predicted.feasible)
-    assert summary.runs[0].summary.predicted_frontier is None
+    assert summary.runs[0].predicted_frontier is None
 
 
 def test_jobs_sort_numerically_and_a_single_run_folder_is_a_one_job_sweep(tmp_path: Path):
@@ -387,7 +388,7 @@ def test_unplottable_predicted_frontiers_become_notes(sweep: Path):
         predict_frontier(problem, [0.0, 1.0]), sweep / "2" / "mocan", "m = 2"
     )
     summary = load_sweep(sweep)
-    assert summary.runs[2].summary.predicted_frontier is None
+    assert summary.runs[2].predicted_frontier is None
     assert summary.notes == (
         f"job 2: predicted frontier {csv_path} has m = 2 constraints; only m = 1 is plotted",
     )
