@@ -8,8 +8,9 @@ the same SFT policy:
 * ``ppo_lag (oracle)``  — PPO-Lagrangian with the ground-truth reward and cost;
 * ``ppo_lag (learned)`` — PPO-Lagrangian with the trained reward and cost models (mapped affinely to
   ground-truth units on held-out responses, so β and d mean the same thing);
-* ``ppo_lag (oracle, §1 KL)`` — oracle PPO-Lagrangian without the published ``+β kl`` in the cost
-  stream (its stationary point is exactly ALGORITHMS.md §1's ``π_λ``);
+* ``ppo_lag (oracle, published streams)`` — oracle PPO-Lagrangian with the published ``+β kl`` in
+  the cost stream (its fixed point is the optimum at KL weight β(1+λ), not π*); the other PPO rows
+  use the default §1 streams, whose stationary point is ALGORITHMS.md §1's ``π_λ``;
 
 Each row is the learner's own module (``saferl.learners.<name>.run``) on the world setup
 (``saferl.setups.world``), scored by the setup's exact evaluator.
@@ -33,7 +34,7 @@ Columns: the normalised Lagrangian gap ``G(π) / G(π_ref)`` with
 ``G(π) = J* − [J(π) − λ*(E[c] − d)] = β E_x KL(π‖π*)`` and ``J = E[r] − β KL`` under the ground
 truth (ALGORITHMS.md §8: never negative, so a policy that breaks the limit gets no credit for its
 higher ``J``), the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost range), the final λ against λ*, iterations and wall seconds of the PPO stage; then the mean over
-seeds. Run: ``python experiments/bench/exact_optimum.py [--seeds 0 1 2] [--iterations 150]``.
+seeds. Run: ``python experiments/bench/exact_optimum.py [--seeds 0 1 2] [--iterations 300]``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def default_settings(seed: int) -> WorldSettings:
 
 
 def ppo_settings(seed: int, iterations: int, multiplier=MULTIPLIER, **changes) -> PPOLagSettings:
+    """The default job's PPO stage (conf/learner/ppo_lag.yaml: the §1 streams unless changed)."""
+    changes = {"kl_in_cost_stream": False, **changes}
     loop = PPOSettings(iterations=iterations, prompts_per_iteration=64, kl_coeff=0.5, seed=seed, **changes)
     return PPOLagSettings(loop, multiplier, -0.8)
 
@@ -95,7 +98,7 @@ def oracle(setup: Setup) -> Setup:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument(
         "--output", type=Path, default=None, help="keep the runs here (default: a temp folder)"
     )
@@ -129,7 +132,7 @@ def main() -> None:
         optimal_multiplier = setup.evaluator.evaluate(setup.policy.name_or_path).optimal_multiplier
         if args.group in ("dualized", "all"):
             run_dualized(setup, resources, root / f"seed{seed}", seed, optimal_multiplier, rows, predictions,
-                         args.learners)
+                         args.learners, args.iterations)
         if args.group == "dualized":
             continue
         truth = oracle(setup)
@@ -137,7 +140,8 @@ def main() -> None:
         runs = {
             "ppo_lag (oracle)": (truth, ppo_settings(seed, args.iterations), None),
             "ppo_lag (learned)": (setup, ppo_settings(seed, args.iterations), None),
-            "ppo_lag (oracle, §1 KL)": (truth, ppo_settings(seed, args.iterations, kl_in_cost_stream=False), None),
+            "ppo_lag (oracle, published streams)": (
+                truth, ppo_settings(seed, args.iterations, kl_in_cost_stream=True), None),
             "ppo (oracle)": (truth, ppo_settings(seed, args.iterations, multiplier=None), None),
             "shaping λ* (oracle)": (shaped, ppo_settings(seed, args.iterations, multiplier=None), optimal_multiplier[0]),
         }
@@ -193,8 +197,10 @@ def run_dualized(
     rows: list,
     predictions: list,
     only: list[str] | None = None,
+    iterations: int = 300,
 ) -> None:
-    """MoCAN (both stages), PeCAN (both labellings) and the preference losses, appended to ``rows``."""
+    """MoCAN (both stages), PeCAN (both labellings) and the preference losses, appended to ``rows``
+    (MoCAN's PPO stage runs ``iterations`` iterations, like the PPO rows)."""
 
     def wanted(name: str) -> bool:
         return only is None or name in only
@@ -202,7 +208,7 @@ def run_dualized(
     for stage in ("dpo", "ppo"):
         if not wanted(f"mocan {stage}"):
             continue
-        settings = MocanSettings(beta=0.5, cost_limit=-0.8, stage=stage, ppo=ppo_settings(seed, 150), seed=seed)
+        settings = MocanSettings(beta=0.5, cost_limit=-0.8, stage=stage, ppo=ppo_settings(seed, iterations), seed=seed)
         result = mocan.run(setup, settings, resources, RunOutput(folder / f"mocan_{stage}"))
         seconds = sum(result.seconds.values())
         trained = setup.evaluator.evaluate(result.policy_dir).trained
