@@ -294,14 +294,14 @@ def run_dualized(
 
 def print_table(rows: list[dict]) -> None:
     header = (
-        f"{'learner':<24} {'seed':>4} {'norm. Lagr. gap':>15} {'violation':>9} {'% range':>7} {'λ':>7} {'λ*':>7} "
+        f"{'learner':<36} {'seed':>4} {'norm. Lagr. gap':>15} {'violation':>9} {'% range':>7} {'λ':>7} {'λ*':>7} "
         f"{'E r':>7} {'E c':>7} {'KL':>6} {'iters':>5} {'seconds':>7}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['learner']:<24} {row['seed']:>4} {row['gap']:>15.4f} {row['violation']:>9.4f} "
+            f"{row['learner']:<36} {row['seed']:>4} {row['gap']:>15.4f} {row['violation']:>9.4f} "
             f"{100 * row['violation'] / COST_RANGE:>6.2f}% {row['multiplier']:>7.4f} {row['optimal']:>7.4f} "
             f"{row['reward']:>7.4f} {row['cost']:>7.4f} {row['kl']:>6.3f} {row['iterations']:>5} {row['seconds']:>7.1f}"
         )
@@ -322,7 +322,7 @@ def print_table(rows: list[dict]) -> None:
             )
         }
         print(
-            f"{name:<24} {'mean':>4} {mean['gap']:>15.4f} {mean['violation']:>9.4f} "
+            f"{name:<36} {'mean':>4} {mean['gap']:>15.4f} {mean['violation']:>9.4f} "
             f"{100 * mean['violation'] / COST_RANGE:>6.2f}% {mean['multiplier']:>7.4f} {mean['optimal']:>7.4f} "
             f"{mean['reward']:>7.4f} {mean['cost']:>7.4f} {mean['kl']:>6.3f} {group[0]['iterations']:>5} "
             f"{mean['seconds']:>7.1f}"
