@@ -53,6 +53,7 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
             f"{_values(solution.cost_limit.tolist())}; predicted E[r] = {solution.expected_reward.item():.4f}, "
             f"E[c] = {_values(solution.expected_cost.tolist())}, KL = {solution.kl.item():.4f}",
             soft_wrap=True,
+            markup=False,  # "E[r]" is text, not a rich tag
         )
     if evaluation is not None:
         rows = [("reference (SFT)", "—", evaluation.reference)]

@@ -155,9 +155,10 @@ def target(setup: Setup, settings: PecanSettings, multiplier: float) -> TiltTarg
     if tau is None:
         return None
     if settings.consistent:
-        return TiltTarget(f"π_λ̂ at KL weight β·τ (τ = {tau:g})", settings.beta * tau, multiplier=multiplier)
-    return TiltTarget(f"published labelling: KL weight β²·τ (τ = {tau:g})", settings.beta ** 2 * tau,
-                      multiplier=multiplier)
+        return TiltTarget(f"π_λ̂ at KL weight β·τ (τ = {tau:g}), as if the implicit models were exact",
+                          settings.beta * tau, multiplier=multiplier)
+    return TiltTarget(f"published labelling: KL weight β²·τ (τ = {tau:g}), as if the implicit models were exact",
+                      settings.beta ** 2 * tau, multiplier=multiplier)
 
 
 def needs(settings: PecanSettings) -> Needs:
