@@ -1,0 +1,31 @@
+"""The run report prints a dualized learner's prediction as text (no rich markup eats ``E[r]``)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from saferl.core.dual import DualProblem, predict_frontier
+from saferl.core.dualized import mocan_dual
+from saferl.eval.run_report import print_run
+from saferl.learners.result import DualPrediction, RunResult, RunSummary
+
+
+def test_the_dual_line_keeps_its_expectation_brackets(tmp_path: Path):
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    costs = (0.5 * rewards + torch.randn(3, 4, generator=generator, dtype=torch.float64)).unsqueeze(-1)
+    solution = mocan_dual(rewards, costs, 0.5, margin=0.1)
+    problem = DualProblem.from_samples(rewards, costs, 0.5, solution.cost_limit)
+    frontier = predict_frontier(problem, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    dual = DualPrediction(solution, frontier, "ground-truth units", "title", "heading")
+    result = RunResult(method="mocan", headline=float(solution.objective), policy_dir=None, folder=tmp_path,
+                       multiplier=solution.multiplier.tolist(), dual=dual)
+    console = Console(file=io.StringIO(), width=240)
+    print_run(RunSummary(result=result, setup="world", beta=0.5, cost_limit=-0.8), console=console)
+    text = console.file.getvalue()
+    assert f"predicted E[r] = {solution.expected_reward.item():.4f}" in text
+    assert f"E[c] = {solution.expected_cost.item():.4f}" in text
