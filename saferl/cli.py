@@ -57,6 +57,15 @@ def _progress_bar():
     return bar, progress
 
 
+def _quiet_libraries() -> None:
+    """The run reports its own progress; the libraries' per-file bars would drown it."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def build_setup(config: RunConfig, needs, output):
     """The run's setup: the built-in world's stages, the hub's models and data, or the world's tiny
     models trained on a PKU-format data set."""
@@ -84,6 +93,7 @@ def train(config: RunConfig, folder: Path, tracker):
     from saferl.learners.result import RunSummary
 
     learner = learner_module(config.learner)
+    _quiet_libraries()
     bar, progress = _progress_bar()
     output = RunOutput(folder=folder, tracker=tracker, progress=progress,
                        checkpoint_every=config.checkpoint_every, resume=config.resume)

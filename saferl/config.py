@@ -283,6 +283,22 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
                   "world.reference", ReferenceConfig)
 
 
+def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, StageSettings]:
+    """``model.sft``, ``scorers.reward_model`` and ``scorers.cost_model``, each checked (steps,
+    rows, learning rate) before its rows are divided over the ranks; keyed by dotted key."""
+    stages = {}
+    for key, values in (("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
+                        ("scorers.cost_model", scorers["cost_model"])):
+        stage = _build(values, key, StageSettings)
+        try:
+            stage.check(key)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        _divides(stage.rows_per_step, f"{key}.rows_per_step", num_ranks)
+        stages[key] = stage
+    return stages
+
+
 def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation: GenerationSpec,
                     reference: ReferenceConfig, scorer_kind: str, seed: int, num_ranks: int) -> WorldSettings:
     model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
@@ -301,15 +317,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation:
         _integer(cfg, f"data.{key}", 1)
     _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
     _unknown(scorers, {"kind", "calibrate", "regularization", "reward_model", "cost_model"}, "scorers")
-    stages = {key: _build(values, key, StageSettings) for key, values in (
-        ("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
-        ("scorers.cost_model", scorers["cost_model"]))}
-    for key, stage in stages.items():
-        try:
-            stage.check(key)
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-        _divides(stage.rows_per_step, f"{key}.rows_per_step", num_ranks)
+    stages = _training_stages(model, scorers, num_ranks)
     return _build(
         {
             "beta": beta,
@@ -372,11 +380,7 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
         raise ConfigError(f"data.path: expected a local file or folder of PKU-format records; found {data.get('path')!r}")
     if not isinstance(data.get("max_length"), int) or data["max_length"] < 2:
         raise ConfigError(f"data.max_length: expected an integer >= 2; found {data.get('max_length')!r}")
-    stages = {key: _build(values, key, StageSettings) for key, values in (
-        ("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
-        ("scorers.cost_model", scorers["cost_model"]))}
-    for key, stage in stages.items():
-        _divides(stage.rows_per_step, f"{key}.rows_per_step", num_ranks)
+    stages = _training_stages(model, scorers, num_ranks)
     return _build(
         {"reference": reference, "path": data["path"], "data_revision": data.get("revision"),
          "train_split": data.get("train_split", "train"), "test_split": data.get("test_split", "test"),

@@ -89,10 +89,8 @@ def ppo_settings(seed: int, iterations: int, multiplier=MULTIPLIER, **changes) -
 
 def oracle(setup: Setup) -> Setup:
     """The same setup with the ground-truth reward and cost."""
-    def truth(kind: str) -> WorldScorerSource:
-        return WorldScorerSource(kind, "oracle", None, False, [], setup.tokenizer, 1)
-
-    return replace(setup, reward=truth("reward"), costs=(truth("cost"),), score_units="ground-truth units")
+    return replace(setup, reward=WorldScorerSource.oracle("reward", setup.tokenizer),
+                   costs=(WorldScorerSource.oracle("cost", setup.tokenizer),), score_units="ground-truth units")
 
 
 def main() -> None:

@@ -200,11 +200,20 @@ def policy_tokenizer(hub: HubSettings) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def training_pairs(hub: HubSettings, tokenizer: PreTrainedTokenizerBase) -> tuple[list[SafetyPreferencePair], int]:
-    """The pairs of ``data.path`` (``data.train_split``) whose formatted prompt leaves room for a
-    response in ``data.max_length`` tokens, and how many were dropped for lack of it."""
+def load_training_pairs(hub: HubSettings) -> list[SafetyPreferencePair]:
+    """Every pair of ``data.path`` (``data.train_split``), as loaded."""
     loaded = load_preference_dataset(hub.path, split=hub.train_split, revision=hub.data_revision)
-    pairs = list(loaded.records)
+    logger.info("%d pairs from %s (%s)", len(loaded.records), loaded.source, hub.train_split)
+    return list(loaded.records)
+
+
+def training_pairs(
+    hub: HubSettings, tokenizer: PreTrainedTokenizerBase, pairs: list[SafetyPreferencePair] | None = None
+) -> tuple[list[SafetyPreferencePair], int]:
+    """The pairs of ``data.path`` (``data.train_split``; ``pairs`` when the caller has loaded them)
+    whose formatted prompt leaves room for a response in ``data.max_length`` tokens, and how many
+    were dropped for lack of it."""
+    pairs = load_training_pairs(hub) if pairs is None else pairs
     if not pairs:
         raise ValueError(f"data.path: {hub.path!r} (split {hub.train_split!r}) holds no pairs")
     distinct = sorted({pair.prompt for pair in pairs})
@@ -220,7 +229,6 @@ def training_pairs(hub: HubSettings, tokenizer: PreTrainedTokenizerBase) -> tupl
     if len(kept) < len(pairs):
         logger.warning("%d of %d pairs dropped: their formatted prompt fills data.max_length=%d tokens",
                        len(pairs) - len(kept), len(pairs), hub.max_length)
-    logger.info("%d training pairs from %s (%s)", len(kept), loaded.source, hub.train_split)
     return kept, len(pairs) - len(kept)
 
 

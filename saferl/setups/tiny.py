@@ -40,7 +40,12 @@ from saferl.models import ModelSpec, TinyModelConfig, load_tokenizer
 from saferl.runtime import GenerationSpec, init_ray
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, ModelScorerSource, Needs, Setup
-from saferl.setups.hub import max_prompt_length, training_pairs, training_prompts
+from saferl.setups.hub import (
+    load_training_pairs,
+    max_prompt_length,
+    training_pairs,
+    training_prompts,
+)
 from saferl.setups.stages import StageSettings, run_score_stage, run_sft_stage
 
 __all__ = ["TinySettings", "build", "demonstrations", "word_tokenizer"]
@@ -132,16 +137,15 @@ def build(settings: TinySettings, resources: Resources, output: RunOutput, needs
     # 1–2. The data, and the tokenizer over its words (the saved one when resuming).
     clock = time.perf_counter()
     tokenizer_dir = folder / "models" / TOKENIZER_DIR
+    raw = load_training_pairs(settings)
     if (tokenizer_dir / "tokenizer.json").exists() and output.resume:
         tokenizer = load_tokenizer(str(tokenizer_dir))
     else:
-        raw = list(load_preference_dataset(settings.path, split=settings.train_split,
-                                           revision=settings.data_revision).records)
         texts = [format_prompt(pair.prompt, None, settings.template) for pair in raw]
         texts += [response for pair in raw for response in (pair.response_0, pair.response_1)]
         tokenizer = word_tokenizer(texts)
         tokenizer.save_pretrained(tokenizer_dir)
-    pairs, dropped = training_pairs(settings, tokenizer)
+    pairs, dropped = training_pairs(settings, tokenizer, raw)
     test_pairs = list(load_preference_dataset(settings.path, split=settings.test_split,
                                               revision=settings.data_revision).records)
     prompts = training_prompts(settings)

@@ -181,6 +181,11 @@ class WorldScorerSource:
     num_ranks: int
     calibration: dict[str, float] | None = None
 
+    @classmethod
+    def oracle(cls, kind: str, tokenizer) -> WorldScorerSource:
+        """The ground truth as a source (no score model, nothing to calibrate)."""
+        return cls(kind, "oracle", None, False, [], tokenizer, 1)
+
     def build(self, start_group: ScoreGroupStarter) -> Scorer:
         if self.scorers == "oracle":
             return WorldOracleScorer(self.kind, self.tokenizer)
@@ -288,15 +293,6 @@ class WorldEvaluator:
         return scores[0], scores[1]
 
 
-def _quiet_libraries() -> None:
-    import datasets
-    import transformers
-
-    # The run reports its own progress; the libraries' per-file bars would drown it.
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _score_models_needed(settings: WorldSettings, needs: Needs) -> bool:
     """The score models serve the learned scorers and every critic's start."""
     return needs.critics or (needs.scorers and settings.scorers == "learned")
@@ -304,7 +300,6 @@ def _score_models_needed(settings: WorldSettings, needs: Needs) -> bool:
 
 def build(settings: WorldSettings, resources: Resources, output: RunOutput, needs: Needs) -> Setup:
     """Stages 1–6 of the module docstring (those ``needs`` asks for); returns the world's setup."""
-    _quiet_libraries()
     tokenizer = build_world_tokenizer()
     score_models = _score_models_needed(settings, needs)
     if settings.from_run is not None:

@@ -37,13 +37,11 @@ ROWS = 16  # the world's 16 prompts, one rollout
 def oracle_setup(sft_dir, tokenizer) -> Setup:
     spec = ModelSpec(name_or_path=str(sft_dir))
 
-    def truth(kind: str) -> WorldScorerSource:
-        return WorldScorerSource(kind, "oracle", None, False, [], tokenizer, RESOURCES.num_ranks)
-
     return Setup(
         name="world", policy=spec, tokenizer=tokenizer, template=WORLD_TEMPLATE, max_length=MAX_SEQUENCE_LENGTH,
         max_prompt_length=MAX_SEQUENCE_LENGTH, generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
-        prompts=[prompt.text for prompt in world_prompts()], reward=truth("reward"), costs=(truth("cost"),),
+        prompts=[prompt.text for prompt in world_prompts()], reward=WorldScorerSource.oracle("reward", tokenizer),
+        costs=(WorldScorerSource.oracle("cost", tokenizer),),
         reward_critic=CriticStart(spec), cost_critics=(CriticStart(spec),), score_units="ground-truth units",
     )
 
