@@ -20,22 +20,25 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from saferl.data.world import ReferenceConfig
-from saferl.learners.mocan import MocanSettings
-from saferl.learners.pecan import PecanSettings
-from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
-from saferl.learners.preference import PreferenceSettings
-from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
-from saferl.runtime.resources import Resources
-from saferl.setups.hub import HubSettings, max_prompt_length
-from saferl.setups.stages import StageSettings
-from saferl.setups.tiny import TinySettings
-from saferl.setups.world import WorldSettings
+if TYPE_CHECKING:
+    # The settings' modules import torch, Ray and transformers (seconds): the functions import
+    # them where they build settings, so that the root keys are checked before they load.
+    from saferl.data.world import ReferenceConfig
+    from saferl.learners.mocan import MocanSettings
+    from saferl.learners.pecan import PecanSettings
+    from saferl.learners.ppo_lag import PPOLagSettings
+    from saferl.learners.preference import PreferenceSettings
+    from saferl.runtime import GenerationSpec
+    from saferl.runtime.resources import Resources
+    from saferl.setups.hub import HubSettings
+    from saferl.setups.stages import StageSettings
+    from saferl.setups.tiny import TinySettings
+    from saferl.setups.world import WorldSettings
 
 __all__ = [
     "ConfigError",
@@ -215,6 +218,8 @@ def _positive_rates(settings: Any, key: str) -> None:
 
 
 def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: int | None) -> HubSettings:
+    from saferl.setups.hub import HubSettings, max_prompt_length
+
     model, data = _container(cfg.model, "model"), _container(cfg.data, "data")
     model_keys = {"source", "policy", "reward_model", "cost_model", "revision", "dtype", "trust_remote_code"}
     data_keys = {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}
@@ -265,6 +270,8 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
     """The world's reference: ``world.reference``'s shape, SFT-ed as ``model.sft`` on ``data.num_sft``
     demonstrations (the keys a training run's SFT stage reads; their defaults where a hub model or
     data group has no such key)."""
+    from saferl.data.world import ReferenceConfig
+
     shape = _container(cfg.world.reference, "world.reference")
     _unknown(shape, REFERENCE_SHAPE, "world.reference")
     for key in REFERENCE_SHAPE:
@@ -286,6 +293,8 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
 def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, StageSettings]:
     """``model.sft``, ``scorers.reward_model`` and ``scorers.cost_model``, each checked (steps,
     rows, learning rate) before its rows are divided over the ranks; keyed by dotted key."""
+    from saferl.setups.stages import StageSettings
+
     stages = {}
     for key, values in (("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
                         ("scorers.cost_model", scorers["cost_model"])):
@@ -301,6 +310,8 @@ def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, St
 
 def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation: GenerationSpec,
                     reference: ReferenceConfig, scorer_kind: str, seed: int, num_ranks: int) -> WorldSettings:
+    from saferl.setups.world import WorldSettings
+
     model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
     from_run = None
@@ -345,6 +356,9 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation:
 def _same_kl_coefficient(settings, beta: float) -> None:
     """On the world, a PPO stage's KL coefficient is the problem's β: the exact optimum the run is
     scored against is solved at β, so another coefficient would optimise a different problem."""
+    from saferl.learners.mocan import MocanSettings
+    from saferl.learners.ppo_lag import PPOLagSettings
+
     stage = settings if isinstance(settings, PPOLagSettings) else (
         settings.ppo if isinstance(settings, MocanSettings) and settings.stage == "ppo" else None)
     if stage is None:
@@ -361,6 +375,8 @@ def _same_kl_coefficient(settings, beta: float) -> None:
 def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: ReferenceConfig, scorer_kind: str,
                    seed: int, num_ranks: int) -> TinySettings:
     """The world's tiny models on a PKU-format data set (``model=world`` with a hub data group)."""
+    from saferl.setups.tiny import TinySettings
+
     model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
     _unknown(data, {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}, "data",
@@ -396,6 +412,11 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
     """The chosen learner's settings; every other learner's section must be absent. The
     ``multiplier`` section is checked whichever the learner (a mistake in it is a mistake even
     where the learner does not read it)."""
+    from saferl.learners.mocan import MocanSettings
+    from saferl.learners.pecan import PecanSettings
+    from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
+    from saferl.learners.preference import PreferenceSettings
+
     multiplier = _multiplier(cfg, cost_limit)
     for name in ("mocan", "pecan", "preference"):
         if name in learner_values and learner != name:
@@ -462,7 +483,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     except ValueError as error:
         raise ConfigError(str(error)) from error
 
-    # Where and how the groups run.
+    # Where and how the groups run (the settings' modules load here, after the root keys passed).
+    from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+    from saferl.runtime.resources import Resources
+
     runtime_values = _container(cfg.runtime, "runtime")
     num_ranks = _integer(cfg, "runtime.num_ranks", 1)
     group = GroupSpec(num_ranks=num_ranks, cpus_per_rank=_number(cfg, "runtime.cpus_per_rank", minimum=0.0),
