@@ -33,7 +33,8 @@ from pathlib import Path
 
 import datasets
 
-from saferl.data.errors import DataError
+from saferl.data.errors import DataError, ErrorReason
+from saferl.data.json_lines import first_json_problem
 
 __all__ = ["SUPPORTED_EXTENSIONS", "SourceLike", "looks_like_local_path", "open_source"]
 
@@ -139,11 +140,33 @@ def _load_local(path: Path, split: str, cache_dir: str | os.PathLike | None) -> 
             ) from error
         raise DataError(label, expected=f"a readable {builder} source", found=f"{error}") from error
     except Exception as error:  # datasets wraps parse errors in several exception types
+        if builder == "json":  # datasets drops the file, line and parse error: find them again
+            problem = _first_json_problem(path)
+            if problem is not None:
+                file, line, what = problem
+                raise DataError(
+                    f"{file}, line {line}",
+                    expected="one JSON object per line (a JSON-lines record)",
+                    found=what,
+                    reason=ErrorReason.INVALID_VALUE,
+                ) from error
         raise DataError(
             label,
             expected=f"a readable {builder} source",
             found=f"{type(error).__name__}: {error}",
         ) from error
+
+
+def _first_json_problem(path: Path) -> tuple[Path, int, str] | None:
+    """The first unreadable line of a JSON file, or of a folder's JSON files (in name order)."""
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".json", ".jsonl") and not _is_ignored(p)
+    )
+    for file in files:
+        problem = first_json_problem(file)
+        if problem is not None:
+            return (file, *problem)
+    return None
 
 
 def _load_hub(
