@@ -4,25 +4,40 @@
 learner (``saferl.learners.<name>.run``) → evaluate where the setup can → write the summary.
 
 ``saferl`` composes ``conf/config.yaml``; every key can be overridden on the command line
-(``saferl world.cost_limit=-1.0``), and ``saferl -m ...`` sweeps. The function Hydra calls returns
-the job's headline metric so that a sweeper can optimise it.
+(``saferl cost_limit=-1.0``), and ``saferl -m ...`` sweeps. Before Hydra makes a run folder the
+command checks it (:mod:`saferl.cli_preflight`: composition, validation, data files); a mistake is
+printed alone with exit status 2 (its traceback with ``--verbose`` or ``HYDRA_FULL_ERROR=1``).
+``saferl --help`` prints the config groups and root keys with their comments
+(:mod:`saferl.cli_help`). The function Hydra calls returns the job's headline metric so that a
+sweeper can optimise it.
+
+This module imports only Hydra and omegaconf at the top: the libraries the jobs need (torch,
+Ray, DeepSpeed, ...) load after the command line has been checked.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from saferl.config import ConfigError, RunConfig, validate
+from saferl.cli_errors import UsageError
+from saferl.conf_tree import CONFIG_DIR
 
-# The config tree lives at the repository root (``conf/``), beside the package, as the design card
-# lays out; the editable install the README uses keeps it there.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+if TYPE_CHECKING:
+    from saferl.config import RunConfig
 
+# The exit status of a mistake in the command line, the config or the data (argparse's).
+USAGE_EXIT = 2
+# Set by main() from --verbose, which it takes off the command line before Hydra reads it.
+_verbose = False
 
 
 def _progress_bar():
@@ -157,6 +172,8 @@ def exact_optimum(cfg: DictConfig, config: RunConfig, folder: Path) -> float:
     if run_dir is not None:
         sft_dir = Path(str(run_dir)) / "models" / "sft"
         if not (sft_dir / "config.json").is_file():
+            from saferl.config import ConfigError
+
             raise ConfigError(f"job.run_dir: {str(run_dir)!r} holds no world run's SFT policy (no {sft_dir}/config.json)")
         model, _ = load_policy(sft_dir)
         model, tokenizer = model.eval(), build_world_tokenizer()
@@ -221,6 +238,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     """
     import json
 
+    from saferl.config import validate
+
     config = validate(cfg)  # every mistake surfaces here, before any actor starts
     folder = config.output_dir or output_dir or Path.cwd()
     if config.job == "exact_optimum":
@@ -268,6 +287,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     """``job=evaluate``: the arena of a trained policy against its reference (see
     ``conf/job/evaluate.yaml``); returns the summary (headline: the policy's reward win rate)."""
 
+    from saferl.config import ConfigError
     from saferl.eval.arena import TRUTH_JUDGE, print_arena, write_arena
     from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
     from saferl.learners.result import SummaryRecord
@@ -373,10 +393,67 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     return {**record.to_dict(), "arena": {"rows": arena["rows"], "transitions": arena["transitions"]}}
 
 
+def _wants_traceback() -> bool:
+    return _verbose or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _fail(error: BaseException, verbose: bool) -> None:
+    """Print a usage error's message alone (its traceback too when asked) and exit with 2."""
+    if verbose:
+        traceback.print_exception(error)
+    print(f"saferl: error: {error}", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions whose message says all: config, data and command-line mistakes."""
+    from saferl.config import ConfigError
+    from saferl.data.errors import DataError
+
+    return (UsageError, ConfigError, DataError)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Entry point of the ``saferl`` console script."""
-    return run(cfg, output_dir=Path(HydraConfig.get().runtime.output_dir))
+def _hydra_task(cfg: DictConfig) -> float:
+    """The function Hydra calls once per job; returns the job's headline metric."""
+    try:
+        return run(cfg, output_dir=Path(HydraConfig.get().runtime.output_dir))
+    except Exception as error:
+        # A mistake found only now (a job.run_dir without a run, a data file read by the job):
+        # said as the preflight says it, not as a crash.
+        if isinstance(error, _usage_errors()):
+            _fail(error, _wants_traceback())
+        raise
+
+
+def main() -> None:
+    """Entry point of the ``saferl`` console script: ``--help``, then the preflight checks, then
+    Hydra (which makes the run folder and calls :func:`run`)."""
+    from hydra._internal.utils import get_args_parser
+
+    from saferl.cli_help import render_help
+
+    global _verbose
+    argv = sys.argv[1:]
+    _verbose = "--verbose" in argv
+    argv = [arg for arg in argv if arg != "--verbose"]  # ours, not Hydra's
+    if "--help" in argv or "-h" in argv:
+        print(render_help())
+        return
+    args = get_args_parser().parse_args(argv)
+    # Hydra's own requests (print the config, shell completion, ...) and other config trees go
+    # straight to Hydra.
+    hydra_request = (args.cfg or args.info or args.hydra_help or args.shell_completion or args.resolve
+                     or args.experimental_rerun or args.config_path or args.config_name or args.config_dir)
+    if not hydra_request:
+        try:
+            from saferl.cli_preflight import preflight
+
+            preflight(args.overrides, multirun=args.multirun)
+        except UsageError as error:
+            _fail(error, _wants_traceback())
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_task()
 
 
 if __name__ == "__main__":
