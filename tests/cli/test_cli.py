@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from saferl.cli import CONFIG_DIR, run
+from saferl.cli_errors import missing_launcher_plugin
 from saferl.config import ConfigError, validate
 from saferl.data import load_preference_dataset, load_sft_dataset
 from saferl.data.world import build_exact_world, load_or_train_reference_policy
@@ -114,6 +115,8 @@ def test_a_bad_config_fails_before_any_actor_starts(tmp_path):
 
 
 
+@pytest.mark.skipif(missing_launcher_plugin("submitit_local") is not None,
+                    reason=str(missing_launcher_plugin("submitit_local")))
 def test_a_sweep_job_runs_through_submitit(tmp_path):
     """The submitit launcher path (what `launcher=slurm` uses on a cluster) with its local
     executor: the job is pickled, run in a submitit worker process, and completes."""

@@ -23,6 +23,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from saferl.cli import CONFIG_DIR, run
+from saferl.cli_errors import missing_launcher_plugin
 from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -240,6 +241,7 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
         assert found["trained"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
+@pytest.mark.skipif(missing_launcher_plugin("ray") is not None, reason=str(missing_launcher_plugin("ray")))
 def test_a_sweep_with_the_ray_launcher_runs_its_jobs_on_an_existing_cluster(first_run, tmp_path):
     """`saferl -m launcher=ray`: each job runs as a task on a running Ray cluster and its actor
     groups (policy, reference, score models) join that cluster."""
