@@ -76,7 +76,8 @@ def _job_config(overrides: Sequence[str]) -> DictConfig:
 def check_data(config) -> None:
     """Step 3: the local data files a hub or tiny setup reads, loaded and validated as the setup
     will load them, and the hub setup's own preflight (before any model is downloaded)."""
-    from saferl.cli import learner_module
+    from importlib import import_module
+
     from saferl.data.sources import looks_like_local_path
     from saferl.setups import hub
     from saferl.setups.tiny import TinySettings
@@ -84,7 +85,7 @@ def check_data(config) -> None:
     setup = config.setup
     if not isinstance(setup, (hub.HubSettings, TinySettings)):
         return
-    needs = learner_module(config.learner).needs(config.settings)
+    needs = import_module(f"saferl.learners.{config.learner}").needs(config.settings)
     if isinstance(setup, hub.HubSettings) and config.job == "train":
         hub.preflight(setup, needs, config.learner)
     if not looks_like_local_path(setup.path):
