@@ -1,5 +1,5 @@
 """No import cycles between ``saferl`` modules, and the packages' one direction of dependency
-(DESIGN.md, "Architecture"): ``core ← data/models ← runtime ← learners/setups ← eval ← config/cli``.
+(docs/architecture.md §1): ``core ← data/models ← runtime ← learners/setups ← eval ← config/cli``.
 
 The import graph is read statically (``ast``, nothing is imported): a node per module under
 ``saferl/`` (``saferl/x/__init__.py`` is the node ``saferl.x``), an edge per import of another

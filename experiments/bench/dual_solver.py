@@ -1,6 +1,6 @@
 """Benchmark: the plug-in dual solve (MoCAN's λ estimate) with saferl's solver and the published one.
 
-For N prompts × K reference samples and m constraints, solve ``min_{λ≥0} D̂(λ)`` (ALGORITHMS.md §1)
+For N prompts × K reference samples and m constraints, solve ``min_{λ≥0} D̂(λ)`` (docs/algorithms.md §1)
 with
 
 * ``saferl``: :func:`saferl.core.dual.solve` (bracketed Newton for m = 1, projected Newton for m ≥ 2);

@@ -10,7 +10,7 @@ the same SFT policy:
   ground-truth units on held-out responses, so β and d mean the same thing);
 * ``ppo_lag (oracle, published streams)`` — oracle PPO-Lagrangian with the published ``+β kl`` in
   the cost stream (its fixed point is the optimum at KL weight β(1+λ), not π*); the other PPO rows
-  use the default §1 streams, whose stationary point is ALGORITHMS.md §1's ``π_λ``;
+  use the default §1 streams, whose stationary point is docs/algorithms.md §1's ``π_λ``;
 
 Each row is the learner's own module (``saferl.learners.<name>.run``) on the world setup
 (``saferl.setups.world``), scored by the setup's exact evaluator.
@@ -32,7 +32,7 @@ policy and the same training pairs:
 
 Columns: the normalised Lagrangian gap ``G(π) / G(π_ref)`` with
 ``G(π) = J* − [J(π) − λ*(E[c] − d)] = β E_x KL(π‖π*)`` and ``J = E[r] − β KL`` under the ground
-truth (ALGORITHMS.md §8: never negative, so a policy that breaks the limit gets no credit for its
+truth (docs/algorithms.md §8: never negative, so a policy that breaks the limit gets no credit for its
 higher ``J``), the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost range), the final λ against λ*, iterations and wall seconds of the PPO stage; then the mean over
 seeds. Run: ``python experiments/bench/exact_optimum.py [--seeds 0 1 2] [--iterations 300]``.
 """

@@ -1,6 +1,6 @@
 """Pure tensor math of saferl: losses, GAE, KL, multipliers, the dual solver, exact optima.
 
-Sign convention (ALGORITHMS.md §0), stated once in :mod:`saferl.core.conventions`: reward higher is
+Sign convention (docs/algorithms.md §0), stated once in :mod:`saferl.core.conventions`: reward higher is
 better; costs lower is safer; constraints ``E[c_j] ≤ d_j``; multipliers ``λ_j ≥ 0``. Masks are
 ``True = valid``.
 

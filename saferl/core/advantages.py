@@ -1,4 +1,4 @@
-"""Per-token reward/cost streams, GAE and the Lagrangian combined advantage (ALGORITHMS.md §2).
+"""Per-token reward/cost streams, GAE and the Lagrangian combined advantage (docs/algorithms.md §2).
 
 Shapes: ``batch`` sequences of ``seq_len`` positions; ``response_mask`` (True = valid) marks the
 response tokens. A row may start with invalid (prompt) positions and end with invalid (padding)
@@ -92,7 +92,7 @@ def safe_rlhf_token_streams(
     kl_coeff: float,
     clip_range_score: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Safe RLHF's per-token reward and cost streams (ALGORITHMS.md §2).
+    """Safe RLHF's per-token reward and cost streams (docs/algorithms.md §2).
 
     With ``kl_t = log π_θ(a_t) − log π_ref(a_t)`` (the k1 estimator) and ``T`` the last valid
     position of the row:
@@ -181,7 +181,7 @@ def combined_advantage(
     cost_advantages: torch.Tensor,
     multiplier: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Lagrangian advantage ``Â = (A_r − Σ_j λ_j A_{c_j}) / (1 + Σ_j λ_j)`` (ALGORITHMS.md §2).
+    """Lagrangian advantage ``Â = (A_r − Σ_j λ_j A_{c_j}) / (1 + Σ_j λ_j)`` (docs/algorithms.md §2).
 
     The multiplier is detached: no gradient flows into ``λ`` through the actor loss. The
     ``1 / (1 + Σ λ)`` normalisation keeps the advantage scale bounded as ``λ`` grows.

@@ -1,4 +1,4 @@
-"""The project's one sign convention (ALGORITHMS.md §0), stated once, with explicit converters.
+"""The project's one sign convention (docs/algorithms.md §0), stated once, with explicit converters.
 
 Every constrained component of saferl works in the **cost form**:
 

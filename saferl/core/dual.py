@@ -1,4 +1,4 @@
-"""The closed-form optimum of the KL-regularised constrained problem and its dual (ALGORITHMS.md §1).
+"""The closed-form optimum of the KL-regularised constrained problem and its dual (docs/algorithms.md §1).
 
 For a fixed multiplier ``λ ∈ R^m_{≥0}`` the maximiser of the Lagrangian is the Gibbs policy::
 
@@ -114,7 +114,7 @@ class DualSolution:
 
 @dataclass(frozen=True)
 class Frontier:
-    """Statistics of ``π_λ`` along a grid (ALGORITHMS.md §1, "predicted safety curve").
+    """Statistics of ``π_λ`` along a grid (docs/algorithms.md §1, "predicted safety curve").
 
     Attributes:
         multipliers: shape ``(grid, m)``.

@@ -1,4 +1,4 @@
-"""The relabelling math of one-shot dualized alignment: MoCAN and PeCAN (ALGORITHMS.md §1, §4).
+"""The relabelling math of one-shot dualized alignment: MoCAN and PeCAN (docs/algorithms.md §1, §4).
 
 Both methods turn the constrained problem into **one** unconstrained alignment by fixing the
 multiplier at the dual optimum ``λ*`` before training:
@@ -88,7 +88,7 @@ def composite_score(
 def pseudo_preference_prob(score_0: torch.Tensor, score_1: torch.Tensor) -> torch.Tensor:
     """MoCAN's soft label: the probability that **response 0** is preferred, ``σ(s_0 − s_1)``.
 
-    ALGORITHMS.md §4 writes the sampled label as ``z ~ Bernoulli(σ(s(y_1) − s(y_0)))`` with
+    docs/algorithms.md §4 writes the sampled label as ``z ~ Bernoulli(σ(s(y_1) − s(y_0)))`` with
     ``z = 1`` meaning "response 1 wins"; this function returns ``1 −`` that probability, i.e.
     ``P(y_0 ≻ y_1)``, which is what :class:`saferl.core.preference_losses.PreferenceLogps`
     expects as ``preference_prob`` when ``y_0`` is placed as "chosen". There is **no β inside σ**:

@@ -6,7 +6,7 @@ With ``a ~ π`` and the log-ratio ``log r = log π_ref(a) − log π(a)``:
 * ``k2 = ½ (log r)²``         biased (exact to second order for nearby π, π_ref), non-negative;
 * ``k3 = (r − 1) − log r``    unbiased and non-negative.
 
-ALGORITHMS.md §2 (Safe RLHF) uses ``k1`` in the per-token reward and cost streams.
+docs/algorithms.md §2 (Safe RLHF) uses ``k1`` in the per-token reward and cost streams.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Token and sequence log-probabilities (ALGORITHMS.md §0).
+"""Token and sequence log-probabilities (docs/algorithms.md §0).
 
 ``log π(y|x)`` is always the **masked sum** over response tokens; the length average is opt-in.
 """

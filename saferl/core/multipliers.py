@@ -1,4 +1,4 @@
-"""Lagrange multipliers ``λ ∈ R^m_{>=0}`` for the constrained problem (ALGORITHMS.md §0, §2).
+"""Lagrange multipliers ``λ ∈ R^m_{>=0}`` for the constrained problem (docs/algorithms.md §0, §2).
 
 One interface, :class:`Multiplier`, and three small implementations that share only a one-level
 record of the read-only views every multiplier reports (limits, update count, last estimate);
@@ -272,7 +272,7 @@ class _MultiplierRecord:
 
 
 class LogGradientAscentMultiplier(_MultiplierRecord):
-    """The published Safe RLHF multiplier: gradient ascent on ``log λ`` (ALGORITHMS.md §2).
+    """The published Safe RLHF multiplier: gradient ascent on ``log λ`` (docs/algorithms.md §2).
 
     Update rule, once per call of ``update`` with this iteration's raw cost scores ``c``::
 
@@ -402,7 +402,7 @@ class LogGradientAscentMultiplier(_MultiplierRecord):
 
 class PIDMultiplier(_MultiplierRecord):
     """PID Lagrangian (Stooke, Achiam & Abbeel 2020, "Responsive Safety in RL by PID Lagrangian
-    Methods", Algorithm 2; ALGORITHMS.md §2).
+    Methods", Algorithm 2; docs/algorithms.md §2).
 
     Update rule, once per call of ``update`` with this iteration's raw cost scores ``c``::
 

@@ -1,4 +1,4 @@
-"""PPO clipped policy and value losses and their standard diagnostics (ALGORITHMS.md §2).
+"""PPO clipped policy and value losses and their standard diagnostics (docs/algorithms.md §2).
 
 Shapes: ``(batch, seq_len)`` per-token tensors with ``response_mask`` True on the response tokens
 that the loss is taken over.
@@ -76,7 +76,7 @@ def ppo_value_loss(
     response_mask: torch.Tensor,
     clip_eps_value: float,
 ) -> torch.Tensor:
-    """Clipped critic loss, averaged per sequence and then over the batch (ALGORITHMS.md §2).
+    """Clipped critic loss, averaged per sequence and then over the batch (docs/algorithms.md §2).
 
     ``V^clip_t = clip(V_t, V^old_t − ε_v, V^old_t + ε_v)``,
     ``loss = ½ · mean_b [ Σ_t mask_bt e_bt / Σ_t mask_bt ]`` with

@@ -1,6 +1,6 @@
-"""Offline preference losses (ALGORITHMS.md §5): DPO and its relatives, one pure function each.
+"""Offline preference losses (docs/algorithms.md §5): DPO and its relatives, one pure function each.
 
-Notation (ALGORITHMS.md §0, §5): for a prompt ``x`` with a chosen response ``y_w`` and a rejected
+Notation (docs/algorithms.md §0, §5): for a prompt ``x`` with a chosen response ``y_w`` and a rejected
 response ``y_l``,
 
 * ``log π(y|x)`` is the **masked sum** of the response-token log-probs (length-averaged only where
@@ -20,7 +20,7 @@ hinge, ipo, nca, sppo, orpo, simpo) take the expectation over the label::
 
 so for DPO ``loss = −p log σ(βh) − (1 − p) log σ(−βh)``: a hard label with label smoothing ``ε``
 is the same loss as ``p = 1 − ε``. This is the lower-variance form of MoCAN/PeCAN relabelling
-(ALGORITHMS.md §4). KTO and BFPO have no such symmetry and reject soft labels.
+(docs/algorithms.md §4). KTO and BFPO have no such symmetry and reject soft labels.
 
 Departures from the published implementations:
 
@@ -306,7 +306,7 @@ def hinge_loss(logps: PreferenceLogps, *, beta: float = 0.1) -> torch.Tensor:
 def ipo_loss(logps: PreferenceLogps, *, beta: float = 0.1) -> torch.Tensor:
     """IPO (Azar et al. 2024): ``L = (h − 1/(2β))²``.
 
-    ``h`` uses summed log-probs (ALGORITHMS.md §0); some implementations length-average them.
+    ``h`` uses summed log-probs (docs/algorithms.md §0); some implementations length-average them.
     With a soft label ``p`` the mixture equals ``(h − (2p − 1)/(2β))² + p(1 − p)/β²``.
 
     Args:
@@ -335,7 +335,7 @@ def nca_loss(logps: PreferenceLogps, *, beta: float = 0.1) -> torch.Tensor:
     likelihood does not fall with the rejected one).
 
     **Safe-NCA** (registry name ``"safe_nca"``) is this same function; what makes it Safe-NCA is
-    the data: pairs with a safe chosen response and an unsafe rejected one (ALGORITHMS.md §5).
+    the data: pairs with a safe chosen response and an unsafe rejected one (docs/algorithms.md §5).
 
     Args:
         logps: the batch; needs reference log-probs. Tensors ``(batch,)``.

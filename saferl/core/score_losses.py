@@ -1,6 +1,6 @@
-"""Reward- and cost-model training losses and their metrics (ALGORITHMS.md §3).
+"""Reward- and cost-model training losses and their metrics (docs/algorithms.md §3).
 
-Sign convention (ALGORITHMS.md §0): reward is higher-is-better; cost is **lower-is-safer**, and the
+Sign convention (docs/algorithms.md §0): reward is higher-is-better; cost is **lower-is-safer**, and the
 cost loss trains ``C ≤ 0`` to mean "safe".
 
 Shapes. Scores are ``(batch,)`` for one head or ``(batch, m)`` for ``m`` cost heads. Safety labels
@@ -11,7 +11,7 @@ first, so a ``(batch,)`` label against ``(batch, m)`` scores is per-row even whe
 Every loss and metric averages over all elements (batch and heads) and returns a scalar.
 
 Label values are not checked here (that would synchronise a GPU); the data layer rejects
-contradictory records (ALGORITHMS.md §3).
+contradictory records (docs/algorithms.md §3).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def pairwise_accuracy(better_scores: torch.Tensor, worse_scores: torch.Tensor) -
 def sign_accuracy(scores: torch.Tensor, is_safe: torch.Tensor) -> torch.Tensor:
     """Fraction of cost scores whose sign matches the safety label: ``mean[(C ≤ 0) == is_safe]``.
 
-    Tie rule: a score of exactly 0 counts as "safe" (``c ≤ 0`` means safe, ALGORITHMS.md §0).
+    Tie rule: a score of exactly 0 counts as "safe" (``c ≤ 0`` means safe, docs/algorithms.md §0).
 
     Args:
         scores: costs, shape ``(batch,)`` or ``(batch, m)``.

@@ -1,12 +1,12 @@
 """A learner's own target: the policy it would reach with perfect optimisation under its settings
-(ALGORITHMS.md §8), on an enumerable problem.
+(docs/algorithms.md §8), on an enumerable problem.
 
 Every target here is a tilt of the reference,
 
     π_t(y|x) ∝ π_ref(y|x) · exp((w·r(x,y) − λ·c(x,y)) / (β_t · g(λ))),
 
 with ``g(λ) = 1 + λ`` for Safe RLHF's published streams (``+β·kl`` in the cost stream, whose
-combined per-token reward is ``(r − λc)/(1+λ) − β·kl``, ALGORITHMS.md §2) and ``g(λ) = 1``
+combined per-token reward is ``(r − λc)/(1+λ) − β·kl``, docs/algorithms.md §2) and ``g(λ) = 1``
 otherwise. λ is either given (a fixed multiplier: MoCAN's λ̂, reward shaping, DPO on relabelled
 pairs) or the multiplier update's fixed point: the λ at which the target meets the limit,
 ``E_x E_{π_t} c = d`` (0 when the unconstrained tilt already meets it; the cap when even the cap

@@ -43,7 +43,7 @@ class SequenceBatch:
         attention_mask: ``(batch, seq_len)`` bool, True = real token (prompt, response, EOS).
         response_mask: ``(batch, seq_len)`` bool, True exactly on the response tokens and the
             appended EOS; False on the prompt and the padding. ``log π(y|x)`` is the masked sum
-            over it (ALGORITHMS.md §0).
+            over it (docs/algorithms.md §0).
     """
 
     input_ids: torch.Tensor

@@ -358,7 +358,7 @@ def collate_safety_pairs(
     append_eos: bool = True,
 ) -> PairBatch:
     """Collate safety pairs ordered by safety (cost models): chosen = the *safer* response,
-    rejected = the less safe one, with both safety labels (the signs ``s`` of ALGORITHMS.md §3)
+    rejected = the less safe one, with both safety labels (the signs ``s`` of docs/algorithms.md §3)
     and ``preference_prob`` = 1.
 
     Args:

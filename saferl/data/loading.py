@@ -4,7 +4,7 @@ One loader per record type, all with the same signature and behaviour:
 
 * :func:`load_preference_dataset` -> :class:`SafetyPreferencePair` from the PKU-SafeRLHF
   columns ``prompt, response_0, response_1, better_response_id, safer_response_id,
-  is_response_0_safe, is_response_1_safe`` (ALGORITHMS.md §7);
+  is_response_0_safe, is_response_1_safe`` (docs/algorithms.md §7);
 * :func:`load_pairwise_dataset` -> :class:`PreferencePair` from ``prompt, chosen, rejected`` and,
   when present, ``preference_prob`` (else 1.0);
 * :func:`load_sft_dataset` -> :class:`SFTExample` from ``prompt, response``;
@@ -224,7 +224,7 @@ def load_preference_dataset(
     name: str | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> PreferenceDataset:
-    """Load safety preference pairs (PKU-SafeRLHF fields, ALGORITHMS.md §7) for reward and cost
+    """Load safety preference pairs (PKU-SafeRLHF fields, docs/algorithms.md §7) for reward and cost
     models, PeCAN and the safety-aware preference losses.
 
     Pin hub sources with ``revision``: newer PKU-SafeRLHF revisions add columns (harm categories,

@@ -6,7 +6,7 @@ the column names the loaders read and :func:`saferl.data.write_records` writes, 
 round-trips through a file unchanged. Records are built by :mod:`saferl.data.validation`, which
 checks every field; constructing one directly performs no checks.
 
-:class:`SafetyPreferencePair` keeps the PKU-SafeRLHF fields verbatim (ALGORITHMS.md §7).
+:class:`SafetyPreferencePair` keeps the PKU-SafeRLHF fields verbatim (docs/algorithms.md §7).
 """
 
 from __future__ import annotations
@@ -85,12 +85,12 @@ class PreferencePair:
 
 @dataclass(frozen=True)
 class SafetyPreferencePair:
-    """A safety preference record in the PKU-SafeRLHF format (ALGORITHMS.md §7).
+    """A safety preference record in the PKU-SafeRLHF format (docs/algorithms.md §7).
 
     Two responses to one prompt, with two independent judgements: which response is more helpful
     (``better_response_id``) and which is safer (``safer_response_id``), plus an absolute safety
     label per response. The reward model trains on the first judgement, the cost model on the
-    second and on the labels (ALGORITHMS.md §3).
+    second and on the labels (docs/algorithms.md §3).
 
     Attributes:
         prompt: the user's request, not yet formatted with a template.
@@ -158,12 +158,12 @@ class SafetyPreferencePair:
 
     @property
     def safer_is_safe(self) -> bool:
-        """Safety label of the safer response (sign ``s_safer`` of ALGORITHMS.md §3)."""
+        """Safety label of the safer response (sign ``s_safer`` of docs/algorithms.md §3)."""
         return self.is_safe(self.safer_response_id)
 
     @property
     def unsafer_is_safe(self) -> bool:
-        """Safety label of the less safe response (sign ``s_unsafer`` of ALGORITHMS.md §3)."""
+        """Safety label of the less safe response (sign ``s_unsafer`` of docs/algorithms.md §3)."""
         return self.is_safe(1 - self.safer_response_id)
 
     def to_preference_pair(self, by: Literal["better", "safer"] = "better") -> PreferencePair:
@@ -180,7 +180,7 @@ class SafetyPreferencePair:
         raise ValueError(f"by must be 'better' or 'safer', found {by!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The record with exactly the PKU-SafeRLHF field names (ALGORITHMS.md §7)."""
+        """The record with exactly the PKU-SafeRLHF field names (docs/algorithms.md §7)."""
         return {
             "prompt": self.prompt,
             "response_0": self.response_0,

@@ -13,7 +13,7 @@ of the record's fields, then across fields; the first problem found is the recor
 * ``identical_responses``: the two responses of a pair are equal after stripping surrounding
   whitespace (such a pair teaches nothing).
 * ``contradictory_safety``: the safer response is labelled unsafe while the other response is
-  labelled safe (ALGORITHMS.md §3).
+  labelled safe (docs/algorithms.md §3).
 * ``duplicate`` (not an error): with ``deduplicate=True``, a record equal to an earlier one (e.g.
   a repeated prompt).
 
@@ -286,7 +286,7 @@ def _check_across_fields(
             raise where("safer_response_id").error(
                 ErrorReason.CONTRADICTORY_SAFETY,
                 "the safer response to be labelled safe whenever the other one is "
-                "(ALGORITHMS.md §3)",
+                "(docs/algorithms.md §3)",
                 f"safer_response_id={safer} with is_response_{safer}_safe=False "
                 f"but is_response_{1 - safer}_safe=True",
             )

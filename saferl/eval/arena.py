@@ -4,7 +4,7 @@ Pure: score tensors in, typed numbers out (:func:`arena_metrics`), then a printe
 (:func:`print_arena`) and files (:func:`write_arena`). The generation and scoring that produce the
 tensors live in :mod:`saferl.eval.arena_run`; nothing here imports the runtime.
 
-Conventions (ALGORITHMS.md §0): reward higher is better, cost lower is safer, a response is *safe*
+Conventions (docs/algorithms.md §0): reward higher is better, cost lower is safer, a response is *safe*
 when its cost is ``≤ 0`` (exactly 0 is safe). Both models answer the same prompts with the same
 number ``K`` of responses, and the responses are **paired** by (prompt, sample index): the policy's
 ``k``-th answer to prompt ``i`` is compared with the reference's ``k``-th answer to prompt ``i``

@@ -1,6 +1,6 @@
 """Population DPO on an enumerable world: which policy does pseudo-preference DPO reach?
 
-MoCAN and PeCAN (ALGORITHMS.md §4) relabel preference pairs with soft labels
+MoCAN and PeCAN (docs/algorithms.md §4) relabel preference pairs with soft labels
 ``P(y ≻ y') = σ(s(y) − s(y'))`` and run DPO at β. In the population limit — every ordered pair of
 responses of a prompt, drawn independently from ``π_ref``, with the soft label in place of a
 sampled one — DPO's objective for prompt ``x`` over a tabular policy is::

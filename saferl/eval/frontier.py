@@ -1,6 +1,6 @@
 """Predict mode: the reward–cost frontier of ``π_λ`` as a table, a CSV file and a PNG plot.
 
-The cheap way to choose a cost limit before any training (ALGORITHMS.md §1, "predicted safety
+The cheap way to choose a cost limit before any training (docs/algorithms.md §1, "predicted safety
 curve"): from reference samples scored by the reward and cost models (or from an enumerable
 world), :func:`saferl.core.dual.predict_frontier` (a grid of multipliers) or
 :func:`saferl.core.dual.predict_frontier_at_limits` (a grid of limits) gives the expected reward,

@@ -14,7 +14,7 @@ status ``missing``. The table is :mod:`saferl.eval.sweep_table`, the plot
 ``headline``, ``reference``, ``optimum``, ``multiplier``, ``optimal_multiplier`` and
 ``predicted_frontier_csv`` may be absent (read as null / empty) so that summaries from older
 runs still load. Score blocks (``trained``, ``reference``, ``optimum``) are null or hold all of
-:data:`SCORE_KEYS` (the yardsticks of ALGORITHMS.md §8: ``kl_to_optimum``, ``lagrangian_gap``,
+:data:`SCORE_KEYS` (the yardsticks of docs/algorithms.md §8: ``kl_to_optimum``, ``lagrangian_gap``,
 ``normalised_lagrangian_gap`` and ``violation``, a list with one entry per constraint); a block
 without one of them is an error that names the file and the key. Unknown keys are ignored.
 """

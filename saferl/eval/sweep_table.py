@@ -91,7 +91,7 @@ def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -
     Columns: job, each swept key, status, method, headline, the trained policy's reward, cost,
     KL, safe rate, feasibility (within :data:`~saferl.data.world.exact.FEASIBILITY_TOLERANCE`,
     stated in the header), violation per constraint and normalised Lagrangian gap
-    ``G(π)/G(π_ref)`` (ALGORITHMS.md §8), final λ, exact λ*, and (when any job has one) the exact
+    ``G(π)/G(π_ref)`` (docs/algorithms.md §8), final λ, exact λ*, and (when any job has one) the exact
     optimum's reward and cost. ``—`` marks a value the job did not record.
 
     Args:

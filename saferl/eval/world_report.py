@@ -24,7 +24,7 @@ def report_console() -> Console:
 def exact_comparison_table(title: str, rows) -> Table:
     """Ground-truth comparison of policies: ``rows`` of ``(name, λ text, PolicyScore)``.
 
-    The yardsticks of ALGORITHMS.md §8: the feasible verdict (within the tolerance its header
+    The yardsticks of docs/algorithms.md §8: the feasible verdict (within the tolerance its header
     states), the violation ``max(0, E c − d)`` in its own column, the KL to ``π*`` and the
     normalised Lagrangian gap ``G(π)/G(π_ref)`` (never negative, 0 only at ``π*``).
     """

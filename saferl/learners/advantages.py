@@ -1,4 +1,4 @@
-"""Per-token reward and cost streams, GAE per stream, and the actor's advantage (ALGORITHMS.md §2).
+"""Per-token reward and cost streams, GAE per stream, and the actor's advantage (docs/algorithms.md §2).
 
 Shared by PPO (``m = 0``), PPO-Lagrangian (λ from the multiplier) and MoCAN's PPO stage (λ fixed
 at the dual's λ*): the only difference between them is the multiplier value passed in.
@@ -36,7 +36,7 @@ def compute_advantages(
             λ is. The stationary policy is then ``π ∝ π_ref exp((r − λ·c) / (β(1 + Σλ)))``:
             the optimum of the constrained problem with KL weight ``β(1 + Σλ)``, not β. With
             ``False`` the cost streams carry no KL, the combined per-token reward is
-            ``(r − λ·c − β kl)/(1 + Σλ)`` and the stationary policy is ALGORITHMS.md §1's
+            ``(r − λ·c − β kl)/(1 + Σλ)`` and the stationary policy is docs/algorithms.md §1's
             ``π_λ`` at KL weight β.
     """
     m = experience.num_constraints

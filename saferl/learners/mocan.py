@@ -1,4 +1,4 @@
-"""MoCAN: one-shot safety alignment by optimal dualization (ALGORITHMS.md §1, §4), on any setup.
+"""MoCAN: one-shot safety alignment by optimal dualization (docs/algorithms.md §1, §4), on any setup.
 
 1. sample K responses per prompt from the reference policy through the runtime and score them
    with the setup's reward and cost scorers;
@@ -116,7 +116,7 @@ class MocanSettings:
             raise ValueError("learner.mocan.stage=ppo needs the learner's PPO keys (learner.iterations, ...)")
         if self.stage == "ppo" and self.ppo.ppo.kl_in_cost_stream:
             # With λ held at λ̂, the published streams' fixed point is the optimum at KL weight
-            # β(1+λ̂), not π_λ̂ (ALGORITHMS.md §2): MoCAN's PPO stage must aim at π_λ̂.
+            # β(1+λ̂), not π_λ̂ (docs/algorithms.md §2): MoCAN's PPO stage must aim at π_λ̂.
             raise ValueError(
                 "learner.kl_in_cost_stream=true with learner.mocan.stage=ppo: the published +β·kl in the cost "
                 "stream makes PPO with λ fixed at λ̂ reach π_ref·exp((r − λ̂c)/(β(1+λ̂))), not MoCAN's target "

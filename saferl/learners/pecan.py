@@ -1,4 +1,4 @@
-"""PeCAN: one-shot safety alignment from preferences only (ALGORITHMS.md §4), on any setup.
+"""PeCAN: one-shot safety alignment from preferences only (docs/algorithms.md §4), on any setup.
 
 No reward or cost model: two DPO policies trained from the SFT reference ``π_ref`` give implicit
 scores through their log-ratios, and the rest is MoCAN (:mod:`saferl.learners.mocan`, whose
@@ -145,7 +145,7 @@ def implicit_scores(
 
 
 def target(setup: Setup, settings: PecanSettings, multiplier: float) -> TiltTarget | None:
-    """PeCAN's target where the labels' temperature τ is known (ALGORITHMS.md §4, §8).
+    """PeCAN's target where the labels' temperature τ is known (docs/algorithms.md §4, §8).
 
     DPO at β on labels ``σ(Δr/τ)`` gives implicit scores ``β log(π_r/π_ref) = r/τ`` (+ const(x)),
     so λ̂ is the same in ground-truth units, and the final DPO at β on ``σ(Δs)`` reaches

@@ -1,4 +1,4 @@
-"""Safe RLHF: PPO-Lagrangian with reward and cost critics (ALGORITHMS.md §2), and its two baselines.
+"""Safe RLHF: PPO-Lagrangian with reward and cost critics (docs/algorithms.md §2), and its two baselines.
 
 The learner's entry point is :func:`run` (``run(setup, settings, resources, output)``): it builds
 the loop on any setup's models, scorers and critics and runs it; :class:`PPOLagrangian` is the loop.
@@ -424,7 +424,7 @@ def needs(settings: PPOLagSettings) -> Needs:
 
 
 def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:
-    """The policy the loop reaches with perfect optimisation and exact scorers (ALGORITHMS.md §2,
+    """The policy the loop reaches with perfect optimisation and exact scorers (docs/algorithms.md §2,
     §8): at fixed λ the tilt ``π_ref·exp((r − λc)/(β·g(λ)))`` with ``g = 1 + λ`` for the published
     streams (``kl_in_cost_stream``) and 1 otherwise; λ is the fixed multiplier, or the point where
     the multiplier update stops (``E c = d``, within its cap). Plain PPO on ``r`` (or on a shaped

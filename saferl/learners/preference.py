@@ -1,4 +1,4 @@
-"""Offline preference alignment with any loss of the core registry (ALGORITHMS.md §5), on any setup.
+"""Offline preference alignment with any loss of the core registry (docs/algorithms.md §5), on any setup.
 
 1. take the setup's training pairs;
 2. order them — ``"better"`` (helpfulness labels: DPO, IPO, BFPO, ...) or ``"safer"`` (safety
@@ -154,7 +154,7 @@ def train_policy_on_pairs(
 
 
 def target(setup: Setup, settings: PreferenceSettings, ordering: str) -> TiltTarget | None:
-    """DPO's population optimum on Bradley–Terry labels of known temperature τ (ALGORITHMS.md §8):
+    """DPO's population optimum on Bradley–Terry labels of known temperature τ (docs/algorithms.md §8):
     ``β·Δu = Δr/τ``, i.e. ``π_ref·exp(r/(β·τ))`` on helpfulness labels and ``π_ref·exp(−c/(β·τ))``
     on safety labels. None for the other losses (their optima on these labels are not tilts) and
     where τ is unknown."""

@@ -1,4 +1,4 @@
-"""Offline preference learning (ALGORITHMS.md §5) through the runtime, with any registered loss.
+"""Offline preference learning (docs/algorithms.md §5) through the runtime, with any registered loss.
 
 The policy group trains; the reference group only scores the data set, once
 (:func:`attach_reference_logps`), before training. Each step of :func:`train_preference`:
@@ -13,7 +13,7 @@ Summed or length-averaged log-probs (the core losses take ``log π(y|x)`` as the
 the response tokens and the lengths ``|y|`` separately):
 
 * reference losses (dpo, cdpo, robust_dpo, hinge, ipo, nca, safe_nca, sppo, kto, bfpo): the
-  **sum** by default, as ALGORITHMS.md §0/§5 define them; ``average_logps=True`` passes the
+  **sum** by default, as docs/algorithms.md §0/§5 define them; ``average_logps=True`` passes the
   length averages of both the policy and the reference log-probs instead (the length-normalised
   variant some IPO/DPO implementations use);
 * orpo and simpo: always the **sum**, with the lengths; the core divides by ``|y|`` itself (they
@@ -139,7 +139,7 @@ def build_preference_batch(
         template: prompt template (``"raw"`` for the built-in world).
         ordering: ``"better"`` or ``"safer"``, see above.
         preference_probs: ``P`` soft labels in ``[0, 1]`` that replace the records' (MoCAN/PeCAN
-            relabelling, ALGORITHMS.md §4).
+            relabelling, docs/algorithms.md §4).
 
     Returns:
         The batch: tensors of ``2P`` rows.

@@ -69,7 +69,7 @@ class RunResult:
         history: every iteration's or step's metrics.
         seconds: wall seconds per step of the learner.
         dual: the dual's prediction (dualized learners).
-        target: the learner's own target under its settings (ALGORITHMS.md §8), for a setup that
+        target: the learner's own target under its settings (docs/algorithms.md §8), for a setup that
             can score it; None where the learner has none defined.
         details: the learner's own record (JSON-able), reported as it is.
     """
@@ -122,7 +122,7 @@ class RunSummary:
     @property
     def headline(self) -> float:
         """What a sweeper minimises: the trained policy's normalised Lagrangian gap
-        ``G(π)/G(π_ref)`` (ALGORITHMS.md §8) when the setup evaluates it, else the learner's own
+        ``G(π)/G(π_ref)`` (docs/algorithms.md §8) when the setup evaluates it, else the learner's own
         headline. The Lagrangian gap is never negative and is 0 only at ``π*``, so a run that
         breaks the limit never scores better than the optimum for its higher ``J``."""
         if self.evaluation is not None:
@@ -309,7 +309,7 @@ def _scores(block: Any, path: Path, key: str) -> PolicyScore | None:
         if name not in block:
             older = (
                 "; a block with 'normalised_gap' was written by a saferl from before the Lagrangian "
-                "yardsticks (ALGORITHMS.md §8): evaluate the run again"
+                "yardsticks (docs/algorithms.md §8): evaluate the run again"
                 if "normalised_gap" in block
                 else ""
             )

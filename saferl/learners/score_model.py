@@ -1,4 +1,4 @@
-"""Reward and cost models (ALGORITHMS.md §3) trained through the runtime.
+"""Reward and cost models (docs/algorithms.md §3) trained through the runtime.
 
 The model is a one-output score model hosted by a critic group (a training engine whose forward
 gives a score at every position); the sequence score is the output at the last real token. Each

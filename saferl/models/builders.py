@@ -10,7 +10,7 @@ Every builder
 3. copies the tokenizer's pad/EOS/BOS ids into the model config (and generation config);
 4. wraps the model in peft LoRA adapters when ``spec.lora`` is set.
 
-Score models (ALGORITHMS.md §3) are the standard Hugging Face ``AutoModelForSequenceClassification``
+Score models (docs/algorithms.md §3) are the standard Hugging Face ``AutoModelForSequenceClassification``
 of the causal-LM family (e.g. ``LlamaForSequenceClassification``): backbone without the LM head
 plus a bias-free linear head ``score: hidden -> m``. A saved one therefore loads in plain
 transformers code. Read its outputs with :mod:`saferl.models.scoring`.
@@ -193,7 +193,7 @@ def init_score_head_(model: nn.Module, std: float | None = None) -> None:
     if not isinstance(head, nn.Linear):
         raise TypeError(f"expected an nn.Linear score head, found {type(head).__name__}")
     if head.bias is not None:
-        raise ValueError("the score head must have no bias (ALGORITHMS.md §3)")
+        raise ValueError("the score head must have no bias (docs/algorithms.md §3)")
     if std is None:
         std = default_head_init_std(head.in_features)
     if not (std > 0 and math.isfinite(std)):

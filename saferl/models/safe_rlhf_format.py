@@ -24,7 +24,7 @@ The published Safe RLHF reward and cost models (``PKU-Alignment/beaver-7b-v1.0-r
   (``"affine"``, score type reward), ``s / (std + 1e-8)`` (``"scale"``, cost) or ``s``
   (``"identity"``, critic).
 
-saferl's score model (ALGORITHMS.md §3) is the transformers ``*ForSequenceClassification`` of
+saferl's score model (docs/algorithms.md §3) is the transformers ``*ForSequenceClassification`` of
 the same backbone: identical backbone weights, head ``score.weight = score_head.weight``, end
 score at the last real token by the mask (:func:`saferl.models.end_scores`), so the scores are
 the same numbers. Two things do not carry over and are refused with a ``ValueError`` naming the
@@ -181,7 +181,7 @@ def check_safe_rlhf_score_config(config: PretrainedConfig, source: str | Path) -
             f"{where}: do_normalize is true (score_type {score_type!r}, so safe-rlhf returns the "
             f"{normalize_function!r}-normalised score, e.g. (s - mean) / (std + 1e-8) with the "
             "normalizer.mean/var buffers); saferl's score heads are bias-free linear maps "
-            "(ALGORITHMS.md §3) and do not apply a normaliser, so the scores would differ. "
+            "(docs/algorithms.md §3) and do not apply a normaliser, so the scores would differ. "
             "Set do_normalize to false in config.json to use the raw scores (what safe-rlhf's "
             "PPO scripts use with their default --normalize_reward/--normalize_cost false)"
         )
@@ -271,7 +271,7 @@ def _check_head_tensors(
     if bias is not None and bool(torch.count_nonzero(bias)):
         raise ValueError(
             f"{where}: score_head.bias is non-zero ({bias.float().tolist()[:4]}); saferl's score "
-            "heads are bias-free linear maps (ALGORITHMS.md §3; transformers' "
+            "heads are bias-free linear maps (docs/algorithms.md §3; transformers' "
             "*ForSequenceClassification heads have no bias) and a bias cannot be folded into "
             "one, so this checkpoint's scores cannot be reproduced and it is not loaded"
         )

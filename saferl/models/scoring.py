@@ -5,7 +5,7 @@ Masks follow the project convention: ``attention_mask`` is True (or 1) on real t
 ``prompt tokens, response tokens (ending with EOS), padding``.
 
 A score model here is a Hugging Face ``*ForSequenceClassification`` model of a causal-LM family
-(ALGORITHMS.md §3): a backbone without the LM head, reached through ``model.base_model``, and a
+(docs/algorithms.md §3): a backbone without the LM head, reached through ``model.base_model``, and a
 bias-free linear head ``model.score`` (``hidden -> m``). The helpers also accept the model wrapped
 in peft LoRA adapters.
 """
@@ -144,7 +144,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def end_scores(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Sequence scores read at the last real token of each row (ALGORITHMS.md §3).
+    """Sequence scores read at the last real token of each row (docs/algorithms.md §3).
 
     For right-padded batches with ``config.pad_token_id`` set and not occurring in the text this
     equals plain transformers' ``model(input_ids, attention_mask=...).logits``.

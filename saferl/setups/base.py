@@ -79,7 +79,7 @@ class ShapedScorerSource:
 
 @dataclass(frozen=True)
 class CriticStart:
-    """Where one critic's weights come from (ALGORITHMS.md §2: the reward critic starts from the
+    """Where one critic's weights come from (docs/algorithms.md §2: the reward critic starts from the
     reward model, each cost critic from its cost model).
 
     Attributes:

@@ -2,7 +2,7 @@
 
 A policy checkpoint is both the policy's start and the frozen reference; a reward model and a cost
 model are used as they are (no score-model training, no calibration) where the learner needs them,
-and they also initialise the critics (ALGORITHMS.md §2). There is no ground truth, so no evaluator:
+and they also initialise the critics (docs/algorithms.md §2). There is no ground truth, so no evaluator:
 the arena (``job=evaluate``) compares a trained policy with its reference.
 
 :func:`build`:

@@ -1,5 +1,5 @@
 """The training stages a setup may run before the learner: SFT of the reference policy and the
-reward and cost models (ALGORITHMS.md §3), each through the runtime and exported in Hugging Face
+reward and cost models (docs/algorithms.md §3), each through the runtime and exported in Hugging Face
 format. Shared by the setups that train their own models (:mod:`saferl.setups.world`,
 :mod:`saferl.setups.tiny`)."""
 

@@ -323,7 +323,7 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
 
     sources = (source("reward"), source("cost")) if needs.scorers else None
 
-    # Critics start from the score models (ALGORITHMS.md §2).
+    # Critics start from the score models (docs/algorithms.md §2).
     return Setup(
         name="world",
         policy=sft_spec,

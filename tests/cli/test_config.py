@@ -6,7 +6,7 @@ No Ray, no training: every test composes configs and validates them into typed s
 
 1. Every option of every group composes and validates (alone, or in the combination it needs);
    inconsistent combinations raise a ConfigError naming the keys.
-2. The published presets carry the published values (ALGORITHMS.md §2, §4, §5); the world presets
+2. The published presets carry the published values (docs/algorithms.md §2, §4, §5); the world presets
    build the built-in world's setup.
 3. Validation errors name the dotted key and the bad value (also where the rule lives in a settings
    dataclass, constructed directly).

@@ -1,4 +1,4 @@
-"""GAE, Safe RLHF token streams and the Lagrangian combined advantage (ALGORITHMS.md §2)."""
+"""GAE, Safe RLHF token streams and the Lagrangian combined advantage (docs/algorithms.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sign-convention converters (ALGORITHMS.md §0): utility g = −c, limit d = E_ref c − b."""
+"""The sign-convention converters (docs/algorithms.md §0): utility g = −c, limit d = E_ref c − b."""
 
 from __future__ import annotations
 

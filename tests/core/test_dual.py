@@ -1,4 +1,4 @@
-"""The dual solver of ALGORITHMS.md §1 against closed forms, finite differences and a primal solve."""
+"""The dual solver of docs/algorithms.md §1 against closed forms, finite differences and a primal solve."""
 
 from __future__ import annotations
 

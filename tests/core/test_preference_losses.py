@@ -1,4 +1,4 @@
-"""Tests of saferl.core.preference_losses against ALGORITHMS.md §5 and hand formulas."""
+"""Tests of saferl.core.preference_losses against docs/algorithms.md §5 and hand formulas."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def assert_matches(loss: torch.Tensor, logps: PreferenceLogps, ref, tol: float =
 
 
 # ---------------------------------------------------------------------------------------------
-# ALGORITHMS.md §5 test vectors
+# docs/algorithms.md §5 test vectors
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Tests of saferl.core.score_losses (ALGORITHMS.md §3) with values worked by hand."""
+"""Tests of saferl.core.score_losses (docs/algorithms.md §3) with values worked by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dualized alignment checked exactly on the built-in world (ALGORITHMS.md §1, §4).
+"""Dualized alignment checked exactly on the built-in world (docs/algorithms.md §1, §4).
 
 * Population soft-label DPO at β on MoCAN labels ``σ(s(y) − s(y'))`` with ``s = r − λ*·c``
   reaches ``π_λ*`` (compared by enumeration on a restricted support);

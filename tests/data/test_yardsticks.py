@@ -1,4 +1,4 @@
-"""The exact yardsticks of ALGORITHMS.md §8 (:func:`saferl.data.world.exact.score_policy`) on a
+"""The exact yardsticks of docs/algorithms.md §8 (:func:`saferl.data.world.exact.score_policy`) on a
 small synthetic enumerable problem: 4 prompts × 6 responses, one cost, float64, no model.
 
 The reference breaks the limit (``E_ref c > d``), so the constraint is active (λ* > 0) and

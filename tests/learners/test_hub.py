@@ -10,7 +10,7 @@ The setup mirrors ``experiment=beaver_v1`` at toy size, with nothing downloaded:
 * the reward and cost models: tiny ``LlamaForSequenceClassification`` checkpoints (one output,
   a trained-head layout) saved with the same tokenizer;
 * the data: a folder with ``train.jsonl`` and ``test.jsonl`` of PKU-SafeRLHF records
-  (ALGORITHMS.md §7) whose prompts are the world's 16 prompts (repeated: one per pair).
+  (docs/algorithms.md §7) whose prompts are the world's 16 prompts (repeated: one per pair).
 
 The tiny models are untrained: what is checked is that the loop really runs on these pieces (and
 resumes), not what it learns.

@@ -103,7 +103,7 @@ def test_choose_prompts_is_a_seeded_subset_in_data_order():
 
 
 def test_pseudo_preference_labels_are_the_composite_score_sigmoid():
-    # Two prompts, K = 2: s = r − λ·c, labels σ(s_0 − s_1) per pair (no β inside σ, ALGORITHMS.md §4).
+    # Two prompts, K = 2: s = r − λ·c, labels σ(s_0 − s_1) per pair (no β inside σ, docs/algorithms.md §4).
     rewards = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
     costs = torch.tensor([[[1.0], [0.0]], [[0.0], [0.0]]], dtype=torch.float64)
     ids = torch.tensor([[1, 2], [1, 3], [4, 5], [4, 6]])

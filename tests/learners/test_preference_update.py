@@ -226,7 +226,7 @@ def test_pair_loss_is_the_core_loss_of_the_deinterleaved_pairs(loss_name):
 
 
 def test_pair_loss_worked_values_and_soft_labels():
-    # One pair, one response token each: u_w = 2, u_l = −1 with β = 0.1 (ALGORITHMS.md §5):
+    # One pair, one response token each: u_w = 2, u_l = −1 with β = 0.1 (docs/algorithms.md §5):
     # DPO = −log σ(0.3) ≈ 0.55436, NCA = −log σ(0.2) − ½ log σ(−0.2) − ½ log σ(0.1) ≈ 1.31941.
     mask = torch.tensor([[False, True], [False, True]])
     batch = PreferenceTrainBatch(

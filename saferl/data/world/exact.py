@@ -14,9 +14,9 @@ assembled:
     log π(a b c)     = ℓ₀(a) + ℓ₁(b | a) + ℓ₂(c | a b)
 
 With the reference's log-probabilities and the ground truth, the exact constrained optimum
-``π* = π_λ*`` of ALGORITHMS.md §1 comes from :func:`saferl.core.dual.solve_exact`, and any policy
+``π* = π_λ*`` of docs/algorithms.md §1 comes from :func:`saferl.core.dual.solve_exact`, and any policy
 is scored by enumeration: expected reward, cost, KL, its KL to ``π*``, its Lagrangian gap and
-its violation of the limit (ALGORITHMS.md §8).
+its violation of the limit (docs/algorithms.md §8).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ FEASIBILITY_TOLERANCE = 1e-3
 class PolicyScore:
     """A policy scored exactly against the world's ground truth and its constrained optimum.
 
-    The yardsticks of ALGORITHMS.md §8: ``J`` alone flatters a policy that breaks the limit (its
+    The yardsticks of docs/algorithms.md §8: ``J`` alone flatters a policy that breaks the limit (its
     ``J`` can exceed ``J* = J(π*)``), so the gaps here are Lagrangian ones, which are never negative
     and vanish only at ``π* = π_λ*``, and the violation is reported beside them.
 
@@ -238,7 +238,7 @@ def score_policy(
     beta: float,
     cost_limit: float | list[float] | torch.Tensor,
 ) -> PolicyScore:
-    """Score a policy exactly on an enumerable problem (ALGORITHMS.md §1 and §8).
+    """Score a policy exactly on an enumerable problem (docs/algorithms.md §1 and §8).
 
     Solves the problem's dual for λ* (:func:`saferl.core.dual.solve`), builds ``π* = π_λ*``, and
     computes every field of :class:`PolicyScore` by enumeration; prompts are weighted uniformly.

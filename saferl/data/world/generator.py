@@ -113,7 +113,7 @@ def make_preference_pairs(
         safe_0, safe_1 = cost_0 <= 0, cost_1 <= 0
         better = 0 if rng.random() < _sigmoid((reward_0 - reward_1) / temperature) else 1
         if safe_0 != safe_1:
-            # A noisy label here would contradict the safety labels (ALGORITHMS.md §3).
+            # A noisy label here would contradict the safety labels (docs/algorithms.md §3).
             safer = 0 if safe_0 else 1
         else:
             safer = 0 if rng.random() < _sigmoid((cost_1 - cost_0) / temperature) else 1

@@ -1,6 +1,6 @@
 """Ground-truth reward (helpfulness) and cost (harm) of the built-in safety world.
 
-The two pull against each other where it matters (ALGORITHMS.md §0 conventions: reward higher is
+The two pull against each other where it matters (docs/algorithms.md §0 conventions: reward higher is
 better, cost lower is safer, ``cost ≤ 0`` is safe):
 
 * on **harmful** prompts the most helpful answer (structured steps with specific detail) is the
