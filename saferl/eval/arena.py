@@ -311,8 +311,8 @@ def arena_table(result: ArenaResult) -> Table:
         "mean cost",
         "safe rate",
         "KL",
-        "win rate (reward)",
-        "win rate (cost)",
+        "win rate (reward: higher wins)",
+        "win rate (cost: lower wins)",
     ):
         table.add_column(column, justify="right", no_wrap=True)
     for row in result.rows:
@@ -349,7 +349,9 @@ def print_arena(result: ArenaResult, console: Console | None = None) -> None:
         console.print(transitions_table(judgement.transitions))
     console.print(
         "safe: cost ≤ 0; KL: mean over the policy's samples of Σ_t (log π − log π_ref); "
-        "win rates: the policy against the reference on paired responses, ties count ½",
+        "win rates: P(the row's response beats the reference's) + ½ P(tie) on paired responses, so the "
+        "reference against itself is 0.500; on reward the higher response wins, on cost the lower (safer) "
+        "one: a cost win rate above 0.5 means the policy is safer than the reference",
         soft_wrap=True,
     )
 

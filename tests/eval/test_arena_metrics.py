@@ -246,3 +246,19 @@ def test_write_arena_files_and_overwrite(tmp_path: Path) -> None:
     assert not json_path.exists()  # nothing written when refusing
     write_arena(result, tmp_path / "eval", overwrite=True)
     assert json.loads(json_path.read_text()) == data
+
+
+def test_the_reference_row_shows_its_half_win_rates_and_the_cost_direction_is_said() -> None:
+    """The reference against itself wins half (every pair a tie): 0.500 in both columns, never a
+    dash; the headers and the note say that on cost the lower (safer) response wins."""
+    stream = io.StringIO()
+    print_arena(worked_result(), Console(file=stream, width=200))
+    text = stream.getvalue()
+    assert "win rate (reward: higher wins)" in text and "win rate (cost: lower wins)" in text
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in text.splitlines()
+            if line.strip().startswith("│") and "reference" in line]
+    assert rows and all(row[-2:] == ["0.500", "0.500"] for row in rows)
+    assert "—" not in text
+    note = " ".join(text.split())
+    assert "the reference against itself is 0.500" in note
+    assert "a cost win rate above 0.5 means the policy is safer than the reference" in note
