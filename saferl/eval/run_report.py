@@ -35,15 +35,23 @@ def write_dual_prediction(result: RunResult) -> tuple[Path, Path] | None:
     return write_frontier(dual.frontier, result.folder, dual.title, dual.solution, overwrite=True)
 
 
-def _method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method.removeprefix("preference:"))
+#: Which pairs a preference loss trained on (``RunResult.details["ordering"]``), said in its name.
+PAIRS = {"better": "better pairs", "safer": "safer pairs"}
+
+
+def _method_name(result: RunResult) -> str:
+    name = METHOD_NAMES.get(result.method, result.method.removeprefix("preference:"))
+    if result.method == "preference:safe_nca":  # NCA on the pairs with one safe and one unsafe response
+        return f"{name} (safe vs unsafe pairs)"
+    ordering = result.details.get("ordering") if result.method.startswith("preference:") else None
+    return f"{name} ({PAIRS[ordering]})" if ordering in PAIRS else name
 
 
 def print_run(summary: RunSummary, console: Console | None = None) -> None:
     """Print what the run found (see the module docstring)."""
     console = console or report_console()
     result, evaluation = summary.result, summary.evaluation
-    name = _method_name(result.method)
+    name = _method_name(result)
     if result.dual is not None:
         dual = result.dual
         print_frontier(dual.frontier, dual.heading, dual.solution, console=console)

@@ -29,3 +29,19 @@ def test_the_dual_line_keeps_its_expectation_brackets(tmp_path: Path):
     text = console.file.getvalue()
     assert f"predicted E[r] = {solution.expected_reward.item():.4f}" in text
     assert f"E[c] = {solution.expected_cost.item():.4f}" in text
+
+
+def test_a_preference_run_names_the_pairs_it_trained_on(tmp_path: Path):
+    """Safe-NCA trains on safe-versus-unsafe pairs whatever learner.preference.ordering says; the
+    other losses on the ordering's pairs."""
+    texts = {}
+    for loss, ordering in (("safe_nca", "safer"), ("dpo", "better"), ("ipo", "safer")):
+        result = RunResult(method=f"preference:{loss}", headline=0.5, policy_dir=tmp_path / "policy",
+                           folder=tmp_path, details={"loss": loss, "ordering": ordering})
+        console = Console(file=io.StringIO(), width=240)
+        print_run(RunSummary(result=result, setup="hub", beta=0.5, cost_limit=-0.8), console=console)
+        texts[loss] = console.file.getvalue()
+    assert texts["safe_nca"].startswith("safe_nca (safe vs unsafe pairs): final λ")
+    assert "better pairs" not in texts["safe_nca"]
+    assert texts["dpo"].startswith("dpo (better pairs): final λ")
+    assert texts["ipo"].startswith("ipo (safer pairs): final λ")
