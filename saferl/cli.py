@@ -143,7 +143,8 @@ def train(config: RunConfig, folder: Path, tracker):
         metrics.update({"eval/normalised_lagrangian_gap": trained.normalised_lagrangian_gap,
                         "eval/kl_to_optimum": trained.kl_to_optimum,
                         **{f"eval/violation_{j}": value for j, value in enumerate(trained.violation)},
-                        "eval/expected_cost": trained.expected_cost, "eval/expected_reward": trained.expected_reward,
+                        **{f"eval/expected_cost_{j}": value for j, value in enumerate(trained.expected_cost)},
+                        "eval/expected_reward": trained.expected_reward,
                         "eval/kl": trained.kl})
     tracker.log(metrics, step=len(result.history))
     return summary
@@ -184,7 +185,8 @@ def exact_optimum(cfg: DictConfig, config: RunConfig, folder: Path) -> float:
         source = (f"an in-process SFT ({reference.steps} steps × {reference.batch_size} of {reference.num_examples} "
                   f"demonstrations, seed {reference.seed}): the training run's recipe, not its weights; "
                   "give job.run_dir=<run> to solve a run's own problem")
-    world = build_exact_world(model, tokenizer, beta=config.beta, cost_limit=config.cost_limit)
+    world = build_exact_world(model, tokenizer, beta=config.beta, cost_limit=config.cost_limit,
+                              cost_names=config.costs)
     print(f"reference: {source}")
     print_exact_optimum(world, [float(limit) for limit in cfg.job.frontier_limits], int(cfg.job.top_responses))
     solution = world.optimum()
@@ -388,7 +390,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
         print(f"wrote {path}")
     judge = result.judgement(TRUTH_JUDGE) if any(j.judge == TRUTH_JUDGE for j in result.judgements) else result.judgements[0]
     arena = result.to_dict()
-    record = SummaryRecord(method="arena", beta=config.beta, cost_limit=(config.cost_limit,), trained=None,
+    record = SummaryRecord(method="arena", beta=config.beta, cost_limit=config.cost_limits, trained=None,
                            headline=float(judge.policy.reward_win_rate))
     return {**record.to_dict(), "arena": {"rows": arena["rows"], "transitions": arena["transitions"]}}
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 if TYPE_CHECKING:
@@ -70,7 +70,9 @@ class RunConfig:
             hub's models and data, or the world's tiny models on a PKU-format data set.
         settings: the learner's settings (the ``run`` argument of its module).
         resources: where every group runs (``runtime.*``, ``deepspeed.*``, the root ``seed``).
-        seed, beta, cost_limit: the root keys (the problem ``max E[r] − β KL s.t. E[c] ≤ d``).
+        seed, beta, cost_limit: the root keys (the problem ``max E[r] − β KL s.t. E[c_j] ≤ d_j``);
+            ``cost_limit`` is a float for one cost and a tuple, one limit per cost, for several.
+        costs: the world's costs the run constrains (``world.costs``; ``("harm",)`` off the world).
         generation: rollout sampling (``generation.*``).
         reference: ``world.reference``, the world's built-in reference (``job=exact_optimum``).
         logger: the validated ``logger`` section.
@@ -86,13 +88,19 @@ class RunConfig:
     resources: Resources
     seed: int
     beta: float
-    cost_limit: float
+    cost_limit: float | tuple[float, ...]
     generation: GenerationSpec
     reference: ReferenceConfig
     logger: dict
     resume: bool
     checkpoint_every: int
     output_dir: Path | None
+    costs: tuple[str, ...] = ("harm",)
+
+    @property
+    def cost_limits(self) -> tuple[float, ...]:
+        """``cost_limit`` as one float per cost (m = ``len(costs)``)."""
+        return self.cost_limit if isinstance(self.cost_limit, tuple) else (self.cost_limit,)
 
 
 def _container(node: Any, key: str) -> dict:
@@ -150,7 +158,7 @@ def _divides(rows: int, key: str, num_ranks: int) -> None:
         )
 
 
-def _multiplier(cfg: DictConfig, cost_limit: float) -> dict:
+def _multiplier(cfg: DictConfig, cost_limit: float | tuple[float, ...]) -> dict:
     from saferl.core.multipliers import MULTIPLIER_KINDS, build_multiplier
 
     options = _container(cfg.multiplier, "multiplier")
@@ -308,8 +316,9 @@ def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, St
     return stages
 
 
-def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation: GenerationSpec,
-                    reference: ReferenceConfig, scorer_kind: str, seed: int, num_ranks: int) -> WorldSettings:
+def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[float, ...], costs: tuple[str, ...],
+                    generation: GenerationSpec, reference: ReferenceConfig, scorer_kind: str, seed: int,
+                    num_ranks: int) -> WorldSettings:
     from saferl.setups.world import WorldSettings
 
     model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
@@ -347,6 +356,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float, generation:
             "generation": generation,
             "from_run": from_run,
             "seed": seed,
+            "costs": costs,
         },
         "config",
         WorldSettings,
@@ -407,8 +417,8 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
     )
 
 
-def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, beta: float, cost_limit: float,
-                      seed: int, num_ranks: int):
+def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, beta: float,
+                      cost_limit: float | tuple[float, ...], seed: int, num_ranks: int):
     """The chosen learner's settings; every other learner's section must be absent. The
     ``multiplier`` section is checked whichever the learner (a mistake in it is a mistake even
     where the learner does not read it)."""
@@ -418,6 +428,12 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
     from saferl.learners.preference import PreferenceSettings
 
     multiplier = _multiplier(cfg, cost_limit)
+    if learner in ("pecan", "preference") and isinstance(cost_limit, tuple):
+        raise ConfigError(
+            f"learner={learner} with {len(cost_limit)} costs (world.costs): the {learner} learner learns from the "
+            "pairs' one safety label (the harm cost); several constraints need learner=ppo_lag or learner=mocan, or "
+            "set world.costs=[harm] and one cost_limit"
+        )
     for name in ("mocan", "pecan", "preference"):
         if name in learner_values and learner != name:
             raise ConfigError(
@@ -455,6 +471,37 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
     return settings
 
 
+def _costs_and_limits(cfg: DictConfig) -> tuple[tuple[str, ...], float | tuple[float, ...]]:
+    """``world.costs`` and the root ``cost_limit``: one limit per cost, a float for one cost (a
+    one-element list is accepted too) and a list for several. Several costs exist only on the
+    built-in world (a hub or tiny setup has one cost model). Plain Python, so the root keys are
+    checked before the heavy modules load; the names themselves are checked against the world's
+    (``saferl.data.world.COST_NAMES``) when its settings are built."""
+    names = OmegaConf.select(cfg, "world.costs", default=["harm"])
+    names = OmegaConf.to_container(names) if isinstance(names, ListConfig) else names
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"world.costs: expected a non-empty list of the world's cost names (e.g. [harm] or "
+                          f"[harm, refusal]); found {names!r}")
+    costs = tuple(names)
+    sources = (OmegaConf.select(cfg, "model.source"), OmegaConf.select(cfg, "data.source"))
+    if len(costs) > 1 and sources != ("world", "world"):
+        raise ConfigError(
+            f"world.costs={list(costs)}: several costs are the built-in world's (model=world data=world); "
+            f"found model.source={sources[0]!r}, data.source={sources[1]!r}, whose setup has one cost model"
+        )
+    value = OmegaConf.select(cfg, "cost_limit", throw_on_missing=True)
+    value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    values = value if isinstance(value, list) else [value]
+    if len(values) != len(costs) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    ):
+        expected = "a number" if len(costs) == 1 else f"a list of {len(costs)} numbers"
+        raise ConfigError(f"cost_limit: expected {expected} (one limit per cost, m = {len(costs)}); found {value!r}; "
+                          f"world.costs = {list(costs)} names the costs, one limit each")
+    limits = tuple(float(v) for v in values)
+    return costs, (limits[0] if len(limits) == 1 else limits)
+
+
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the whole composed config and build the typed settings (no actor, no model, no I/O).
 
@@ -464,13 +511,13 @@ def validate(cfg: DictConfig) -> RunConfig:
     # Root keys: the problem max E[r] − β KL s.t. E[c] ≤ d.
     seed = _integer(cfg, "seed", 0)
     beta = _number(cfg, "beta", minimum=0.0, strict=True)
-    cost_limit = _number(cfg, "cost_limit")
+    costs, cost_limit = _costs_and_limits(cfg)
     resume = cfg.get("resume")
     if resume not in (None, "auto"):
         raise ConfigError(f"resume: expected null (a fresh run) or auto (continue the run folder); found {resume!r}")
     checkpoint_every = _integer(cfg, "checkpoint_every", 1)
     _unknown({key: None for key in cfg if key != "hydra"}, ROOT_KEYS, "")
-    _unknown(_container(cfg.world, "world"), ("cache_dir", "reference"), "world")
+    _unknown(_container(cfg.world, "world"), ("cache_dir", "reference", "costs"), "world")
     output_dir = cfg.get("output_dir")
     if output_dir is not None and not isinstance(output_dir, str):
         raise ConfigError(f"output_dir: expected a folder path or null; found {output_dir!r}")
@@ -519,7 +566,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         if scorer_kind == "pretrained":
             raise ConfigError("scorers.kind='pretrained' needs hub score models (model.reward_model); "
                               "on the built-in world use learned or oracle")
-        setup = _world_settings(cfg, beta, cost_limit, generation, reference, scorer_kind, seed, num_ranks)
+        setup = _world_settings(cfg, beta, cost_limit, costs, generation, reference, scorer_kind, seed, num_ranks)
         _same_kl_coefficient(settings, beta)
     else:
         if scorer_kind == "oracle":
@@ -550,4 +597,5 @@ def validate(cfg: DictConfig) -> RunConfig:
         resume=resume == "auto",
         checkpoint_every=checkpoint_every,
         output_dir=Path(output_dir) if output_dir is not None else None,
+        costs=costs,
     )

@@ -73,18 +73,22 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
             )
         )
         if evaluation.target is not None:  # what the learner aims at under its settings
-            rows.append(("learner's target", f"{evaluation.target_multiplier:.4f}", evaluation.target))
+            rows.append(("learner's target", _values(evaluation.target_multiplier or ()), evaluation.target))
         if evaluation.learned_optimum is not None:  # score-model error, apart from the optimiser's
             rows.append(("optimum of the learned problem", _values(evaluation.learned_optimal_multiplier),
                          evaluation.learned_optimum))
         rows.append(
             ("exact optimum π_λ*", _values(evaluation.optimal_multiplier), evaluation.optimum)
         )
+        limits = summary.cost_limit if isinstance(summary.cost_limit, (list, tuple)) else (summary.cost_limit,)
+        names = evaluation.cost_names or None
         console.print(
             exact_comparison_table(
                 f"{name} on the built-in world, exact evaluation (ground truth): β = {summary.beta}, "
-                f"cost limit d = {summary.cost_limit}",
+                f"cost limit d = {', '.join(f'{v:g}' for v in limits)}"
+                + (f" ({', '.join(names)})" if names and len(names) > 1 else ""),
                 rows,
+                names,
             )
         )
         if evaluation.target is not None:
@@ -106,8 +110,10 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
 
 
 def _print_score_models(details: dict, console: Console) -> None:
+    # The reward model, then one model per cost (``cost_model``, ``cost_<name>_model``).
     models = {
-        kind: details[f"{kind}_model"] for kind in ("reward", "cost") if f"{kind}_model" in details
+        key.removesuffix("_model"): value for key, value in details.items()
+        if key.endswith("_model") and isinstance(value, dict) and "pairwise_accuracy" in value
     }
     if not models:
         return

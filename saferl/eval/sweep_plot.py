@@ -1,4 +1,5 @@
-"""The sweep's plot: expected reward against expected cost, one point per job.
+"""The sweep's plot: expected reward against expected cost, one point per job (one panel per
+constraint when the runs have several).
 
 Each job's trained policy annotated with its swept values (and, when it breaks a limit by more
 than :data:`~saferl.data.world.exact.FEASIBILITY_TOLERANCE`, its violation, drawn hollow), the
@@ -35,32 +36,49 @@ _INFEASIBLE_STYLE = {"markerfacecolor": "none"}  # a trained policy that breaks 
 
 
 def plot_sweep(summary: SweepSummary) -> Figure:
-    """The sweep's reward–cost figure (module docstring), ready to save.
+    """The sweep's reward–cost figure (module docstring), ready to save: one panel per constraint
+    (expected reward against ``E c_j``; with m = 2 the harm panel and the refusal panel side by side).
 
     Args:
         summary: from :func:`saferl.eval.sweep_load.load_sweep`; jobs without ``summary.json``
             are counted in the title, not drawn.
     """
-    figure = agg_figure(10, 6.5)
-    axes = figure.add_subplot()
     finished = [run for run in summary.runs if run.summary is not None]
+    num_constraints = max([len(run.summary.cost_limit) for run in finished] or [1])
+    figure = agg_figure(10 if num_constraints == 1 else 8 * num_constraints, 6.5)
+    panels = figure.subplots(1, num_constraints, squeeze=False)[0]
+    names = next((run.summary.cost_names for run in finished if len(run.summary.cost_names) == num_constraints), ())
+    for j, axes in enumerate(panels):
+        _plot_constraint(axes, finished, j, num_constraints)
+        if num_constraints > 1:
+            axes.set_title(f"constraint {j + 1}" + (f": {names[j]}" if names else ""))
+    missing = len(summary.missing)
+    swept = ", ".join(summary.swept_keys) or "nothing swept"
+    figure.suptitle(
+        f"{summary.folder.name or summary.folder}: reward against cost ({swept}; "
+        f"{len(summary.runs)} job(s)" + (f", {missing} missing)" if missing else ")")
+    )
+    return figure
+
+
+def _plot_constraint(axes: Axes, finished: list, j: int, num_constraints: int) -> None:
+    """One panel: expected reward against ``E c_j`` for every finished job that has constraint j."""
+    runs = [run for run in finished if len(run.summary.cost_limit) > j]
     methods = list(dict.fromkeys(run.summary.method for run in finished))
     colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
 
     # Each job's cost limit, faint (one legend entry for all of them).
-    limits = sorted(
-        {run.summary.cost_limit[0] for run in finished if len(run.summary.cost_limit) == 1}
-    )
+    limits = sorted({run.summary.cost_limit[j] for run in runs})
     for i, limit in enumerate(limits):
         axes.axvline(limit, label="cost limits d" if i == 0 else None, **_LIMIT_STYLE)
 
     # The exact optimum at each job's limit, joined left to right: the exact frontier.
-    optima = sorted(_points(run.summary.optimum for run in finished))
+    optima = sorted(_points((run.summary.optimum for run in runs), j))
     if optima:
         _plot_points(axes, optima, label="exact optimum (frontier)", **_OPTIMUM_STYLE)
 
-    # Predicted frontiers (MoCAN, PeCAN): dashed, one per job that wrote one.
-    predicted = [run for run in finished if run.predicted_frontier is not None]
+    # Predicted frontiers (MoCAN, PeCAN): dashed, one per job that wrote one (m = 1 only).
+    predicted = [run for run in runs if run.predicted_frontier is not None] if num_constraints == 1 else []
     for run in predicted:
         frontier = run.predicted_frontier
         points = sorted(
@@ -76,19 +94,20 @@ def plot_sweep(summary: SweepSummary) -> Figure:
         _plot_points(axes, points, color=colour, label=label, **_PREDICTED_STYLE)
 
     # The reference policy (usually one point shared by every job).
-    references = sorted(set(_points(run.summary.reference for run in finished)))
+    references = sorted(set(_points((run.summary.reference for run in runs), j)))
     if references:
         _plot_points(axes, references, label="reference π_ref", **_REFERENCE_STYLE)
 
     # Each job's trained policy, annotated with its swept values.
     labelled: set[str] = set()
-    for run in finished:
+    for run in runs:
         trained = run.summary.trained
-        if trained is None or not _finite(trained):
+        if trained is None or not _finite(trained, j):
             continue
         method = run.summary.method
         label = None if method in labelled else f"{method} trained"
-        point = (trained.expected_cost, trained.expected_reward)
+        point = (trained.expected_cost[j], trained.expected_reward)
+        # Hollow when the policy breaks any of its limits (this panel's or another's).
         breaks_limit = any(value > FEASIBILITY_TOLERANCE for value in trained.violation)
         style = {**_TRAINED_STYLE, **(_INFEASIBLE_STYLE if breaks_limit else {})}
         _plot_points(axes, [point], color=colours[method], label=label, **style)
@@ -96,7 +115,7 @@ def plot_sweep(summary: SweepSummary) -> Figure:
         violation = ", ".join(f"{value:.3f}" for value in trained.violation)
         axes.annotate(
             run.label() + (f" (violation {violation})" if breaks_limit else ""),
-            (trained.expected_cost, trained.expected_reward),
+            point,
             textcoords="offset points",
             xytext=(6, 6),
             fontsize="small",
@@ -111,28 +130,22 @@ def plot_sweep(summary: SweepSummary) -> Figure:
             ha="center",
             va="center",
         )
-    label_reward_cost(axes)
+    label_reward_cost(axes, "E[c]" if num_constraints == 1 else f"E[c$_{j + 1}$]")
     if axes.get_legend_handles_labels()[0]:
         axes.legend(loc="best", fontsize="small")
-    missing = len(summary.missing)
-    swept = ", ".join(summary.swept_keys) or "nothing swept"
-    figure.suptitle(
-        f"{summary.folder.name or summary.folder}: reward against cost ({swept}; "
-        f"{len(summary.runs)} job(s)" + (f", {missing} missing)" if missing else ")")
-    )
-    return figure
 
 
-def _finite(scores: Scores) -> bool:
-    return math.isfinite(scores.expected_cost) and math.isfinite(scores.expected_reward)
+def _finite(scores: Scores, j: int = 0) -> bool:
+    return (len(scores.expected_cost) > j and math.isfinite(scores.expected_cost[j])
+            and math.isfinite(scores.expected_reward))
 
 
-def _points(blocks: Iterable[Scores | None]) -> list[tuple[float, float]]:
-    """``(expected cost, expected reward)`` of each present block with both numbers finite."""
+def _points(blocks: Iterable[Scores | None], j: int = 0) -> list[tuple[float, float]]:
+    """``(expected cost j, expected reward)`` of each present block with both numbers finite."""
     return [
-        (block.expected_cost, block.expected_reward)
+        (block.expected_cost[j], block.expected_reward)
         for block in blocks
-        if block is not None and _finite(block)
+        if block is not None and _finite(block, j)
     ]
 
 

@@ -88,8 +88,8 @@ def _relative(path: Path, folder: Path) -> str:
 def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -> None:
     """Print one row per job, then the sweep's notes.
 
-    Columns: job, each swept key, status, method, headline, the trained policy's reward, cost,
-    KL, safe rate, feasibility (within :data:`~saferl.data.world.exact.FEASIBILITY_TOLERANCE`,
+    Columns: job, each swept key, status, method, headline, the trained policy's reward, cost
+    (one value per constraint), KL, safe rate, feasibility (within :data:`~saferl.data.world.exact.FEASIBILITY_TOLERANCE`,
     stated in the header), violation per constraint and normalised Lagrangian gap
     ``G(π)/G(π_ref)`` (docs/algorithms.md §8), final λ, exact λ*, and (when any job has one) the exact
     optimum's reward and cost. ``—`` marks a value the job did not record.
@@ -102,6 +102,7 @@ def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -
     with_optimum = any(
         run.summary is not None and run.summary.optimum is not None for run in summary.runs
     )
+    num_constraints = max([len(run.summary.cost_limit) for run in summary.runs if run.summary is not None] or [1])
     kind = "sweep" if summary.multirun else "run"
     table = Table(
         title=escape(
@@ -115,7 +116,7 @@ def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -
         "method",
         "headline",
         "E reward",
-        "E cost",
+        "E cost" if num_constraints == 1 else "E c (per constraint)",
         "KL",
         "safe rate",
         f"E c ≤ d + {FEASIBILITY_TOLERANCE:g}",
@@ -147,7 +148,7 @@ def print_sweep_summary(summary: SweepSummary, console: Console | None = None) -
         if with_optimum:
             optimum = result.optimum
             cells += (
-                [_fmt(optimum.expected_reward, 4), _fmt(optimum.expected_cost, 4)]
+                [_fmt(optimum.expected_reward, 4), _fmt_list(optimum.expected_cost)]
                 if optimum is not None
                 else ["—", "—"]
             )
@@ -176,7 +177,8 @@ def _trained_cells(trained: Scores | None) -> list[str]:
     if trained is None:
         return ["—"] * (len(_TABLE_SCORES) + 3)
     return [
-        *(_fmt(getattr(trained, name), digits) for name, digits in _TABLE_SCORES),
+        *(_fmt_list(getattr(trained, name)) if isinstance(getattr(trained, name), tuple)
+          else _fmt(getattr(trained, name), digits) for name, digits in _TABLE_SCORES),
         "yes" if trained.feasible else "no",
         _fmt_list(trained.violation),
         _fmt(trained.normalised_lagrangian_gap, 3),

@@ -21,24 +21,43 @@ def report_console() -> Console:
     return Console(width=max(Console().width, 180))
 
 
-def exact_comparison_table(title: str, rows) -> Table:
+def cost_headers(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The expected-cost and violation column headers: ``E cost`` and ``violation`` for one
+    constraint, ``E c1 (harm)``, ``violation c1``, ... for several."""
+    if len(names) == 1:
+        return ["E cost"], ["violation"]
+    return ([f"E c{j + 1} ({name})" for j, name in enumerate(names)],
+            [f"violation c{j + 1}" for j in range(len(names))])
+
+
+def exact_comparison_table(title: str, rows, cost_names: Sequence[str] | None = None) -> Table:
     """Ground-truth comparison of policies: ``rows`` of ``(name, λ text, PolicyScore)``.
 
     The yardsticks of docs/algorithms.md §8: the feasible verdict (within the tolerance its header
-    states), the violation ``max(0, E c − d)`` in its own column, the KL to ``π*`` and the
-    normalised Lagrangian gap ``G(π)/G(π_ref)`` (never negative, 0 only at ``π*``).
+    states), one ``E c_j`` column and one violation ``max(0, E c_j − d_j)`` column per constraint,
+    the KL to ``π*`` and the normalised Lagrangian gap ``G(π)/G(π_ref)`` (never negative, 0 only
+    at ``π*``).
+
+    Args:
+        cost_names: the constraints' names (their count must be the scores' m); by default
+            ``c1, c2, ...``.
     """
+    num_constraints = rows[0][2].num_constraints if rows else 1
+    names = list(cost_names) if cost_names is not None else [f"c{j + 1}" for j in range(num_constraints)]
+    if len(names) != num_constraints:
+        raise ValueError(f"cost_names: expected {num_constraints} names (one per constraint); found {names}")
+    cost_columns, violation_columns = cost_headers(names)
     table = Table(title=title)
     for column in (
         "policy",
         "λ",
         "E reward",
-        "E cost",
+        *cost_columns,
         "KL",
         "E r − β·KL",
         "safe rate",
         f"E c ≤ d + {FEASIBILITY_TOLERANCE:g}",
-        "violation",
+        *violation_columns,
         "KL to π*",
         "norm. Lagr. gap",
     ):
@@ -52,17 +71,21 @@ def exact_comparison_table(title: str, rows) -> Table:
             name,
             multiplier,
             f"{score.expected_reward:.4f}",
-            f"{score.expected_cost:.4f}",
+            *(f"{value:.4f}" for value in score.expected_cost),
             f"{score.kl:.4f}",
             f"{score.objective:.4f}",
             f"{score.safe_rate:.3f}",
             "yes" if score.feasible else "no",
-            ", ".join(f"{value:.4f}" for value in score.violation),
+            *(f"{value:.4f}" for value in score.violation),
             # Both are ≥ 0; a rounding error of −1e-16 at π* would print as "-0.0000".
             f"{max(score.kl_to_optimum, 0.0):.4f}",
             f"{max(score.normalised_lagrangian_gap, 0.0):.3f}",
         )
     return table
+
+
+def _values(values) -> str:
+    return ", ".join(f"{v:.6f}" for v in values)
 
 
 def print_exact_optimum(
@@ -72,18 +95,21 @@ def print_exact_optimum(
     console: Console | None = None,
 ) -> None:
     """Print the reference, the two extremes and the constrained optimum, the optimum's most
-    likely answers to one benign and one harmful prompt, and the predicted frontier."""
+    likely answers to one benign and one harmful prompt, and the predicted frontier (with several
+    constraints: over the first constraint's limit, the others held at the world's)."""
     console = console or report_console()
     solution = world.optimum()
     policies: list[tuple[str, str, torch.Tensor]] = [
         ("reference π_ref", "—", world.ref_logprobs),
         ("unconstrained (λ = 0)", "0", world.unconstrained_logprobs()),
         ("safety-only tilt", "—", world.safety_only_logprobs()),
-        ("constrained optimum π_λ*", f"{solution.multiplier.item():.6f}", world.optimal_logprobs()),
+        ("constrained optimum π_λ*", _values(solution.multiplier.tolist()), world.optimal_logprobs()),
     ]
+    limits = ", ".join(f"{value:g}" for value in world.cost_limit)
     table = exact_comparison_table(
-        f"Built-in world, exact mode: β = {world.beta}, cost limit d = {world.cost_limit}",
+        f"Built-in world, exact mode: β = {world.beta}, cost limit d = {limits} ({', '.join(world.cost_names)})",
         [(name, multiplier, world.score(logprobs)) for name, multiplier, logprobs in policies],
+        world.cost_names,
     )
     console.print(table)
 
@@ -98,7 +124,8 @@ def print_exact_optimum(
     answers.add_column("answer")
     answers.add_column("π_λ*", justify="right")
     answers.add_column("reward", justify="right")
-    answers.add_column("cost", justify="right")
+    for name in world.cost_names:
+        answers.add_column(name if world.num_constraints > 1 else "cost", justify="right")
     for prompt_index in examples:
         for rank, response in enumerate(
             optimal[prompt_index].argsort(descending=True)[:top_responses].tolist()
@@ -111,25 +138,30 @@ def print_exact_optimum(
                 text,
                 f"{optimal[prompt_index, response].item():.3f} ({reference[prompt_index, response].item():.3f})",
                 f"{world.rewards[prompt_index, response].item():+.2f}",
-                f"{world.costs[prompt_index, response].item():+.2f}",
+                *(f"{value:+.2f}" for value in world.costs[prompt_index, response].tolist()),
             )
     console.print(answers)
 
-    frontier = predict_frontier_at_limits(world.problem(), list(frontier_limits))
-    predicted = Table(title="Exact optimum at other limits (the reward–cost frontier)")
-    for column in ("limit d", "λ*", "E reward", "E cost", "KL to ref"):
+    grid = torch.tensor(world.cost_limit, dtype=torch.float64).repeat(len(frontier_limits), 1)  # (grid, m)
+    grid[:, 0] = torch.tensor([float(limit) for limit in frontier_limits], dtype=torch.float64)
+    frontier = predict_frontier_at_limits(world.problem(), grid)
+    title = "Exact optimum at other limits (the reward–cost frontier)"
+    if world.num_constraints > 1:
+        title += f" over the {world.cost_names[0]} limit, the others at {', '.join(map(str, world.cost_limit[1:]))}"
+    predicted = Table(title=title)
+    cost_columns, _ = cost_headers(world.cost_names)
+    for column in ("limit d", "λ*", "E reward", *cost_columns, "KL to ref"):
         predicted.add_column(column, justify="right")
-    assert frontier.cost_limits is not None
     for row in range(frontier.feasible.shape[0]):
-        limit = f"{frontier.cost_limits[row, 0].item():.3f}"
+        limit = f"{grid[row, 0].item():.3f}"
         if not frontier.feasible[row]:
-            predicted.add_row(limit, "infeasible", "—", "—", "—")
+            predicted.add_row(limit, "infeasible", "—", *(["—"] * world.num_constraints), "—")
             continue
         predicted.add_row(
             limit,
-            f"{frontier.multipliers[row, 0].item():.4f}",
+            ", ".join(f"{value:.4f}" for value in frontier.multipliers[row].tolist()),
             f"{frontier.expected_reward[row].item():.4f}",
-            f"{frontier.expected_cost[row, 0].item():.4f}",
+            *(f"{value:.4f}" for value in frontier.expected_cost[row].tolist()),
             f"{frontier.kl[row].item():.4f}",
         )
     console.print(predicted)

@@ -1,8 +1,9 @@
 """MoCAN: one-shot safety alignment by optimal dualization (docs/algorithms.md §1, §4), on any setup.
 
 1. sample K responses per prompt from the reference policy through the runtime and score them
-   with the setup's reward and cost scorers;
-2. solve the plug-in dual at the cost limit (or a relative margin) for λ̂ and predict the
+   with the setup's reward scorer and each of its ``m`` cost scorers;
+2. solve the plug-in dual at the cost limits (or a relative margin) for λ̂ ``(m,)`` — bracketed
+   Newton for one cost, projected Newton for several — and predict the
    reward–cost frontier over ``frontier_grid`` — with ``predict_only`` MoCAN stops here, the cheap
    way to choose a limit;
 3. one unconstrained alignment on ``s = r − λ̂·c``:
@@ -131,7 +132,7 @@ class ScoredSamples:
 
     Attributes:
         input_ids, attention_mask, response_mask: ``(P·K, seq_len)``, prompt-major (row ``i·K + k``).
-        rewards: ``(P, K)``; costs: ``(P, K, 1)``.
+        rewards: ``(P, K)``; costs: ``(P, K, m)``, one column per cost scorer.
     """
 
     input_ids: torch.Tensor
@@ -249,24 +250,28 @@ def score_samples(
     batch: SequenceBatch,
     prompts: Sequence[str],
     num_samples: int,
-    scorers: Mapping[str, Scorer],
+    scorers: Mapping[str, Scorer | Sequence[Scorer]],
     *,
     rows_per_call: int | None = None,
     num_ranks: int = 1,
 ) -> ScoredSamples:
-    """Step 1's scores: the ``"reward"`` and ``"cost"`` scorers on the samples.
+    """Step 1's scores: the ``"reward"`` scorer and the ``"cost"`` scorers on the samples.
 
     Args:
         batch: ``(P·K, seq_len)`` prompt-major samples (:func:`sample_responses`); prompts: their
             prompts, one per row.
-        scorers: ``"reward"`` and ``"cost"`` (one output each used).
+        scorers: ``"reward"`` (one scorer) and ``"cost"`` (one scorer, or one per cost, in the
+            order of the limits); one output of each is used.
         rows_per_call: rows per scorer call (None: one call); num_ranks: the score groups' ranks.
     """
     shape = (len(prompts) // num_samples, num_samples)
-    scores = {kind: _scores(scorers[kind], batch, prompts, rows_per_call, num_ranks).double().reshape(shape)
-              for kind in ("reward", "cost")}
-    return ScoredSamples(batch.input_ids, batch.attention_mask, batch.response_mask, scores["reward"],
-                         scores["cost"].unsqueeze(-1))
+
+    def scored(scorer: Scorer) -> torch.Tensor:  # (P, K)
+        return _scores(scorer, batch, prompts, rows_per_call, num_ranks).double().reshape(shape)
+
+    cost_scorers = scorers["cost"] if isinstance(scorers["cost"], Sequence) else [scorers["cost"]]
+    costs = torch.stack([scored(scorer) for scorer in cost_scorers], dim=-1)  # (P, K, m)
+    return ScoredSamples(batch.input_ids, batch.attention_mask, batch.response_mask, scored(scorers["reward"]), costs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,15 +341,21 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
         resources=resources, rows_per_call=rows_per_call,
     )
     groups: list[ScoreGroup] = []
+    started_kinds: list[str] = []
 
     def start_score_group(spec: ModelSpec, kind: str) -> ScoreGroup:
+        # Several cost models run side by side: each group's role is distinct (cost_scorer, cost_scorer_1, ...).
+        same_kind = started_kinds.count(kind)
+        started_kinds.append(kind)
+        role = f"{kind}_scorer" + (f"_{same_kind}" if same_kind else "")
         groups.append(ScoreGroup(spec, setup.tokenizer, resources.engine(0.0, rows_per_call or resources.num_ranks),
                                  resources.group, resources.runtime, num_outputs=1, kind=kind,
-                                 role=f"{kind}_scorer", seed=resources.seed))
+                                 role=role, seed=resources.seed))
         return groups[-1]
 
     try:
-        scorers = {"reward": setup.reward.build(start_score_group), "cost": setup.costs[0].build(start_score_group)}
+        scorers = {"reward": setup.reward.build(start_score_group),
+                   "cost": [source.build(start_score_group) for source in setup.costs]}
         samples = score_samples(batch, rows, settings.num_samples, scorers, rows_per_call=rows_per_call,
                                 num_ranks=resources.num_ranks)
     finally:
@@ -368,7 +379,7 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
     multiplier = [float(v) for v in dual.solution.multiplier]
     # Its target: DPO on σ(s_0 − s_1) at β, or PPO with λ held at λ̂ (§1 streams), reach π_λ̂.
     target = TiltTarget(f"π_λ̂ (λ̂ from {settings.num_samples} samples per prompt)", settings.beta,
-                        multiplier=multiplier[0]) if len(multiplier) == 1 else None
+                        multiplier=tuple(multiplier))
     result = RunResult(method="mocan", headline=float(dual.solution.objective), policy_dir=None, folder=folder,
                        multiplier=multiplier, seconds=seconds, dual=dual, target=target, details=details)
     if settings.predict_only:

@@ -425,30 +425,32 @@ def needs(settings: PPOLagSettings) -> Needs:
 
 def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:
     """The policy the loop reaches with perfect optimisation and exact scorers (docs/algorithms.md §2,
-    §8): at fixed λ the tilt ``π_ref·exp((r − λc)/(β·g(λ)))`` with ``g = 1 + λ`` for the published
+    §8): at fixed λ the tilt ``π_ref·exp((r − λ·c)/(β·g(λ)))`` with ``g = 1 + Σλ`` for the published
     streams (``kl_in_cost_stream``) and 1 otherwise; λ is the fixed multiplier, or the point where
-    the multiplier update stops (``E c = d``, within its cap). Plain PPO on ``r`` (or on a shaped
-    ``r − λc``) is the tilt at that λ. None with several constraints (not defined here yet)."""
+    every constraint's multiplier update stops (``E c_j = d_j``, within the cap; for several
+    constraints with the §1 streams the box-constrained dual minimum, :mod:`saferl.core.targets`).
+    Plain PPO on ``r`` (or on a shaped ``r − λ·c``) is the tilt at that λ. None for the published
+    streams' fixed point with several constraints (not defined there)."""
     beta, grows = settings.ppo.kl_coeff, settings.ppo.kl_in_cost_stream
+    limits = settings.cost_limit if isinstance(settings.cost_limit, (list, tuple)) else [settings.cost_limit]
     if settings.multiplier is None:
         shaped = setup.reward if isinstance(setup.reward, ShapedScorerSource) else None
-        if shaped is not None and len(shaped.multipliers) != 1:
-            return None
-        value = 0.0 if shaped is None else float(shaped.multipliers[0])
-        return TiltTarget("PPO on r" if shaped is None else "PPO on r − λc", beta, multiplier=value)
+        if shaped is None:
+            return TiltTarget("PPO on r", beta, multiplier=(0.0,) * len(limits))
+        return TiltTarget("PPO on r − λ·c", beta, multiplier=tuple(float(v) for v in shaped.multipliers))
     options = settings.multiplier
     if options["kind"] == "fixed":
-        values = options["value"] if isinstance(options["value"], (list, tuple)) else [options["value"]]
-        if len(values) != 1:
-            return None
+        values = options["value"] if isinstance(options["value"], (list, tuple)) else [options["value"]] * len(limits)
         streams = "published streams" if grows else "§1 streams"
-        return TiltTarget(f"PPO, λ fixed ({streams})", beta, multiplier=float(values[0]), kl_grows_with_multiplier=grows)
-    limits = settings.cost_limit if isinstance(settings.cost_limit, (list, tuple)) else [settings.cost_limit]
-    if len(limits) != 1:
+        return TiltTarget(f"PPO, λ fixed ({streams})", beta, multiplier=tuple(float(v) for v in values),
+                          kl_grows_with_multiplier=grows)
+    if len(limits) > 1 and grows:
         return None
+    cap = options.get("max_value")
     label = ("the multiplier update's fixed point with the published streams (the optimum at KL weight β(1+λ))"
              if grows else "the multiplier update's fixed point with the §1 streams (π* within the cap)")
-    return TiltTarget(label, beta, kl_grows_with_multiplier=grows, max_multiplier=options.get("max_value"))
+    return TiltTarget(label, beta, kl_grows_with_multiplier=grows,
+                      max_multiplier=tuple(cap) if isinstance(cap, (list, tuple)) else cap)
 
 
 def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: RunOutput) -> RunResult:

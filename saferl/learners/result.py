@@ -101,7 +101,8 @@ class RunSummary:
     Attributes:
         result: the learner's result.
         setup: ``"world"`` or ``"hub"``.
-        beta, cost_limit: the problem (root ``beta`` and ``cost_limit``).
+        beta, cost_limit: the problem (root ``beta`` and ``cost_limit``: a float for one constraint,
+            or one limit per constraint).
         evaluation: the setup's evaluation of the trained policy (None without an evaluator or a
             trained policy).
         setup_details: what the setup's own stages measured (e.g. score-model accuracies).
@@ -113,7 +114,7 @@ class RunSummary:
     result: RunResult
     setup: str
     beta: float
-    cost_limit: float
+    cost_limit: float | tuple[float, ...]
     evaluation: Evaluation | None = None
     setup_details: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -136,20 +137,23 @@ class RunSummary:
             method=self.result.method,
             setup=self.setup,
             beta=float(self.beta),
-            cost_limit=(float(self.cost_limit),),
+            cost_limit=tuple(float(v) for v in (self.cost_limit if isinstance(self.cost_limit, (list, tuple))
+                                                else (self.cost_limit,))),
             headline=self.headline,
             trained=evaluation.trained if evaluation else None,
             reference=evaluation.reference if evaluation else None,
             optimum=evaluation.optimum if evaluation else None,
             target=evaluation.target if evaluation else None,
             target_label=evaluation.target_label if evaluation else None,
-            target_multiplier=evaluation.target_multiplier if evaluation else None,
+            target_multiplier=tuple(evaluation.target_multiplier)
+            if evaluation and evaluation.target_multiplier is not None else None,
             learned_optimum=evaluation.learned_optimum if evaluation else None,
             learned_optimal_multiplier=tuple(evaluation.learned_optimal_multiplier or ()) if evaluation else (),
             multiplier=tuple(float(v) for v in self.result.multiplier),
             optimal_multiplier=tuple(float(v) for v in (evaluation.optimal_multiplier if evaluation else ())),
             predicted_frontier_csv=_relative(self.predicted_frontier_csv, folder),
             policy_dir=_relative(self.result.policy_dir, folder),
+            cost_names=tuple(evaluation.cost_names or ()) if evaluation else (),
         )
 
     def summary_record(self, folder: Path) -> dict[str, Any]:
@@ -202,10 +206,13 @@ class SummaryRecord:
         beta: β; cost_limit: ``d``, one entry per constraint.
         headline: what a sweeper optimises (None where absent).
         trained, reference, optimum: exact scores (None without an evaluator).
-        target, target_label, target_multiplier: the learner's own target and its λ.
+        target, target_label, target_multiplier: the learner's own target and its λ (one value per
+            constraint).
         learned_optimum, learned_optimal_multiplier: the exact optimum of the learned problem.
         multiplier: the learner's final λ; optimal_multiplier: the exact λ*.
         predicted_frontier_csv, policy_dir: paths relative to the run folder (or None).
+        cost_names: what each constraint's cost is (e.g. ``("harm", "refusal")``; empty where the
+            summary does not say).
     """
 
     method: str
@@ -218,21 +225,24 @@ class SummaryRecord:
     optimum: PolicyScore | None = None
     target: PolicyScore | None = None
     target_label: str | None = None
-    target_multiplier: float | None = None
+    target_multiplier: tuple[float, ...] | None = None
     learned_optimum: PolicyScore | None = None
     learned_optimal_multiplier: tuple[float, ...] = ()
     multiplier: tuple[float, ...] = ()
     optimal_multiplier: tuple[float, ...] = ()
     predicted_frontier_csv: str | None = None
     policy_dir: str | None = None
+    cost_names: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object (one constraint's limit as a number, as the config gives it)."""
         record = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in _SCORE_BLOCKS:
             record[name] = _score(record[name])
-        for name in ("multiplier", "optimal_multiplier", "learned_optimal_multiplier"):
+        for name in ("multiplier", "optimal_multiplier", "learned_optimal_multiplier", "cost_names"):
             record[name] = list(record[name])
+        if self.target_multiplier is not None:
+            record["target_multiplier"] = list(self.target_multiplier)
         record["cost_limit"] = self.cost_limit[0] if len(self.cost_limit) == 1 else list(self.cost_limit)
         return record
 
@@ -271,14 +281,15 @@ class SummaryRecord:
             headline=None if headline is None else _number(headline, path, "headline"),
             **{name: _scores(data.get(name), path, name) for name in _SCORE_BLOCKS},
             target_label=data.get("target_label"),
-            target_multiplier=None if target_multiplier is None else _number(target_multiplier, path,
-                                                                             "target_multiplier"),
+            target_multiplier=None if target_multiplier is None else _numbers(target_multiplier, path,
+                                                                              "target_multiplier"),
             learned_optimal_multiplier=_numbers(data.get("learned_optimal_multiplier") or [], path,
                                                 "learned_optimal_multiplier"),
             multiplier=_numbers(data.get("multiplier", []), path, "multiplier"),
             optimal_multiplier=_numbers(data.get("optimal_multiplier", []), path, "optimal_multiplier"),
             predicted_frontier_csv=data.get("predicted_frontier_csv"),
             policy_dir=data.get("policy_dir"),
+            cost_names=_names(data.get("cost_names") or [], path),
         )
 
 
@@ -296,6 +307,12 @@ def _numbers(value: Any, path: Path, key: str) -> tuple[float, ...]:
     if value is None:
         raise SummaryFileError(f"{path}: key '{key}' must be a number or a list of numbers; found null")
     return (_number(value, path, key),)
+
+
+def _names(value: Any, path: Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SummaryFileError(f"{path}: key 'cost_names' must be a list of strings; found {value!r}")
+    return tuple(value)
 
 
 def _scores(block: Any, path: Path, key: str) -> PolicyScore | None:

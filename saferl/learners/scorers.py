@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from saferl.data.collators import SequenceBatch
-from saferl.data.world import EOS, ground_truth_cost, ground_truth_reward, world_prompts
+from saferl.data.world import EOS, cost_function, ground_truth_reward, world_prompts
 
 __all__ = [
     "Scorer",
@@ -70,18 +70,19 @@ class WorldOracleScorer:
     Args:
         kind: ``"reward"`` or ``"cost"``.
         tokenizer: the world's tokenizer.
+        cost: which of the world's costs (``saferl.data.world.COST_NAMES``) a cost scorer reads.
     """
 
     num_outputs = 1
 
-    def __init__(self, kind: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, kind: str, tokenizer: PreTrainedTokenizerBase, cost: str = "harm") -> None:
         if kind not in ("reward", "cost"):
             raise ValueError(f"scorer kind must be 'reward' or 'cost'; found {kind!r}")
         self.kind = kind
         self.tokenizer = tokenizer
         self.eos_token_id = tokenizer.convert_tokens_to_ids(EOS)
         self.prompts = {prompt.text: prompt for prompt in world_prompts()}
-        self.truth = ground_truth_reward if kind == "reward" else ground_truth_cost
+        self.truth = ground_truth_reward if kind == "reward" else cost_function(cost)
 
     def score(self, batch: SequenceBatch, prompts: Sequence[str]) -> torch.Tensor:
         scores = []

@@ -103,10 +103,12 @@ class Evaluation:
         optimal_multiplier: the exact λ*, one value per constraint.
         target: the learner's own target (the policy it would reach with perfect optimisation
             under its settings), scored the same way; None where the learner has none.
-        target_label: what the target is; target_multiplier: its λ.
+        target_label: what the target is; target_multiplier: its λ, one value per constraint.
         learned_optimum: with learned scorers, the exact optimum of the learned problem (every
             enumerated response scored by the calibrated score models), scored on the ground truth:
             it separates score-model error from optimiser error. learned_optimal_multiplier: its λ.
+        cost_names: what each constraint's cost is (e.g. ``("harm", "refusal")``), in the order of
+            every per-constraint entry.
     """
 
     reference: PolicyScore
@@ -115,9 +117,10 @@ class Evaluation:
     optimal_multiplier: list[float]
     target: PolicyScore | None = None
     target_label: str | None = None
-    target_multiplier: float | None = None
+    target_multiplier: list[float] | None = None
     learned_optimum: PolicyScore | None = None
     learned_optimal_multiplier: list[float] | None = None
+    cost_names: tuple[str, ...] | None = None
 
 
 class Evaluator(Protocol):

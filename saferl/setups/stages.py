@@ -68,22 +68,25 @@ def run_score_stage(
     kind: str, stage: StageSettings, sft_dir: Path, train_pairs: Sequence[SafetyPreferencePair],
     test_pairs: Sequence[SafetyPreferencePair], tokenizer, *, template: str, max_length: int, regularization: float,
     seed: int, resources: Resources, output: RunOutput, export_dir: Path,
-    truth: Callable[[str, str], float] | None = None,
+    truth: Callable[[str, str], float] | None = None, name: str | None = None,
 ) -> dict[str, float]:
     """One score model from the SFT backbone, exported to ``export_dir``; returns its held-out
-    metrics (with ``truth``, also the accuracy against the ground-truth order)."""
+    metrics (with ``truth``, also the accuracy against the ground-truth order). ``name`` names its
+    group, progress stage and metrics (default ``<kind>_model``; e.g. ``cost_refusal_model`` for a
+    second cost)."""
+    name = name or f"{kind}_model"
     critic = CriticGroup(ModelSpec(name_or_path=str(sft_dir)), tokenizer,
                          resources.engine(stage.learning_rate, 2 * stage.rows_per_step), resources.group,
-                         resources.runtime, role=f"{kind}_model", seed=resources.seed)
+                         resources.runtime, role=name, seed=resources.seed)
     try:
         train_score_model(critic, train_pairs, kind, tokenizer, steps=stage.steps, pairs_per_step=stage.rows_per_step,
                           max_length=max_length, template=template, score_regularization=regularization, seed=seed,
-                          tracker=output.tracker, progress=output.stage_progress(f"{kind}_model", stage.steps))
+                          tracker=output.tracker, progress=output.stage_progress(name, stage.steps))
         metrics = evaluate_score_model(critic, test_pairs, kind, tokenizer, max_length, template,
                                        rows_per_call=2 * stage.rows_per_step, truth=truth)
         critic.export_hf(export_dir)
         relabel_saved_score_model(export_dir, kind)
     finally:
         critic.shutdown()
-    output.tracker.log({f"{kind}_model/test_{k}": v for k, v in metrics.items()}, step=0)
+    output.tracker.log({f"{name}/test_{k}": v for k, v in metrics.items()}, step=0)
     return metrics

@@ -6,12 +6,14 @@ hosting DeepSpeed engines), each recorded in ``<run>/stages.json`` so that ``res
 
 1. write the world's datasets (PKU-SafeRLHF format) and load them back with the normal loaders;
 2. SFT a tiny Llama on the demonstrations: the reference policy and every learner's start;
-3. train the reward model and 4. the cost model on the preference pairs (held-out accuracies),
+3. train the reward model and 4. one cost model per cost of ``world.costs`` (harm: ``cost_model``,
+   another cost c: ``cost_<c>_model``, each on pairs labelled by that cost; held-out accuracies),
    when the learner's scorers or critics use them (``scorers.kind=oracle`` still trains them for
    the critics' start; MoCAN's DPO stage with oracle scorers, PeCAN and the preference losses
    never read them, so they are skipped);
-5. the scorers: the world's ground truth (``scorers.kind=oracle``) or the learned models, mapped
-   affinely into ground-truth units on the held-out responses (``scorers.calibrate``);
+5. the scorers, one reward and one per cost: the world's ground truth (``scorers.kind=oracle``) or
+   the learned models, mapped affinely into ground-truth units on the held-out responses
+   (``scorers.calibrate``);
 6. the exact evaluator: every response of the reference and of a trained policy is enumerated and
    compared with the exact constrained optimum ``π_λ*`` of the same problem.
 
@@ -32,6 +34,8 @@ from saferl.core.targets import TiltTarget, target_logprobs
 from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
 from saferl.data.world import (
     ReferenceConfig,
+    check_cost_names,
+    cost_limits,
     build_exact_world,
     build_world_tokenizer,
     enumerate_policy_logprobs,
@@ -65,16 +69,25 @@ PREPARED_STAGES = ("data", "sft", "reward_model", "cost_model")
 SCORER_KINDS = ("learned", "oracle")
 
 
+def cost_model_name(cost: str) -> str:
+    """The stage and folder name of the cost model of ``cost``: ``cost_model`` for harm (the
+    one-cost runs' name), ``cost_<cost>_model`` for another cost."""
+    return "cost_model" if cost == "harm" else f"cost_{cost}_model"
+
+
 @dataclass(frozen=True)
 class WorldSettings:
     """The built-in world's problem, data, stages and scorers (config keys in brackets).
 
     Attributes:
-        beta, cost_limit: the problem's β and limit d (root ``beta``, ``cost_limit``), which the
-            exact evaluator solves.
+        beta, cost_limit: the problem's β and limits d, one per cost (root ``beta``,
+            ``cost_limit``), which the exact evaluator solves.
+        costs: the world's costs the run constrains (``world.costs``; ``harm``, or ``harm`` and
+            ``refusal``: m = 2), in the order of ``cost_limit``.
         reference: the tiny policy's shape (``world.reference``; its SFT steps come from ``sft``).
         num_sft, num_pairs_train, num_pairs_test, label_temperature: the datasets (``data.*``).
-        sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``.
+        sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``
+            (every cost's model is trained with ``cost_model``'s settings).
         scorers: ``scorers.kind``: ``"learned"`` (the trained models) or ``"oracle"`` (the ground
             truth).
         calibrate: ``scorers.calibrate``: map each learned model affinely into ground-truth units
@@ -87,7 +100,7 @@ class WorldSettings:
     """
 
     beta: float
-    cost_limit: float
+    cost_limit: tuple[float, ...]
     reference: ReferenceConfig
     num_sft: int
     num_pairs_train: int
@@ -102,8 +115,15 @@ class WorldSettings:
     generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS))
     from_run: Path | None = None
     seed: int = 0
+    costs: tuple[str, ...] = ("harm",)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "costs", check_cost_names(self.costs, "world.costs"))
+        try:
+            limits = cost_limits(self.cost_limit, len(self.costs))
+        except ValueError as error:
+            raise ValueError(f"{error} (world.costs = {list(self.costs)})") from None
+        object.__setattr__(self, "cost_limit", limits)
         if self.scorers not in SCORER_KINDS:
             raise ValueError(
                 f"scorers.kind: {self.scorers!r} is not available on the built-in world; allowed: "
@@ -125,16 +145,24 @@ class WorldSettings:
                            ("scorers.cost_model", self.cost_model)):
             stage.check(key)
 
+    @property
+    def prepared_stages(self) -> tuple[str, ...]:
+        """Stages 1–4 of this run: data, SFT, the reward model and one model per cost."""
+        return ("data", "sft", "reward_model", *(cost_model_name(cost) for cost in self.costs))
+
     def stage_settings(self, stage: str) -> dict:
         """What a stage's outputs depend on (a resumed or reusing run must match it)."""
         if stage == "data":
-            return {
+            settings = {
                 "seed": self.seed,
                 "num_sft": self.num_sft,
                 "num_pairs_train": self.num_pairs_train,
                 "num_pairs_test": self.num_pairs_test,
                 "label_temperature": self.label_temperature,
             }
+            # Only a run with further costs writes their pair files; a harm-only run's record stays
+            # as it was, so run folders from before several costs existed remain reusable.
+            return settings if self.costs == ("harm",) else {**settings, "costs": list(self.costs)}
         if stage == "sft":
             return {"seed": self.seed, "reference": asdict(self.reference), "sft": asdict(self.sft)}
         return {
@@ -144,12 +172,12 @@ class WorldSettings:
         }
 
 
-def world_truth(kind: str) -> Callable[[str, str], float]:
-    """The world's ground-truth reward or cost of a (prompt, response text) pair."""
-    from saferl.data.world import ground_truth_cost, ground_truth_reward, world_prompts
+def world_truth(kind: str, cost: str = "harm") -> Callable[[str, str], float]:
+    """The world's ground-truth reward, or the cost called ``cost``, of a (prompt, response text) pair."""
+    from saferl.data.world import cost_function, ground_truth_reward, world_prompts
 
     prompts = {prompt.text: prompt for prompt in world_prompts()}
-    function = ground_truth_reward if kind == "reward" else ground_truth_cost
+    function = ground_truth_reward if kind == "reward" else cost_function(cost)
     return lambda prompt, response: function(prompts[prompt], response.split())
 
 
@@ -169,8 +197,9 @@ def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int) -> tuple[flo
 
 @dataclass
 class WorldScorerSource:
-    """The world's reward or cost during RL: the ground truth, or the learned model (mapped into
-    ground-truth units when calibrating). ``calibration`` holds the fitted map once built."""
+    """The world's reward or one of its costs during RL: the ground truth, or the learned model
+    (mapped into ground-truth units when calibrating). ``calibration`` holds the fitted map once
+    built; ``cost`` names the cost (``COST_NAMES``) of a cost source."""
 
     kind: str
     scorers: str
@@ -180,19 +209,21 @@ class WorldScorerSource:
     tokenizer: object
     num_ranks: int
     calibration: dict[str, float] | None = None
+    cost: str = "harm"
 
     @classmethod
-    def oracle(cls, kind: str, tokenizer) -> WorldScorerSource:
+    def oracle(cls, kind: str, tokenizer, cost: str = "harm") -> WorldScorerSource:
         """The ground truth as a source (no score model, nothing to calibrate)."""
-        return cls(kind, "oracle", None, False, [], tokenizer, 1)
+        return cls(kind, "oracle", None, False, [], tokenizer, 1, cost=cost)
 
     def build(self, start_group: ScoreGroupStarter) -> Scorer:
         if self.scorers == "oracle":
-            return WorldOracleScorer(self.kind, self.tokenizer)
+            return WorldOracleScorer(self.kind, self.tokenizer, self.cost)
         score_group = start_group(ModelSpec(name_or_path=str(self.model_dir)), self.kind)
         if not self.calibrate:
             return ModelScorer(score_group)
-        scale, shift = calibrate(score_group, self.test_pairs, world_truth(self.kind), self.tokenizer, self.num_ranks)
+        scale, shift = calibrate(score_group, self.test_pairs, world_truth(self.kind, self.cost), self.tokenizer,
+                                 self.num_ranks)
         self.calibration = {"scale": scale, "shift": shift}
         return AffineScorer(ModelScorer(score_group), scale, shift)
 
@@ -227,17 +258,19 @@ class WorldEvaluator:
     learner's own target and, with learned scorers, the exact optimum of the *learned* problem.
 
     Attributes:
-        sft_dir: the reference policy; beta, cost_limit: the problem.
+        sft_dir: the reference policy; beta, cost_limit: the problem (one limit per cost).
         scorers: ``scorers.kind`` (``"learned"`` or ``"oracle"``).
-        sources: the run's reward and cost scorer sources (their calibration, once built, maps the
-            learned models into ground-truth units); None when the learner read no scorer.
+        sources: the run's reward source then one source per cost (their calibration, once built,
+            maps the learned models into ground-truth units); None when the learner read no scorer.
+        costs: the world's costs the run constrains (``world.costs``), in column order.
     """
 
     sft_dir: Path
     beta: float
-    cost_limit: float
+    cost_limit: tuple[float, ...]
     scorers: str = "oracle"
-    sources: tuple[WorldScorerSource, WorldScorerSource] | None = None
+    sources: tuple[WorldScorerSource, ...] | None = None
+    costs: tuple[str, ...] = ("harm",)
 
     def evaluate(self, policy_dir: Path, target: TiltTarget | None = None) -> Evaluation:
         """Enumerate every response; with learned scorers the target is taken on the calibrated
@@ -245,7 +278,8 @@ class WorldEvaluator:
         tokenizer = build_world_tokenizer()
         reference_model, _ = load_policy(self.sft_dir)
         trained_model, _ = load_policy(policy_dir)
-        world = build_exact_world(reference_model.eval(), tokenizer, self.beta, self.cost_limit)
+        world = build_exact_world(reference_model.eval(), tokenizer, self.beta, self.cost_limit,
+                                  cost_names=self.costs)
         trained = world.score(enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts))
         optimum = world.optimum()
         # The problem the learner saw: the ground truth, or the calibrated learned scores.
@@ -257,7 +291,7 @@ class WorldEvaluator:
                 solution = solve(DualProblem.exact(world.ref_logprobs, rewards, costs, self.beta, self.cost_limit))
                 learned_multiplier = [float(v) for v in solution.multiplier]
                 learned_optimum = world.score(torch.log_softmax(
-                    world.ref_logprobs + (rewards - solution.multiplier[0] * costs) / self.beta, dim=1))
+                    world.ref_logprobs + (rewards - costs @ solution.multiplier) / self.beta, dim=1))
             except InfeasibleConstraintError:  # the learned costs cannot meet d: no learned optimum
                 pass
         target_score = target_multiplier = None
@@ -271,14 +305,15 @@ class WorldEvaluator:
             optimal_multiplier=[float(v) for v in optimum.multiplier],
             target=target_score,
             target_label=None if target is None else target.label + (", on the learned scores" if learned is not None else ""),
-            target_multiplier=target_multiplier,
+            target_multiplier=None if target_multiplier is None else list(target_multiplier),
             learned_optimum=learned_optimum,
             learned_optimal_multiplier=learned_multiplier,
+            cost_names=self.costs,
         )
 
     def _learned_scores(self, world, tokenizer) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The calibrated learned reward and cost of every enumerated response, or None (oracle
-        scorers, no scorers read, or a scorer never built)."""
+        """The calibrated learned reward ``(N, K)`` and costs ``(N, K, m)`` of every enumerated
+        response, or None (oracle scorers, no scorers read, or a scorer never built)."""
         from saferl.models import load_score_model
 
         if self.scorers != "learned" or self.sources is None:
@@ -290,7 +325,7 @@ class WorldEvaluator:
             model, _ = load_score_model(source.model_dir)
             raw = enumerate_end_scores(model.eval(), tokenizer, world.prompts, world.responses)
             scores.append(source.calibration["scale"] * raw + source.calibration["shift"])
-        return scores[0], scores[1]
+        return scores[0], torch.stack(scores[1:], dim=-1)
 
 
 def _score_models_needed(settings: WorldSettings, needs: Needs) -> bool:
@@ -310,18 +345,23 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
     # Stage 1's outputs, loaded back through the normal loaders.
     paths = world_dataset_paths(folder / "data")
     prompts = [record.prompt for record in load_prompt_dataset(str(paths.prompts)).records]
-    test_pairs = list(load_preference_dataset(str(paths.preferences_test)).records)
     pairs = list(load_preference_dataset(str(paths.preferences_train)).records) if needs.pairs else []
     sft_dir = folder / "models" / "sft"
     sft_spec = ModelSpec(name_or_path=str(sft_dir))
-    score_dirs = {kind: folder / "models" / f"{kind}_model" for kind in ("reward", "cost")}
+    models = folder / "models"
+    cost_dirs = [models / cost_model_name(cost) for cost in settings.costs]
 
-    # 5. The scorers (the evaluator reads their calibration once the learner has built them).
-    def source(kind: str) -> WorldScorerSource:
-        return WorldScorerSource(kind, settings.scorers, score_dirs[kind], settings.calibrate, test_pairs, tokenizer,
-                                 resources.num_ranks)
+    # 5. The scorers (the evaluator reads their calibration once the learner has built them); each
+    # is calibrated on the held-out pairs of its own labels.
+    def source(kind: str, model_dir: Path, cost: str = "harm") -> WorldScorerSource:
+        test_pairs = list(load_preference_dataset(str(paths.preferences("test", cost))).records)
+        return WorldScorerSource(kind, settings.scorers, model_dir, settings.calibrate, test_pairs, tokenizer,
+                                 resources.num_ranks, cost=cost)
 
-    sources = (source("reward"), source("cost")) if needs.scorers else None
+    sources = None
+    if needs.scorers:
+        sources = (source("reward", models / "reward_model"),
+                   *(source("cost", path, cost) for cost, path in zip(settings.costs, cost_dirs, strict=True)))
 
     # Critics start from the score models (docs/algorithms.md §2).
     return Setup(
@@ -336,15 +376,17 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         pairs=pairs,
         pairs_source=str(paths.preferences_train),
         reward=sources[0] if sources else None,
-        costs=(sources[1],) if sources else (),
-        reward_critic=CriticStart(sft_spec, init_from=str(score_dirs["reward"])) if needs.critics else None,
-        cost_critics=(CriticStart(sft_spec, init_from=str(score_dirs["cost"])),) if needs.critics else (),
+        costs=sources[1:] if sources else (),
+        reward_critic=CriticStart(sft_spec, init_from=str(models / "reward_model")) if needs.critics else None,
+        # One cost critic per cost, each from its own cost model (docs/algorithms.md §2).
+        cost_critics=tuple(CriticStart(sft_spec, init_from=str(path)) for path in cost_dirs) if needs.critics else (),
         # 6. The exact evaluator.
-        evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers, sources),
+        evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers, sources,
+                                 settings.costs),
         rows_per_call=None,
         label_temperature=settings.label_temperature,
         score_units="ground-truth units" if settings.scorers == "oracle" or settings.calibrate else "cost-model units",
-        details={f"{kind}_model": value for kind, value in metrics.items()},
+        details=metrics,
         seconds=seconds,
     )
 
@@ -353,7 +395,8 @@ def _run_stages(
     settings: WorldSettings, resources: Resources, output: RunOutput, tokenizer, score_models: bool
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Stages 1–4 in ``output.folder`` (finished ones skipped with ``output.resume``); returns the
-    score models' held-out metrics and each stage's wall seconds."""
+    score models' held-out metrics by stage name (``reward_model``, ``cost_model``, ...) and each
+    stage's wall seconds."""
     folder = output.folder
     folder.mkdir(parents=True, exist_ok=True)
     records = StageRecords(folder, output.resume)
@@ -371,6 +414,7 @@ def _run_stages(
             num_pairs_test=settings.num_pairs_test,
             temperature=settings.label_temperature,
             overwrite=True,  # this run's own folder: a stage that did not finish is redone
+            costs=settings.costs,
         )
         records.mark("data", {"seconds": time.perf_counter() - clock}, settings.stage_settings("data"))
     paths = world_dataset_paths(folder / "data")
@@ -391,23 +435,26 @@ def _run_stages(
     if not score_models:
         return {}, seconds
 
-    # 3–4. Reward and cost models, initialised from the SFT backbone.
-    train_pairs = load_preference_dataset(str(paths.preferences_train)).records
-    test_pairs = list(load_preference_dataset(str(paths.preferences_test)).records)
+    # 3–4. The reward model and one model per cost, initialised from the SFT backbone; a cost's
+    # model learns from the pairs labelled by that cost (the reward model from the harm pairs').
     metrics: dict[str, dict[str, float]] = {}
-    for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
+    models = [("reward", "harm", "reward_model", settings.reward_model)]
+    models += [("cost", cost, cost_model_name(cost), settings.cost_model) for cost in settings.costs]
+    for kind, cost, name, stage in models:
         clock = time.perf_counter()
-        name = f"{kind}_model"
         if (done := records.finished(name, settings.stage_settings(name))) is not None:
-            metrics[kind], seconds[name] = done["metrics"], done["seconds"]
+            metrics[name], seconds[name] = done["metrics"], done["seconds"]
             continue
-        metrics[kind] = run_score_stage(
+        train_pairs = load_preference_dataset(str(paths.preferences("train", cost))).records
+        test_pairs = list(load_preference_dataset(str(paths.preferences("test", cost))).records)
+        metrics[name] = run_score_stage(
             kind, stage, sft_dir, train_pairs, test_pairs, tokenizer, template=WORLD_TEMPLATE,
             max_length=MAX_SEQUENCE_LENGTH, regularization=settings.regularization, seed=settings.seed,
-            resources=resources, output=output, export_dir=folder / "models" / name, truth=world_truth(kind),
+            resources=resources, output=output, export_dir=folder / "models" / name, truth=world_truth(kind, cost),
+            name=name,
         )
         seconds[name] = time.perf_counter() - clock
-        records.mark(name, {"metrics": metrics[kind], "seconds": seconds[name]}, settings.stage_settings(name))
+        records.mark(name, {"metrics": metrics[name], "seconds": seconds[name]}, settings.stage_settings(name))
     return metrics, seconds
 
 
@@ -421,11 +468,12 @@ def _reuse(
             "whose stages 1–4 (data, SFT, reward and cost models) finished"
         )
     records = StageRecords(folder, resume=True)
-    stages = PREPARED_STAGES if score_models else PREPARED_STAGES[:2]
+    stages = settings.prepared_stages if score_models else settings.prepared_stages[:2]
     done = {}
     for stage in stages:
         done[stage] = records.finished(stage, settings.stage_settings(stage))
         if done[stage] is None:
-            raise ValueError(f"model.from_run: stage {stage!r} of {folder} did not finish; resume that run first")
-    metrics = {kind: done[f"{kind}_model"]["metrics"] for kind in ("reward", "cost") if f"{kind}_model" in done}
+            raise ValueError(f"model.from_run: stage {stage!r} of {folder} did not finish (or ran with other "
+                             "settings); resume that run first")
+    metrics = {stage: done[stage]["metrics"] for stage in stages[2:]}
     return folder, metrics, {stage: 0.0 for stage in stages}

@@ -66,6 +66,7 @@ WORLD_PRESETS = {  # preset -> (learner, preference loss or None)
     "world_pecan": ("pecan", None),
     "world_bfpo": ("preference", "bfpo"),
     "world_safe_nca": ("preference", "safe_nca"),
+    "world_two_costs": ("ppo_lag", None),
 }
 ALPACA = "PKU-Alignment/alpaca-7b-reproduced"
 # The type of ``RunConfig.settings`` for each learner.
@@ -315,8 +316,10 @@ def test_world_preset_builds_the_world_setup_with_its_learner(preset):
     run = validate(cfg)
     assert isinstance(run.setup, WorldSettings) and not isinstance(run.setup, HubSettings)
     assert run.learner == learner
-    assert run.setup.beta == cfg.beta and run.setup.cost_limit == cfg.cost_limit
-    assert run.beta == cfg.beta and run.cost_limit == cfg.cost_limit
+    limits = tuple(cfg.cost_limit) if OmegaConf.is_list(cfg.cost_limit) else (cfg.cost_limit,)
+    assert run.setup.beta == cfg.beta and run.setup.cost_limit == run.cost_limits == limits
+    assert run.beta == cfg.beta and run.cost_limit == (limits if len(limits) > 1 else limits[0])
+    assert run.setup.costs == run.costs == tuple(cfg.world.costs) and len(run.costs) == len(limits)
     assert run.setup.generation.max_new_tokens == 3
     assert run.setup.scorers in ("learned", "oracle")
     assert run.setup.reference == run.reference
@@ -458,6 +461,21 @@ ERRORS = [
     ("oracle-on-hub", ("experiment=beaver_v1", "scorers=oracle"), ["scorers.kind", "'oracle'"]),
     # Reusing a run folder that is not one.
     ("from-run-not-a-run", (f"model.from_run={NOT_A_RUN}",), ["model.from_run", repr(NOT_A_RUN)]),
+    # Several costs: one limit per cost, the world's cost names, only where several constraints run.
+    ("two-costs-one-limit", ("world.costs=[harm,refusal]",),
+     ["cost_limit: expected a list of 2 numbers", "found -0.8", "world.costs = ['harm', 'refusal']"]),
+    ("one-cost-two-limits", ("cost_limit=[-0.8,0.02]",),
+     ["cost_limit: expected a number", "found [-0.8, 0.02]", "world.costs = ['harm']"]),
+    ("unknown-cost-name", ("world.costs=[harm,toxicity]", "cost_limit=[-0.8,0.1]"),
+     ["world.costs", "'refusal'", "toxicity"]),
+    ("cost-limit-not-a-number", ("cost_limit=[-0.8,low]", "world.costs=[harm,refusal]"),
+     ["cost_limit", "'low'"]),
+    ("two-costs-pecan", ("world.costs=[harm,refusal]", "cost_limit=[-0.8,0.02]", "learner=pecan"),
+     ["learner=pecan with 2 costs (world.costs)", "learner=ppo_lag or learner=mocan"]),
+    ("two-costs-hub", (*HUB, "world.costs=[harm,refusal]", "cost_limit=[-0.8,0.02]"),
+     ["world.costs=['harm', 'refusal']", "model.source='hub'"]),
+    ("two-costs-multiplier-cap-length", ("experiment=world_two_costs", "multiplier.max_value=[5.0,5.0,5.0]"),
+     ["multiplier.max_value", "2 values"]),
     # W&B's `disabled` mode is logger.kind=none here.
     ("logger-mode-disabled", ("logger.mode=disabled",), ["logger.mode", "'disabled'"]),
 ]
@@ -540,10 +558,10 @@ def typed(run: RunConfig, key: str):
             assert run.settings.beta == run.setup.beta
         return run.setup.beta
     if key == "cost_limit":
-        assert run.cost_limit == run.setup.cost_limit
+        assert run.cost_limits == run.setup.cost_limit  # the setup holds one limit per cost
         if isinstance(run.settings, (PPOLagSettings, MocanSettings)):
-            assert run.settings.cost_limit == run.setup.cost_limit
-        return run.setup.cost_limit
+            assert run.settings.cost_limit == run.cost_limit
+        return run.cost_limit
     if key.startswith("multiplier."):
         lagrangian = run.settings.ppo if isinstance(run.settings, MocanSettings) else run.settings
         assert isinstance(lagrangian, PPOLagSettings)

@@ -9,6 +9,7 @@ float64 copy of the model, the dual solver's own statistics).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -28,6 +29,7 @@ from saferl.data import (
     load_sft_dataset,
 )
 from saferl.data.world import (
+    COST_NAMES,
     EOS,
     HARMFUL_TOPICS,
     MAX_RESPONSE_TOKENS,
@@ -36,10 +38,13 @@ from saferl.data.world import (
     ReferenceConfig,
     build_exact_world,
     build_world_tokenizer,
+    check_cost_names,
+    cost_function,
     demonstrator_distribution,
     enumerate_policy_logprobs,
     enumerate_responses,
     ground_truth_cost,
+    ground_truth_refusal,
     ground_truth_reward,
     is_safe,
     load_or_train_reference_policy,
@@ -405,7 +410,7 @@ def test_reference_sft_loss_decreases(reference: tuple[PreTrainedModel, list[flo
 def test_reference_is_sensible_but_mixed(world: ExactWorld) -> None:
     probs = world.ref_logprobs.exp()  # (16, 5220)
     harmful = torch.tensor([prompt.harmful for prompt in world.prompts])
-    safe_rate = (probs * (world.costs <= 0)).sum(1)  # (16,)
+    safe_rate = (probs * (world.costs[..., 0] <= 0)).sum(1)  # (16,)
     # Neither all-safe nor all-unsafe on harmful prompts (the demonstrator is 60 % safe) ...
     assert 0.2 < safe_rate[harmful].mean().item() < 0.95
     assert ((safe_rate[harmful] > 0.2) & (safe_rate[harmful] < 0.95)).all()
@@ -483,9 +488,9 @@ def test_enumerate_responses(tokenizer: PreTrainedTokenizerFast) -> None:
 
 
 def test_exact_world_ground_truth_tables(world: ExactWorld) -> None:
-    assert (
-        world.rewards.shape == world.costs.shape == world.ref_logprobs.shape == (16, NUM_RESPONSES)
-    )
+    assert world.rewards.shape == world.ref_logprobs.shape == (16, NUM_RESPONSES)
+    assert world.costs.shape == (16, NUM_RESPONSES, 1) and world.cost_names == ("harm",)
+    assert world.cost_limit == (COST_LIMIT,)
     assert world.ref_logprobs.dtype == torch.float64
     # Extremes over exact mode's responses: reward −4 ("sorry" + two off-topic words, cut off, on a
     # benign prompt: −1.5 − 2 − 0.5) to 2 ("steps detail" + EOS, or "steps detail detail" cut off:
@@ -502,7 +507,7 @@ def test_exact_world_ground_truth_tables(world: ExactWorld) -> None:
         assert world.rewards[row, column].item() == ground_truth_reward(
             world.prompts[row], words, done
         )
-        assert world.costs[row, column].item() == ground_truth_cost(world.prompts[row], words, done)
+        assert world.costs[row, column, 0].item() == ground_truth_cost(world.prompts[row], words, done)
 
 
 def test_exact_probabilities_sum_to_one(world: ExactWorld) -> None:
@@ -643,7 +648,7 @@ def test_optimum_kkt_and_strong_duality(world: ExactWorld) -> None:
     # The scored optimal policy is the solver's π_λ*: same reward, cost, KL.
     score = world.score(world.optimal_logprobs())
     assert score.expected_reward == pytest.approx(optimum.expected_reward.item(), abs=1e-9)
-    assert score.expected_cost == pytest.approx(optimum.expected_cost.item(), abs=1e-9)
+    assert score.expected_cost == pytest.approx(optimum.expected_cost.tolist(), abs=1e-9)
     assert score.kl == pytest.approx(optimum.kl.item(), abs=1e-9)
     assert abs(score.lagrangian_gap) < 1e-9 and abs(score.normalised_lagrangian_gap) < 1e-8
     assert abs(score.kl_to_optimum) < 1e-12
@@ -673,7 +678,7 @@ def test_score_of_reference_and_extremes(world: ExactWorld) -> None:
         (probs * world.rewards).sum(1).mean().item(), abs=1e-12
     )
     assert reference.expected_cost == pytest.approx(
-        (probs * world.costs).sum(1).mean().item(), abs=1e-12
+        ((probs * world.costs[..., 0]).sum(1).mean().item(),), abs=1e-12
     )
     assert reference.objective == pytest.approx(world.reference_objective(), abs=1e-12)
     optimum = world.score(world.optimal_logprobs())
@@ -685,7 +690,7 @@ def test_score_of_reference_and_extremes(world: ExactWorld) -> None:
     assert unconstrained.violation[0] > 1e-3
     assert unconstrained.kl == pytest.approx(world.problem().statistics(0.0)["kl"].item(), abs=1e-9)
     # The safety-only extreme has the lowest cost and the highest safe rate of the three.
-    assert safety_only.expected_cost < optimum.expected_cost < unconstrained.expected_cost
+    assert safety_only.expected_cost[0] < optimum.expected_cost[0] < unconstrained.expected_cost[0]
     assert safety_only.safe_rate > optimum.safe_rate > unconstrained.safe_rate
     assert safety_only.violation == (0.0,) and safety_only.lagrangian_gap > 0
     assert unconstrained.lagrangian_gap > 0  # J above J*, yet no credit for breaking the limit
@@ -693,6 +698,99 @@ def test_score_of_reference_and_extremes(world: ExactWorld) -> None:
         assert score.lagrangian_gap == pytest.approx(BETA * score.kl_to_optimum, abs=1e-9)
         assert score.objective == pytest.approx(score.expected_reward - BETA * score.kl, abs=1e-12)
         assert score.kl >= -1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Two costs: harm and refusal (m = 2)
+# --------------------------------------------------------------------------------------------
+def test_refusal_cost_worked_values_and_names() -> None:
+    assert COST_NAMES == ("harm", "refusal")
+    assert cost_function("harm") is ground_truth_cost and cost_function("refusal") is ground_truth_refusal
+    # 1 for a refusal on any prompt, else 0; harm and refusal move apart on harmful prompts: a
+    # refusal lowers harm (−1.0) more than a safe redirect (−0.7) but is the one that counts as refusing.
+    assert ground_truth_refusal(BENIGN, ["sorry"]) == ground_truth_refusal(HARMFUL, ["sorry", "safely"]) == 1.0
+    assert ground_truth_refusal(HARMFUL, ["safely"]) == ground_truth_refusal(BENIGN, ["steps", "detail"]) == 0.0
+    assert ground_truth_cost(HARMFUL, ["sorry"]) < ground_truth_cost(HARMFUL, ["safely"]) <= 0
+    with pytest.raises(ValueError, match=r"world.costs: expected distinct cost names from \['harm', 'refusal'\]"):
+        check_cost_names(["harm", "toxicity"])
+    with pytest.raises(ValueError, match="repeated"):
+        check_cost_names(["harm", "harm"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        check_cost_names([])
+
+
+def test_refusal_preference_pairs_follow_the_refusal_cost(tmp_path: Path) -> None:
+    pairs = make_preference_pairs(300, seed=3, temperature=1.0, cost="refusal")
+    checked = 0
+    for pair in pairs:
+        prompt = BY_TEXT[pair.prompt]
+        refuses = [ground_truth_refusal(prompt, pair.response(i).split()) for i in (0, 1)]
+        assert [pair.is_safe(i) for i in (0, 1)] == [value <= 0 for value in refuses]
+        if refuses[0] != refuses[1]:  # exactly one refuses: the other is the safer
+            assert pair.safer_response_id == (0 if refuses[0] < refuses[1] else 1)
+            checked += 1
+    assert checked > 20
+    paths = write_world_datasets(tmp_path / "world", seed=7, num_sft=20, num_pairs_train=30, num_pairs_test=10,
+                                 costs=("harm", "refusal"))
+    assert paths.preferences("train", "refusal").name == "preferences_train_refusal.jsonl"
+    assert paths.preferences("test") == paths.preferences_test
+    written = load_preference_dataset(str(paths.preferences("train", "refusal")), strict=True).records
+    assert list(written) == make_preference_pairs(30, 8 + 10, 0.5, cost="refusal")
+
+
+def two_cost_world(world: ExactWorld, limits: tuple[float, float]) -> ExactWorld:
+    """The module's world with the refusal cost as a second column (its tables computed here
+    from the ground truth, the reference's log-probabilities reused)."""
+    refusal = torch.tensor(
+        [[ground_truth_refusal(p, words) for words in world.responses.words] for p in world.prompts],
+        dtype=torch.float64,
+    )
+    return dataclasses.replace(world, costs=torch.cat([world.costs, refusal[..., None]], dim=-1),
+                               cost_limit=limits, cost_names=("harm", "refusal"))
+
+
+def test_build_exact_world_with_two_costs(
+    world: ExactWorld, reference: tuple[PreTrainedModel, list[float]], tokenizer: PreTrainedTokenizerFast
+) -> None:
+    prompts = (PROMPTS[0], PROMPTS[9])  # one benign, one harmful: enumeration stays quick
+    built = build_exact_world(reference[0], tokenizer, BETA, [COST_LIMIT, 0.02], prompts, ("harm", "refusal"))
+    assert built.costs.shape == (2, NUM_RESPONSES, 2) and built.cost_limit == (COST_LIMIT, 0.02)
+    expected = two_cost_world(world, (COST_LIMIT, 0.02))
+    assert torch.equal(built.costs, expected.costs[[0, 9]])
+    assert torch.allclose(built.ref_logprobs, world.ref_logprobs[[0, 9]], atol=1e-9)
+    with pytest.raises(ValueError, match=r"cost_limit: expected a list of 2 numbers .*found -0.8"):
+        build_exact_world(reference[0], tokenizer, BETA, COST_LIMIT, prompts, ("harm", "refusal"))
+
+
+def test_two_cost_optimum_kkt_and_one_inactive_equals_one_cost(world: ExactWorld) -> None:
+    # A refusal budget of 2 %: the harm-only optimum refuses 3.3 % of the time, so both bind.
+    both = two_cost_world(world, (COST_LIMIT, 0.02))
+    optimum = both.optimum()
+    multiplier = optimum.multiplier
+    assert optimum.method == "projected_newton" and (multiplier > 0.1).all()
+    slack = torch.tensor(both.cost_limit, dtype=torch.float64) - optimum.expected_cost
+    assert (slack.abs() < 1e-9).all() and (multiplier * slack).abs().max() < 1e-9  # KKT
+    assert abs(optimum.dual_value.item() - optimum.objective.item()) < 1e-9  # strong duality
+    score = both.score(both.optimal_logprobs())
+    assert score.expected_cost == pytest.approx(both.cost_limit, abs=1e-9) and score.feasible
+    assert abs(score.lagrangian_gap) < 1e-9 and abs(score.kl_to_optimum) < 1e-12
+    # The harm-only optimum breaks the refusal budget; scored against both it is not π*.
+    harm_only = both.score(world.optimal_logprobs())
+    assert harm_only.violation[0] < 1e-9 and harm_only.violation[1] > 0.01 and not harm_only.feasible
+    assert harm_only.lagrangian_gap == pytest.approx(BETA * harm_only.kl_to_optimum, abs=1e-9)
+    assert harm_only.lagrangian_gap > 1e-4
+    # A loose refusal budget: λ*_2 = 0 and every yardstick equals the one-cost world's.
+    loose = two_cost_world(world, (COST_LIMIT, 0.5))
+    assert loose.optimum().multiplier[1].item() == 0.0
+    assert loose.optimum().multiplier[0].item() == pytest.approx(world.optimum().multiplier.item(), abs=1e-10)
+    for logprobs in (world.ref_logprobs, world.optimal_logprobs(), world.unconstrained_logprobs()):
+        two, one = loose.score(logprobs), world.score(logprobs)
+        for name in ("expected_reward", "kl", "objective", "safe_rate", "kl_to_optimum", "lagrangian_gap",
+                     "normalised_lagrangian_gap"):
+            if name != "safe_rate":  # refusals are not "safe" under the refusal cost
+                assert getattr(two, name) == pytest.approx(getattr(one, name), abs=1e-9), name
+        assert two.expected_cost[0] == pytest.approx(one.expected_cost[0], abs=1e-12)
+        assert two.violation[0] == pytest.approx(one.violation[0], abs=1e-12) and two.violation[1] == 0.0
 
 
 def test_score_rejects_bad_inputs(world: ExactWorld) -> None:

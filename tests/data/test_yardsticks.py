@@ -86,7 +86,8 @@ def random_policies(problem: dict, count: int, seed: int = 1) -> list[torch.Tens
         if k % 4 == 1:
             logits = problem["ref_logprobs"] + (k % 7 + 1) * problem["rewards"]  # reward-greedy
         if k % 4 == 2:
-            logits = problem["ref_logprobs"] - (k % 5 + 1) * problem["costs"]  # cost-averse
+            costs = problem["costs"] if problem["costs"].ndim == 2 else problem["costs"].sum(-1)
+            logits = problem["ref_logprobs"] - (k % 5 + 1) * costs  # cost-averse
         if k % 5 == 3:
             logits[:, : NUM_RESPONSES // 2] = -math.inf  # zeros: 0·log 0 = 0
         policies.append(torch.log_softmax(logits, dim=1))
@@ -162,7 +163,7 @@ def test_infeasible_policy_above_the_optimum_has_positive_gap_and_violation(prob
     # G by hand: J* − [J(π) − λ*(E_π c − d)].
     cost_limit = problem["cost_limit"]
     by_hand = optimum.objective - (
-        scored.objective - multiplier(problem).item() * (scored.expected_cost - cost_limit)
+        scored.objective - multiplier(problem).item() * (scored.expected_cost[0] - cost_limit)
     )
     assert scored.lagrangian_gap == pytest.approx(by_hand, abs=1e-12)
 
@@ -170,7 +171,7 @@ def test_infeasible_policy_above_the_optimum_has_positive_gap_and_violation(prob
 def test_feasible_verdict_respects_the_tolerance_at_the_boundary(problem: dict) -> None:
     assert FEASIBILITY_TOLERANCE == 1e-3
     # π* scored against limits it exceeds by just under and just over the tolerance.
-    reference_cost = score(problem, problem["ref_logprobs"]).expected_cost
+    (reference_cost,) = score(problem, problem["ref_logprobs"]).expected_cost
     assert reference_cost > problem["cost_limit"]
     for excess, feasible in ((0.0, True), (0.9e-3, True), (1.1e-3, False), (0.01, False)):
         # Move the limit instead of the policy: the optimum's own cost sits at its limit.
@@ -179,10 +180,10 @@ def test_feasible_verdict_respects_the_tolerance_at_the_boundary(problem: dict) 
         assert scored.violation[0] == pytest.approx(excess, abs=1e-10)
         assert scored.feasible is feasible
         assert scored.is_feasible(tolerance=0.02) is True
-    boundary = PolicyScore(0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, (FEASIBILITY_TOLERANCE,))
+    boundary = PolicyScore(0.0, (0.0,), 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, (FEASIBILITY_TOLERANCE,))
     assert boundary.feasible
-    assert not PolicyScore(0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, (math.nan,)).feasible
-    assert not PolicyScore(0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, (0.0, 2e-3)).feasible
+    assert not PolicyScore(0.0, (0.0,), 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, (math.nan,)).feasible
+    assert not PolicyScore(0.0, (0.0, 0.0), 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, (0.0, 2e-3)).feasible
 
 
 def test_zero_probabilities_are_safe(problem: dict) -> None:
@@ -198,14 +199,111 @@ def test_zero_probabilities_are_safe(problem: dict) -> None:
     assert scored.lagrangian_gap == pytest.approx(BETA * scored.kl_to_optimum, abs=1e-10)
 
 
-def test_score_rejects_several_constraints(problem: dict) -> None:
-    costs = torch.stack([problem["costs"], -problem["costs"]], dim=-1)
-    with pytest.raises(ValueError, match="m = 2"):
-        score_policy(
-            problem["ref_logprobs"],
-            problem["ref_logprobs"],
-            problem["rewards"],
-            costs,
-            BETA,
-            [0.0, 0.0],
-        )
+# --------------------------------------------------------------------------------------------
+# Two constraints (m = 2): the same yardsticks, λ* from the projected-Newton dual solve
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_constraints(problem: dict) -> dict:
+    """The problem with a second cost that moves against the first on the same prompts (the
+    Hessian of the dual has off-diagonal terms), and limits that the reference breaks on both."""
+    generator = torch.Generator().manual_seed(7)
+    second = -0.7 * problem["costs"] + 0.6 * torch.randn(
+        NUM_PROMPTS, NUM_RESPONSES, generator=generator, dtype=torch.float64
+    )
+    costs = torch.stack([problem["costs"], second], dim=-1)  # (4, 6, 2)
+    probs = problem["ref_logprobs"].exp()
+    reference_cost = torch.einsum("nk,nkj->j", probs, costs) / NUM_PROMPTS
+    return {**problem, "costs": costs, "cost_limit": (reference_cost - torch.tensor([0.2, 0.1], dtype=torch.float64)).tolist()}
+
+
+def dual_by_scipy(problem: dict) -> torch.Tensor:
+    """λ* = argmin_{λ ≥ 0} D(λ) by L-BFGS-B on D written out in numpy (not DualProblem):
+    D(λ) = β mean_x logsumexp_y(log π_ref + (r − λ·c)/β) + λ·d."""
+    import numpy as np
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp, softmax
+
+    log_ref, rewards = problem["ref_logprobs"].numpy(), problem["rewards"].numpy()
+    costs, limit, beta = problem["costs"].numpy(), np.asarray(problem["cost_limit"]), problem["beta"]
+
+    def value_and_gradient(multiplier):
+        logits = log_ref + (rewards - costs @ multiplier) / beta
+        probs = softmax(logits, axis=1)
+        value = beta * logsumexp(logits, axis=1).mean() + multiplier @ limit
+        return value, limit - np.einsum("nk,nkj->j", probs, costs) / probs.shape[0]
+
+    result = minimize(value_and_gradient, np.zeros(costs.shape[-1]), jac=True, method="L-BFGS-B",
+                      bounds=[(0, None)] * costs.shape[-1], options={"ftol": 0, "gtol": 1e-13, "maxiter": 10_000})
+    return torch.from_numpy(result.x)
+
+
+def test_two_constraint_optimum_satisfies_kkt_and_matches_a_scipy_solve(two_constraints: dict) -> None:
+    problem = two_constraints
+    dual = DualProblem.exact(problem["ref_logprobs"], problem["rewards"], problem["costs"], BETA,
+                             problem["cost_limit"])
+    solution = solve(dual)
+    multiplier = solution.multiplier
+    assert solution.method == "projected_newton"
+    assert (multiplier > 0.05).all()  # both limits bind
+    assert torch.allclose(multiplier, dual_by_scipy(problem), rtol=0, atol=1e-7)
+    optimal = tilted_logprobs(problem["ref_logprobs"], problem["rewards"], problem["costs"], BETA, multiplier)
+    optimum = score(problem, optimal)
+    limits = torch.tensor(problem["cost_limit"], dtype=torch.float64)
+    slack = limits - torch.tensor(optimum.expected_cost, dtype=torch.float64)
+    # KKT: λ* ≥ 0, feasibility E c_j ≤ d_j, complementary slackness λ*_j (d_j − E c_j) = 0.
+    assert (multiplier >= 0).all() and (slack >= -1e-10).all()
+    assert (multiplier * slack).abs().max() < 1e-10
+    # Strong duality D(λ*) = J(π*), and π* scores zero on every yardstick.
+    assert solution.dual_value.item() == pytest.approx(optimum.objective, abs=1e-10)
+    assert optimum.violation == pytest.approx((0.0, 0.0), abs=1e-10) and optimum.feasible
+    assert abs(optimum.lagrangian_gap) < 1e-12 and abs(optimum.kl_to_optimum) < 1e-12
+    assert len(optimum.expected_cost) == len(optimum.violation) == optimum.num_constraints == 2
+    reference = score(problem, problem["ref_logprobs"])
+    assert reference.violation == pytest.approx((0.2, 0.1), abs=1e-12)
+    assert reference.normalised_lagrangian_gap == pytest.approx(1.0, abs=1e-12)
+
+
+def test_two_constraint_gap_is_beta_kl_and_the_definition(two_constraints: dict) -> None:
+    problem = two_constraints
+    dual = DualProblem.exact(problem["ref_logprobs"], problem["rewards"], problem["costs"], BETA,
+                             problem["cost_limit"])
+    multiplier = solve(dual).multiplier
+    optimal = tilted_logprobs(problem["ref_logprobs"], problem["rewards"], problem["costs"], BETA, multiplier)
+    optimum = score(problem, optimal)
+    limits = torch.tensor(problem["cost_limit"], dtype=torch.float64)
+    broken = 0
+    for logprobs in random_policies(problem, 40, seed=3):
+        scored = score(problem, logprobs)
+        assert scored.kl_to_optimum == pytest.approx(kl_by_hand(logprobs, optimal), abs=1e-12)
+        assert scored.lagrangian_gap == pytest.approx(BETA * scored.kl_to_optimum, abs=1e-10)
+        costs = torch.tensor(scored.expected_cost, dtype=torch.float64)
+        by_hand = optimum.objective - (scored.objective - (multiplier @ (costs - limits)).item())
+        assert scored.lagrangian_gap == pytest.approx(by_hand, abs=1e-10)
+        assert scored.violation == pytest.approx(tuple((costs - limits).clamp_min(0).tolist()), abs=1e-14)
+        broken += sum(value > 0 for value in scored.violation)
+    assert broken > 10  # the random policies break each limit now and then
+
+
+def test_with_one_constraint_inactive_the_two_constraint_score_is_the_one_constraint_score(
+    two_constraints: dict,
+) -> None:
+    problem = two_constraints
+    first_only = {**problem, "costs": problem["costs"][..., 0], "cost_limit": problem["cost_limit"][0]}
+    # The second limit far above anything reachable: λ*_2 = 0, and π* is the m = 1 optimum.
+    loose = {**problem, "cost_limit": [problem["cost_limit"][0], 100.0]}
+    dual = DualProblem.exact(problem["ref_logprobs"], problem["rewards"], problem["costs"], BETA, loose["cost_limit"])
+    both = solve(dual).multiplier
+    assert both[1].item() == 0.0
+    assert both[0].item() == pytest.approx(multiplier(first_only).item(), abs=1e-12)
+    for logprobs in [problem["ref_logprobs"], *random_policies(problem, 8, seed=4)]:
+        two, one = score(loose, logprobs), score(first_only, logprobs)
+        for name in ("expected_reward", "kl", "objective", "kl_to_optimum", "lagrangian_gap",
+                     "normalised_lagrangian_gap"):
+            assert getattr(two, name) == pytest.approx(getattr(one, name), abs=1e-11), name
+        assert two.expected_cost[0] == pytest.approx(one.expected_cost[0], abs=1e-14)
+        assert two.violation[0] == pytest.approx(one.violation[0], abs=1e-14) and two.violation[1] == 0.0
+
+
+def test_score_rejects_a_limit_list_of_the_wrong_length(two_constraints: dict) -> None:
+    with pytest.raises(ValueError, match="cost_limit must be a float or have length m=2"):
+        score({**two_constraints, "cost_limit": [0.0, 0.0, 0.0]}, two_constraints["ref_logprobs"])

@@ -32,10 +32,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def scores(reward: float, cost: float, kl: float, gap: float, violation: float = 0.0) -> dict:
-    """A score block as ``summary.json`` holds it (``violation``: a list, one per constraint)."""
+    """A score block as ``summary.json`` holds it (``expected_cost``, ``violation``: lists, one entry
+    per constraint)."""
     return {
         "expected_reward": reward,
-        "expected_cost": cost,
+        "expected_cost": [cost],
         "kl": kl,
         "objective": reward - 0.5 * kl,
         "safe_rate": 0.625,
@@ -236,7 +237,7 @@ def test_table_prints_every_job_with_its_numbers_whole(sweep: Path, capsys):
         trained = expected["trained"]
         for number in (
             f"{trained['expected_reward']:.4f}",
-            f"{trained['expected_cost']:.4f}",
+            f"{trained['expected_cost'][0]:.4f}",
             f"{trained['kl']:.4f}",
             f"{trained['safe_rate']:.3f}",
             f"{trained['violation'][0]:.4f}",
@@ -244,7 +245,7 @@ def test_table_prints_every_job_with_its_numbers_whole(sweep: Path, capsys):
             f"{expected['multiplier'][0]:.4f}",
             f"{expected['optimal_multiplier'][0]:.4f}",
             f"{expected['optimum']['expected_reward']:.4f}",
-            f"{expected['optimum']['expected_cost']:.4f}",
+            f"{expected['optimum']['expected_cost'][0]:.4f}",
             expected["method"],
         ):
             assert number in line, (number, line)

@@ -10,6 +10,7 @@
 
 from saferl.data.world.exact import (
     MAX_RESPONSE_TOKENS,
+    cost_limits,
     ExactResponses,
     ExactWorld,
     PolicyScore,
@@ -27,7 +28,11 @@ from saferl.data.world.generator import (
     write_world_datasets,
 )
 from saferl.data.world.ground_truth import (
+    COST_NAMES,
+    check_cost_names,
+    cost_function,
     ground_truth_cost,
+    ground_truth_refusal,
     ground_truth_reward,
     is_safe,
     response_features,
@@ -50,6 +55,7 @@ from saferl.data.world.vocab import (
 
 __all__ = [
     "BENIGN_TOPICS",
+    "COST_NAMES",
     "EOS",
     "HARMFUL_TOPICS",
     "MAX_RESPONSE_TOKENS",
@@ -62,10 +68,14 @@ __all__ = [
     "WorldPrompt",
     "build_exact_world",
     "build_world_tokenizer",
+    "check_cost_names",
+    "cost_function",
+    "cost_limits",
     "demonstrator_distribution",
     "enumerate_policy_logprobs",
     "enumerate_responses",
     "ground_truth_cost",
+    "ground_truth_refusal",
     "ground_truth_reward",
     "is_safe",
     "load_or_train_reference_policy",

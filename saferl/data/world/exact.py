@@ -15,21 +15,23 @@ assembled:
 
 With the reference's log-probabilities and the ground truth, the exact constrained optimum
 ``π* = π_λ*`` of docs/algorithms.md §1 comes from :func:`saferl.core.dual.solve_exact`, and any policy
-is scored by enumeration: expected reward, cost, KL, its KL to ``π*``, its Lagrangian gap and
-its violation of the limit (docs/algorithms.md §8).
+is scored by enumeration: expected reward, each expected cost, KL, its KL to ``π*``, its Lagrangian
+gap and its violation of each limit (docs/algorithms.md §8). The world constrains one cost (harm) or
+several (``cost_names``, e.g. harm and refusal: m = 2).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from saferl.core.dual import DualProblem, DualSolution, solve
-from saferl.data.world.ground_truth import ground_truth_cost, ground_truth_reward
+from saferl.data.world.ground_truth import check_cost_names, cost_function, ground_truth_reward
 from saferl.data.world.vocab import EOS, WorldPrompt, world_prompts
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ExactResponses",
     "PolicyScore",
     "ExactWorld",
+    "cost_limits",
     "score_policy",
     "tilted_logprobs",
     "enumerate_responses",
@@ -157,12 +160,13 @@ FEASIBILITY_TOLERANCE = 1e-3
 class PolicyScore:
     """A policy scored exactly against the world's ground truth and its constrained optimum.
 
-    The yardsticks of docs/algorithms.md §8: ``J`` alone flatters a policy that breaks the limit (its
+    The yardsticks of docs/algorithms.md §8: ``J`` alone flatters a policy that breaks a limit (its
     ``J`` can exceed ``J* = J(π*)``), so the gaps here are Lagrangian ones, which are never negative
     and vanish only at ``π* = π_λ*``, and the violation is reported beside them.
 
     Attributes:
-        expected_reward, expected_cost: ``E_x E_π r`` and ``E_x E_π c`` (one constraint).
+        expected_reward: ``E_x E_π r``.
+        expected_cost: per constraint, ``E_x E_π c_j`` (one entry per constraint).
         kl: ``E_x KL(π‖π_ref)``, exact.
         objective: ``J(π) = E[r] − β KL``.
         safe_rate: ``P(every cost ≤ 0)`` under π.
@@ -175,7 +179,7 @@ class PolicyScore:
     """
 
     expected_reward: float
-    expected_cost: float
+    expected_cost: tuple[float, ...]
     kl: float
     objective: float
     safe_rate: float
@@ -183,6 +187,11 @@ class PolicyScore:
     lagrangian_gap: float
     normalised_lagrangian_gap: float
     violation: tuple[float, ...]
+
+    @property
+    def num_constraints(self) -> int:
+        """``m``."""
+        return len(self.violation)
 
     @property
     def feasible(self) -> bool:
@@ -236,12 +245,14 @@ def score_policy(
     rewards: torch.Tensor,
     costs: torch.Tensor,
     beta: float,
-    cost_limit: float | list[float] | torch.Tensor,
+    cost_limit: float | Sequence[float] | torch.Tensor,
 ) -> PolicyScore:
-    """Score a policy exactly on an enumerable problem (docs/algorithms.md §1 and §8).
+    """Score a policy exactly on an enumerable problem with ``m ≥ 1`` constraints (docs/algorithms.md
+    §1 and §8).
 
-    Solves the problem's dual for λ* (:func:`saferl.core.dual.solve`), builds ``π* = π_λ*``, and
-    computes every field of :class:`PolicyScore` by enumeration; prompts are weighted uniformly.
+    Solves the problem's dual for λ* (:func:`saferl.core.dual.solve`: bracketed Newton for m = 1,
+    projected Newton for m ≥ 2), builds ``π* = π_λ*``, and computes every field of
+    :class:`PolicyScore` by enumeration; prompts are weighted uniformly.
 
     Args:
         policy_logprobs: ``log π(y|x)``, shape ``(num_prompts, num_responses)``; rows normalised.
@@ -249,11 +260,13 @@ def score_policy(
         rewards: ``r(x, y)``, same shape.
         costs: ``c(x, y)``, same shape (m = 1) or ``(num_prompts, num_responses, m)``.
         beta: KL coefficient β.
-        cost_limit: ``d``, a float or one per constraint.
+        cost_limit: ``d``, a float (m = 1, or the same limit for every constraint) or one per
+            constraint.
 
     Raises:
-        ValueError: a shape mismatch, rows that do not sum to one, or m ≠ 1 (``expected_cost``
-            holds one constraint; ``violation`` is already one entry per constraint).
+        ValueError: a shape mismatch, rows that do not sum to one, or a limit per constraint whose
+            length is not ``m``.
+        InfeasibleConstraintError: no policy meets the limits strictly (no finite λ*).
     """
     ref_logprobs = ref_logprobs.to(torch.float64)
     rewards = rewards.to(torch.float64)
@@ -271,11 +284,6 @@ def score_policy(
         )
     if costs.ndim == 2:
         costs = costs.unsqueeze(-1)  # (N, K, m = 1)
-    if costs.shape[-1] != 1:
-        raise ValueError(
-            f"score_policy scores one constraint (PolicyScore.expected_cost is one number); "
-            f"found costs of shape {tuple(costs.shape)} with m = {costs.shape[-1]}"
-        )
     problem = DualProblem.exact(ref_logprobs, rewards, costs, beta, cost_limit)
     multiplier = solve(problem).multiplier  # λ*, (m,)
     limit = problem.cost_limit  # d, (m,)
@@ -302,7 +310,7 @@ def score_policy(
     reference_gap = lagrangian_gap(ref_logprobs)
     return PolicyScore(
         expected_reward=expected_reward,
-        expected_cost=expected_cost[0].item(),
+        expected_cost=tuple(expected_cost.tolist()),
         kl=kl,
         objective=expected_reward - beta * kl,
         safe_rate=(probs * (costs <= 0).all(-1)).sum(1).mean().item(),
@@ -321,8 +329,11 @@ class ExactWorld:
         prompts: the prompts, length ``num_prompts``.
         responses: the enumerated responses (``num_responses`` = 5220).
         ref_logprobs: ``log π_ref(y|x)``, shape ``(num_prompts, num_responses)``.
-        rewards, costs: ground truth, shape ``(num_prompts, num_responses)``.
-        beta: KL coefficient β; cost_limit: the limit ``d``.
+        rewards: ground truth, shape ``(num_prompts, num_responses)``.
+        costs: ground truth, shape ``(num_prompts, num_responses, m)``, one column per name of
+            ``cost_names``.
+        beta: KL coefficient β; cost_limit: the limits ``d``, one per constraint.
+        cost_names: the world's costs constrained here (``COST_NAMES``), in column order.
     """
 
     prompts: tuple[WorldPrompt, ...]
@@ -331,10 +342,16 @@ class ExactWorld:
     rewards: torch.Tensor
     costs: torch.Tensor
     beta: float
-    cost_limit: float
+    cost_limit: tuple[float, ...]
+    cost_names: tuple[str, ...] = ("harm",)
 
-    def problem(self, cost_limit: float | None = None) -> DualProblem:
-        """The dual problem at the world's limit (or another one)."""
+    @property
+    def num_constraints(self) -> int:
+        """``m``."""
+        return self.costs.shape[-1]
+
+    def problem(self, cost_limit: float | Sequence[float] | None = None) -> DualProblem:
+        """The dual problem at the world's limits (or other ones)."""
         limit = self.cost_limit if cost_limit is None else cost_limit
         return DualProblem.exact(self.ref_logprobs, self.rewards, self.costs, self.beta, limit)
 
@@ -345,20 +362,17 @@ class ExactWorld:
     def optimal_logprobs(self) -> torch.Tensor:
         """``log π_λ*(y|x)``, shape ``(num_prompts, num_responses)``."""
         return tilted_logprobs(
-            self.ref_logprobs,
-            self.rewards,
-            self.costs.unsqueeze(-1),
-            self.beta,
-            self.optimum().multiplier,
+            self.ref_logprobs, self.rewards, self.costs, self.beta, self.optimum().multiplier
         )
 
     def unconstrained_logprobs(self) -> torch.Tensor:
         """The unconstrained optimum ``π ∝ π_ref exp(r/β)`` (λ = 0)."""
-        return torch.log(self.problem().tilted_policy(torch.zeros(1, dtype=torch.float64)))
+        zero = torch.zeros(self.num_constraints, dtype=torch.float64)
+        return tilted_logprobs(self.ref_logprobs, self.rewards, self.costs, self.beta, zero)
 
     def safety_only_logprobs(self) -> torch.Tensor:
-        """The safety-only extreme ``π ∝ π_ref exp(−c/β)`` (maximises −E[c] − β KL)."""
-        return torch.log_softmax(self.ref_logprobs - self.costs / self.beta, dim=1)
+        """The safety-only extreme ``π ∝ π_ref exp(−Σ_j c_j/β)`` (maximises −Σ_j E[c_j] − β KL)."""
+        return torch.log_softmax(self.ref_logprobs - self.costs.sum(-1) / self.beta, dim=1)
 
     def score(self, policy_logprobs: torch.Tensor) -> PolicyScore:
         """Score a policy given ``log π(y|x)`` of every response, shape ``(num_prompts, num_responses)``.
@@ -375,38 +389,51 @@ class ExactWorld:
         return (self.ref_logprobs.exp() * self.rewards).sum(1).mean().item()
 
 
+def cost_limits(cost_limit: float | Sequence[float], num_constraints: int, key: str = "cost_limit") -> tuple[float, ...]:
+    """``d`` as one float per constraint: a float is the single constraint's limit (m = 1); a
+    list must hold ``num_constraints`` numbers. A ValueError names ``key``, the expected length and
+    what was found."""
+    values = [cost_limit] if isinstance(cost_limit, (int, float)) and not isinstance(cost_limit, bool) \
+        else cost_limit
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != num_constraints \
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        expected = "a number" if num_constraints == 1 else f"a list of {num_constraints} numbers"
+        raise ValueError(
+            f"{key}: expected {expected} (one limit per cost, m = {num_constraints}); found {cost_limit!r}"
+        )
+    return tuple(float(v) for v in values)
+
+
 def build_exact_world(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     beta: float,
-    cost_limit: float,
+    cost_limit: float | Sequence[float],
     prompts: tuple[WorldPrompt, ...] | None = None,
+    cost_names: Sequence[str] = ("harm",),
 ) -> ExactWorld:
-    """Enumerate the responses, score them with the ground truth and the reference ``model``."""
+    """Enumerate the responses, score them with the ground truth and the reference ``model``.
+
+    Args:
+        cost_limit: ``d``: a float for one cost, else one limit per name of ``cost_names``.
+        cost_names: the world's costs to constrain, in column order (``COST_NAMES``).
+    """
     prompts = prompts or world_prompts()
+    cost_names = check_cost_names(cost_names, "cost_names")
+    limits = cost_limits(cost_limit, len(cost_names))
     responses = enumerate_responses(tokenizer)
     finished = responses.finished.tolist()
-    rewards = torch.tensor(
-        [
+
+    def table(function) -> torch.Tensor:  # (num_prompts, num_responses)
+        return torch.tensor(
             [
-                ground_truth_reward(p, words, done)
-                for words, done in zip(responses.words, finished, strict=True)
-            ]
-            for p in prompts
-        ],
-        dtype=torch.float64,
-    )
-    costs = torch.tensor(
-        [
-            [
-                ground_truth_cost(p, words, done)
-                for words, done in zip(responses.words, finished, strict=True)
-            ]
-            for p in prompts
-        ],
-        dtype=torch.float64,
-    )
+                [function(p, words, done) for words, done in zip(responses.words, finished, strict=True)]
+                for p in prompts
+            ],
+            dtype=torch.float64,
+        )
+
+    rewards = table(ground_truth_reward)
+    costs = torch.stack([table(cost_function(name)) for name in cost_names], dim=-1)  # (N, K, m)
     ref_logprobs = enumerate_policy_logprobs(model, tokenizer, prompts)
-    return ExactWorld(
-        prompts, responses, ref_logprobs, rewards, costs, float(beta), float(cost_limit)
-    )
+    return ExactWorld(prompts, responses, ref_logprobs, rewards, costs, float(beta), limits, cost_names)

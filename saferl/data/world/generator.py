@@ -7,6 +7,11 @@ ground truth: the helpfulness label Bradley–Terry style, ``P(y0 better) = σ((
 safety label from the ground-truth cost (if exactly one response is safe it is the safer one, else
 ``P(y0 safer) = σ((c1 − c0)/τ)``); ``is_response_i_safe`` = ``cost ≤ 0``. Records are written in
 the PKU-SafeRLHF format so the ordinary loaders read them.
+
+The format holds one safety label per response, so each further cost of the world
+(:data:`~saferl.data.world.ground_truth.COST_NAMES`, e.g. ``refusal``) gets its own pair files,
+``preferences_{train,test}_<cost>.jsonl``, whose safety labels come from that cost (their pairs are
+drawn with their own seed); a cost model is trained on each.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from pathlib import Path
 
 from saferl.data.errors import DataError
 from saferl.data.records import PromptRecord, SafetyPreferencePair, SFTExample
-from saferl.data.world.ground_truth import ground_truth_cost, ground_truth_reward
+from saferl.data.world.ground_truth import (
+    COST_NAMES,
+    check_cost_names,
+    cost_function,
+    ground_truth_cost,
+    ground_truth_reward,
+)
 from saferl.data.world.vocab import WorldPrompt, world_prompts
 from saferl.data.writing import write_records
 
@@ -84,7 +95,7 @@ def make_sft_examples(num_examples: int, seed: int) -> list[SFTExample]:
 
 
 def make_preference_pairs(
-    num_pairs: int, seed: int, temperature: float = 0.5
+    num_pairs: int, seed: int, temperature: float = 0.5, cost: str = "harm"
 ) -> list[SafetyPreferencePair]:
     """``num_pairs`` safety preference pairs of distinct demonstrator responses.
 
@@ -92,9 +103,11 @@ def make_preference_pairs(
         num_pairs: how many pairs.
         seed: random seed.
         temperature: Bradley–Terry temperature τ of both labels (smaller is less noisy).
+        cost: the ground-truth cost (``COST_NAMES``) the safety labels follow.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; found {temperature}")
+    cost_of = cost_function(cost)
     rng = random.Random(seed)
     prompts = world_prompts()
     pairs = []
@@ -109,7 +122,7 @@ def make_preference_pairs(
             ground_truth_reward(prompt, words_0),
             ground_truth_reward(prompt, words_1),
         )
-        cost_0, cost_1 = ground_truth_cost(prompt, words_0), ground_truth_cost(prompt, words_1)
+        cost_0, cost_1 = cost_of(prompt, words_0), cost_of(prompt, words_1)
         safe_0, safe_1 = cost_0 <= 0, cost_1 <= 0
         better = 0 if rng.random() < _sigmoid((reward_0 - reward_1) / temperature) else 1
         if safe_0 != safe_1:
@@ -134,6 +147,12 @@ class WorldDatasetPaths:
     preferences_test: Path
     statistics: Path
 
+    def preferences(self, split: str, cost: str = "harm") -> Path:
+        """The ``split`` (``"train"`` or ``"test"``) pairs whose safety labels follow ``cost``: the
+        PKU files themselves for ``harm``, ``preferences_<split>_<cost>.jsonl`` for another cost."""
+        base = {"train": self.preferences_train, "test": self.preferences_test}[split]
+        return base if cost == "harm" else base.with_name(f"{base.stem}_{cost}.jsonl")
+
 
 def world_dataset_paths(folder: str | Path) -> WorldDatasetPaths:
     """Where :func:`write_world_datasets` puts (or put) each file in ``folder``."""
@@ -156,21 +175,25 @@ def write_world_datasets(
     num_pairs_test: int = 1000,
     temperature: float = 0.5,
     overwrite: bool = False,
+    costs: Sequence[str] = ("harm",),
 ) -> WorldDatasetPaths:
     """Write the world's prompt set, SFT demonstrations and preference pairs as ``.jsonl`` files.
 
     Files: ``prompts.jsonl``, ``sft.jsonl``, ``preferences_train.jsonl``,
-    ``preferences_test.jsonl`` and ``statistics.json``. An existing file is never overwritten
-    unless ``overwrite`` (then the whole set is rewritten).
+    ``preferences_test.jsonl`` and ``statistics.json``, and per cost of ``costs`` other than
+    ``harm`` its own pairs (:meth:`WorldDatasetPaths.preferences`). An existing file is never
+    overwritten unless ``overwrite`` (then the whole set is rewritten).
     """
     folder = Path(folder)
     paths = world_dataset_paths(folder)
+    extra = [name for name in check_cost_names(costs, "costs") if name != "harm"]
     targets = (
         paths.prompts,
         paths.sft,
         paths.preferences_train,
         paths.preferences_test,
         paths.statistics,
+        *(paths.preferences(split, name) for name in extra for split in ("train", "test")),
     )
     existing = [str(path) for path in targets if path.exists()]
     if existing and not overwrite:
@@ -191,6 +214,12 @@ def write_world_datasets(
     write_records(sft, paths.sft, overwrite=overwrite)
     write_records(train, paths.preferences_train, overwrite=overwrite)
     write_records(test, paths.preferences_test, overwrite=overwrite)
+    for name in extra:
+        # Seeds of their own (harm's are seed + 1, seed + 2), so no two files share their draws.
+        offset = 10 * COST_NAMES.index(name)
+        for split, split_seed, count in (("train", seed + 1, num_pairs_train), ("test", seed + 2, num_pairs_test)):
+            pairs = make_preference_pairs(count, split_seed + offset, temperature, cost=name)
+            write_records(pairs, paths.preferences(split, name), overwrite=overwrite)
     statistics = world_statistics(train)
     paths.statistics.write_text(json.dumps(statistics, indent=2) + "\n")
     return paths

@@ -8,6 +8,20 @@ better, cost lower is safer, ``cost ≤ 0`` is safe):
 * on **benign** prompts every answer is safe (cost −1), and refusing loses reward (over-refusal is
   penalised).
 
+The world has two costs, by name (:data:`COST_NAMES`); a run constrains ``harm`` alone (m = 1, the
+default) or both (m = 2, in this order):
+
+* ``harm`` (:func:`ground_truth_cost`): harmful detail on harmful prompts;
+* ``refusal`` (:func:`ground_truth_refusal`): 1 for an answer that refuses, 0 otherwise, on every
+  prompt, so ``E c = P(refuse)`` and its limit is a refusal budget. On a benign prompt every
+  refusal is an over-refusal; on a harmful prompt the budget prefers a safe redirect (``safely``,
+  harm −0.7) to a flat refusal (``sorry``, harm −1.0), so the two constraints pull against each
+  other on the same prompts (the refusal lowers one cost and raises the other). A budget on benign
+  refusals alone would not: the harm cost is constant on benign prompts, so that problem splits
+  prompt by prompt into two one-constraint problems, and the reward's −1.5 for a benign refusal
+  already keeps it far below any sensible limit (with the default reference it binds only below a
+  rate of 5e-5).
+
 A response is a tuple of words (EOS excluded) plus whether it ended with EOS; a response cut off
 by the length limit (no EOS) is penalised as unfinished.
 """
@@ -20,10 +34,14 @@ from dataclasses import dataclass
 from saferl.data.world.vocab import RESPONSE_WORDS, WorldPrompt
 
 __all__ = [
+    "COST_NAMES",
     "ResponseFeatures",
     "response_features",
     "ground_truth_reward",
     "ground_truth_cost",
+    "ground_truth_refusal",
+    "cost_function",
+    "check_cost_names",
     "is_safe",
 ]
 
@@ -93,6 +111,37 @@ def ground_truth_cost(prompt: WorldPrompt, words: Sequence[str], finished: bool 
     return cost
 
 
+def ground_truth_refusal(prompt: WorldPrompt, words: Sequence[str], finished: bool = True) -> float:
+    """Refusal: 1 when the answer refuses (contains ``sorry``), else 0, on every prompt (``≤ 0`` is
+    acceptable; the expectation is the refusal rate)."""
+    return 1.0 if "sorry" in words else 0.0
+
+
+#: The world's costs by name, in the order a run lists them (``world.costs``).
+COST_NAMES = ("harm", "refusal")
+_COST_FUNCTIONS = {"harm": ground_truth_cost, "refusal": ground_truth_refusal}
+
+
+def check_cost_names(names: Sequence[str], key: str = "world.costs") -> tuple[str, ...]:
+    """``names`` as a tuple, or a ValueError naming ``key``: a non-empty list of distinct names
+    from :data:`COST_NAMES`."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise ValueError(f"{key}: expected a non-empty list of cost names from {list(COST_NAMES)}; found {names!r}")
+    unknown = [name for name in names if name not in COST_NAMES]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"{key}: expected distinct cost names from {list(COST_NAMES)}; found {list(names)!r}"
+            + (f" (unknown: {unknown})" if unknown else " (repeated)")
+        )
+    return tuple(names)
+
+
+def cost_function(name: str):
+    """The ground-truth cost called ``name`` (:data:`COST_NAMES`), ``(prompt, words, finished) → float``."""
+    check_cost_names([name], "cost name")
+    return _COST_FUNCTIONS[name]
+
+
 def is_safe(prompt: WorldPrompt, words: Sequence[str], finished: bool = True) -> bool:
-    """The safety label: ground-truth cost ``≤ 0``."""
+    """The safety label: ground-truth harm ``≤ 0``."""
     return ground_truth_cost(prompt, words, finished) <= 0.0
