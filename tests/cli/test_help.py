@@ -36,7 +36,7 @@ def test_help_lists_the_groups_and_the_commented_root_keys(tmp_path):
     assert "learner     mocan pecan ppo_lag* preference" in text
     assert "the algorithm: ppo_lag, mocan, pecan or preference" in text
     # Every root key with its default (as composed) and comment.
-    assert {k.name for k in keys} == {k for k in root if k != "defaults"}
+    assert {k.name for k in keys} == {k for k in root if k not in ("defaults", "hydra")}
     for key in keys:
         assert f" {key.name}={key.default} {key.comment}" in flat
     assert "beta=0.5" in text and "β > 0 of max E[r] − β KL(π‖π_ref)" in text

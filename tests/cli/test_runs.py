@@ -159,12 +159,17 @@ def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
         cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    summaries = {job: json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1")}
+    # Each job's folder is named after its number and its overrides (paths such as model.from_run
+    # left out).
+    folders = {path.name.split("_", 1)[0]: path for path in sweep_dir.iterdir() if path.is_dir()}
+    assert sorted(folders) == ["0", "1"]
+    assert folders["0"].name == "0_cost_limit=-1.0,debug=tiny,runtime.local_num_cpus=8,sweep=cost_limit"
+    summaries = {job: json.loads((folders[job] / "summary.json").read_text()) for job in ("0", "1")}
     assert [summaries[job]["cost_limit"] for job in ("0", "1")] == [-1.0, -0.6]
     # Both jobs share one W&B group named after the sweep folder.
     for job in ("0", "1"):
-        assert list((sweep_dir / job / "wandb").glob("offline-run-*"))
-        metadata = json.loads((sweep_dir / job / "run_metadata.json").read_text())
+        assert list((folders[job] / "wandb").glob("offline-run-*"))
+        metadata = json.loads((folders[job] / "run_metadata.json").read_text())
         assert metadata["config"]["logger"]["group"] == sweep_dir.name
     summary = subprocess.run(
         [sys.executable, "-m", "saferl.eval.sweep_summary", str(sweep_dir)],
@@ -258,7 +263,8 @@ def test_a_sweep_with_the_ray_launcher_runs_its_jobs_on_an_existing_cluster(firs
     assert result["returncode"] == 0, result["stderr"]
     # The job's groups on that cluster: the policy's and the reference's PolicyWorker, two ScoreWorkers.
     assert result["worker_actors"] == ["PolicyWorker"] * 2 + ["ScoreWorker"] * 2
-    arena = json.loads((tmp_path / "sweep" / "0" / "arena.json").read_text())
+    (job_folder,) = (tmp_path / "sweep").glob("0_*")  # job 0, named after its overrides
+    arena = json.loads((job_folder / "arena.json").read_text())
     assert arena["settings"]["seed"] == 3
 
 
