@@ -418,14 +418,33 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_task(cfg: DictConfig) -> float:
     """The function Hydra calls once per job; returns the job's headline metric."""
+    folder = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return run(cfg, output_dir=Path(HydraConfig.get().runtime.output_dir))
+        return run(cfg, output_dir=folder)
     except Exception as error:
         # A mistake found only now (a job.run_dir without a run, a data file read by the job):
-        # said as the preflight says it, not as a crash.
+        # said as the preflight says it, not as a crash, and without the folder Hydra made for it.
         if isinstance(error, _usage_errors()):
+            _remove_if_only_hydra(folder)
             _fail(error, _wants_traceback())
         raise
+
+
+def _remove_if_only_hydra(folder: Path) -> None:
+    """Remove a run folder that holds nothing but what Hydra wrote (``.hydra/``, the job's log):
+    a job that stopped on a usage error leaves no empty ``outputs/<date>/<time>/`` behind. A folder
+    with anything else in it (a resumed run's outputs) is left alone."""
+    import shutil
+
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    if entries and all(entry.name == ".hydra" or entry.suffix == ".log" for entry in entries):
+        shutil.rmtree(folder)
+        # Hydra's default layout, outputs/<date>/<time>: the date and outputs/ folders too, if now empty.
+        outputs = Path.cwd() / "outputs"
+        for parent in folder.resolve().parents:
+            if not parent.is_relative_to(outputs) or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def main() -> None:

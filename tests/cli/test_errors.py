@@ -136,3 +136,15 @@ def test_the_data_files_are_checked_before_the_run(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in _pairs(4)))
     preflight([*TINY_DATA, f"data.path={good}"])
+
+
+def test_a_mistake_found_by_the_job_itself_leaves_no_folder_either(tmp_path):
+    """``job.run_dir`` is read by the job, after Hydra made the run folder: the message is the
+    same kind, and the folder that holds only Hydra's files is removed."""
+    not_a_run = tmp_path / "not_a_run"
+    not_a_run.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    completed, _ = saferl("job=evaluate", f"job.run_dir={not_a_run}", "logger=none", cwd=work)
+    assert_usage_error(completed, f"job.run_dir: {str(not_a_run)!r} holds no finished saferl run (no summary.json)")
+    assert list(work.iterdir()) == []  # no outputs/<date>/<time>/, nor the empty folders above it
