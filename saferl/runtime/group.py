@@ -29,7 +29,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from saferl.runtime.cluster import PlacementPlan, RoleSlot, plan_placement, worker_env_vars
+from saferl.runtime.cluster import PlacementPlan, RoleSlot, actor_runtime_env, plan_placement
 from saferl.runtime.specs import GroupSpec, RuntimeSpec
 from saferl.runtime.types import RankInfo
 from saferl.runtime.workers import RankSetup
@@ -119,12 +119,13 @@ class ActorGroup:
         remote_class = ray.remote(worker_class)
         options: dict[str, Any] = {
             "num_cpus": self.slot.num_cpus,
-            "runtime_env": {"env_vars": worker_env_vars(self.runtime_spec)},
             "max_restarts": 0,
             "max_task_retries": 0,
         }
         if self.slot.num_gpus > 0:
             options["num_gpus"] = self.slot.num_gpus
+        if (runtime_env := actor_runtime_env(self.runtime_spec)) is not None:
+            options["runtime_env"] = runtime_env
         for rank in range(self.num_ranks):
             setup = RankSetup(
                 role=self.role,
