@@ -90,6 +90,11 @@ class StageRecords:
             _require_same_settings(stage, record.get("settings"), settings, self.path)
         return record
 
+    def recorded_settings(self, stage: str) -> dict[str, Any] | None:
+        """The settings ``stage`` finished with (None: not finished), read without checking them."""
+        record = self._records.get(stage)
+        return None if record is None else record.get("settings")
+
     def mark(self, stage: str, record: dict[str, Any], settings: dict[str, Any]) -> None:
         """Record ``stage`` as finished with ``settings`` (written atomically)."""
         self._records[stage] = {**record, "settings": settings}

@@ -17,7 +17,8 @@ hosting DeepSpeed engines), each recorded in ``<run>/stages.json`` so that ``res
 6. the exact evaluator: every response of the reference and of a trained policy is enumerated and
    compared with the exact constrained optimum ``π_λ*`` of the same problem.
 
-``model.from_run`` reuses another run's stages 1–4 in place (their settings must match).
+``model.from_run`` reuses another run's stages 1–4 in place (their settings must match); a run with
+several costs may reuse a harm-only run, and then makes the other costs' pairs and models itself.
 """
 
 from __future__ import annotations
@@ -338,10 +339,19 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
     tokenizer = build_world_tokenizer()
     score_models = _score_models_needed(settings, needs)
     if settings.from_run is not None:
-        folder, metrics, seconds = _reuse(settings, Path(settings.from_run), score_models)
+        folder, metrics, seconds, own_costs = _reuse(settings, Path(settings.from_run), score_models)
+        if own_costs:  # costs the reused run lacks: their pairs and models are made in this run's folder
+            more_metrics, more_seconds = _cost_stages_here(settings, own_costs, folder / "models" / "sft", resources,
+                                                           output, score_models)
+            metrics, seconds = {**metrics, **more_metrics}, {**seconds, **more_seconds}
     else:
-        folder = output.folder
+        folder, own_costs = output.folder, ()
         metrics, seconds = _run_stages(settings, resources, output, tokenizer, score_models)
+
+    def home(cost: str) -> Path:
+        """The run folder holding ``cost``'s pairs and model."""
+        return output.folder if cost in own_costs else folder
+
     # Stage 1's outputs, loaded back through the normal loaders.
     paths = world_dataset_paths(folder / "data")
     prompts = [record.prompt for record in load_prompt_dataset(str(paths.prompts)).records]
@@ -349,12 +359,13 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
     sft_dir = folder / "models" / "sft"
     sft_spec = ModelSpec(name_or_path=str(sft_dir))
     models = folder / "models"
-    cost_dirs = [models / cost_model_name(cost) for cost in settings.costs]
+    cost_dirs = [home(cost) / "models" / cost_model_name(cost) for cost in settings.costs]
 
     # 5. The scorers (the evaluator reads their calibration once the learner has built them); each
     # is calibrated on the held-out pairs of its own labels.
     def source(kind: str, model_dir: Path, cost: str = "harm") -> WorldScorerSource:
-        test_pairs = list(load_preference_dataset(str(paths.preferences("test", cost))).records)
+        test_path = world_dataset_paths(home(cost) / "data").preferences("test", cost)
+        test_pairs = list(load_preference_dataset(str(test_path)).records)
         return WorldScorerSource(kind, settings.scorers, model_dir, settings.calibrate, test_pairs, tokenizer,
                                  resources.num_ranks, cost=cost)
 
@@ -458,16 +469,67 @@ def _run_stages(
     return metrics, seconds
 
 
+def _cost_stages_here(settings: WorldSettings, costs: tuple[str, ...], sft_dir: Path, resources: Resources,
+                      output: RunOutput, score_models: bool) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """The pairs (``data_<cost>``) and, when needed, the models (``cost_<cost>_model``) of costs that
+    a reused run lacks, made in this run's folder from the reused SFT policy; returns their metrics
+    and seconds (finished ones skipped with ``output.resume``)."""
+    from saferl.data.world import write_cost_pairs
+
+    folder = output.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    records = StageRecords(folder, output.resume)
+    tokenizer = build_world_tokenizer()
+    metrics: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    init_ray(resources.runtime)
+    for cost in costs:
+        clock, stage = time.perf_counter(), f"data_{cost}"
+        stage_settings = {**settings.stage_settings("data"), "costs": [cost]}
+        if records.finished(stage, stage_settings) is None:
+            write_cost_pairs(folder / "data", cost, settings.seed, settings.num_pairs_train, settings.num_pairs_test,
+                             settings.label_temperature, overwrite=True)
+            records.mark(stage, {"seconds": time.perf_counter() - clock}, stage_settings)
+        seconds[stage] = time.perf_counter() - clock
+        if not score_models:
+            continue
+        clock, name = time.perf_counter(), cost_model_name(cost)
+        if (done := records.finished(name, settings.stage_settings(name))) is not None:
+            metrics[name], seconds[name] = done["metrics"], done["seconds"]
+            continue
+        paths = world_dataset_paths(folder / "data")
+        metrics[name] = run_score_stage(
+            "cost", settings.cost_model, sft_dir, load_preference_dataset(str(paths.preferences("train", cost))).records,
+            list(load_preference_dataset(str(paths.preferences("test", cost))).records), tokenizer,
+            template=WORLD_TEMPLATE, max_length=MAX_SEQUENCE_LENGTH, regularization=settings.regularization,
+            seed=settings.seed, resources=resources, output=output, export_dir=folder / "models" / name,
+            truth=world_truth("cost", cost), name=name,
+        )
+        seconds[name] = time.perf_counter() - clock
+        records.mark(name, {"metrics": metrics[name], "seconds": seconds[name]}, settings.stage_settings(name))
+    return metrics, seconds
+
+
 def _reuse(
     settings: WorldSettings, folder: Path, score_models: bool
-) -> tuple[Path, dict[str, dict[str, float]], dict[str, float]]:
-    """Stages 1–4 of the finished run in ``folder`` (``model.from_run``), checked against ours."""
+) -> tuple[Path, dict[str, dict[str, float]], dict[str, float], tuple[str, ...]]:
+    """Stages 1–4 of the finished run in ``folder`` (``model.from_run``), checked against ours.
+
+    A run with several costs may reuse a harm-only run: its data, SFT, reward and harm models are
+    used in place, and the other costs (returned last) get their pairs and models in this run's
+    folder (:func:`_cost_stages_here`)."""
     if not (folder / "stages.json").exists():
         raise FileNotFoundError(
             f"model.from_run: {folder} holds no finished run (no stages.json); give a run folder "
             "whose stages 1–4 (data, SFT, reward and cost models) finished"
         )
     records = StageRecords(folder, resume=True)
+    own_costs: tuple[str, ...] = ()
+    harm_only = WorldSettings(**{**{f: getattr(settings, f) for f in settings.__dataclass_fields__},
+                                 "costs": ("harm",), "cost_limit": (0.0,)})  # read for its stage settings only
+    if settings.costs != ("harm",) and records.recorded_settings("data") == harm_only.stage_settings("data"):
+        own_costs = tuple(cost for cost in settings.costs if cost != "harm")
+        settings = harm_only
     stages = settings.prepared_stages if score_models else settings.prepared_stages[:2]
     done = {}
     for stage in stages:
@@ -476,4 +538,4 @@ def _reuse(
             raise ValueError(f"model.from_run: stage {stage!r} of {folder} did not finish (or ran with other "
                              "settings); resume that run first")
     metrics = {stage: done[stage]["metrics"] for stage in stages[2:]}
-    return folder, metrics, {stage: 0.0 for stage in stages}
+    return folder, metrics, {stage: 0.0 for stage in stages}, own_costs

@@ -85,7 +85,7 @@ def test_default_job_end_to_end(first_run):
     # scores) and the optimum of the learned problem, both scored on the ground truth.
     assert "fixed point with the §1 streams" in summary["target_label"] and summary["target"] is not None
     assert summary["learned_optimum"] is not None and len(summary["learned_optimal_multiplier"]) == 1
-    assert summary["target_multiplier"] == pytest.approx(summary["learned_optimal_multiplier"][0], abs=1e-6)
+    assert summary["target_multiplier"] == pytest.approx(summary["learned_optimal_multiplier"], abs=1e-6)
     assert summary["method"] == "ppo_lag" and summary["cost_limit"] == -0.8 and summary["beta"] == 0.5
     assert summary["trained"] == result["trained"] and summary["headline"] == result["trained"]["normalised_lagrangian_gap"]
     assert f"{summary['trained']['normalised_lagrangian_gap']:.3f}" in completed.stdout
@@ -147,6 +147,41 @@ def test_world_preset_runs_one_iteration(preset, first_run, tmp_path):
         assert (tmp_path / summary["predicted_frontier_csv"]).is_file()
 
 
+@pytest.mark.parametrize(("learner", "scorers"), [("ppo_lag", "learned"), ("mocan", "oracle")])
+def test_two_costs_preset_runs_with_one_multiplier_per_cost(learner, scorers, first_run, tmp_path, capsys):
+    """experiment=world_two_costs (harm and refusal, m = 2) reusing the first run's harm-only stages:
+    its refusal pairs (and, with learned scorers, the refusal cost model) are made in its own folder;
+    PPO-Lagrangian learns two multipliers with two cost critics, MoCAN solves the m = 2 dual, and
+    the report and summary carry one E c_j and one violation per constraint."""
+    folder, _ = first_run
+    cfg = composed("experiment=world_two_costs", *TINY, f"learner={learner}", f"scorers={scorers}",
+                   f"model.from_run={folder}", f"output_dir={tmp_path}", "logger=jsonl")
+    headline = run(cfg)
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["headline"] == pytest.approx(headline) and summary["method"] == learner
+    assert summary["cost_limit"] == [-0.8, 0.02] and summary["cost_names"] == ["harm", "refusal"]
+    for block in ("trained", "reference", "optimum", "target"):
+        assert len(summary[block]["expected_cost"]) == len(summary[block]["violation"]) == 2, block
+    assert len(summary["multiplier"]) == len(summary["optimal_multiplier"]) == len(summary["target_multiplier"]) == 2
+    assert summary["optimum"]["violation"] == [pytest.approx(0.0, abs=1e-9)] * 2
+    assert all(value > 0.1 for value in summary["optimal_multiplier"])  # both limits bind at the optimum
+    for header in ("E c1 (harm)", "E c2 (refusal)", "violation c1", "violation c2"):
+        assert header in printed, header
+    assert not (tmp_path / "models" / "sft").exists()  # the first run's SFT policy, reused
+    assert (tmp_path / "data" / "preferences_train_refusal.jsonl").is_file()
+    if learner == "ppo_lag":  # two multipliers, two cost critics, the refusal model trained here
+        rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        names = {key for row in rows for key in row}
+        assert {"multiplier/value_0", "multiplier/value_1", "critic/cost_1_loss", "cost/score_1"} <= names
+        assert (tmp_path / "models" / "cost_refusal_model" / "config.json").is_file()
+        assert summary["learned_optimum"] is not None and len(summary["learned_optimal_multiplier"]) == 2
+    else:  # the m = 2 dual from the samples, and its prediction of two costs
+        result = json.loads((tmp_path / "result.json").read_text())
+        assert len(result["dual"]["multiplier"]) == len(result["dual"]["predicted_cost"]) == 2
+        assert summary["target_multiplier"] == pytest.approx(result["dual"]["multiplier"])
+
+
 def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
     folder, _ = first_run
     sweep_dir = tmp_path / "sweep"
@@ -180,7 +215,7 @@ def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [float(row["override.cost_limit"]) for row in rows] == [-1.0, -0.6]
     for row, job in zip(rows, ("0", "1"), strict=True):
-        assert float(row["trained_expected_cost"]) == pytest.approx(summaries[job]["trained"]["expected_cost"])
+        assert float(row["trained_expected_cost"]) == pytest.approx(summaries[job]["trained"]["expected_cost"][0])
     assert (sweep_dir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{summaries['1']['trained']['expected_reward']:.4f}" in summary.stdout
 

@@ -25,6 +25,7 @@ from saferl.data.world.generator import (
     make_sft_examples,
     world_dataset_paths,
     world_statistics,
+    write_cost_pairs,
     write_world_datasets,
 )
 from saferl.data.world.ground_truth import (
@@ -86,6 +87,7 @@ __all__ = [
     "world_model_spec",
     "world_prompts",
     "world_dataset_paths",
+    "write_cost_pairs",
     "write_world_datasets",
     "world_statistics",
 ]

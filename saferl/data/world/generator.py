@@ -42,6 +42,7 @@ __all__ = [
     "make_preference_pairs",
     "WorldDatasetPaths",
     "write_world_datasets",
+    "write_cost_pairs",
     "world_statistics",
 ]
 
@@ -215,14 +216,34 @@ def write_world_datasets(
     write_records(train, paths.preferences_train, overwrite=overwrite)
     write_records(test, paths.preferences_test, overwrite=overwrite)
     for name in extra:
-        # Seeds of their own (harm's are seed + 1, seed + 2), so no two files share their draws.
-        offset = 10 * COST_NAMES.index(name)
-        for split, split_seed, count in (("train", seed + 1, num_pairs_train), ("test", seed + 2, num_pairs_test)):
-            pairs = make_preference_pairs(count, split_seed + offset, temperature, cost=name)
-            write_records(pairs, paths.preferences(split, name), overwrite=overwrite)
+        write_cost_pairs(folder, name, seed, num_pairs_train, num_pairs_test, temperature, overwrite=overwrite)
     statistics = world_statistics(train)
     paths.statistics.write_text(json.dumps(statistics, indent=2) + "\n")
     return paths
+
+
+def write_cost_pairs(
+    folder: str | Path,
+    cost: str,
+    seed: int = 0,
+    num_pairs_train: int = 4000,
+    num_pairs_test: int = 1000,
+    temperature: float = 0.5,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Write the train and test pairs labelled by ``cost`` (not ``harm``, whose pairs are the PKU
+    files themselves) into ``folder``, as :func:`write_world_datasets` does for the same arguments;
+    returns their paths. Alone, it adds a cost's pairs next to another run's datasets."""
+    if cost == "harm":
+        raise ValueError("cost: the harm pairs are the world's PKU files (write_world_datasets); give another cost")
+    paths = world_dataset_paths(folder)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    # Seeds of their own (harm's are seed + 1, seed + 2), so no two files share their draws.
+    offset = 10 * COST_NAMES.index(check_cost_names([cost], "cost")[0])
+    for split, split_seed, count in (("train", seed + 1, num_pairs_train), ("test", seed + 2, num_pairs_test)):
+        pairs = make_preference_pairs(count, split_seed + offset, temperature, cost=cost)
+        write_records(pairs, paths.preferences(split, cost), overwrite=overwrite)
+    return paths.preferences("train", cost), paths.preferences("test", cost)
 
 
 def world_statistics(pairs: Sequence[SafetyPreferencePair]) -> dict[str, float]:
