@@ -164,7 +164,7 @@ def main() -> None:
                     "iterations": settings.ppo.iterations,
                     "seconds": sum(run.seconds.values()),
                     "reward": trained.expected_reward,
-                    "cost": trained.expected_cost,
+                    "cost": trained.expected_cost[0],
                     "kl": trained.kl,
                 }
             )
@@ -221,7 +221,7 @@ def run_dualized(
                 "iterations": settings.ppo.ppo.iterations if stage == "ppo" else settings.dpo_steps,
                 "seconds": seconds,
                 "reward": trained.expected_reward,
-                "cost": trained.expected_cost,
+                "cost": trained.expected_cost[0],
                 "kl": trained.kl,
             }
         )
@@ -234,7 +234,7 @@ def run_dualized(
                 "predicted_reward": result.dual.solution.expected_reward.item(),
                 "predicted_cost": result.dual.solution.expected_cost[0].item(),
                 "reward": trained.expected_reward,
-                "cost": trained.expected_cost,
+                "cost": trained.expected_cost[0],
             }
         )
         print(f"done: mocan {stage}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}", flush=True)
@@ -256,7 +256,7 @@ def run_dualized(
                 "iterations": PecanSettings().dpo_steps,
                 "seconds": sum(result.seconds.values()),
                 "reward": trained.expected_reward,
-                "cost": trained.expected_cost,
+                "cost": trained.expected_cost[0],
                 "kl": trained.kl,
             }
         )
@@ -283,7 +283,7 @@ def run_dualized(
                 "iterations": offline.steps,
                 "seconds": seconds,
                 "reward": trained.expected_reward,
-                "cost": trained.expected_cost,
+                "cost": trained.expected_cost[0],
                 "kl": trained.kl,
             }
         )

@@ -107,7 +107,7 @@ def world() -> ExactWorld:
 def restricted(world: ExactWorld) -> dict[str, torch.Tensor]:
     """The world on its 64 most likely reference responses per prompt, and its exact optimum."""
     indices, ref_logprobs = restrict_to_support(world.ref_logprobs, SUPPORT_SIZE)
-    rewards, costs = world.rewards.gather(1, indices), world.costs.gather(1, indices)
+    rewards, costs = world.rewards.gather(1, indices), world.costs[..., 0].gather(1, indices)
     solution = solve_exact(ref_logprobs, rewards, costs, BETA, COST_LIMIT)
     problem = DualProblem.exact(ref_logprobs, rewards, costs, BETA, COST_LIMIT)
     optimal = problem.tilted_policy(solution.multiplier)  # π_λ* on the support, (P, 64)
@@ -170,7 +170,7 @@ def _sampled_multipliers(world: ExactWorld, num_samples: int, seeds: range) -> t
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)
         drawn = torch.multinomial(ref_probs, num_samples, replacement=True, generator=generator)
-        rewards, costs = world.rewards.gather(1, drawn), world.costs.gather(1, drawn)  # (P, K)
+        rewards, costs = world.rewards.gather(1, drawn), world.costs[..., 0].gather(1, drawn)  # (P, K)
         estimates.append(
             solve_from_samples(rewards, costs, world.beta, world.cost_limit).multiplier
         )

@@ -793,6 +793,23 @@ def test_two_cost_optimum_kkt_and_one_inactive_equals_one_cost(world: ExactWorld
         assert two.violation[0] == pytest.approx(one.violation[0], abs=1e-12) and two.violation[1] == 0.0
 
 
+def test_exact_optimum_report_of_two_costs_has_a_column_per_cost(world: ExactWorld) -> None:
+    import io
+
+    from rich.console import Console
+
+    from saferl.eval.world_report import print_exact_optimum
+
+    both = two_cost_world(world, (COST_LIMIT, 0.02))
+    console = Console(file=io.StringIO(), width=400)
+    print_exact_optimum(both, [-1.0, -0.8], top_responses=2, console=console)
+    printed = console.file.getvalue()
+    for header in ("E c1 (harm)", "E c2 (refusal)", "violation c1", "violation c2", "over the harm limit"):
+        assert header in printed, header
+    multiplier = both.optimum().multiplier.tolist()
+    assert f"{multiplier[0]:.6f}, {multiplier[1]:.6f}" in printed  # λ* of both constraints
+
+
 def test_score_rejects_bad_inputs(world: ExactWorld) -> None:
     with pytest.raises(ValueError, match="must have shape"):
         world.score(world.ref_logprobs[:, :-1])

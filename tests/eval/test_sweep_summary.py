@@ -439,3 +439,49 @@ def test_main_in_process_and_through_the_console_script(sweep: Path, tmp_path: P
     assert math.isfinite(
         float(next(csv.DictReader((sweep / "sweep_summary.csv").open()))["trained_kl"])
     )
+
+
+def two_cost_scores(reward: float, costs: tuple[float, float], gap: float, violation=(0.0, 0.0)) -> dict:
+    """A score block of a two-constraint run (harm, refusal): two entries per constraint key."""
+    return {**scores(reward, costs[0], 0.3, gap), "expected_cost": list(costs), "violation": list(violation)}
+
+
+def test_a_two_constraint_sweep_has_one_cost_column_entry_and_one_panel_per_constraint(tmp_path: Path, capsys):
+    """``saferl -m experiment=world_two_costs cost_limit=[-0.8,0.02],[-0.8,0.05]``: two jobs with
+    m = 2; the table and CSV hold both costs and violations, the PNG has a harm and a refusal panel."""
+    from matplotlib.image import imread
+
+    folder = tmp_path / "two_costs"
+    reference = two_cost_scores(0.1, (-0.708, 0.129), 1.0, violation=(0.092, 0.109))
+    jobs = {
+        0: ("[-0.8,0.02]", (-0.8, 0.02), two_cost_scores(0.61, (-0.7931, 0.0312), 0.2, violation=(0.0069, 0.0112))),
+        1: ("[-0.8,0.05]", (-0.8, 0.05), two_cost_scores(0.64, (-0.8012, 0.0301), 0.1)),
+    }
+    for job, (text, limits, trained) in jobs.items():
+        run_dir = folder / str(job)
+        write_job(run_dir, ["experiment=world_two_costs", "cost_limit=0"], None)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- experiment=world_two_costs\n- cost_limit={text}\n")
+        optimum = two_cost_scores(0.7, limits, 0.0)
+        (run_dir / "summary.json").write_text(json.dumps({
+            "method": "ppo_lag", "beta": 0.5, "cost_limit": list(limits), "headline": trained["normalised_lagrangian_gap"],
+            "trained": trained, "reference": reference, "optimum": optimum, "multiplier": [0.6, 0.3],
+            "optimal_multiplier": [0.61, 0.28], "cost_names": ["harm", "refusal"],
+        }))
+    (folder / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    summary = load_sweep(folder)
+    assert [run.summary.cost_limit for run in summary.runs] == [(-0.8, 0.02), (-0.8, 0.05)]
+    assert summary.runs[0].summary.cost_names == ("harm", "refusal")
+    print_sweep_summary(summary, Console(width=400))
+    printed = capsys.readouterr().out
+    assert "-0.7931, 0.0312" in printed and "0.0069, 0.0112" in printed and "no" in printed  # job 0 breaks both
+    assert "E c (per constraint)" in printed
+    csv_path, png_path = write_sweep_summary(summary, tmp_path / "report")
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["cost_limit"] for row in rows] == ["-0.8;0.02", "-0.8;0.05"]
+    assert [row["trained_expected_cost"] for row in rows] == ["-0.7931;0.0312", "-0.8012;0.0301"]
+    assert [row["trained_violation"] for row in rows] == ["0.0069;0.0112", "0.0;0.0"]
+    image = imread(png_path)
+    assert image.shape == (780, 1920, 4)  # two panels: 16 × 6.5 inches at 120 dpi
+    left, right = image[:, :960, :3], image[:, 960:, :3]
+    assert left.std() > 0.05 and right.std() > 0.05  # both panels drawn
