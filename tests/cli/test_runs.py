@@ -147,10 +147,10 @@ def test_world_preset_runs_one_iteration(preset, first_run, tmp_path):
         assert (tmp_path / summary["predicted_frontier_csv"]).is_file()
 
 
-@pytest.mark.parametrize(("learner", "scorers"), [("ppo_lag", "learned"), ("mocan", "oracle")])
+@pytest.mark.parametrize(("learner", "scorers"), [("ppo_lag", "oracle"), ("mocan", "learned")])
 def test_two_costs_preset_runs_with_one_multiplier_per_cost(learner, scorers, first_run, tmp_path, capsys):
     """experiment=world_two_costs (harm and refusal, m = 2) reusing the first run's harm-only stages:
-    its refusal pairs (and, with learned scorers, the refusal cost model) are made in its own folder;
+    its refusal pairs and refusal cost model are made in its own folder;
     PPO-Lagrangian learns two multipliers with two cost critics, MoCAN solves the m = 2 dual, and
     the report and summary carry one E c_j and one violation per constraint."""
     folder, _ = first_run
@@ -170,16 +170,19 @@ def test_two_costs_preset_runs_with_one_multiplier_per_cost(learner, scorers, fi
         assert header in printed, header
     assert not (tmp_path / "models" / "sft").exists()  # the first run's SFT policy, reused
     assert (tmp_path / "data" / "preferences_train_refusal.jsonl").is_file()
-    if learner == "ppo_lag":  # two multipliers, two cost critics, the refusal model trained here
+    # The refusal model is trained here either way: the cost critic's start (ppo_lag) or the scorer.
+    assert (tmp_path / "models" / "cost_refusal_model" / "config.json").is_file()
+    if learner == "ppo_lag":  # two multipliers, two cost critics, each cost scored by the ground truth
         rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
         names = {key for row in rows for key in row}
         assert {"multiplier/value_0", "multiplier/value_1", "critic/cost_1_loss", "cost/score_1"} <= names
-        assert (tmp_path / "models" / "cost_refusal_model" / "config.json").is_file()
-        assert summary["learned_optimum"] is not None and len(summary["learned_optimal_multiplier"]) == 2
-    else:  # the m = 2 dual from the samples, and its prediction of two costs
+        assert summary["learned_optimum"] is None  # oracle scorers: no learned problem
+    else:  # learned scorers: the m = 2 dual from the samples' calibrated scores, and the learned optimum
         result = json.loads((tmp_path / "result.json").read_text())
         assert len(result["dual"]["multiplier"]) == len(result["dual"]["predicted_cost"]) == 2
         assert summary["target_multiplier"] == pytest.approx(result["dual"]["multiplier"])
+        assert summary["learned_optimum"] is not None and len(summary["learned_optimal_multiplier"]) == 2
+        assert set(result["setup_details"]) >= {"reward_model", "cost_model", "cost_refusal_model"}
 
 
 def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
