@@ -42,8 +42,13 @@ from runtime import ModelSize, synthetic_tokenizer  # noqa: E402
 
 from saferl.learners import ppo_lag  # noqa: E402
 from saferl.learners.output import RunOutput  # noqa: E402
-from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec  # noqa: E402
-from saferl.runtime import require_vllm  # noqa: E402
+from saferl.runtime import (  # noqa: E402
+    DeepSpeedSpec,
+    GenerationSpec,
+    GroupSpec,
+    RuntimeSpec,
+    require_vllm,  # noqa: E402
+)
 from saferl.runtime.resources import Resources  # noqa: E402
 from saferl.setups.base import CriticStart, ModelScorerSource, Setup  # noqa: E402
 

@@ -35,10 +35,10 @@ from saferl.core.targets import TiltTarget, target_logprobs
 from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
 from saferl.data.world import (
     ReferenceConfig,
-    check_cost_names,
-    cost_limits,
     build_exact_world,
     build_world_tokenizer,
+    check_cost_names,
+    cost_limits,
     enumerate_policy_logprobs,
     world_dataset_paths,
     world_model_spec,

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 from saferl.data.collators import PromptBatch, SequenceBatch
 from saferl.models import ModelSpec, TinyModelConfig
-from saferl.runtime import RuntimeSpec, init_ray
+from saferl.runtime import RuntimeSpec
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -124,19 +124,6 @@ def runtime_spec() -> RuntimeSpec:
         call_timeout_s=240.0,
         collective_timeout_s=180.0,
     )
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(runtime_spec: RuntimeSpec) -> Iterator[None]:
-    """One local Ray cluster for the whole session (started by ``init_ray``; a cluster another
-    test module left running is reused and left to its owner)."""
-    import ray
-
-    started = not ray.is_initialized()
-    init_ray(runtime_spec)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@
 
 from saferl.data.world.exact import (
     MAX_RESPONSE_TOKENS,
-    cost_limits,
     ExactResponses,
     ExactWorld,
     PolicyScore,
     build_exact_world,
+    cost_limits,
     enumerate_policy_logprobs,
     enumerate_responses,
 )
