@@ -265,6 +265,10 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     finally:
         tracker.finish()
     print(f"outputs in {folder}")
+    from saferl.tracking import offline_run_folders
+
+    for offline in offline_run_folders(tracker):
+        print(f"W&B offline run: {offline} (upload it with `wandb sync {offline}`)")
     return headline
 
 

@@ -196,6 +196,8 @@ class WandbTracker:
             reinit="create_new",
         )
         self._namespaces: set[str] = set()
+        #: The offline run's folder (``wandb sync <folder>`` uploads it); None when not offline.
+        self.offline_folder = Path(self.run.settings.sync_dir) if mode == "offline" else None
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         check_metric_names(metrics)
@@ -228,6 +230,15 @@ class MultiTracker:
     def finish(self) -> None:
         for tracker in self.trackers:
             tracker.finish()
+
+
+def offline_run_folders(tracker: Tracker) -> list[Path]:
+    """The offline W&B run folders ``tracker`` writes (through a :class:`MultiTracker` too), so a
+    run can say where they are and how to upload them (``wandb sync <folder>``)."""
+    if isinstance(tracker, MultiTracker):
+        return [folder for inner in tracker.trackers for folder in offline_run_folders(inner)]
+    folder = getattr(tracker, "offline_folder", None)
+    return [folder] if folder is not None else []
 
 
 # ------------------------------------------------------------------------------------------

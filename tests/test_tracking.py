@@ -233,7 +233,7 @@ def test_run_metadata_without_git(tmp_path, monkeypatch):
 _WANDB_RUN = """
 import sys
 from pathlib import Path
-from saferl.tracking import build_tracker, run_metadata
+from saferl.tracking import build_tracker, offline_run_folders, run_metadata
 
 config = {"seed": 3, "world": {"beta": 0.5}, "tags": ["x"]}
 logger = {"kind": "wandb", "group": "sweep-1", "tags": ["test"]}
@@ -242,6 +242,7 @@ tracker.log({"sft/loss": 1.5, "perf/step_s": 0.25}, step=1)
 tracker.log({"sft/loss": 1.25}, step=2)
 tracker.log({"policy/approx_kl": 0.01}, step=1)  # a later stage restarts its step count
 tracker.finish()
+print("OFFLINE", *offline_run_folders(tracker))
 """
 
 
@@ -334,6 +335,9 @@ def test_offline_wandb_run_records_config_metadata_and_history(tmp_path, wandb_m
     assert result.returncode == 0, result.stderr[-4000:]
 
     (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    # The tracker names the folder it wrote (the CLI prints it with the `wandb sync` command),
+    # through the jsonl + W&B MultiTracker the default logger builds.
+    assert f"OFFLINE {folder}" in result.stdout.splitlines()
     config, history, run = _read_offline_run(folder)
     assert config["seed"] == 3
     assert config["world"] == {"beta": 0.5}

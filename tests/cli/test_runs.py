@@ -105,6 +105,9 @@ def test_default_job_end_to_end(first_run):
     assert len(metadata["git_revision"]) == 40 and ancestor.returncode == 0
     assert "hydra.run.dir" in metadata["command"]
     assert list((folder / "wandb").glob("offline-run-*/run-*.wandb"))
+    # The run says where its offline W&B run is and how to upload it.
+    (offline,) = (folder / "wandb").glob("offline-run-*")
+    assert f"W&B offline run: {offline} (upload it with `wandb sync {offline}`)" in completed.stdout
 
 
 def test_a_fresh_run_refuses_a_folder_holding_a_run(first_run):
