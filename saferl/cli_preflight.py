@@ -136,11 +136,9 @@ def preflight(overrides: Sequence[str], multirun: bool = False) -> None:
         if repr(config.setup) in checked_data:  # a sweep's jobs mostly share their data
             continue
         checked_data.add(repr(config.setup))
-        from saferl.data.errors import DataError  # saferl.data imports torch
-
         try:
             check_data(config)
-        except (DataError, FileNotFoundError, NotADirectoryError) as error:
-            raise UsageError(prefix + str(error)) from error
-        except ValueError as error:  # the hub preflight's checks name their config key
+        # Data errors (DataError is a ValueError), missing files, and the hub preflight's checks,
+        # which name their config key.
+        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
             raise UsageError(prefix + str(error)) from error

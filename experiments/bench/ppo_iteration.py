@@ -58,7 +58,7 @@ NUM_ROLES = 6
 
 
 def random_prompts(tokenizer, count: int, length: int, seed: int) -> list[str]:
-    """``count`` distinct prompts of ``length`` words of the synthetic vocabulary."""
+    """``count`` random prompts of ``length`` words of the synthetic vocabulary."""
     generator = torch.Generator().manual_seed(seed)
     words = tokenizer.convert_ids_to_tokens(list(range(3, len(tokenizer))))
     ids = torch.randint(0, len(words), (count, length), generator=generator)
@@ -68,7 +68,8 @@ def random_prompts(tokenizer, count: int, length: int, seed: int) -> list[str]:
 def bench_setup(size: ModelSize, args: argparse.Namespace) -> Setup:
     """A setup whose six models share one Llama shape; nothing is trained before the loop."""
     tokenizer = synthetic_tokenizer(size.vocab)
-    spec = size.spec(args.prompt_len + args.new_tokens + 8)
+    max_length = args.prompt_len + args.new_tokens + 8  # room for the template's separator tokens
+    spec = size.spec(max_length)
     if args.device == "cuda":
         spec = replace(spec, dtype="bfloat16")
     return Setup(
@@ -76,7 +77,7 @@ def bench_setup(size: ModelSize, args: argparse.Namespace) -> Setup:
         policy=spec,
         tokenizer=tokenizer,
         template="raw",
-        max_length=args.prompt_len + args.new_tokens + 8,
+        max_length=max_length,
         max_prompt_length=args.prompt_len,
         generation=GenerationSpec(max_new_tokens=args.new_tokens),
         prompts=random_prompts(tokenizer, args.batch * args.iterations, args.prompt_len, seed=0),

@@ -77,9 +77,9 @@ def init_ray(runtime_spec: RuntimeSpec) -> None:
         # The local raylet, and so every worker it starts, inherits this process's environment
         # at start-up: set the workers' variables for the call instead of as a runtime_env. A
         # runtime_env (even of env_vars alone) makes Ray start every worker through its
-        # runtime-env agent and setup process, which cost seconds per actor on a 2-core machine
-        # (4 actors importing torch: 14-15 s without, 20-22 s with; start-up and shutdown of the
-        # cluster 14 s without, 31 s with).
+        # runtime-env agent and an extra setup process. (Its cost was not established on the
+        # shared 2-core machine: 4 actors importing torch took 20-22 s a round with it and
+        # 14-15 s without when run one after the other, but about the same when run side by side.)
         with _environment(runtime_env["env_vars"]):
             ray.init(
                 # "local" always starts a new cluster: without it Ray joins any cluster already
@@ -120,8 +120,9 @@ def _environment(variables: Mapping[str, str]) -> Iterator[None]:
 
 def actor_runtime_env(runtime_spec: RuntimeSpec) -> dict[str, object] | None:
     """The ``runtime_env`` option of a rank's actor: None when the running cluster is the local
-    one :func:`init_ray` started with the same worker environment (its workers inherit it, and
-    a runtime_env would only slow every start); ``{"env_vars": ...}`` otherwise."""
+    one :func:`init_ray` started with the same worker environment (its workers inherit it, so a
+    runtime_env would only add Ray's setup process to every start); ``{"env_vars": ...}``
+    otherwise."""
     variables = worker_env_vars(runtime_spec)
     if (
         _local_cluster is not None
