@@ -396,6 +396,7 @@ LOWER_LAYERS = (
     "saferl.core",
     "saferl.data",
     "saferl.models",
+    "saferl.rbr",
     "saferl.runtime",
     "saferl.learners",
     "saferl.setups",

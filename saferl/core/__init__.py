@@ -19,6 +19,7 @@ from saferl.core import (
     multipliers,
     ppo,
     preference_losses,
+    rbr,
     score_losses,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "multipliers",
     "ppo",
     "preference_losses",
+    "rbr",
     "score_losses",
 ]
