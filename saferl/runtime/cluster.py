@@ -133,7 +133,7 @@ def actor_runtime_env(runtime_spec: RuntimeSpec) -> dict[str, object] | None:
     return {"env_vars": variables}
 
 
-def _bundle_quantity(total: float) -> float:
+def bundle_quantity(total: float) -> float:
     """Ray bundle quantities: fractions up to 1, whole numbers above."""
     return total if total <= 1 else float(math.ceil(total - 1e-9))
 
@@ -267,9 +267,9 @@ def plan_placement(
             on_bundle = [groups[r] for r in roles if groups[r].num_ranks > index]
             cpus = sum(g.cpus_per_rank for g in on_bundle)
             gpus = sum(g.gpus_per_rank for g in on_bundle)
-            bundle = {"CPU": _bundle_quantity(cpus)} if cpus > 0 else {}
+            bundle = {"CPU": bundle_quantity(cpus)} if cpus > 0 else {}
             if gpus > 0:
-                bundle["GPU"] = _bundle_quantity(gpus)
+                bundle["GPU"] = bundle_quantity(gpus)
             bundles.append(bundle)
         group = placement_group(
             bundles,

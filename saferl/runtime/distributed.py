@@ -100,3 +100,24 @@ def init_process_group(
         world_size=world_size,
         verbose=False,
     )
+
+
+def check_joined(rank: int, world_size: int, backend: str) -> None:
+    """Check that this process is already rank ``rank`` of a ``world_size`` world on ``backend``
+    (a reused rank process, :mod:`saferl.runtime.pool`).
+
+    Raises:
+        RuntimeError: the process is in no world, or in another place of another one.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError(
+            f"rank {rank} was reused without a torch.distributed world; it must join one"
+        )
+    found = (dist.get_rank(), dist.get_world_size(), dist.get_backend())
+    if found != (rank, world_size, backend):
+        raise RuntimeError(
+            f"a reused rank process is rank {found[0]} of {found[1]} ({found[2]}), but the group "
+            f"needs rank {rank} of {world_size} ({backend})"
+        )

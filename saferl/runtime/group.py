@@ -4,19 +4,22 @@
 groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
 
 1. **Placement**: the group takes its :class:`~saferl.runtime.cluster.RoleSlot` from a shared
-   :class:`~saferl.runtime.cluster.PlacementPlan` (colocated roles), or plans and owns a
-   placement group of its own.
-2. **Actors**: rank ``i`` is created in bundle ``i`` with the slot's CPU (and GPU) request.
-3. **World**: rank 0 reports its node address and a free port; every rank joins and builds its
-   engine (``setup``), all at once (the rendezvous needs them all). The start-up is submitted
-   without blocking; :meth:`ActorGroup.wait_ready` (or the first call) waits for it.
+   :class:`~saferl.runtime.cluster.PlacementPlan` (colocated roles), or reuses idle rank
+   processes of its shape from the driver's :class:`~saferl.runtime.pool.WorkerPool` (with their
+   placement group), or plans and owns a placement group of its own.
+2. **Actors**: rank ``i`` is a :class:`~saferl.runtime.pool.RankHost` in bundle ``i`` with the
+   slot's CPU (and GPU) request; it constructs the group's worker class and forwards calls to it.
+3. **World**: for new processes, rank 0 reports its node address and a free port and every
+   rank joins; reused processes are already in their world. Every rank then seeds torch and
+   builds its engine (``setup``), all at once. The start-up is submitted without blocking;
+   :meth:`ActorGroup.wait_ready` (or the first call) waits for it.
 4. **Calls**: :meth:`call` sends the same arguments to every rank, :meth:`call_per_rank` one
    argument tuple per rank; results come back in rank order. A rank that raises, dies or runs
    past the timeout raises a ``RuntimeError`` that names the role, the rank and the method;
-   the group then shuts itself down, since its other ranks may be stuck in a collective
-   waiting for the failed one.
-5. **Shutdown**: kill every actor, wait until Ray reports them dead, remove an owned placement
-   group.
+   the group then shuts itself down and kills its processes, since its other ranks may be stuck
+   in a collective waiting for the failed one.
+5. **Shutdown**: after a clean run the processes go back to the pool (``runtime.reuse_workers``);
+   otherwise kill every actor, wait until Ray reports them dead, remove an owned placement group.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from saferl.runtime.cluster import PlacementPlan, RoleSlot, actor_runtime_env, plan_placement
+from saferl.runtime.pool import HostSet, PoolKey, RankHost, worker_pool
 from saferl.runtime.specs import GroupSpec, RuntimeSpec
 from saferl.runtime.types import RankInfo
 from saferl.runtime.workers import RankSetup
@@ -82,29 +86,40 @@ class ActorGroup:
                 "placement: build one with saferl.runtime.plan_placement(runtime_spec, {role: "
                 "group_spec, ...}) and pass it as placement="
             )
-        if placement is None:
-            own = GroupSpec(
-                num_ranks=group_spec.num_ranks,
-                cpus_per_rank=group_spec.cpus_per_rank,
-                gpus_per_rank=group_spec.gpus_per_rank,
-            )
-            placement = plan_placement(runtime_spec, {role: own})
-            self._owned_plan = placement
-        self.slot: RoleSlot = placement.slot(role)
-        if self.slot.num_ranks != group_spec.num_ranks:
-            raise ValueError(
-                f"the placement plan reserved {self.slot.num_ranks} ranks for {role!r}, but its "
-                f"group spec asks for {group_spec.num_ranks}"
-            )
         self.actors: list[Any] = []
         self._closed = False
+        self._failed = False
         self._rank_infos: list[RankInfo] = []
         self._pending_start: list[Any] = []
+        # Only a group with its own placement group reuses rank processes: a shared plan's
+        # bundles belong to the plan (colocated roles share them).
+        self._pool_key: PoolKey | None = None
+        if placement is None and runtime_spec.reuse_workers:
+            self._pool_key = PoolKey.of(
+                group_spec.num_ranks,
+                group_spec.cpus_per_rank,
+                group_spec.gpus_per_rank,
+                runtime_spec.placement_strategy,
+                self.backend,
+                runtime_spec.collective_timeout_s,
+                actor_runtime_env(runtime_spec),
+            )
         try:
-            self._launch(worker_class, worker_kwargs, seed)
+            reused_slot = self._take_from_pool()
+            if reused_slot is not None:
+                self.slot: RoleSlot = reused_slot
+            else:
+                self.slot = (placement if placement is not None else self._plan_own()).slot(role)
+            if self.slot.num_ranks != group_spec.num_ranks:
+                raise ValueError(
+                    f"the placement plan reserved {self.slot.num_ranks} ranks for {role!r}, but "
+                    f"its group spec asks for {group_spec.num_ranks}"
+                )
+            self._launch(worker_class, worker_kwargs, seed, joined=reused_slot is not None)
             if wait:
                 self.wait_ready()
         except BaseException:
+            self._failed = True
             self.shutdown()
             raise
 
@@ -115,18 +130,58 @@ class ActorGroup:
 
     # -- start -------------------------------------------------------------------------------
 
-    def _launch(self, worker_class: type, worker_kwargs: dict[str, Any], seed: int) -> None:
-        remote_class = ray.remote(worker_class)
-        options: dict[str, Any] = {
-            "num_cpus": self.slot.num_cpus,
-            "max_restarts": 0,
-            "max_task_retries": 0,
-        }
-        if self.slot.num_gpus > 0:
-            options["num_gpus"] = self.slot.num_gpus
-        if (runtime_env := actor_runtime_env(self.runtime_spec)) is not None:
-            options["runtime_env"] = runtime_env
-        for rank in range(self.num_ranks):
+    def _plan_own(self) -> PlacementPlan:
+        """A placement group for this group alone (after making room in the pool)."""
+        own = GroupSpec(
+            num_ranks=self.group_spec.num_ranks,
+            cpus_per_rank=self.group_spec.cpus_per_rank,
+            gpus_per_rank=self.group_spec.gpus_per_rank,
+        )
+        if self._pool_key is not None:
+            worker_pool().make_room(self._pool_key.resources())
+        self._owned_plan = plan_placement(self.runtime_spec, {self.role: own})
+        return self._owned_plan
+
+    def _take_from_pool(self) -> RoleSlot | None:
+        """Idle hosts of this group's shape (their slot), or None to start new ones."""
+        if self._pool_key is None:
+            return None
+        entry = worker_pool().take(self._pool_key)
+        if entry is None:
+            return None
+        self._owned_plan = entry.plan
+        self.actors = list(entry.hosts)
+        (slot,) = entry.plan.slots.values()
+        logger.info("%s: reusing %d idle rank processes", self.role, len(entry.hosts))
+        return slot
+
+    def _launch(
+        self, worker_class: type, worker_kwargs: dict[str, Any], seed: int, joined: bool
+    ) -> None:
+        """Start a worker of ``worker_class`` on every rank; ``joined``: the hosts are reused
+        ones that already form this group's torch.distributed world."""
+        if not joined:
+            options: dict[str, Any] = {
+                "num_cpus": self.slot.num_cpus,
+                "max_restarts": 0,
+                "max_task_retries": 0,
+            }
+            if self.slot.num_gpus > 0:
+                options["num_gpus"] = self.slot.num_gpus
+            if (runtime_env := actor_runtime_env(self.runtime_spec)) is not None:
+                options["runtime_env"] = runtime_env
+            remote_host = ray.remote(RankHost)
+            for rank in range(self.num_ranks):
+                strategy = PlacementGroupSchedulingStrategy(
+                    placement_group=self.slot.placement_group,
+                    placement_group_bundle_index=rank,
+                    placement_group_capture_child_tasks=False,
+                )
+                self.actors.append(
+                    remote_host.options(scheduling_strategy=strategy, **options).remote()
+                )
+        start_refs = []
+        for rank, actor in enumerate(self.actors):
             setup = RankSetup(
                 role=self.role,
                 rank=rank,
@@ -136,21 +191,14 @@ class ActorGroup:
                 collective_timeout_s=self.runtime_spec.collective_timeout_s,
                 seed=seed,
             )
-            strategy = PlacementGroupSchedulingStrategy(
-                placement_group=self.slot.placement_group,
-                placement_group_bundle_index=rank,
-                placement_group_capture_child_tasks=False,
-            )
-            actor = remote_class.options(scheduling_strategy=strategy, name=None, **options).remote(
-                setup, **worker_kwargs
-            )
-            self.actors.append(actor)
+            start_refs.append(actor.start.remote(worker_class, setup, **worker_kwargs))
         # Submitted without waiting (Ray passes rank 0's result to every setup), so several
-        # groups created with wait=False start at the same time.
-        master = self.actors[0].master_address.remote()
-        info_refs = [actor.rank_info.remote() for actor in self.actors]
-        setup_refs = [actor.setup.remote(master) for actor in self.actors]
-        self._pending_start = info_refs + setup_refs
+        # groups created with wait=False start at the same time. Reused hosts are already in
+        # their world: no rendezvous (master None).
+        master = None if joined else self.actors[0].call.remote("master_address")
+        info_refs = [actor.call.remote("rank_info") for actor in self.actors]
+        setup_refs = [actor.call.remote("setup", master) for actor in self.actors]
+        self._pending_start = start_refs + info_refs + setup_refs
 
     def wait_ready(self) -> None:
         """Wait until every rank has joined the world and built its engine (idempotent).
@@ -162,9 +210,9 @@ class ActorGroup:
         if not self._pending_start:
             return
         refs, self._pending_start = self._pending_start, []
-        ranks = list(range(self.num_ranks)) * 2
+        ranks = list(range(self.num_ranks)) * 3
         results = self._gather(refs, ranks, "start-up", self.runtime_spec.startup_timeout_s)
-        self._rank_infos = results[: self.num_ranks]
+        self._rank_infos = results[self.num_ranks : 2 * self.num_ranks]
         logger.info("%s: %d ranks up (%s)", self.role, self.num_ranks, self.backend)
 
     @property
@@ -221,6 +269,7 @@ class ActorGroup:
         return results
 
     def _fail(self) -> None:
+        self._failed = True
         try:
             self.shutdown()
         except Exception as error:  # the original failure matters more
@@ -231,13 +280,13 @@ class ActorGroup:
     ) -> list[Any]:
         """``method(*args, **kwargs)`` on every rank; results in rank order."""
         self._check_open(method)
-        refs = [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+        refs = [actor.call.remote(method, *args, **kwargs) for actor in self.actors]
         return self._gather(refs, list(range(self.num_ranks)), method, self._timeout(timeout_s))
 
     def call_rank(self, rank: int, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """``method(*args)`` on one rank (not for methods holding a collective)."""
         self._check_open(method)
-        ref = getattr(self.actors[rank], method).remote(*args)
+        ref = self.actors[rank].call.remote(method, *args)
         return self._gather([ref], [rank], method, self._timeout(timeout_s))[0]
 
     def call_per_rank(
@@ -259,7 +308,7 @@ class ActorGroup:
                 f"{len(per_rank_args)} argument tuples for the {self.num_ranks} ranks of {self.role}"
             )
         refs = [
-            getattr(actor, method).remote(*args)
+            actor.call.remote(method, *args)
             for actor, args in zip(self.actors, per_rank_args, strict=True)
         ]
         return self._gather(refs, list(range(self.num_ranks)), label, self._timeout(timeout_s))
@@ -270,16 +319,31 @@ class ActorGroup:
     # -- shutdown ----------------------------------------------------------------------------
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
-        """Kill every actor, wait until Ray reports them dead, remove an owned placement group.
+        """End the group (idempotent).
 
-        Idempotent. Colocated groups' shared plan is removed by its owner
-        (:meth:`PlacementPlan.remove`).
+        After a clean run (every call returned) with ``runtime.reuse_workers``, the rank
+        processes go back to the driver's :class:`~saferl.runtime.pool.WorkerPool`, which releases
+        their workers and hands them to the next group of the same shape. Otherwise (a failed
+        call, a start-up not waited for, reuse off): kill every actor, wait until Ray reports them
+        dead, remove an owned placement group. Colocated groups' shared plan is removed by its
+        owner (:meth:`PlacementPlan.remove`).
         """
         if self._closed and not self.actors:
             return
         self._closed = True
+        unfinished_start = bool(self._pending_start)
         self._pending_start = []
         actors, self.actors = self.actors, []
+        if (
+            self._pool_key is not None
+            and self._owned_plan is not None
+            and actors
+            and not self._failed
+            and not unfinished_start
+        ):
+            worker_pool().give_back(HostSet(self._pool_key, self._owned_plan, actors))
+            self._owned_plan = None
+            return
         for actor in actors:
             try:
                 ray.kill(actor, no_restart=True)

@@ -250,6 +250,10 @@ class RuntimeSpec:
         ship_code: when joining an existing cluster, upload the ``saferl`` package with the job
             (``runtime_env.py_modules``) so remote nodes import this tree's code.
         env_vars: extra environment variables of every rank (e.g. ``NCCL_*`` settings).
+        reuse_workers: a group that shuts down cleanly leaves its rank processes to the next
+            group of the same shape, which loads its own model into them instead of starting
+            new processes (:mod:`saferl.runtime.pool`); False starts and kills processes per
+            group.
     """
 
     address: str | None = None
@@ -262,8 +266,13 @@ class RuntimeSpec:
     collective_timeout_s: float = 1800.0
     ship_code: bool = True
     env_vars: Mapping[str, str] = field(default_factory=dict)
+    reuse_workers: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reuse_workers, bool):
+            raise ValueError(
+                f"runtime.reuse_workers must be true or false, got {self.reuse_workers!r}"
+            )
         if self.address is not None:
             if not isinstance(self.address, str) or not self.address.strip():
                 raise ValueError(

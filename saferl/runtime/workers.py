@@ -10,15 +10,17 @@ InferenceWorker    DeepSpeed inference      checkpoints: rank 0 writes the full 
 
 Both serve ``forward`` (the head's output: token log-probs, end scores or values, see
 :mod:`saferl.runtime.heads`), ``generate`` (policy heads only), ``export_hf`` and
-``state_dict``. These are plain classes; :class:`saferl.runtime.group.ActorGroup` turns them into
-Ray actors (``ray.remote(PolicyWorker)``). Ray names an actor after its class, so each role has a
-named subclass that adds nothing (``PolicyWorker``, ``ReferenceWorker``, ``ScoreWorker``,
-``CriticWorker``) and Ray shows the ranks by role. Every worker
+``state_dict``. These are plain classes: each rank's Ray actor is a
+:class:`~saferl.runtime.pool.RankHost` that constructs one and forwards calls to it, and may
+serve several groups one after the other (:mod:`saferl.runtime.pool`). Each role has a named
+subclass that adds nothing (``PolicyWorker``, ``ReferenceWorker``, ``ScoreWorker``,
+``CriticWorker``), so errors and logs name the role's worker. Every worker
 
 1. is constructed with a :class:`RankSetup` (role, rank, world size, backend, ...), its head and
    its DeepSpeed spec; nothing heavy happens in the constructor;
 2. reports ``master_address()`` (rank 0's node address and a free port) and ``rank_info()``;
-3. ``setup((master_addr, master_port))``: joins the world, builds its head's model on the CPU
+3. ``setup((master_addr, master_port))``: joins the world (``setup(None)``: a reused process,
+   already in it), builds its head's model on the CPU
    with the group's seed, wraps it (:mod:`saferl.runtime.engines`) and starts its DeepSpeed
    engine, which moves it to the rank's device (ZeRO 0-2) or partitions it there (ZeRO-3: no
    rank's GPU ever holds the whole model);
@@ -125,17 +127,25 @@ class RankContext:
         """This node's address and a free port (asked of rank 0)."""
         return distributed.node_ip(), distributed.free_port()
 
-    def join(self, master_addr: str, master_port: int) -> None:
-        """Join the group's world (blocks until every rank joined)."""
-        distributed.init_process_group(
-            master_addr,
-            master_port,
-            self.setup.rank,
-            self.setup.world_size,
-            self.setup.backend,
-            self.setup.collective_timeout_s,
-        )
+    def join(self, master: tuple[str, int] | None) -> None:
+        """Join the group's world (blocks until every rank joined), then seed torch.
+
+        ``master`` None: this process is a reused rank that is already in the group's world
+        (:mod:`saferl.runtime.pool`); it checks its place there instead.
+        """
+        if master is None:
+            distributed.check_joined(self.setup.rank, self.setup.world_size, self.setup.backend)
+        else:
+            distributed.init_process_group(
+                *master,
+                self.setup.rank,
+                self.setup.world_size,
+                self.setup.backend,
+                self.setup.collective_timeout_s,
+            )
         self.joined = True
+        # Seeded after the join on every start, fresh or reused, so a model's initial weights
+        # depend on the group's seed alone.
         torch.manual_seed(self.setup.seed)
 
     def info(self) -> RankInfo:
@@ -304,10 +314,18 @@ class EngineWorker:
     def master_address(self) -> tuple[str, int]:
         return self.ctx.master_address()
 
-    def _join_and_build(self, master: tuple[str, int]) -> nn.Module:
-        """Join the world, seed torch, build the head's model and wrap it (before the engine)."""
-        self.ctx.join(*master)
+    def _join_and_build(self, master: tuple[str, int] | None) -> nn.Module:
+        """Join the world (``master`` None: already in it), seed torch, build the head's model
+        and wrap it (before the engine)."""
+        self.ctx.join(master)
         return self.head.wrap(self.head.build())
+
+    def close(self) -> None:
+        """Drop the engine (its optimizer's and ZeRO's hooks and buffers) so that this process
+        can serve another group (:mod:`saferl.runtime.pool`)."""
+        engine, self.engine = self.engine, None
+        if engine is not None and hasattr(engine, "destroy"):
+            engine.destroy()
 
     def forward(self, batch: Any) -> torch.Tensor:
         """The head's output on this rank's shard (no grad, on CPU): token log-probs
@@ -359,7 +377,7 @@ class TrainableWorker(EngineWorker):
     head. Checkpoints are DeepSpeed's (weights, optimizer, scheduler).
     """
 
-    def setup(self, master: tuple[str, int]) -> None:
+    def setup(self, master: tuple[str, int] | None) -> None:
         module = self._join_and_build(master)
         self.engine = build_train_engine(
             module, self.spec, self.ctx.setup.world_size, self.ctx.device_type
@@ -380,7 +398,7 @@ class InferenceWorker(EngineWorker):
     partitions its parameters when the spec's stage is 3). Checkpoints hold the frozen weights
     only (rank 0 writes them in full)."""
 
-    def setup(self, master: tuple[str, int]) -> None:
+    def setup(self, master: tuple[str, int] | None) -> None:
         module = self._join_and_build(master)
         self.engine = build_inference_engine(
             module, self.spec, self.ctx.setup.world_size, self.ctx.device_type
@@ -393,8 +411,8 @@ class InferenceWorker(EngineWorker):
         _load_inference_engine(self.engine, self.ctx.setup.rank, directory, tag)
 
 
-# Ray names an actor after its class: one named class per role shows the ranks by role (in
-# `ray list actors` and the dashboard). They add nothing; the role groups pick them.
+# One named class per role, so that messages name the role's worker. They add nothing; the role
+# groups pick them.
 
 
 class PolicyWorker(TrainableWorker):

@@ -1,0 +1,227 @@
+"""Rank processes that outlive their groups: start a worker process once, serve many groups.
+
+Starting a rank is mostly not the model: it is a new Python process that imports torch,
+transformers and DeepSpeed and joins a torch.distributed world, several seconds each on a small
+machine. A run's stages (SFT, score models, PPO, evaluation) start and stop groups of the same
+shape one after the other, and a test session starts hundreds. So every rank runs in a
+:class:`RankHost`, a Ray actor that holds one worker (a :class:`~saferl.runtime.workers.EngineWorker`
+subclass) at a time, and a group that shuts down cleanly hands its hosts to the driver's
+:class:`WorkerPool` instead of killing them. The next group of the same shape takes them:
+
+1. **Key.** Hosts are reused only by a group of the same :class:`PoolKey`: ranks, Ray CPUs and
+   GPUs per rank, placement strategy, collective backend and timeout, and worker environment. A
+   reused set keeps its placement group and its torch.distributed world (same processes, same
+   rank order), so nothing is renegotiated; the new worker re-seeds torch before it builds its
+   model, exactly as a fresh process would (the same numbers for the same seed).
+2. **Release.** On a clean shutdown each host drops its worker (``engine.destroy()``, then
+   garbage collection) and goes idle. A group that failed (a rank raised, died or timed out) is
+   killed as before: its ranks may be stuck in a collective.
+3. **Room.** Idle hosts keep their placement group's resources. A group that finds no idle set
+   of its shape first evicts idle sets (oldest first) while the cluster lacks the CPUs or GPUs it
+   needs; at most ``max_idle_ranks`` ranks stay idle.
+4. **Cluster.** The pool belongs to one Ray cluster: when Ray is shut down or the driver joins
+   another cluster, the old hosts are forgotten (Ray has already killed them).
+
+``runtime.reuse_workers=false`` turns this off (every group starts and kills its own
+processes); colocated groups (a shared :class:`~saferl.runtime.cluster.PlacementPlan`) never
+use the pool, since their bundles belong to the plan.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from saferl.runtime.cluster import PlacementPlan, bundle_quantity
+
+__all__ = ["PoolKey", "RankHost", "WorkerPool", "close_worker_pool", "worker_pool"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for an idle set's release (its workers dropping their engines) before it is
+#: considered broken and killed.
+RELEASE_TIMEOUT_S = 120.0
+#: Seconds to wait for Ray to report the resources of an evicted set as available again.
+EVICTION_WAIT_S = 10.0
+
+
+class RankHost:
+    """One rank's process: holds one worker at a time and forwards calls to it.
+
+    Plain class; :class:`~saferl.runtime.group.ActorGroup` makes it a Ray actor. The worker class
+    is passed by reference (Ray pickles classes by module and name), so the host imports the
+    heavy modules only when its first worker is built.
+    """
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+
+    def start(self, worker_class: type, *args: Any, **kwargs: Any) -> None:
+        """Construct this rank's worker (nothing heavy: :meth:`call` ``("setup", ...)`` builds)."""
+        if self.worker is not None:
+            raise RuntimeError(
+                f"this rank still holds a {type(self.worker).__name__}; release it first"
+            )
+        self.worker = worker_class(*args, **kwargs)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``worker.method(*args, **kwargs)``."""
+        if self.worker is None:
+            raise RuntimeError(f"this rank holds no worker; cannot call {method!r}")
+        return getattr(self.worker, method)(*args, **kwargs)
+
+    def release(self) -> None:
+        """Drop the worker and its engine (the process and its torch.distributed world stay)."""
+        worker, self.worker = self.worker, None
+        if worker is not None and hasattr(worker, "close"):
+            worker.close()
+        del worker
+        gc.collect()
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """What a set of hosts must match to serve a group (see the module docstring)."""
+
+    num_ranks: int
+    num_cpus: float
+    num_gpus: float
+    strategy: str
+    backend: str
+    collective_timeout_s: float
+    runtime_env: str  # JSON of the actors' runtime_env ("null": inherited from the cluster)
+
+    @staticmethod
+    def of(
+        num_ranks: int,
+        num_cpus: float,
+        num_gpus: float,
+        strategy: str,
+        backend: str,
+        collective_timeout_s: float,
+        runtime_env: dict[str, Any] | None,
+    ) -> PoolKey:
+        return PoolKey(
+            num_ranks=int(num_ranks),
+            num_cpus=float(num_cpus),
+            num_gpus=float(num_gpus),
+            strategy=strategy,
+            backend=backend,
+            collective_timeout_s=float(collective_timeout_s),
+            runtime_env=json.dumps(runtime_env, sort_keys=True),
+        )
+
+    def resources(self) -> dict[str, float]:
+        """Ray resources the set reserves (its placement group's bundles, summed)."""
+        needed = {"CPU": bundle_quantity(self.num_cpus) * self.num_ranks}
+        if self.num_gpus > 0:
+            needed["GPU"] = bundle_quantity(self.num_gpus) * self.num_ranks
+        return needed
+
+
+@dataclass
+class HostSet:
+    """The hosts of one group, in rank order, with the placement group they run in."""
+
+    key: PoolKey
+    plan: PlacementPlan
+    hosts: list[Any]
+    pending_release: list[Any] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """Kill the hosts and remove their placement group."""
+        for host in self.hosts:
+            try:
+                ray.kill(host, no_restart=True)
+            except Exception as error:  # already dead
+                logger.debug("pool: ray.kill: %s", error)
+        self.plan.remove()
+        self.hosts = []
+
+
+class WorkerPool:
+    """Idle :class:`HostSet` s of one Ray cluster, oldest first.
+
+    Args:
+        max_idle_ranks: the most ranks kept idle; giving back more evicts the oldest sets.
+    """
+
+    def __init__(self, max_idle_ranks: int = 8) -> None:
+        self.max_idle_ranks = max_idle_ranks
+        self.cluster = ray.get_runtime_context().gcs_address
+        self._idle: list[HostSet] = []
+        self.reused = 0  # sets handed out again (for logs and tests)
+
+    @property
+    def idle_ranks(self) -> int:
+        return sum(entry.key.num_ranks for entry in self._idle)
+
+    def take(self, key: PoolKey) -> HostSet | None:
+        """An idle set of ``key``'s shape whose release finished, or None."""
+        for entry in [e for e in self._idle if e.key == key]:
+            self._idle.remove(entry)
+            try:
+                ray.get(entry.pending_release, timeout=RELEASE_TIMEOUT_S)
+            except Exception as error:  # a host died while idle, or its release failed
+                logger.warning("pool: an idle set could not be released (%s); killing it", error)
+                entry.kill()
+                continue
+            entry.pending_release = []
+            self.reused += 1
+            return entry
+        return None
+
+    def give_back(self, entry: HostSet) -> None:
+        """Release ``entry``'s workers (asynchronously) and keep it idle."""
+        entry.pending_release = [host.release.remote() for host in entry.hosts]
+        self._idle.append(entry)
+        while self._idle and self.idle_ranks > self.max_idle_ranks:
+            self._idle.pop(0).kill()
+
+    def make_room(self, needed: dict[str, float]) -> None:
+        """Evict idle sets, oldest first, until the cluster has ``needed`` resources available."""
+        while self._idle and not _available(needed):
+            self._idle.pop(0).kill()
+            deadline = time.monotonic() + EVICTION_WAIT_S
+            while not _available(needed) and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        """Kill every idle set."""
+        idle, self._idle = self._idle, []
+        for entry in idle:
+            entry.kill()
+
+
+def _available(needed: dict[str, float]) -> bool:
+    available = ray.available_resources()
+    return all(available.get(name, 0.0) + 1e-9 >= amount for name, amount in needed.items())
+
+
+_pool: WorkerPool | None = None
+
+
+def worker_pool() -> WorkerPool:
+    """The driver's pool for the Ray cluster it is connected to (a new one after a reconnect)."""
+    global _pool
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not initialised; call saferl.runtime.init_ray(runtime_spec)")
+    cluster = ray.get_runtime_context().gcs_address
+    if _pool is None or _pool.cluster != cluster:
+        _pool = WorkerPool()
+    return _pool
+
+
+def close_worker_pool() -> None:
+    """Kill the idle hosts of this driver's pool (when Ray is still up) and forget them."""
+    global _pool
+    pool, _pool = _pool, None
+    if pool is not None and ray.is_initialized():
+        if pool.cluster == ray.get_runtime_context().gcs_address:
+            pool.close()

@@ -1,0 +1,154 @@
+"""Rank processes that outlive their groups (saferl.runtime.pool): a group of the same shape
+reuses them and computes exactly what fresh processes compute; other shapes, failed groups and
+``reuse_workers=False`` do not; idle processes make room for groups that need their resources."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import psutil
+import pytest
+import ray
+import torch
+
+from saferl.data.collators import SequenceBatch
+from saferl.runtime import (
+    CriticGroup,
+    DeepSpeedSpec,
+    GroupSpec,
+    PolicyGroup,
+    ReferenceGroup,
+    RuntimeSpec,
+)
+from saferl.runtime.pool import close_worker_pool, worker_pool
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+
+ZERO3 = DeepSpeedSpec(zero_stage=3, micro_batch_size_per_rank=2)
+TWO_RANKS = GroupSpec(2, 0.25)
+
+
+def response_loss(logprobs: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+    return -(logprobs * batch.response_mask).sum(dim=-1).mean()
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def alive(pids: list[int]) -> bool:
+    return all(running(pid) for pid in pids)
+
+
+def gone(pids: list[int], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(running(pid) for pid in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def train_then_score(group_factory, train_batch: SequenceBatch):
+    """One train step of a fresh policy group, then its log-probs; the group's pids."""
+    policy = group_factory()
+    try:
+        step = policy.train_step(train_batch, response_loss)
+        return (
+            step.loss,
+            step.grad_norm,
+            policy.token_logprobs(train_batch),
+            [info.pid for info in policy.rank_infos],
+        )
+    finally:
+        policy.shutdown()
+
+
+def test_a_group_of_the_same_shape_reuses_the_processes_and_computes_the_same_numbers(
+    tokenizer, model_spec, runtime_spec, train_batch
+) -> None:
+    close_worker_pool()
+    fresh_spec = dataclasses.replace(runtime_spec, reuse_workers=False)
+
+    # 1. A two-rank ZeRO-3 critic, then a policy of the same shape in the same processes.
+    critic = CriticGroup(model_spec, tokenizer, ZERO3, TWO_RANKS, runtime_spec, seed=3)
+    critic_pids = [info.pid for info in critic.rank_infos]
+    critic.values(train_batch)
+    critic.shutdown()
+    assert alive(critic_pids)
+    assert worker_pool().idle_ranks >= 2
+
+    def pooled() -> PolicyGroup:
+        return PolicyGroup(model_spec, tokenizer, ZERO3, TWO_RANKS, runtime_spec, seed=5)
+
+    def fresh() -> PolicyGroup:
+        return PolicyGroup(model_spec, tokenizer, ZERO3, TWO_RANKS, fresh_spec, seed=5)
+
+    reused_before = worker_pool().reused
+    loss, grad_norm, logprobs, pids = train_then_score(pooled, train_batch)
+    assert pids == critic_pids  # the same processes, in the same rank order
+    assert worker_pool().reused == reused_before + 1
+
+    # 2. Fresh processes (reuse off) with the same seed: the same step, bit for bit.
+    fresh_loss, fresh_grad_norm, fresh_logprobs, fresh_pids = train_then_score(fresh, train_batch)
+    assert set(fresh_pids).isdisjoint(pids)
+    assert gone(fresh_pids)  # reuse off: killed at shutdown
+    assert loss == fresh_loss
+    assert grad_norm == fresh_grad_norm
+    torch.testing.assert_close(logprobs, fresh_logprobs, rtol=0, atol=0)
+
+
+def test_other_shapes_and_failed_groups_do_not_reuse(
+    tokenizer, model_spec, runtime_spec, train_batch
+) -> None:
+    close_worker_pool()
+    one_rank = GroupSpec(1, 0.25)
+    reference = ReferenceGroup(model_spec, tokenizer, ZERO3, one_rank, runtime_spec)
+    first = [info.pid for info in reference.rank_infos]
+    reference.shutdown()
+
+    # Another CPU request is another shape: new processes, the idle one stays idle.
+    other = ReferenceGroup(model_spec, tokenizer, ZERO3, GroupSpec(1, 0.5), runtime_spec)
+    other_pids = [info.pid for info in other.rank_infos]
+    assert set(other_pids).isdisjoint(first)
+
+    # A group whose call failed kills its processes rather than handing them on.
+    with pytest.raises(RuntimeError, match="reference rank 0 raised"):
+        other.group.call("train_step", train_batch, response_loss)
+    assert gone(other_pids)
+
+    # The idle process is still there for its own shape, and close_worker_pool kills it.
+    again = ReferenceGroup(model_spec, tokenizer, ZERO3, one_rank, runtime_spec)
+    assert [info.pid for info in again.rank_infos] == first
+    again.shutdown()
+    close_worker_pool()
+    assert gone(first)
+
+
+def test_idle_processes_make_room_for_a_group_that_needs_their_cpus(
+    tokenizer, model_spec, train_batch
+) -> None:
+    close_worker_pool()
+    spec = RuntimeSpec(startup_timeout_s=60.0, call_timeout_s=120.0)
+    half = int(ray.cluster_resources()["CPU"]) // 2
+    # Idle: one rank holding more than half of the cluster's CPUs.
+    big = ReferenceGroup(model_spec, tokenizer, ZERO3, GroupSpec(1, half + 1), spec)
+    big_pids = [info.pid for info in big.rank_infos]
+    big.shutdown()
+    assert alive(big_pids)
+    # A group of another shape needing more than what is left: the idle rank is evicted (and
+    # its CPUs freed) instead of the placement waiting out its timeout.
+    start = time.monotonic()
+    other = ReferenceGroup(model_spec, tokenizer, ZERO3, GroupSpec(1, half), spec)
+    assert other.token_logprobs(train_batch).shape == train_batch.input_ids.shape
+    assert time.monotonic() - start < 60
+    assert gone(big_pids)
+    other.shutdown()
+    close_worker_pool()
