@@ -8,7 +8,7 @@ Steps:
 3. from weights 0, take ``steps`` full-batch AdamW steps on the mean hinge loss
    ``max(0, m_ab + R_tot(y_b) − R_tot(y_a))``, ``R_tot = R_rm + features · w``, with the frozen
    reward model's scores ``R_rm`` as a fixed offset, logging the loss, the fraction of training
-   pairs with zero loss and the held-out loss at every step;
+   pairs with zero loss and the held-out loss before every step (and once after the last);
 4. on the held-out prompts, report the error rate: how often a non-ideal completion does not rank
    below an ideal completion of the same prompt, with the fitted weights and (for comparison)
    with the reward model alone.
@@ -44,7 +44,8 @@ class RBRFitResult:
         feature_names: the features' names, when given.
         loss: the mean training hinge loss before each step, ``(steps,)`` floats.
         zero_loss_fraction: the fraction of training pairs with zero loss before each step.
-        heldout_loss: the mean held-out hinge loss after each step (NaN without held-out pairs).
+        heldout_loss: the mean held-out hinge loss before each step (NaN without held-out
+            pairs).
         final_loss, final_zero_loss_fraction: the same after the last step.
         heldout_error_rate: with the fitted weights, the share of held-out (ideal, non-ideal)
             pairs where the non-ideal completion does not rank below the ideal one (NaN when
@@ -166,29 +167,27 @@ def fit_rbr_weights(
 
     # 3. full-batch AdamW from weights 0; R_rm enters as a fixed offset
     weights = torch.zeros(features.shape[1], dtype=dtype, requires_grad=True)
-    optimizer = torch.optim.AdamW([weights], lr=lr, weight_decay=weight_decay)
-
-    def pair_losses(mask: torch.Tensor) -> torch.Tensor:
-        total_rewards = reward_scores + linear_rbr_reward(features, weights)  # (n,)
-        return rbr_hinge_loss(total_rewards, better[mask], worse[mask], margins[mask])
+    # One small tensor: the single-tensor AdamW path is the faster one here.
+    optimizer = torch.optim.AdamW([weights], lr=lr, weight_decay=weight_decay, foreach=False)
 
     losses, zero_fractions, heldout_losses = [], [], []
     for _ in range(steps):
         optimizer.zero_grad()
-        train_losses = pair_losses(train_pair)
+        total_rewards = reward_scores + linear_rbr_reward(features, weights)  # (n,)
+        pair_losses = rbr_hinge_loss(total_rewards, better, worse, margins)  # (n_pairs,)
+        train_losses = pair_losses[train_pair]
         loss = train_losses.mean()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
         zero_fractions.append((train_losses == 0).double().mean().item())
-        with torch.no_grad():
-            heldout_losses.append(_mean_or_nan(pair_losses(heldout_pair)))
+        heldout_losses.append(_mean_or_nan(pair_losses[heldout_pair].detach()))
 
     # 4. the held-out error rate: ideal completions against the rest of their prompt
     with torch.no_grad():
-        final_train_losses = pair_losses(train_pair)
-        ideal_pair = heldout_pair & (class_ranks[better] == 0)
         fitted = reward_scores + linear_rbr_reward(features, weights)
+        final_train_losses = rbr_hinge_loss(fitted, better, worse, margins)[train_pair]
+        ideal_pair = heldout_pair & (class_ranks[better] == 0)
         errors = ideal_outranked(fitted, better[ideal_pair], worse[ideal_pair])
         errors_rm = ideal_outranked(reward_scores, better[ideal_pair], worse[ideal_pair])
     heldout_set = set(heldout_prompts.tolist())
