@@ -6,7 +6,8 @@
 * :func:`load_gold` reads human-labelled gold data (jsonl, one boolean per simple proposition).
 * :func:`rbr_features` compiles a response type into the feature map of its linear RBR
   (its propositions and its five class features); the tensor math is :mod:`saferl.core.rbr`.
-* :func:`fit_rbr_weights` fits the weights by the hinge loss over ranked completions.
+* :func:`fit_rbr_weights` fits the weights by the hinge loss over ranked completions;
+  :class:`LinearRBR` holds one linear RBR per response type.
 * :func:`behaviour_metrics` / :func:`labelled_metrics`: Not-Unsafe, Not-Overrefuse, F1,
   Hard-Refusal-Style.
 
@@ -23,6 +24,7 @@ from saferl.rbr.metrics import (
     class_distribution,
     labelled_metrics,
 )
+from saferl.rbr.reward import LinearRBR
 from saferl.rbr.spec import RBRSpec, response_type_key
 from saferl.rbr.spec_file import load_spec, spec_from_mapping
 
@@ -30,6 +32,7 @@ __all__ = [
     "BehaviourMetrics",
     "GoldDataError",
     "GoldRecord",
+    "LinearRBR",
     "Message",
     "RBRFeatures",
     "RBRFitResult",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from saferl.core.rbr import rule_probabilities, with_derived_probabilities
-from saferl.rbr import RBRSpec, rbr_features
+from saferl.rbr import LinearRBR, RBRSpec, rbr_features
 
 F64 = torch.float64
 CLASSES = (
@@ -237,3 +237,28 @@ def test_the_classes_partition_every_labelling_and_agree_with_completion_class(
         }
         expected = release_spec.class_order[int(products[row].argmax())]
         assert release_spec.completion_class(response_type, propositions) == expected
+
+
+def test_linear_rbr_is_each_response_types_features_times_its_weights(release_spec):
+    rbr = LinearRBR.from_spec(release_spec)
+    phi = torch.rand(3, 23, dtype=F64, generator=torch.Generator().manual_seed(2))
+    assert rbr.reward("comply", phi).tolist() == [0.0, 0.0, 0.0]  # weights start at 0
+    width = len(rbr_features(release_spec, "hard_refuse").feature_names)
+    weights = torch.arange(width, dtype=F64)
+    rbr = LinearRBR.from_spec(
+        release_spec,
+        {"Hard Refuse": weights}
+        | {
+            key: torch.zeros(len(rbr.feature_maps[key].feature_names), dtype=F64)
+            for key in ("safe_refuse_1", "safe_refuse_2", "comply")
+        },
+    )
+    expected = rbr_features(release_spec, "hard_refuse").features(phi) @ weights
+    torch.testing.assert_close(rbr.reward("hard_refuse", phi), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"weights of 'comply' have shape \(3,\): expected"):
+        LinearRBR.from_spec(release_spec, dict(rbr.weights) | {"comply": torch.zeros(3)})
+    with pytest.raises(ValueError, match="expected exactly"):
+        LinearRBR.from_spec(release_spec, {"comply": rbr.weights["comply"]})
+    torch.testing.assert_close(rbr.reward("Hard Refuse", phi), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown response type 'Soft Refuse'"):
+        rbr.reward("Soft Refuse", phi)
