@@ -1,331 +1,435 @@
-"""Benchmark: how close each learner gets to the exact constrained optimum of the built-in world.
+"""The scoreboard: every learner against the exact constrained optimum of the built-in world.
 
-On the world in exact mode (every response enumerated, so every number below is exact under the
-ground truth, not sampled), for each seed: the datasets, the SFT reference and the reward and
-cost models are trained once (stages 1–4 of the default pipeline), then these learners start from
-the same SFT policy:
+On the world in exact mode every response is enumerated, so each number below is exact under the
+ground truth, not sampled. For each seed the data, the SFT reference and the reward and cost models
+are trained once (stages 1–4 of the default job, in ``<output>/seed<k>/stages``); then every run of
+the grid (learner × scorers) goes through the ``saferl`` command's own path
+(``saferl.cli.run`` on the composed config of the default job plus the row's overrides, with
+``model.from_run`` pointing at those stages), writes its ``summary.json`` and is scored by the
+world's exact evaluator:
 
-* ``ppo_lag (oracle)``  — PPO-Lagrangian with the ground-truth reward and cost;
-* ``ppo_lag (learned)`` — PPO-Lagrangian with the trained reward and cost models (mapped affinely to
-  ground-truth units on held-out responses, so β and d mean the same thing);
-* ``ppo_lag (oracle, published streams)`` — oracle PPO-Lagrangian with the published ``+β kl`` in
-  the cost stream (its fixed point is the optimum at KL weight β(1+λ), not π*); the other PPO rows
-  use the default §1 streams, whose stationary point is docs/algorithms.md §1's ``π_λ``;
+==================  ==============================================================================
+row                 the command it is (plus ``seed=<k> scorers=<oracle|learned>``)
+==================  ==============================================================================
+ppo_lag             ``saferl`` (PPO-Lagrangian, log-λ gradient ascent, §1 streams)
+ppo_lag_pid         ``saferl multiplier=pid``
+shaping             ``saferl multiplier=fixed multiplier.value=<λ*>``: PPO on the Lagrangian reward
+                    ``r − λ*·c`` with λ held at the seed's exact λ* (reward shaping at λ*)
+mocan_dpo           ``saferl learner=mocan`` (λ̂ from K reference samples, then DPO on relabelled pairs)
+mocan_ppo           ``saferl learner=mocan learner.mocan.stage=ppo``
+pecan_consistent    ``saferl learner=pecan`` (reads no scorer)
+pecan_published     ``saferl learner=pecan learner.pecan.consistent=false`` (reads no scorer)
+dpo                 ``saferl learner=preference`` (helpfulness pairs; reads no scorer)
+safe_nca            ``saferl experiment=world_safe_nca`` (reads no scorer)
+bfpo                ``saferl experiment=world_bfpo`` (reads no scorer)
+==================  ==============================================================================
 
-Each row is the learner's own module (``saferl.learners.<name>.run``) on the world setup
-(``saferl.setups.world``), scored by the setup's exact evaluator.
-* ``ppo (oracle)``      — unconstrained RLHF on the reward alone;
-* ``shaping λ* (oracle)`` — PPO on ``r − λ* c`` with λ fixed at the exact λ*;
+and, asked for by name: ``ppo_lag_published`` (``learner.kl_in_cost_stream=true``), ``ppo``
+(``multiplier=fixed multiplier.value=0``: unconstrained PPO) and ``ipo``.
 
-and with ``--group dualized`` (or ``all``) the one-shot and preference learners, from the same SFT
-policy and the same training pairs:
+A learner that reads no scorer (``needs(settings).scorers`` is false) runs once per seed, in the
+row ``scorers = not read``, instead of twice with the same result.
 
-* ``mocan dpo`` / ``mocan ppo`` — MoCAN with the learned (calibrated) scorers: K = 64 reference
-  samples per prompt, the dual's λ̂, then pseudo-preference DPO or PPO with λ fixed at λ̂; the
-  dual's predicted (reward, cost) is printed beside the realised one;
-* ``pecan (consistent)`` / ``pecan (published)`` — PeCAN with both labellings (margin 0.1 in
-  implicit safety units; its λ lives in implicit units too);
-* ``dpo (helpful)``, ``ipo (helpful)``, ``bfpo`` on the helpfulness pairs, ``safe_nca`` on the
-  safe-vs-unsafe pairs (their λ column is empty: they have no multiplier).
+Columns (docs/algorithms.md §8), each as mean ± sd over seeds (sd with ddof 1; "—" from one seed):
+KL(π‖π*), the normalised Lagrangian gap ``G(π)/G(π_ref)`` with ``G(π) = β E_x KL(π‖π*)`` (never
+negative, so a policy that breaks the limit gets no credit for it), the violation
+``max(0, E c − d)`` with its largest value over seeds and the number of seeds infeasible beyond the
+tolerance, the final λ against λ*, and the run's wall seconds (the shared stages 1–4 not counted);
+under each learner its own exact target (``↳ target``), which separates the choice of objective
+from optimisation error.
 
-``--learners NAME ...`` keeps only the named rows of the dualized group.
+Writes into ``--output`` (default ``outputs/scoreboard``): ``scoreboard_runs.csv`` (one line per
+run), ``scoreboard.csv`` (the aggregated table), ``scoreboard.md`` (the table as printed) and
+``scoreboard.png`` (normalised Lagrangian gap against violation, error bars, oracle and learned
+scorers drawn apart). ``--reuse`` keeps every finished run (and resumes an unfinished one from its
+last checkpoint), so an interrupted scoreboard continues where it stopped.
 
-Columns: the normalised Lagrangian gap ``G(π) / G(π_ref)`` with
-``G(π) = J* − [J(π) − λ*(E[c] − d)] = β E_x KL(π‖π*)`` and ``J = E[r] − β KL`` under the ground
-truth (docs/algorithms.md §8: never negative, so a policy that breaks the limit gets no credit for its
-higher ``J``), the constraint violation ``max(0, E[c] − d)`` (and as a share of the cost range), the final λ against λ*, iterations and wall seconds of the PPO stage; then the mean over
-seeds. Run: ``python experiments/bench/exact_optimum.py [--seeds 0 1 2] [--iterations 300]``.
+Run (the full board: 3 seeds × 10 learners, both scorers where read):
+``python experiments/bench/exact_optimum.py --reuse``; a smoke check:
+``python experiments/bench/exact_optimum.py --quick --seeds 1 --learners ppo_lag,dpo --output /tmp/board``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-from dataclasses import replace
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from saferl.data.world import ReferenceConfig
-from saferl.learners import mocan, pecan, ppo_lag, preference
-from saferl.learners.mocan import MocanSettings
-from saferl.learners.output import RunOutput
-from saferl.learners.pecan import PecanSettings
-from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
-from saferl.learners.preference import PreferenceSettings
-from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
-from saferl.runtime.resources import Resources
-from saferl.setups import world
-from saferl.setups.base import Needs, Setup, ShapedScorerSource
-from saferl.setups.world import StageSettings, WorldScorerSource, WorldSettings
+from saferl.eval.scoreboard import (
+    NOT_READ,
+    RunRow,
+    aggregate,
+    markdown_table,
+    row_from_summary,
+    write_board_csv,
+    write_plot,
+    write_runs_csv,
+)
 
-COST_RANGE = 2.8 - (-2.2)  # the ground-truth cost's range over exact mode's responses
-MULTIPLIER = {"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 128, "max_value": 5.0}
+MARKER = "scoreboard_run.json"  # written after a run's summary.json: the run is finished and timed
+STAGES = "stages"
 
 
-def default_settings(seed: int) -> WorldSettings:
-    """The default job's world (conf/data/world.yaml, conf/model/world.yaml, conf/scorers) for one seed."""
-    return WorldSettings(
-        beta=0.5,
-        cost_limit=-0.8,
-        reference=ReferenceConfig(seed=seed),
-        num_sft=2000,
-        num_pairs_train=2000,
-        num_pairs_test=512,
-        label_temperature=0.5,
-        sft=StageSettings(300, 64, 3e-3),
-        reward_model=StageSettings(150, 32, 1e-3),
-        cost_model=StageSettings(300, 32, 1e-3),
-        generation=GenerationSpec(max_new_tokens=3, seed=seed),
-        seed=seed,
+@dataclass(frozen=True)
+class Learner:
+    """A row of the board: its label, its overrides of the default job, and whether
+    ``--iterations`` applies (the PPO loop's ``learner.iterations``)."""
+
+    label: str
+    overrides: tuple[str, ...] = ()
+    ppo_iterations: bool = False
+    at_optimum: bool = False  # multiplier=fixed at the seed's exact λ*
+    note: str = ""
+
+
+LEARNERS = {
+    "ppo_lag": Learner("ppo_lag (log-λ)", ppo_iterations=True),
+    "ppo_lag_pid": Learner("ppo_lag (PID)", ("multiplier=pid",), ppo_iterations=True),
+    "shaping": Learner(
+        "PPO, shaping at λ*",
+        ("multiplier=fixed",),
+        ppo_iterations=True,
+        at_optimum=True,
+        note="λ held at the seed's exact λ* (multiplier=fixed)",
+    ),
+    "mocan_dpo": Learner(
+        "mocan dpo", ("learner=mocan",), note="λ̂ from the plug-in dual on reference samples"
+    ),
+    "mocan_ppo": Learner(
+        "mocan ppo",
+        ("learner=mocan", "learner.mocan.stage=ppo"),
+        ppo_iterations=True,
+        note="λ̂ from the plug-in dual on reference samples",
+    ),
+    "pecan_consistent": Learner(
+        "pecan (consistent)", ("learner=pecan",), note="λ in implicit units, not λ*'s"
+    ),
+    "pecan_published": Learner(
+        "pecan (published)",
+        ("learner=pecan", "learner.pecan.consistent=false"),
+        note="λ in implicit units, not λ*'s",
+    ),
+    "dpo": Learner("dpo (helpful)", ("learner=preference",)),
+    "safe_nca": Learner("safe_nca", ("experiment=world_safe_nca",)),
+    "bfpo": Learner("bfpo", ("experiment=world_bfpo",)),
+    # Asked for by name only.
+    "ppo_lag_published": Learner(
+        "ppo_lag (published streams)", ("learner.kl_in_cost_stream=true",), ppo_iterations=True
+    ),
+    "ppo": Learner(
+        "ppo (unconstrained)", ("multiplier=fixed", "multiplier.value=0.0"), ppo_iterations=True
+    ),
+    "ipo": Learner("ipo (helpful)", ("learner=preference", "learner.preference.loss=ipo")),
+}
+DEFAULT_LEARNERS = (
+    "ppo_lag",
+    "ppo_lag_pid",
+    "shaping",
+    "mocan_dpo",
+    "mocan_ppo",
+    "pecan_consistent",
+    "pecan_published",
+    "dpo",
+    "safe_nca",
+    "bfpo",
+)
+SCORERS = ("oracle", "learned")
+
+
+def compose(overrides: list[str]):
+    """The root config composed with ``overrides`` (Hydra's compose API, as the tests use it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from saferl.conf_tree import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"``: seeds 0, 1, 2; ``"0,4,7"`` (a comma anywhere): those seeds (``"5,"``: seed 5 alone)."""
+    try:
+        if "," in text:
+            seeds = [int(item) for item in text.split(",") if item.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count (3) or a comma-separated list (0,1,2); found {text!r}"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected at least one seed, each once; found {text!r}")
+    return seeds
+
+
+def parse_names(text: str, allowed, what: str) -> list[str]:
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {unknown or text!r}; allowed: {', '.join(allowed)}"
+        )
+    return names
+
+
+def prepare_stages(
+    folder: Path, base: list[str], need_optimum: bool
+) -> tuple[float, list[float] | None]:
+    """Stages 1–4 of the default job in ``folder`` (finished ones kept): every score model, so that
+    every learner can reuse them. Returns the stages' wall seconds (as first measured) and, when
+    asked, the exact λ* of this seed's problem (its SFT policy as the reference)."""
+    from saferl.cli import build_setup
+    from saferl.config import validate
+    from saferl.learners.output import RunOutput
+    from saferl.setups.base import Needs
+
+    record_path = folder / "scoreboard_stages.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record.get("overrides") not in (None, base):
+        raise SystemExit(
+            f"{record_path}: its stages were made with other overrides ({record['overrides']}) than "
+            f"this board's ({base}); choose another --output"
+        )
+    if "seconds" in record and (not need_optimum or "optimal_multiplier" in record):
+        return record["seconds"], record.get("optimal_multiplier")
+    config = validate(compose([*base, f"output_dir={folder}"]))
+    clock = time.perf_counter()
+    setup = build_setup(
+        config, Needs(scorers=True, critics=True, pairs=True), RunOutput(folder, resume=True)
     )
-
-
-def ppo_settings(seed: int, iterations: int, multiplier=MULTIPLIER, **changes) -> PPOLagSettings:
-    """The default job's PPO stage (conf/learner/ppo_lag.yaml: the §1 streams unless changed)."""
-    changes = {"kl_in_cost_stream": False, **changes}
-    loop = PPOSettings(iterations=iterations, prompts_per_iteration=64, kl_coeff=0.5, seed=seed, **changes)
-    return PPOLagSettings(loop, multiplier, -0.8)
-
-
-def oracle(setup: Setup) -> Setup:
-    """The same setup with the ground-truth reward and cost."""
-    return replace(setup, reward=WorldScorerSource.oracle("reward", setup.tokenizer),
-                   costs=(WorldScorerSource.oracle("cost", setup.tokenizer),), score_units="ground-truth units")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument(
-        "--output", type=Path, default=None, help="keep the runs here (default: a temp folder)"
+    seconds = record.get("seconds", time.perf_counter() - clock)
+    optimal = None
+    if need_optimum:
+        optimal = [
+            float(v)
+            for v in setup.evaluator.evaluate(Path(setup.policy.name_or_path)).optimal_multiplier
+        ]
+    record_path.write_text(
+        json.dumps({"overrides": base, "seconds": seconds, "optimal_multiplier": optimal}, indent=2)
+        + "\n"
     )
-    parser.add_argument(
-        "--group",
-        choices=("ppo", "dualized", "all"),
-        default="ppo",
-        help="ppo: the PPO-family rows (issue 5); dualized: MoCAN and the preference losses",
+    return seconds, optimal
+
+
+def run_one(folder: Path, overrides: list[str], paths: list[str], reuse: bool) -> float:
+    """One run of the grid through ``saferl.cli.run`` in ``folder``; returns its wall seconds.
+
+    A finished run (its marker present) is kept with ``reuse`` and refused without it; an unfinished
+    one is resumed (``resume=auto``) with ``reuse``."""
+    from saferl.cli import run
+    from saferl.learners.run_state import RUN_MARKERS
+
+    marker = folder / MARKER
+    if marker.is_file():
+        if not reuse:
+            raise SystemExit(
+                f"{folder} already holds a finished run; pass --reuse to keep it, or choose another "
+                "--output"
+            )
+        record = json.loads(marker.read_text())
+        if record.get("overrides") != overrides:
+            raise SystemExit(
+                f"{marker}: the run was made with overrides {record.get('overrides')}, not this board's "
+                f"{overrides}; choose another --output"
+            )
+        return float(record["wall_seconds"])
+    started = any((folder / name).exists() for name in RUN_MARKERS)
+    if started and not reuse:
+        raise SystemExit(
+            f"{folder} holds an unfinished run; pass --reuse to continue it, or choose another --output"
+        )
+    cfg = compose([*overrides, *paths, *(["resume=auto"] if started else [])])
+    clock = time.perf_counter()
+    run(cfg)
+    seconds = time.perf_counter() - clock
+    marker.write_text(
+        json.dumps({"overrides": overrides, "wall_seconds": seconds}, indent=2) + "\n"
+    )
+    return seconds
+
+
+def print_dual_predictions(rows: list[RunRow]) -> None:
+    """MoCAN's dual: what it predicted for π_λ̂ before training (``result.json``'s ``dual``) against
+    what the trained policy realised (ground truth; the scores are in ground-truth units, calibrated
+    when learned)."""
+    lines = []
+    for row in rows:
+        result = Path(row.run_dir) / "result.json"
+        if not row.learner.startswith("mocan") or not result.is_file():
+            continue
+        dual = json.loads(result.read_text()).get("dual")
+        if not dual:
+            continue
+        lines.append(
+            f"| {row.learner} | {row.scorers} | {row.seed} | {dual['multiplier'][0]:.4f} | "
+            f"{row.optimal_multiplier[0]:.4f} | {dual['predicted_reward']:.4f} | {row.expected_reward:.4f} | "
+            f"{dual['predicted_cost'][0]:.4f} | {row.expected_cost[0]:.4f} |"
+        )
+    if lines:
+        print()
+        print("MoCAN's dual, predicted before training against realised (ground truth):")
+        print(
+            "| learner | scorers | seed | λ̂ | λ* | predicted E r | realised E r | predicted E c | realised E c |"
+        )
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--learners",
-        nargs="+",
-        default=None,
-        help="rows of the dualized group to run (default: all)",
+        type=lambda text: parse_names(text, LEARNERS, "learner"),
+        default=list(DEFAULT_LEARNERS),
+        help=f"comma-separated rows (default: {','.join(DEFAULT_LEARNERS)}; also "
+        f"{','.join(name for name in LEARNERS if name not in DEFAULT_LEARNERS)})",
+    )
+    parser.add_argument(
+        "--scorers",
+        type=lambda text: parse_names(text, SCORERS, "scorers"),
+        default=list(SCORERS),
+        help="comma-separated: oracle, learned (default both)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=[0, 1, 2],
+        help="a count (3: seeds 0,1,2; the default) or a comma-separated list (0,4 or 5,)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("outputs/scoreboard"),
+        help="where the runs and the board go (default: outputs/scoreboard)",
     )
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="reuse the data, SFT and score models already in --output/seed<k> when present",
+        help="keep the finished runs in --output and resume unfinished ones",
     )
-    args = parser.parse_args()
-    root = args.output or Path(tempfile.mkdtemp(prefix="saferl-bench-"))
-    rows, predictions = [], []
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke size: debug=tiny (small data and stages, 2 PPO iterations, 4 DPO steps)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="learner.iterations of the PPO rows (default: the default job's 300; 2 with --quick)",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further Hydra override for every run (repeatable), e.g. learner.preference.steps=20",
+    )
+    args = parser.parse_args(argv)
+
+    from saferl.cli import learner_module
+    from saferl.config import validate
+
+    root = args.output.resolve()
+    size = [*(["debug=tiny"] if args.quick else []), *args.override]
+    rows: list[RunRow] = []
+    failures: list[str] = []
+    stage_seconds: dict[int, float] = {}
+    problem = validate(compose(["logger=none", *size]))
+    need_optimum = any(LEARNERS[name].at_optimum for name in args.learners)
     for seed in args.seeds:
-        resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=0.25), RuntimeSpec(local_num_cpus=8),
-                              DeepSpeedSpec(), seed=seed)
-        # Stages 1–4 once per seed (--reuse: finished stages in --output/seed<k> are skipped).
-        setup = world.build(default_settings(seed), resources,
-                            RunOutput(root / f"seed{seed}", resume=args.reuse),
-                            Needs(scorers=True, critics=True, pairs=True))
-        optimal_multiplier = setup.evaluator.evaluate(setup.policy.name_or_path).optimal_multiplier
-        if args.group in ("dualized", "all"):
-            run_dualized(setup, resources, root / f"seed{seed}", seed, optimal_multiplier, rows, predictions,
-                         args.learners, args.iterations)
-        if args.group == "dualized":
-            continue
-        truth = oracle(setup)
-        shaped = replace(truth, reward=ShapedScorerSource(truth.reward, tuple(truth.costs), tuple(optimal_multiplier)))
-        runs = {
-            "ppo_lag (oracle)": (truth, ppo_settings(seed, args.iterations), None),
-            "ppo_lag (learned)": (setup, ppo_settings(seed, args.iterations), None),
-            "ppo_lag (oracle, published streams)": (
-                truth, ppo_settings(seed, args.iterations, kl_in_cost_stream=True), None),
-            "ppo (oracle)": (truth, ppo_settings(seed, args.iterations, multiplier=None), None),
-            "shaping λ* (oracle)": (shaped, ppo_settings(seed, args.iterations, multiplier=None), optimal_multiplier[0]),
-        }
-        for name, (learner_setup, settings, shaping) in runs.items():
-            folder = (
-                root
-                / f"seed{seed}"
-                / name.replace(" ", "_").replace("(", "").replace(")", "").replace("§", "s")
-            )
-            run = ppo_lag.run(learner_setup, settings, resources, RunOutput(folder))
-            trained = setup.evaluator.evaluate(run.policy_dir).trained
-            rows.append(
-                {
-                    "learner": name,
-                    "seed": seed,
-                    "gap": trained.normalised_lagrangian_gap,
-                    "violation": trained.violation[0],
-                    "multiplier": run.multiplier[0]
-                    if run.multiplier
-                    else (shaping if shaping is not None else 0.0),
-                    "optimal": optimal_multiplier[0],
-                    "iterations": settings.ppo.iterations,
-                    "seconds": sum(run.seconds.values()),
-                    "reward": trained.expected_reward,
-                    "cost": trained.expected_cost[0],
-                    "kl": trained.kl,
-                }
-            )
-            print(
-                f"done: {name}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}, violation {trained.violation[0]:.4f}",
-                flush=True,
-            )
-    print_table(rows)
-    if predictions:
-        print()
-        print(
-            f"{'MoCAN stage':<12} {'seed':>4} {'λ̂':>7} {'λ*':>7} {'predicted E r':>13} {'realised E r':>12} "
-            f"{'predicted E c':>13} {'realised E c':>12}"
-        )
-        for p in predictions:
-            print(
-                f"{p['stage']:<12} {p['seed']:>4} {p['multiplier']:>7.4f} {p['optimal']:>7.4f} {p['predicted_reward']:>13.4f} "
-                f"{p['reward']:>12.4f} {p['predicted_cost']:>13.4f} {p['cost']:>12.4f}"
-            )
+        base = [f"seed={seed}", "logger=none", *size]
+        stages = root / f"seed{seed}" / STAGES
+        stage_seconds[seed], optimal = prepare_stages(stages, base, need_optimum)
+        for name in args.learners:
+            learner = LEARNERS[name]
+            overrides = [*base, *learner.overrides]
+            if learner.at_optimum:
+                overrides.append(f"multiplier.value={optimal[0]!r}")
+            if learner.ppo_iterations and args.iterations is not None:
+                overrides.append(f"learner.iterations={args.iterations}")
+            config = validate(compose([*overrides, f"model.from_run={stages}"]))
+            reads_scorers = learner_module(config.learner).needs(config.settings).scorers
+            for scorers in args.scorers if reads_scorers else [NOT_READ]:
+                folder = root / f"seed{seed}" / name / ("runs" if scorers == NOT_READ else scorers)
+                these = [*overrides, f"scorers={scorers}"] if reads_scorers else overrides
+                paths = [f"model.from_run={stages}", f"output_dir={folder}"]
+                note = "; ".join(
+                    part
+                    for part in (
+                        "" if reads_scorers else "scorers not read (one run per seed)",
+                        learner.note,
+                    )
+                    if part
+                )
+                try:
+                    seconds = run_one(folder, these, paths, args.reuse)
+                    row = row_from_summary(
+                        folder / "summary.json", learner.label, scorers, seed, seconds, note
+                    )
+                except SystemExit:
+                    raise
+                # One failed run does not lose the others: its traceback here, its name at the end.
+                except Exception:
+                    traceback.print_exc()
+                    failures.append(f"{learner.label} ({scorers}), seed {seed}: {folder}")
+                    continue
+                rows.append(row)
+                print(
+                    f"done: {learner.label} ({scorers}), seed {seed}: norm. Lagr. gap "
+                    f"{row.normalised_lagrangian_gap:.4f}, violation {row.violation[0]:.4f}, {seconds:.1f} s",
+                    flush=True,
+                )
 
-
-def run_dualized(
-    setup: Setup,
-    resources: Resources,
-    folder: Path,
-    seed: int,
-    optimal_multiplier,
-    rows: list,
-    predictions: list,
-    only: list[str] | None = None,
-    iterations: int = 300,
-) -> None:
-    """MoCAN (both stages), PeCAN (both labellings) and the preference losses, appended to ``rows``
-    (MoCAN's PPO stage runs ``iterations`` iterations, like the PPO rows)."""
-
-    def wanted(name: str) -> bool:
-        return only is None or name in only
-
-    for stage in ("dpo", "ppo"):
-        if not wanted(f"mocan {stage}"):
-            continue
-        settings = MocanSettings(beta=0.5, cost_limit=-0.8, stage=stage, ppo=ppo_settings(seed, iterations), seed=seed)
-        result = mocan.run(setup, settings, resources, RunOutput(folder / f"mocan_{stage}"))
-        seconds = sum(result.seconds.values())
-        trained = setup.evaluator.evaluate(result.policy_dir).trained
-        rows.append(
-            {
-                "learner": f"mocan {stage}",
-                "seed": seed,
-                "gap": trained.normalised_lagrangian_gap,
-                "violation": trained.violation[0],
-                "multiplier": result.multiplier[0],
-                "optimal": optimal_multiplier[0],
-                "iterations": settings.ppo.ppo.iterations if stage == "ppo" else settings.dpo_steps,
-                "seconds": seconds,
-                "reward": trained.expected_reward,
-                "cost": trained.expected_cost[0],
-                "kl": trained.kl,
-            }
-        )
-        predictions.append(
-            {
-                "stage": f"mocan {stage}",
-                "seed": seed,
-                "multiplier": result.multiplier[0],
-                "optimal": optimal_multiplier[0],
-                "predicted_reward": result.dual.solution.expected_reward.item(),
-                "predicted_cost": result.dual.solution.expected_cost[0].item(),
-                "reward": trained.expected_reward,
-                "cost": trained.expected_cost[0],
-            }
-        )
-        print(f"done: mocan {stage}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}", flush=True)
-    for consistent in (True, False):
-        name = f"pecan ({'consistent' if consistent else 'published'})"
-        if not wanted(name):
-            continue
-        result = pecan.run(setup, PecanSettings(beta=0.5, consistent=consistent, seed=seed), resources,
-                           RunOutput(folder / ("pecan_consistent" if consistent else "pecan_published")))
-        trained = setup.evaluator.evaluate(result.policy_dir).trained
-        rows.append(
-            {
-                "learner": name,
-                "seed": seed,
-                "gap": trained.normalised_lagrangian_gap,
-                "violation": trained.violation[0],
-                "multiplier": result.multiplier[0],
-                "optimal": optimal_multiplier[0],
-                "iterations": PecanSettings().dpo_steps,
-                "seconds": sum(result.seconds.values()),
-                "reward": trained.expected_reward,
-                "cost": trained.expected_cost[0],
-                "kl": trained.kl,
-            }
-        )
-        print(f"done: {name}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}", flush=True)
-    for name, offline in (
-        ("dpo (helpful)", PreferenceSettings(loss="dpo", beta=0.5, seed=seed)),
-        ("ipo (helpful)", PreferenceSettings(loss="ipo", beta=0.5, seed=seed)),
-        ("bfpo", PreferenceSettings(loss="bfpo", beta=0.5, seed=seed)),
-        ("safe_nca", PreferenceSettings(loss="safe_nca", ordering="safer", beta=0.5, seed=seed)),
-    ):
-        if not wanted(name):
-            continue
-        result = preference.run(setup, offline, resources, RunOutput(folder / f"offline_{offline.loss}"))
-        trained = setup.evaluator.evaluate(result.policy_dir).trained
-        seconds = sum(result.seconds.values())
-        rows.append(
-            {
-                "learner": name,
-                "seed": seed,
-                "gap": trained.normalised_lagrangian_gap,
-                "violation": trained.violation[0],
-                "multiplier": float("nan"),
-                "optimal": optimal_multiplier[0],
-                "iterations": offline.steps,
-                "seconds": seconds,
-                "reward": trained.expected_reward,
-                "cost": trained.expected_cost[0],
-                "kl": trained.kl,
-            }
-        )
-        print(f"done: {name}, seed {seed}: gap {trained.normalised_lagrangian_gap:.4f}", flush=True)
-
-
-def print_table(rows: list[dict]) -> None:
+    board = aggregate(rows)
+    limits = problem.cost_limit if isinstance(problem.cost_limit, tuple) else (problem.cost_limit,)
+    size_text = " ".join(size) if size else "the default job's settings (conf/)"
     header = (
-        f"{'learner':<36} {'seed':>4} {'norm. Lagr. gap':>15} {'violation':>9} {'% range':>7} {'λ':>7} {'λ*':>7} "
-        f"{'E r':>7} {'E c':>7} {'KL':>6} {'iters':>5} {'seconds':>7}"
+        f"**Compared against the exact optimum π\\* = π_λ\\* of the stated problem**: max E[r] − β·KL(π‖π_ref) "
+        f"s.t. E[c] ≤ d with β = {problem.beta:g}, d = {', '.join(f'{d:g}' for d in limits)}, the world's "
+        "ground-truth reward and cost and each seed's SFT policy as π_ref, computed by enumerating every "
+        f"response. Seeds {', '.join(str(s) for s in args.seeds)}; size: {size_text}"
+        f"{f', PPO iterations {args.iterations}' if args.iterations is not None else ''}. Each number is mean ± "
+        "sd over seeds (sd with ddof 1; — from one seed). Norm. Lagr. gap = G(π)/G(π_ref) = KL(π‖π\\*)/"
+        "KL(π_ref‖π\\*): 0 at π\\*, 1 at the reference, never negative. Violation = max(0, E[c] − d) in "
+        "ground-truth cost units; max violation: the largest over seeds; infeasible: seeds whose violation "
+        "exceeds 1e-3. λ: the final multiplier against the exact λ\\*. Wall s: the run alone (data, SFT and "
+        f"score models are shared per seed: {', '.join(f'{v:.0f}' for v in stage_seconds.values())} s). "
+        "↳ target: the learner's own exact target under its settings (learned scorers: on the calibrated "
+        "learned scores), scored the same way."
     )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(
-            f"{row['learner']:<36} {row['seed']:>4} {row['gap']:>15.4f} {row['violation']:>9.4f} "
-            f"{100 * row['violation'] / COST_RANGE:>6.2f}% {row['multiplier']:>7.4f} {row['optimal']:>7.4f} "
-            f"{row['reward']:>7.4f} {row['cost']:>7.4f} {row['kl']:>6.3f} {row['iterations']:>5} {row['seconds']:>7.1f}"
+    table = markdown_table(board, header)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = [
+        write_runs_csv(rows, root / "scoreboard_runs.csv"),
+        write_board_csv(board, root / "scoreboard.csv"),
+    ]
+    (root / "scoreboard.md").write_text(table + "\n")
+    paths.append(root / "scoreboard.md")
+    if board:
+        title = (
+            f"Exact-optimum scoreboard: β {problem.beta:g}, d {', '.join(f'{d:g}' for d in limits)}, "
+            f"seeds {', '.join(str(s) for s in args.seeds)}"
         )
-    print("-" * len(header))
-    for name in dict.fromkeys(row["learner"] for row in rows):
-        group = [row for row in rows if row["learner"] == name]
-        mean = {
-            key: statistics.fmean(row[key] for row in group)
-            for key in (
-                "gap",
-                "violation",
-                "multiplier",
-                "optimal",
-                "reward",
-                "cost",
-                "kl",
-                "seconds",
-            )
-        }
-        print(
-            f"{name:<36} {'mean':>4} {mean['gap']:>15.4f} {mean['violation']:>9.4f} "
-            f"{100 * mean['violation'] / COST_RANGE:>6.2f}% {mean['multiplier']:>7.4f} {mean['optimal']:>7.4f} "
-            f"{mean['reward']:>7.4f} {mean['cost']:>7.4f} {mean['kl']:>6.3f} {group[0]['iterations']:>5} "
-            f"{mean['seconds']:>7.1f}"
-        )
+        paths.append(write_plot(board, title, root / "scoreboard.png"))
+    print()
+    print(table)
+    print_dual_predictions(rows)
+    print()
+    for path in paths:
+        print(f"wrote {path}")
+    if failures:
+        print("failed runs (not in the table):", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

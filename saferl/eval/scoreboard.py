@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOT_READ",
+    "RUN_COLUMNS",
     "BoardRow",
     "RunRow",
     "ScoreboardInputError",
@@ -49,6 +50,7 @@ __all__ = [
     "row_from_summary",
     "stat",
     "write_board_csv",
+    "write_plot",
     "write_runs_csv",
 ]
 
@@ -240,9 +242,15 @@ class Stat:
     n: int
 
     def text(self, digits: int = 4) -> str:
-        """``"mean ± sd"``, or ``"mean ± —"`` from one seed."""
-        sd = "—" if self.sd is None else f"{self.sd:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {sd}"
+        """``"mean ± sd"``, or ``"mean ± —"`` from one seed (a value that rounds to zero is printed
+        without a sign: ``-1e-17`` is ``0.0000``, not ``-0.0000``)."""
+        sd = "—" if self.sd is None else _fixed(self.sd, digits)
+        return f"{_fixed(self.mean, digits)} ± {sd}"
+
+
+def _fixed(value: float, digits: int) -> str:
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def stat(values: Iterable[float]) -> Stat:
@@ -467,7 +475,7 @@ def _stats_text(stats: tuple[Stat, ...], digits: int = 4) -> str:
 
 
 def _numbers_text(values: tuple[float, ...], digits: int = 4) -> str:
-    return " / ".join(f"{value:.{digits}f}" for value in values) if values else "—"
+    return " / ".join(_fixed(value, digits) for value in values) if values else "—"
 
 
 def markdown_table(board: Sequence[BoardRow], header: str) -> str:
@@ -514,7 +522,8 @@ def plot_board(board: Sequence[BoardRow], title: str) -> Figure:
     """Normalised Lagrangian gap (y) against violation (x; the largest over constraints of the
     mean violations) of every result row, with ± sd error bars on both axes where there are
     several seeds; one colour per learner, one marker per scorers (circle oracle, square learned,
-    triangle: the learner reads no scorer); a hollow marker when some seed is infeasible."""
+    triangle: the learner reads no scorer); a hollow marker when some seed is infeasible; each
+    learner's own exact target (mean over seeds) as a small cross in its colour."""
     results = [row for row in board if row.kind == "result"]
     learners = list(dict.fromkeys(row.learner for row in results))
     figure = agg_figure(10, 6.5)
@@ -537,6 +546,22 @@ def plot_board(board: Sequence[BoardRow], title: str) -> Figure:
             markerfacecolor="none" if row.infeasible_seeds else colour,
             label=f"{row.learner} ({row.scorers})",
         )
+    for row in board:  # each learner's own exact target: a small cross in its colour
+        if row.kind != "target" or row.learner not in learners:
+            continue
+        worst = max(range(len(row.violation)), key=lambda j: row.violation[j].mean)
+        axes.plot(
+            row.violation[worst].mean,
+            row.normalised_lagrangian_gap.mean,
+            color=colours[learners.index(row.learner)],
+            marker="x",
+            markersize=7,
+            linestyle="none",
+            alpha=0.7,
+        )
+    axes.plot(
+        [], [], color="grey", marker="x", linestyle="none", label="× a learner's own exact target"
+    )
     axes.axvline(
         FEASIBILITY_TOLERANCE,
         color="grey",

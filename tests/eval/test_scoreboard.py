@@ -124,6 +124,8 @@ def test_one_seed_has_no_sd_and_prints_a_dash_and_a_nan_is_not_skipped():
     assert (one.mean, one.sd, one.n) == (0.125, None, 1)
     assert one.text() == "0.1250 ± —"
     assert stat([1.0, 3.0]).text(2) == f"2.00 ± {math.sqrt(2):.2f}"
+    assert stat([-1e-17, 1e-17]).text() == "0.0000 ± 0.0000"  # no "-0.0000"
+    assert stat([-1e-17]).text() == "0.0000 ± —" and stat([-0.25]).text() == "-0.2500 ± —"
     nan = stat([0.5, math.nan, 0.25])
     assert math.isnan(nan.mean) and math.isnan(nan.sd)
     with pytest.raises(ValueError, match="no values"):
@@ -368,6 +370,28 @@ def test_the_plot_draws_each_result_with_error_bars_and_an_infeasible_one_hollow
     assert markers["ppo_lag (log-λ) (learned)"].get_markerfacecolor() == "none"  # seed 0 infeasible
     assert markers["ppo_lag (log-λ) (oracle)"].get_markerfacecolor() != "none"
     assert markers["ppo_lag (log-λ) (learned)"].get_xdata()[0] == pytest.approx(0.025, rel=1e-15)
+    # No target in these rows: no cross drawn but the legend's.
+    crosses = [
+        line for line in axes.get_lines() if line.get_marker() == "x" and len(line.get_xdata())
+    ]
+    assert crosses == []
+    targeted = aggregate(
+        [
+            run_row(
+                0,
+                0.02,
+                target_label="t",
+                target_violation=(0.004,),
+                target_normalised_lagrangian_gap=0.125,
+            )
+        ]
+    )
+    (cross,) = [
+        line
+        for line in plot_board(targeted, "t").axes[0].get_lines()
+        if line.get_marker() == "x" and len(line.get_xdata())
+    ]
+    assert (cross.get_xdata()[0], cross.get_ydata()[0]) == (0.004, 0.125)
     path = write_plot(board, "title", tmp_path / "board.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
 
