@@ -163,6 +163,8 @@ def ranked_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every ordered pair of completions of the same prompt whose classes differ.
 
+    The work is per prompt (``n_g × n_g`` for a prompt with ``n_g`` completions), not ``n × n``.
+
     Completion ``a`` is better than ``b`` when both have the same group (prompt) and
     ``class_ranks[a] < class_ranks[b]`` (rank 0 = the best class, e.g. ``ideal``). Completions of
     the same class are not paired.
@@ -180,11 +182,20 @@ def ranked_pairs(
             "group_ids and class_ranks must both have shape (n,), got "
             f"{tuple(group_ids.shape)} and {tuple(class_ranks.shape)}."
         )
-    # (n, n) masks are fine for the few thousand completions a weight fit uses.
-    same_group = group_ids.unsqueeze(1) == group_ids.unsqueeze(0)
-    better = class_ranks.unsqueeze(1) < class_ranks.unsqueeze(0)  # [a, b]: a's class beats b's
-    better_index, worse_index = (same_group & better).nonzero(as_tuple=True)
-    return better_index, worse_index
+    order = torch.argsort(group_ids, stable=True)
+    _, counts = torch.unique_consecutive(group_ids[order], return_counts=True)
+    better_parts, worse_parts = [], []
+    for members in torch.split(order, counts.tolist()):  # one prompt's completions at a time
+        ranks = class_ranks[members]
+        better, worse = (ranks.unsqueeze(1) < ranks.unsqueeze(0)).nonzero(as_tuple=True)
+        better_parts.append(members[better])
+        worse_parts.append(members[worse])
+    if not better_parts:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty.clone()
+    better_index, worse_index = torch.cat(better_parts), torch.cat(worse_parts)
+    pair_order = torch.argsort(better_index * group_ids.numel() + worse_index)
+    return better_index[pair_order], worse_index[pair_order]
 
 
 def rbr_hinge_loss(

@@ -104,6 +104,16 @@ def test_ranked_pairs_pair_different_classes_of_the_same_prompt_only():
     assert pairs == {(1, 0), (1, 2), (0, 2), (6, 5)}
 
 
+def test_ranked_pairs_with_interleaved_prompts_come_in_increasing_order():
+    prompts = torch.tensor([7, 3, 7, 3, 7])
+    ranks = torch.tensor([1, 0, 0, 4, 1])
+    better, worse = ranked_pairs(prompts, ranks)
+    # prompt 7: 2 (rank 0) > 0, 4 (rank 1); prompt 3: 1 (rank 0) > 3 (rank 4)
+    assert list(zip(better.tolist(), worse.tolist(), strict=True)) == [(1, 3), (2, 0), (2, 4)]
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert [t.numel() for t in ranked_pairs(empty, empty)] == [0, 0]
+
+
 def test_hinge_loss_worked_value_and_zero_beyond_the_margin():
     # The ALGORITHMS.md §6 test vector: better 1.0, worse 0.5, margin 1 → 0.5.
     rewards = t([1.0, 0.5, -0.5])
