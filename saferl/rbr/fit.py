@@ -132,6 +132,11 @@ def fit_rbr_weights(
         raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}.")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
+    if n and int(class_ranks.min()) < 0:
+        raise ValueError(
+            "class_ranks must be positions in the class order (0 = ideal), found "
+            f"{int(class_ranks.min())}."
+        )
     features = features.to(dtype)
     reward_scores = reward_scores.to(dtype)
     class_ranks = class_ranks.long()

@@ -126,6 +126,7 @@ def test_weight_names_are_kept():
         (lambda p: (p[0][:, :2].T, *p[1:]), "expected features"),
         (lambda p: (p[0], p[1][:-1], *p[2:]), "expected features"),
         (lambda p: (p[0], p[1], torch.zeros_like(p[2]), p[3]), "at least two prompts"),
+        (lambda p: (*p[:3], p[3] - 1), "class_ranks must be positions.*found -1"),
     ],
 )
 def test_bad_input_is_rejected(change, match):
