@@ -19,7 +19,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from saferl.rbr.errors import GoldDataError, describe_value
@@ -174,7 +173,7 @@ def _messages(value: Any, field: str, fail) -> tuple[Message, ...]:
 
 def _propositions(
     value: Any, expected_names: tuple[str, ...] | None, from_spec: bool, fail
-) -> MappingProxyType[str, bool]:
+) -> dict[str, bool]:
     field = "propositions"
     if not isinstance(value, dict) or not value:
         fail(field, _EXPECTED[field], describe_value(value))
@@ -195,4 +194,4 @@ def _propositions(
                 if part
             )
             fail(field, f"exactly {against} {len(expected_names)} simple propositions", found)
-    return MappingProxyType(dict(value))
+    return dict(value)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import torch
 
@@ -62,7 +61,7 @@ class LinearRBR:
             }
         else:
             given = {spec.response_type(key): value for key, value in weights.items()}
-        return cls(MappingProxyType(feature_maps), MappingProxyType(given))
+        return cls(feature_maps, given)
 
     def reward(self, response_type: str, probabilities: torch.Tensor) -> torch.Tensor:
         """``R_rbr`` of completions to prompts of one response type.

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -124,9 +123,7 @@ class _Reader:
                 self.fail(str(where), "names that are non-empty strings", describe_value(name))
         return value
 
-    def requirements(
-        self, value: Any, key: str, known: Mapping[str, str]
-    ) -> MappingProxyType[str, bool]:
+    def requirements(self, value: Any, key: str, known: Mapping[str, str]) -> dict[str, bool]:
         """A non-empty mapping proposition → bool, every name in ``known`` (name → its kind)."""
         expected = "a non-empty mapping proposition → true/false"
         rules = self.mapping(value, key, expected)
@@ -141,10 +138,10 @@ class _Reader:
                 )
             if not isinstance(required, bool):
                 self.fail(f"{key}.{name}", "true or false", describe_value(required))
-        return MappingProxyType(dict(rules))
+        return dict(rules)
 
 
-def _simple_propositions(reader: _Reader, value: Any) -> MappingProxyType[str, str]:
+def _simple_propositions(reader: _Reader, value: Any) -> dict[str, str]:
     key = "simple_propositions"
     propositions = reader.mapping(value, key, _EXPECTED[key])
     if not propositions:
@@ -165,12 +162,12 @@ def _simple_propositions(reader: _Reader, value: Any) -> MappingProxyType[str, s
             )
             reader.fail(f"{where}.prompt", "the grader's question, a non-empty string", found)
         questions[name] = question
-    return MappingProxyType(questions)
+    return questions
 
 
 def _derived_propositions(
     reader: _Reader, value: Any, simple: Mapping[str, str]
-) -> MappingProxyType[str, Requirements]:
+) -> dict[str, Requirements]:
     key = "derived_propositions"
     if value is None:  # `derived_propositions:` with nothing after it
         value = {}
@@ -185,7 +182,7 @@ def _derived_propositions(
             )
         known[name] = "derived"
     rules = {name: reader.requirements(derived[name], f"{key}.{name}", known) for name in derived}
-    return MappingProxyType({name: rules[name] for name in _inputs_first(reader, rules)})
+    return {name: rules[name] for name in _inputs_first(reader, rules)}
 
 
 def _inputs_first(reader: _Reader, rules: Mapping[str, Requirements]) -> list[str]:
@@ -235,7 +232,7 @@ def _completion_classes(
     order: tuple[str, ...],
     simple: Mapping[str, str],
     derived: Mapping[str, Requirements],
-) -> MappingProxyType[str, MappingProxyType[str, Requirements]]:
+) -> dict[str, dict[str, Requirements]]:
     key = "completion_classes"
     classes = reader.mapping(value, key, _EXPECTED[key])
     for class_name in classes:
@@ -270,7 +267,7 @@ def _completion_classes(
             if response_type not in response_types:
                 response_types.append(response_type)
     known = {name: "simple" for name in simple} | {name: "derived" for name in derived}
-    by_type: dict[str, MappingProxyType[str, Requirements]] = {}
+    by_type: dict[str, dict[str, Requirements]] = {}
     for response_type in response_types:
         rules = {}
         for class_name in order:
@@ -284,5 +281,5 @@ def _completion_classes(
             rules[class_name] = reader.requirements(
                 per_class[class_name][response_type], where, known
             )
-        by_type[response_type] = MappingProxyType(rules)
-    return MappingProxyType(by_type)
+        by_type[response_type] = rules
+    return by_type

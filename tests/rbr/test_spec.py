@@ -4,6 +4,7 @@ features against a scalar re-implementation, and its classes as a partition of t
 from __future__ import annotations
 
 import math
+import pickle
 import random
 
 import pytest
@@ -262,3 +263,16 @@ def test_linear_rbr_is_each_response_types_features_times_its_weights(release_sp
     torch.testing.assert_close(rbr.reward("Hard Refuse", phi), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown response type 'Soft Refuse'"):
         rbr.reward("Soft Refuse", phi)
+
+
+def test_specs_feature_maps_and_gold_records_pickle(release_spec, gold_test):
+    """They travel to Ray actors (a grader group) by pickling."""
+    spec = pickle.loads(pickle.dumps(release_spec))
+    assert spec == release_spec
+    propositions = labels(release_spec, "apology", "inability_to_comply")
+    assert spec.completion_class("hard_refuse", propositions) == "ideal"
+    feature_map = pickle.loads(pickle.dumps(rbr_features(release_spec, "comply")))
+    assert feature_map.feature_names == rbr_features(release_spec, "comply").feature_names
+    assert pickle.loads(pickle.dumps(gold_test[0])) == gold_test[0]
+    rbr = pickle.loads(pickle.dumps(LinearRBR.from_spec(release_spec)))
+    assert set(rbr.weights) == set(release_spec.response_types)
