@@ -18,9 +18,12 @@ Ray, DeepSpeed, ...) load after the command line has been checked.
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,40 +39,14 @@ if TYPE_CHECKING:
 
 # The exit status of a mistake in the command line, the config or the data (argparse's).
 USAGE_EXIT = 2
+# The exit status of a run stopped by Ctrl-C (SIGINT): 128 + the signal's number, as shells use.
+INTERRUPTED_EXIT = 130
 # Set by main() from --verbose, which it takes off the command line before Hydra reads it.
 _verbose = False
-
-
-def _progress_bar():
-    """A rich progress display and the ``progress(stage, step, total, metrics)`` callback the
-    learners call."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("{task.description:<14}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
-    bar = Progress(*columns, transient=False)
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, step: int, total: int, metrics: dict[str, float]) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, status="")
-        shown = {
-            k.split("/")[-1]: v
-            for k, v in metrics.items()
-            if k.endswith(("loss", "accuracy", "value_0", "estimate_0", "score"))
-        }
-        bar.update(
-            tasks[stage],
-            completed=step,
-            status=" ".join(f"{key}={value:.3f}" for key, value in list(shown.items())[:4]),
-        )
-
-    return bar, progress
+# The line a run prints when Ctrl-C stops it (set while a job runs, see _hydra_task); a first
+# Ctrl-C raises KeyboardInterrupt and lets the run shut its actors down, a second one exits at once.
+_interrupt_line: Callable[[], str] | None = None
+_interrupted = False
 
 
 def _quiet_libraries() -> None:
@@ -103,16 +80,17 @@ def learner_module(name: str):
 def train(config: RunConfig, folder: Path, tracker):
     """``job=train``: build the setup, run the learner, evaluate (where the setup can), report;
     returns the run's :class:`~saferl.learners.result.RunSummary`."""
+    from saferl.cli_progress import progress_display
     from saferl.eval.run_report import print_run, write_dual_prediction
     from saferl.learners.output import RunOutput
     from saferl.learners.result import RunSummary
 
     learner = learner_module(config.learner)
     _quiet_libraries()
-    bar, progress = _progress_bar()
-    output = RunOutput(folder=folder, tracker=tracker, progress=progress,
+    display = progress_display()
+    output = RunOutput(folder=folder, tracker=tracker, progress=display, notice=display.notice,
                        checkpoint_every=config.checkpoint_every, resume=config.resume)
-    with bar:
+    with display:
         setup = build_setup(config, learner.needs(config.settings), output)
         result = learner.run(setup, config.settings, config.resources, output)
     clock = time.perf_counter()
@@ -134,7 +112,7 @@ def train(config: RunConfig, folder: Path, tracker):
         # Only ground-truth or cost-model units go on a sweep's plot (PeCAN's are implicit).
         predicted_frontier_csv=files[0] if files and result.dual.units != "implicit units" else None,
     )
-    print_run(summary)
+    print_run(summary, smoke_test=_debug_option() == "tiny")
     if files:
         print(f"predicted frontier: {files[0]} and {files[1]}")
     metrics = {f"perf/stage_{stage}_s": value for stage, value in seconds.items()}
@@ -148,6 +126,13 @@ def train(config: RunConfig, folder: Path, tracker):
                         "eval/kl": trained.kl})
     tracker.log(metrics, step=len(result.history))
     return summary
+
+
+def _debug_option() -> str | None:
+    """The ``debug`` option the run was started with (``tiny``), when Hydra started it."""
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("debug")
 
 
 def exact_optimum(cfg: DictConfig, config: RunConfig, folder: Path) -> float:
@@ -419,19 +404,90 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, ConfigError, DataError)
 
 
+def resume_command(task_overrides: list[str], run_folder: Path, hydra_folder: Path, multirun: bool) -> str:
+    """The command that continues an interrupted job: its own overrides, the run folder and
+    ``resume=auto``.
+
+    Args:
+        task_overrides: the job's overrides (``hydra.overrides.task``: for a sweep's job, its
+            own values).
+        run_folder: where the job writes its run (``output_dir``, else Hydra's run folder).
+        hydra_folder: Hydra's folder for the job.
+        multirun: the job is one of a sweep's (the command runs it alone: the ``sweep`` preset,
+            which would make it a sweep again, is left out).
+    """
+    kept = [o for o in task_overrides
+            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")
+            and not (multirun and o.split("=", 1)[0] == "sweep")]
+    words = ["saferl", *kept]
+    if run_folder.resolve() == hydra_folder.resolve():  # not output_dir=...: the folder is Hydra's
+        words.append(f"hydra.run.dir={_shown_path(hydra_folder)}")
+    words.append("resume=auto")
+    return shlex.join(words)
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it, else absolute."""
+    path = path.resolve()
+    here = Path.cwd().resolve()
+    return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+
+
+def interrupted_line(run_folder: Path, command: str) -> str:
+    """The one line an interrupted run prints: what was saved and how to continue."""
+    from saferl.learners.run_state import saved_state
+
+    saved = saved_state(run_folder)
+    return f"saferl: interrupted; saved: {saved}; continue with: {command}"
+
+
+def _on_interrupt(signum, frame) -> None:
+    """SIGINT while a job runs: the first stops the run (its cleanup still runs); a second one,
+    during that cleanup, exits at once."""
+    global _interrupted
+    if _interrupted:
+        if _interrupt_line is not None:
+            print(_interrupt_line() + " (stopped without cleaning up)", file=sys.stderr, flush=True)
+        os._exit(INTERRUPTED_EXIT)
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_task(cfg: DictConfig) -> float:
     """The function Hydra calls once per job; returns the job's headline metric."""
-    folder = Path(HydraConfig.get().runtime.output_dir)
+    global _interrupt_line, _interrupted
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    run_folder = Path(str(cfg.output_dir)) if cfg.get("output_dir") is not None else folder
+    multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    command = resume_command(list(hydra_cfg.overrides.task), run_folder, folder, multirun)
+    _interrupt_line = lambda: interrupted_line(run_folder, command)  # noqa: E731
+    _interrupted = False
+    previous = signal.signal(signal.SIGINT, _on_interrupt)
     try:
+        if OmegaConf.select(cfg, "job.name") in ("train", "evaluate"):  # the jobs that start Ray
+            from saferl.cli_quiet import quiet_console
+
+            quiet_console()  # expected library warnings go to cli.log only
         return run(cfg, output_dir=folder)
-    except Exception as error:
+    except BaseException as error:
+        # Ctrl-C: whatever the run raised while it stopped (KeyboardInterrupt, or an actor that
+        # went down with it) is the interruption, said in one line without a traceback.
+        if _interrupted or isinstance(error, KeyboardInterrupt):
+            if _wants_traceback():
+                traceback.print_exception(error)
+            print(_interrupt_line(), file=sys.stderr, flush=True)
+            sys.exit(INTERRUPTED_EXIT)
         # A mistake found only now (a job.run_dir without a run, a data file read by the job):
         # said as the preflight says it, not as a crash, and without the folder Hydra made for it.
         if isinstance(error, _usage_errors()):
             _remove_if_only_hydra(folder)
             _fail(error, _wants_traceback())
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupt_line = None
 
 
 def _remove_if_only_hydra(folder: Path) -> None:
@@ -470,15 +526,22 @@ def main() -> None:
     # straight to Hydra.
     hydra_request = (args.cfg or args.info or args.hydra_help or args.shell_completion or args.resolve
                      or args.experimental_rerun or args.config_path or args.config_name or args.config_dir)
-    if not hydra_request:
-        try:
-            from saferl.cli_preflight import preflight
+    try:
+        if not hydra_request:
+            try:
+                from saferl.cli_preflight import preflight, resumed_hydra_subdir
 
-            preflight(args.overrides, multirun=args.multirun)
-        except UsageError as error:
-            _fail(error, _wants_traceback())
-    sys.argv = [sys.argv[0], *argv]
-    _hydra_task()
+                preflight(args.overrides, multirun=args.multirun)
+                subdir = None if args.multirun else resumed_hydra_subdir(args.overrides)
+            except UsageError as error:
+                _fail(error, _wants_traceback())
+            if subdir is not None:  # the original run's .hydra/ files stay as they were
+                argv.append(f"hydra.output_subdir={subdir}")
+        sys.argv = [sys.argv[0], *argv]
+        _hydra_task()
+    except KeyboardInterrupt:  # Ctrl-C before a job started (a job says what it saved itself)
+        print("saferl: interrupted before the run started; nothing was saved", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 if __name__ == "__main__":

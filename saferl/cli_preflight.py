@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from saferl.cli_errors import UsageError, explain_composition_error
 from saferl.conf_tree import CONFIG_DIR
 
-__all__ = ["compose", "preflight", "job_overrides"]
+__all__ = ["compose", "preflight", "job_overrides", "resumed_hydra_subdir"]
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:
@@ -142,3 +142,26 @@ def preflight(overrides: Sequence[str], multirun: bool = False) -> None:
         # which name their config key.
         except (ValueError, FileNotFoundError, NotADirectoryError) as error:
             raise UsageError(prefix + str(error)) from error
+
+
+def resumed_hydra_subdir(overrides: Sequence[str]) -> str | None:
+    """Where Hydra writes this start's files when it continues a run (``resume=auto``) whose
+    folder already holds Hydra's ``.hydra/``: a fresh ``.hydra/resume-<k>`` (k = 1, 2, ...), so
+    that the original ``overrides.yaml`` and ``config.yaml`` stay the ones the run started with.
+    None for a fresh run (Hydra writes ``.hydra/`` as usual)."""
+    from pathlib import Path
+
+    cfg = compose(overrides)
+    if OmegaConf.select(cfg, "resume") != "auto":
+        return None
+    try:
+        folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        subdir = OmegaConf.select(cfg, "hydra.output_subdir")
+    except Exception:  # a run folder named by an interpolation only Hydra's run resolves
+        return None
+    if subdir is None or not (folder / str(subdir) / "overrides.yaml").is_file():
+        return None
+    k = 1
+    while (folder / str(subdir) / f"resume-{k}").exists():
+        k += 1
+    return f"{subdir}/resume-{k}"

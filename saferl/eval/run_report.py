@@ -3,7 +3,8 @@
 * :func:`write_dual_prediction`: a dualized learner's predicted frontier (CSV and PNG) in its
   folder;
 * :func:`print_run`: the dual's prediction, the exact comparison of the reference, the trained
-  policy and the optimum (on a setup with an evaluator), the setup's score models, and seconds.
+  policy and the optimum (on a setup with an evaluator), the setup's score models, and seconds; a
+  smoke test's (``debug=tiny``) report says that its numbers are not results.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def write_dual_prediction(result: RunResult) -> tuple[Path, Path] | None:
     return write_frontier(dual.frontier, result.folder, dual.title, dual.solution, overwrite=True)
 
 
+#: What a smoke test's (``debug=tiny``) report says first, and its tables' titles end with.
+SMOKE_TEST_LINE = ("SMOKE TEST (debug=tiny): a few steps per stage, to check that the pipeline runs; "
+                   "the numbers below are not results")
+SMOKE_TEST_TITLE = " [SMOKE TEST: not results]"
+
 #: Which pairs a preference loss trained on (``RunResult.details["ordering"]``), said in its name.
 PAIRS = {"better": "better pairs", "safer": "safer pairs"}
 
@@ -47,11 +53,15 @@ def _method_name(result: RunResult) -> str:
     return f"{name} ({PAIRS[ordering]})" if ordering in PAIRS else name
 
 
-def print_run(summary: RunSummary, console: Console | None = None) -> None:
-    """Print what the run found (see the module docstring)."""
+def print_run(summary: RunSummary, console: Console | None = None, smoke_test: bool = False) -> None:
+    """Print what the run found (see the module docstring); ``smoke_test``: the run is a
+    ``debug=tiny`` one, and its report says so first and in every table's title."""
     console = console or report_console()
     result, evaluation = summary.result, summary.evaluation
     name = _method_name(result)
+    mark = SMOKE_TEST_TITLE if smoke_test else ""
+    if smoke_test:
+        console.print(SMOKE_TEST_LINE, soft_wrap=True, markup=False, highlight=False)
     if result.dual is not None:
         dual = result.dual
         print_frontier(dual.frontier, dual.heading, dual.solution, console=console)
@@ -86,7 +96,8 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
             exact_comparison_table(
                 f"{name} on the built-in world, exact evaluation (ground truth): β = {summary.beta}, "
                 f"cost limit d = {', '.join(f'{v:g}' for v in limits)}"
-                + (f" ({', '.join(names)})" if names and len(names) > 1 else ""),
+                + (f" ({', '.join(names)})" if names and len(names) > 1 else "")
+                + mark,
                 rows,
                 names,
             )
@@ -99,7 +110,7 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
             f"({len(result.history)} steps); aligned policy in {result.policy_dir}",
             soft_wrap=True,
         )
-    _print_score_models(summary.setup_details, console)
+    _print_score_models(summary.setup_details, console, mark)
     seconds = summary.seconds
     if seconds:
         console.print(
@@ -109,7 +120,7 @@ def print_run(summary: RunSummary, console: Console | None = None) -> None:
         )
 
 
-def _print_score_models(details: dict, console: Console) -> None:
+def _print_score_models(details: dict, console: Console, mark: str = "") -> None:
     # The reward model, then one model per cost (``cost_model``, ``cost_<name>_model``).
     models = {
         key.removesuffix("_model"): value for key, value in details.items()
@@ -117,7 +128,7 @@ def _print_score_models(details: dict, console: Console) -> None:
     }
     if not models:
         return
-    table = Table(title="Score models on held-out pairs")
+    table = Table(title="Score models on held-out pairs" + mark)
     for column in ("model", "pairwise accuracy", "ground-truth accuracy", "sign accuracy", "pairs"):
         table.add_column(column, justify="right")
     for kind, metrics in models.items():

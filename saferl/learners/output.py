@@ -22,6 +22,10 @@ def _no_progress(stage: str, step: int, total: int, metrics: dict[str, float]) -
     return None
 
 
+def _no_notice(message: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class RunOutput:
     """Where and how a run writes and reports.
@@ -32,6 +36,8 @@ class RunOutput:
         progress: ``progress(stage, step, total, metrics)`` after each step of a stage.
         checkpoint_every: RL iterations between checkpoints (None: only the final one).
         resume: continue the folder's finished stages and last checkpoint.
+        notice: ``notice(message)`` for a line the user should read (e.g. where a resumed run
+            continues from); learners do not print, the CLI shows it.
     """
 
     folder: Path
@@ -39,6 +45,7 @@ class RunOutput:
     progress: Progress = _no_progress
     checkpoint_every: int | None = None
     resume: bool = False
+    notice: Callable[[str], None] = _no_notice
 
     def under(self, name: str) -> RunOutput:
         """The same reporting, writing into the sub-folder ``name`` (e.g. MoCAN's ``mocan/``)."""

@@ -547,6 +547,7 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
         # 4. Resume.
         if output.resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
             learner.load(found)
+            output.notice(f"resuming from iteration {learner.iteration} (checkpoint {found})")
             progress(learner.iteration, learner.history[-1] if learner.history else {})
         # 5. Iterate, with atomic checkpoints.
         history = learner.run(

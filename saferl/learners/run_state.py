@@ -27,6 +27,7 @@ __all__ = [
     "claim_run_folder",
     "save_checkpoint_atomically",
     "latest_checkpoint",
+    "saved_state",
 ]
 
 RECORDS_FILE = "stages.json"
@@ -145,3 +146,27 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
         if (candidate / "COMPLETE").exists():
             return candidate
     return None
+
+
+def saved_state(folder: str | Path) -> str:
+    """What ``resume=auto`` would continue from in run ``folder``, in words: the newest complete
+    learner checkpoint (its iteration and folder), else the finished stages, else "nothing saved
+    yet". Reads only the folder (no torch): the CLI says it when a run is interrupted."""
+    folder = Path(folder)
+    checkpoints = [found for candidate in sorted(folder.glob("**/checkpoints/*"))
+                   if not candidate.name.endswith((".staging", ".previous"))
+                   and (found := latest_checkpoint(candidate)) is not None]
+    if checkpoints:
+        newest = max(checkpoints, key=lambda path: (path / "COMPLETE").stat().st_mtime)
+        try:
+            iteration = len(json.loads((newest / "history.json").read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return f"the checkpoint {newest}"
+        return f"iteration {iteration} (checkpoint {newest})"
+    try:
+        stages = list(json.loads((folder / RECORDS_FILE).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        stages = []
+    if stages:
+        return f"the finished stages {', '.join(stages)} ({folder / RECORDS_FILE})"
+    return "nothing saved yet"

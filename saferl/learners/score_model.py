@@ -214,9 +214,10 @@ def train_score_model(
         )
         # 3. One optimizer step.
         output = group.train_step(batch, loss_fn)
+        # Accuracies on this step's training pairs: ``train_`` (the held-out ones are ``heldout_``).
         metrics = {
             f"{kind}_model/loss": output.loss,
-            **{f"{kind}_model/{k}": v for k, v in output.metrics.items()},
+            **{f"{kind}_model/train_{k}": v for k, v in output.metrics.items()},
         }
         history.append(metrics)
         tracker.log(metrics, step=step + 1)

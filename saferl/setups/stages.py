@@ -88,8 +88,9 @@ def run_score_stage(
         relabel_saved_score_model(export_dir, kind)
     finally:
         critic.shutdown()
-    # Metrics stay in the fixed ``<kind>_model`` namespace; another cost's model prefixes its leaves
-    # (``cost_model/refusal_test_pairwise_accuracy``).
+    # Metrics stay in the fixed ``<kind>_model`` namespace, held-out ones named ``heldout_`` (the
+    # training steps' are ``train_``); another cost's model prefixes its leaves
+    # (``cost_model/refusal_heldout_pairwise_accuracy``).
     prefix = "" if name == f"{kind}_model" else name.removeprefix(f"{kind}_").removesuffix("_model") + "_"
-    output.tracker.log({f"{kind}_model/{prefix}test_{k}": v for k, v in metrics.items()}, step=0)
+    output.tracker.log({f"{kind}_model/{prefix}heldout_{k}": v for k, v in metrics.items()}, step=0)
     return metrics

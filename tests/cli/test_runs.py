@@ -4,8 +4,8 @@
 * every CPU preset for one iteration (``model.from_run`` reuses the first run's stages 1–4);
 * a sweep of the cost limit and its summary (table, CSV, frontier PNG);
 * the arena (``job=evaluate``) on the first run's policy;
-* ``resume=auto``: a run killed with SIGKILL mid-way and resumed ends with the same metrics as an
-  uninterrupted run.
+* ``resume=auto``: a run stopped with Ctrl-C mid-way says in one line what it saved and how to
+  continue; that command resumes it to the same metrics as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -98,6 +99,17 @@ def test_default_job_end_to_end(first_run):
     names = {key for row in rows for key in row if key != "step"}
     for namespace in ("rollout/", "reward/", "cost/", "constraint/", "multiplier/", "policy/", "critic/", "perf/"):
         assert any(name.startswith(namespace) for name in names), namespace
+    # Score models: the training steps' accuracies and the held-out ones have different names.
+    assert {"reward_model/train_pairwise_accuracy", "reward_model/heldout_pairwise_accuracy",
+            "cost_model/train_sign_accuracy", "cost_model/heldout_sign_accuracy"} <= names
+    assert "reward_model/pairwise_accuracy" not in names
+    # stdout is a pipe: progress is plain lines with counts (an RL stage's with λ and the
+    # constraint estimate against d), and debug=tiny's report says it is a smoke test.
+    lines = completed.stdout.splitlines()
+    assert any(line.startswith("sft: step 30/30, loss ") for line in lines)
+    assert any(line.startswith("ppo_lag: iteration 2/2, score ") and ", λ " in line and ", E[c] " in line
+               and "(d -0.80)" in line for line in lines), completed.stdout[-3000:]
+    assert "SMOKE TEST (debug=tiny)" in completed.stdout and "[SMOKE TEST: not results]" in completed.stdout
     metadata = json.loads((folder / "run_metadata.json").read_text())
     # The revision of the code that ran: a commit of this repository (HEAD, or an ancestor when
     # commits landed while the run was going).
@@ -244,39 +256,55 @@ def _history_without_timings(result: dict) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in result["history"]]
 
 
-def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
+def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_final_metrics(first_run, tmp_path):
     """The uninterrupted run is the first run (two PPO iterations); the same PPO stage on its
-    models (``model.from_run``) is killed with SIGKILL after the first iteration's checkpoint,
-    refused as a fresh run, resumed with ``resume=auto``, and must end with the same metrics."""
+    models (``model.from_run``) gets Ctrl-C (SIGINT to its process group, as a terminal sends it)
+    after the first iteration's checkpoint. It must stop with status 130 and one line, without a
+    traceback, naming the checkpoint and the command that continues it; a fresh run refuses the
+    folder; the printed command resumes it (and says from where) to the same metrics, and leaves
+    the original run's ``.hydra/overrides.yaml`` as it was."""
     folder, _ = first_run
     common = [*TINY, f"model.from_run={folder}", "checkpoint_every=1", "logger=jsonl"]
     killed = tmp_path / "killed"
     history_file = killed / "checkpoints" / "ppo_lag" / "history.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "saferl.cli", *common, f"hydra.run.dir={killed}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if len(json.loads(history_file.read_text())) >= 1:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being swapped in
-                pass
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the whole process group: the driver and Ray
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "saferl.cli", *common, f"hydra.run.dir={killed}"],
+            cwd=tmp_path, stdout=stdout, stderr=stderr, start_new_session=True, env=env,
+        )
+        deadline = time.monotonic() + 600
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if len(json.loads(history_file.read_text())) >= 1:
+                        break
+                except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being swapped in
+                    pass
+                time.sleep(0.05)
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the driver and whatever shares its group
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert process.returncode == 130, err[-4000:]
+    assert "Traceback" not in err + out and "KeyboardInterrupt" not in err + out
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1, err[-4000:]
     checkpoint = latest_checkpoint(killed / "checkpoints" / "ppo_lag")
     iterations_done = len(json.loads((checkpoint / "history.json").read_text()))
     assert iterations_done == 1 and not (killed / "summary.json").exists()
-    # A fresh run refuses the folder; resume=auto continues it.
+    assert f"saved: iteration 1 (checkpoint {checkpoint})" in said[0]
+    command = shlex.split(said[0].split("continue with: ", 1)[1])
+    assert command[0] == "saferl" and command[-1] == "resume=auto" and "hydra.run.dir=killed" in command
+    # A fresh run refuses the folder; the printed command continues it.
     refused = saferl(*common, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert refused.returncode != 0 and "resume=auto" in refused.stderr
-    resumed = saferl(*common, "resume=auto", f"hydra.run.dir={killed}", cwd=tmp_path)
+    resumed = saferl(*command[1:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resuming from iteration 1 (checkpoint {checkpoint})" in resumed.stdout
     expected = json.loads((folder / "result.json").read_text())
     found = json.loads((killed / "result.json").read_text())
     assert len(found["history"]) == len(expected["history"]) == 2
@@ -285,6 +313,9 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(first_run, tmp_path):
     assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
     for key, value in expected["trained"].items():
         assert found["trained"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    # The original start's overrides stay in .hydra/; the resume's are in .hydra/resume-1/.
+    assert "resume=auto" not in (killed / ".hydra" / "overrides.yaml").read_text()
+    assert "- resume=auto" in (killed / ".hydra" / "resume-1" / "overrides.yaml").read_text()
 
 
 @pytest.mark.skipif(missing_launcher_plugin("ray") is not None, reason=str(missing_launcher_plugin("ray")))
@@ -302,8 +333,9 @@ def test_a_sweep_with_the_ray_launcher_runs_its_jobs_on_an_existing_cluster(firs
     assert completed.returncode == 0 and lines, completed.stderr[-4000:]
     result = json.loads(lines[-1][len("RESULT ") :])
     assert result["returncode"] == 0, result["stderr"]
-    # The job's groups on that cluster: the policy's and the reference's PolicyWorker, two ScoreWorkers.
-    assert result["worker_actors"] == ["PolicyWorker"] * 2 + ["ScoreWorker"] * 2
+    # The job's four groups (policy, reference, reward and cost scorers) ran their ranks on that
+    # cluster, one rank process each (saferl.runtime.pool.RankHost), started at once.
+    assert result["worker_actors"] == ["RankHost"] * 4
     (job_folder,) = (tmp_path / "sweep").glob("0_*")  # job 0, named after its overrides
     arena = json.loads((job_folder / "arena.json").read_text())
     assert arena["settings"]["seed"] == 3

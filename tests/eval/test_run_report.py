@@ -45,3 +45,17 @@ def test_a_preference_run_names_the_pairs_it_trained_on(tmp_path: Path):
     assert "better pairs" not in texts["safe_nca"]
     assert texts["dpo"].startswith("dpo (better pairs): final λ")
     assert texts["ipo"].startswith("ipo (safer pairs): final λ")
+
+
+def test_a_smoke_test_report_says_its_numbers_are_not_results(tmp_path: Path):
+    result = RunResult(method="ppo_lag", headline=0.5, policy_dir=tmp_path / "policy", folder=tmp_path)
+    details = {"reward_model": {"pairwise_accuracy": 0.6, "num_pairs": 64.0}}
+    texts = {}
+    for smoke_test in (True, False):
+        console = Console(file=io.StringIO(), width=240)
+        summary = RunSummary(result=result, setup="world", beta=0.5, cost_limit=-0.8, setup_details=details)
+        print_run(summary, console=console, smoke_test=smoke_test)
+        texts[smoke_test] = console.file.getvalue()
+    assert texts[True].startswith("SMOKE TEST (debug=tiny)") and "not results" in texts[True].splitlines()[0]
+    assert "Score models on held-out pairs [SMOKE TEST: not results]" in texts[True]
+    assert "SMOKE TEST" not in texts[False] and "Score models on held-out pairs" in texts[False]
