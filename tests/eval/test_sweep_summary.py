@@ -485,3 +485,38 @@ def test_a_two_constraint_sweep_has_one_cost_column_entry_and_one_panel_per_cons
     assert image.shape == (780, 1920, 4)  # two panels: 16 × 6.5 inches at 120 dpi
     left, right = image[:, :960, :3], image[:, 960:, :3]
     assert left.std() > 0.05 and right.std() > 0.05  # both panels drawn
+
+
+def test_each_job_has_one_colour_linking_its_policy_to_its_optimum_and_labels_do_not_overprint(sweep: Path):
+    """The plot gives each job its own colour, shared by its trained policy, its exact optimum and
+    the line between them; jobs are named in a legend outside the axes (nothing written on them)."""
+    from matplotlib.colors import to_rgba
+
+    from saferl.eval.sweep_plot import plot_sweep
+
+    summary = load_sweep(sweep)
+    figure = plot_sweep(summary)
+    (axes,) = figure.axes
+    by_gid = {line.get_gid(): line for line in axes.lines if line.get_gid()}
+    finished = [run for run in summary.runs if run.summary is not None]
+    colours = set()
+    for run in finished:
+        trained, optimum, link = (by_gid[f"{kind}:{run.job}"] for kind in ("trained", "optimum", "link"))
+        colour = to_rgba(trained.get_color())
+        assert to_rgba(optimum.get_color()) == to_rgba(link.get_color()) == colour
+        # The link runs from the policy to the optimum.
+        assert list(zip(link.get_xdata(), link.get_ydata(), strict=True)) == [
+            (run.summary.trained.expected_cost[0], run.summary.trained.expected_reward),
+            (run.summary.optimum.expected_cost[0], run.summary.optimum.expected_reward),
+        ]
+        colours.add(colour)
+    assert len(colours) == len(finished) == 3
+    legend_texts = [text.get_text() for text in axes.get_legend().get_texts()]
+    for run in finished:
+        assert any(run.label() in text for text in legend_texts), run.label()
+    assert "learner=ppo_lag, cost_limit=-1.0 (violation 0.012)" in legend_texts
+    # Nothing is written over the points, and the legend lies right of the axes.
+    assert len(axes.texts) == 0
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    assert axes.get_legend().get_window_extent(renderer).x0 >= axes.get_window_extent(renderer).x1
