@@ -36,6 +36,7 @@ __all__ = [
     "ranked_pairs",
     "rbr_hinge_loss",
     "ideal_outranked",
+    "yes_probability",
 ]
 
 
@@ -238,3 +239,27 @@ def ideal_outranked(
         ``(n_pairs,)`` bool; its mean is the error rate.
     """
     return total_rewards[other_index] >= total_rewards[ideal_index]
+
+
+def yes_probability(
+    next_token_logits: torch.Tensor, yes_ids: torch.Tensor, no_ids: torch.Tensor
+) -> torch.Tensor:
+    """A grader's proposition probability ``φ = P(yes) / (P(yes) + P(no))``.
+
+    ``P(yes)`` sums the next-token probabilities of every spelling of "yes" (e.g. ``yes``,
+    `` yes``, ``Yes``), likewise ``P(no)``; the softmax's normaliser cancels, so
+    ``φ = σ(logsumexp(logits[yes_ids]) − logsumexp(logits[no_ids]))``. Worked values: logits
+    ``yes 2, no 0`` → ``σ(2) = 0.8808``; two "yes" spellings at 0 and one "no" at 0 → ``2/3``.
+
+    Args:
+        next_token_logits: ``(..., vocab)``, the grader's logits for the token after the prompt.
+        yes_ids, no_ids: ``(k,)`` and ``(j,)`` int64 token ids, non-empty and disjoint.
+
+    Returns:
+        ``(...)``, in ``[0, 1]``.
+    """
+    if yes_ids.numel() == 0 or no_ids.numel() == 0:
+        raise ValueError("yes_ids and no_ids must each name at least one token.")
+    yes = torch.logsumexp(next_token_logits[..., yes_ids], dim=-1)
+    no = torch.logsumexp(next_token_logits[..., no_ids], dim=-1)
+    return torch.sigmoid(yes - no)

@@ -10,6 +10,9 @@
   :class:`LinearRBR` holds one linear RBR per response type.
 * :func:`behaviour_metrics` / :func:`labelled_metrics`: Not-Unsafe, Not-Overrefuse, F1,
   Hard-Refusal-Style.
+* :mod:`saferl.rbr.lm_grader` grades propositions with any causal LM (``P(yes)/(P(yes)+P(no))``);
+  :mod:`saferl.rbr.world` is the built-in world's own spec, exact (or noisy) grader and exact
+  metrics (import them by name: the world module loads the world and transformers).
 
 The package reads a release from a path it is given; it ships none of the release's texts.
 """

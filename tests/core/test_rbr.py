@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from saferl.core.rbr import (
     rbr_hinge_loss,
     rule_probabilities,
     with_derived_probabilities,
+    yes_probability,
 )
 
 F64 = torch.float64
@@ -135,3 +138,15 @@ def test_ideal_outranked_counts_ties_as_errors():
     rewards = t([1.0, 0.0, 1.0, 2.0])
     ideal, other = torch.tensor([0, 0, 0]), torch.tensor([1, 2, 3])
     assert ideal_outranked(rewards, ideal, other).tolist() == [False, True, True]
+
+
+def test_yes_probability_worked_values():
+    logits = t([[2.0, 0.0, 5.0, -1.0], [0.0, 0.0, 9.0, 0.0]])
+    # row 0: yes = id 0 (logit 2), no = id 1 (logit 0) → σ(2); id 2 is neither and is ignored
+    got = yes_probability(logits[:1], torch.tensor([0]), torch.tensor([1]))
+    torch.testing.assert_close(got, t([1 / (1 + math.exp(-2.0))]), rtol=0, atol=1e-15)
+    # row 1: yes = ids 0 and 3 (both 0), no = id 1 (0) → 2/3
+    got = yes_probability(logits[1:], torch.tensor([0, 3]), torch.tensor([1]))
+    torch.testing.assert_close(got, t([2 / 3]), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="at least one token"):
+        yes_probability(logits, torch.tensor([0]), torch.tensor([], dtype=torch.int64))
