@@ -8,8 +8,10 @@ feature map ``f_t`` of :func:`saferl.rbr.rbr_features` and that type's weights (
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -62,6 +64,45 @@ class LinearRBR:
         else:
             given = {spec.response_type(key): value for key, value in weights.items()}
         return cls(feature_maps, given)
+
+    def weight_names(self) -> dict[str, dict[str, float]]:
+        """Response type → feature name → weight: the JSON form that :meth:`save` writes."""
+        return {
+            key: dict(zip(feature_map.feature_names, self.weights[key].tolist(), strict=True))
+            for key, feature_map in self.feature_maps.items()
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights by name as JSON (:meth:`load` checks them against a spec)."""
+        Path(path).write_text(json.dumps(self.weight_names(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path, spec: RBRSpec) -> LinearRBR:
+        """Read weights written by :meth:`save` for ``spec``.
+
+        Raises:
+            ValueError: the file's response types or feature names are not the spec's (the
+                message names the file and the response type).
+        """
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or set(document) != set(spec.response_types):
+            found = sorted(document) if isinstance(document, dict) else type(document).__name__
+            raise ValueError(
+                f"{path}: expected weights for the response types {sorted(spec.response_types)}, "
+                f"found {found}."
+            )
+        weights = {}
+        for key in spec.response_types:
+            names = rbr_features(spec, key).feature_names
+            given = document[key]
+            if not isinstance(given, dict) or list(given) != list(names):
+                found = list(given) if isinstance(given, dict) else type(given).__name__
+                raise ValueError(
+                    f"{path}, response type {key!r}: expected the features {list(names)} in this "
+                    f"order, found {found}."
+                )
+            weights[key] = torch.tensor([float(given[name]) for name in names], dtype=torch.float64)
+        return cls.from_spec(spec, weights)
 
     def reward(self, response_type: str, probabilities: torch.Tensor) -> torch.Tensor:
         """``R_rbr`` of completions to prompts of one response type.

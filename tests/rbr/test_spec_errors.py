@@ -3,13 +3,15 @@ mistake raises a SpecError naming the file, the key, what was expected and what 
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from saferl.rbr import SpecError, load_spec
+from saferl.rbr import LinearRBR, SpecError, load_spec
 
 
 def write(tmp_path: Path, document, name: str = "spec.yaml") -> Path:
@@ -187,3 +189,36 @@ def test_spec_errors_survive_pickling(tmp_path):
     error = SpecError("spec.yaml", "a.b", "true or false", "int 1")
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.path, copy.key, str(copy)) == ("spec.yaml", "a.b", str(error))
+
+
+def test_linear_rbr_weights_round_trip_through_json_and_are_checked_on_load(
+    tmp_path, small_spec_path
+):
+    spec = load_spec(small_spec_path)
+    weights = {
+        "refuse": torch.tensor([0.5, -1.0, 2.0, 0.0, -3.0], dtype=torch.float64),
+        "comply": torch.tensor([1.0, 0.25, 1.5, -0.5, 0.0], dtype=torch.float64),
+    }
+    rbr = LinearRBR.from_spec(spec, weights)
+    assert rbr.weight_names()["refuse"] == {
+        "polite": 0.5,
+        "harmful": -1.0,
+        "class/good": 2.0,
+        "class/meh": 0.0,
+        "class/bad": -3.0,
+    }
+    path = tmp_path / "weights.json"
+    rbr.save(path)
+    loaded = LinearRBR.load(path, spec)
+    for key in ("refuse", "comply"):
+        assert torch.equal(loaded.weights[key], weights[key])
+    document = json.loads(path.read_text())
+    document["comply"] = dict(reversed(document["comply"].items()))
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="response type 'comply': expected the features"):
+        LinearRBR.load(path, spec)
+    path.write_text(json.dumps({"refuse": document["refuse"]}))
+    with pytest.raises(
+        ValueError, match=r"expected weights for the response types \['comply', 'refuse'\]"
+    ):
+        LinearRBR.load(path, spec)
