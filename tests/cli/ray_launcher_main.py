@@ -32,7 +32,7 @@ def main(run_dir: str, sweep_dir: str) -> int:
         print("RESULT " + json.dumps({
             "returncode": completed.returncode,
             "stderr": completed.stderr[-3000:],
-            "worker_actors": sorted(name for name in actors if name.endswith("Worker")),
+            "worker_actors": sorted(name for name in actors if name == "RankHost"),
         }), flush=True)
         return 0
     finally:

@@ -83,13 +83,12 @@ def main() -> int:
         )
         resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=1.0), runtime, DeepSpeedSpec(), seed=0)
         run = ppo_lag.run(setup, settings, resources, RunOutput(folder / "run"))
-        nodes: dict[str, list[str]] = {}  # worker class → the node of each of its actors
-        for actor in list_actors(detail=True, limit=1000):
-            if actor.class_name.endswith("Worker"):
-                nodes.setdefault(actor.class_name, []).append(actor.node_id)
+        # The node of each rank process (saferl.runtime.pool.RankHost; one per role here, since
+        # the six groups start at once and none is reused).
+        nodes = [a.node_id for a in list_actors(detail=True, limit=1000) if a.class_name == "RankHost"]
         result = {
             "worker_node_ids": sorted(node.node_id for node in worker_nodes),
-            "nodes_by_actor": nodes,
+            "rank_nodes": nodes,
             "history": run.history,
             "multiplier": run.multiplier,
             "policy_exported": (run.policy_dir / "config.json").is_file(),

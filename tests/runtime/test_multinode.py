@@ -59,12 +59,9 @@ def test_one_ppo_lag_iteration_with_every_role_spread_over_nodes() -> None:
     )
     result = json.loads(lines[-1][len("RESULT ") :])
     workers = set(result["worker_node_ids"])
-    # policy, reference, the reward and cost score models and critics: one rank each.
-    expected_actors = {"PolicyWorker": 1, "ReferenceWorker": 1, "ScoreWorker": 2, "CriticWorker": 2}
-    nodes = []
-    for worker_class, count in expected_actors.items():
-        assert len(result["nodes_by_actor"][worker_class]) == count, worker_class
-        nodes += result["nodes_by_actor"][worker_class]
+    # policy, reference, the reward and cost score models and critics: one rank process each.
+    nodes = result["rank_nodes"]
+    assert len(nodes) == 6
     assert sorted(nodes.count(node) for node in workers) == [3, 3]  # three roles on each worker node
     (metrics,) = result["history"]
     assert all(value == value for value in metrics.values())  # finite (no NaN)
