@@ -123,7 +123,8 @@ def preflight(overrides: Sequence[str], multirun: bool = False) -> None:
     """
     jobs = job_overrides(overrides, multirun)
     configs = [_job_config(job) for job in jobs]
-    # The settings' modules import torch: after step 1 (and validate() checks the root keys first).
+    # validate() checks the root keys and the light sections (runtime, deepspeed, learner) before
+    # it loads the setups' modules (torch); after step 1.
     from saferl.config import ConfigError, validate
 
     checked_data: set[str] = set()

@@ -26,15 +26,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 if TYPE_CHECKING:
-    # The settings' modules import torch, Ray and transformers (seconds): the functions import
-    # them where they build settings, so that the root keys are checked before they load.
+    # The functions import the settings' modules where they build settings: the runtime's specs and
+    # the learners' settings are light, the setups' modules import torch, Ray and transformers
+    # (seconds), so validate() checks the root keys and the light sections before they load.
     from saferl.data.world import ReferenceConfig
-    from saferl.learners.mocan import MocanSettings
-    from saferl.learners.pecan import PecanSettings
-    from saferl.learners.ppo_lag import PPOLagSettings
-    from saferl.learners.preference import PreferenceSettings
-    from saferl.runtime import GenerationSpec
+    from saferl.learners.settings import (
+        MocanSettings,
+        PecanSettings,
+        PPOLagSettings,
+        PreferenceSettings,
+    )
     from saferl.runtime.resources import Resources
+    from saferl.runtime.specs import GenerationSpec
     from saferl.setups.hub import HubSettings
     from saferl.setups.stages import StageSettings
     from saferl.setups.tiny import TinySettings
@@ -366,8 +369,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
 def _same_kl_coefficient(settings, beta: float) -> None:
     """On the world, a PPO stage's KL coefficient is the problem's β: the exact optimum the run is
     scored against is solved at β, so another coefficient would optimise a different problem."""
-    from saferl.learners.mocan import MocanSettings
-    from saferl.learners.ppo_lag import PPOLagSettings
+    from saferl.learners.settings import MocanSettings, PPOLagSettings
 
     stage = settings if isinstance(settings, PPOLagSettings) else (
         settings.ppo if isinstance(settings, MocanSettings) and settings.stage == "ppo" else None)
@@ -422,12 +424,18 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
     """The chosen learner's settings; every other learner's section must be absent. The
     ``multiplier`` section is checked whichever the learner (a mistake in it is a mistake even
     where the learner does not read it)."""
-    from saferl.learners.mocan import MocanSettings
-    from saferl.learners.pecan import PecanSettings
-    from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
-    from saferl.learners.preference import PreferenceSettings
+    from saferl.learners.settings import (
+        MocanSettings,
+        PecanSettings,
+        PPOLagSettings,
+        PPOSettings,
+        PreferenceSettings,
+    )
 
-    multiplier = _multiplier(cfg, cost_limit)
+    # The multiplier's options as given; _multiplier checks them by building one (that needs torch,
+    # so validate() does it last: a mistake elsewhere is said before torch loads).
+    options = _container(cfg.multiplier, "multiplier")
+    multiplier = {"kind": options.pop("kind", None), **options}
     if learner in ("pecan", "preference") and isinstance(cost_limit, tuple):
         raise ConfigError(
             f"learner={learner} with {len(cost_limit)} costs (world.costs): the {learner} learner learns from the "
@@ -530,9 +538,11 @@ def validate(cfg: DictConfig) -> RunConfig:
     except ValueError as error:
         raise ConfigError(str(error)) from error
 
-    # Where and how the groups run (the settings' modules load here, after the root keys passed).
-    from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+    # Where and how the groups run. The runtime's specs, the learners' settings and the logger's
+    # checks are light modules (no torch, Ray or transformers): a mistake in these sections is said
+    # in about a second; the setup's modules (and torch) load only after them.
     from saferl.runtime.resources import Resources
+    from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
 
     runtime_values = _container(cfg.runtime, "runtime")
     num_ranks = _integer(cfg, "runtime.num_ranks", 1)
@@ -543,11 +553,11 @@ def validate(cfg: DictConfig) -> RunConfig:
     resources = Resources(group=group, runtime=runtime, deepspeed=deepspeed, seed=seed)
     generation = _build(_container(cfg.generation, "generation"), "generation", GenerationSpec, seed=seed)
     _job(cfg, job, num_ranks)
-    reference = _reference(cfg, seed)
 
     # The learner.
     settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta, cost_limit=cost_limit,
                                  seed=seed, num_ranks=num_ranks)
+    reference = _reference(cfg, seed)
 
     # The setup: models, data, scorers.
     model_source = _choice(OmegaConf.select(cfg, "model.source"), "model.source", SOURCES)
@@ -582,6 +592,7 @@ def validate(cfg: DictConfig) -> RunConfig:
                 f"learner={learner} with scorers.kind=pretrained needs model.reward_model and "
                 f"model.cost_model; found {setup.reward_model!r} and {setup.cost_model!r}"
             )
+    _multiplier(cfg, cost_limit)  # last: it builds one (torch)
     return RunConfig(
         job=job,
         learner=learner,

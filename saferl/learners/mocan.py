@@ -42,6 +42,7 @@ from saferl.learners.preference import train_policy_on_pairs
 from saferl.learners.preference_update import PreferenceTrainBatch
 from saferl.learners.result import DualPrediction, RunResult
 from saferl.learners.scorers import Scorer
+from saferl.learners.settings import MocanSettings
 from saferl.models import ModelSpec
 from saferl.runtime import GenerationSpec, PolicyGroup, ScoreGroup, init_ray
 from saferl.runtime.batching import pad_and_concat
@@ -60,70 +61,6 @@ __all__ = [
     "score_samples",
 ]
 
-DEFAULT_FRONTIER_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-
-
-@dataclass(frozen=True)
-class MocanSettings:
-    """MoCAN's settings (``learner.mocan.*`` unless said otherwise).
-
-    Attributes:
-        beta: β of the dual and of the DPO stage (root ``beta``).
-        cost_limit: ``d`` when ``margin`` is None (root ``cost_limit``).
-        num_samples: K reference samples per prompt for the dual (published 128).
-        margin: a relative safety margin ``b`` instead of the absolute limit (``None``: use
-            ``cost_limit``).
-        stage: ``"dpo"`` (pseudo-preference DPO) or ``"ppo"`` (PPO with λ fixed at λ̂).
-        soft_labels: DPO on the probabilities themselves (lower variance) or on Bernoulli draws.
-        dpo_steps, dpo_pairs_per_step, dpo_learning_rate: the DPO stage.
-        frontier_grid: λ values of the predicted frontier.
-        predict_only: stop after step 2.
-        num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
-            in data order; None: all of them; published 1000).
-        ppo: ``stage="ppo"``'s loop (the ``learner.*`` PPO keys; its multiplier is replaced by
-            λ̂ fixed).
-        seed: sampling and label seed (the root ``seed``).
-    """
-
-    beta: float = 0.5
-    cost_limit: float | tuple[float, ...] = 0.0
-    num_samples: int = 64
-    margin: float | None = None
-    stage: str = "dpo"
-    soft_labels: bool = True
-    dpo_steps: int = 200
-    dpo_pairs_per_step: int = 32
-    dpo_learning_rate: float = 1e-3
-    frontier_grid: tuple[float, ...] = DEFAULT_FRONTIER_GRID
-    predict_only: bool = False
-    num_prompts: int | None = None
-    ppo: ppo_lag.PPOLagSettings | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.stage not in ("dpo", "ppo"):
-            raise ValueError(f"learner.mocan.stage must be 'dpo' or 'ppo'; found {self.stage!r}")
-        if self.num_samples < 2 or self.num_samples % 2:
-            raise ValueError(f"learner.mocan.num_samples must be an even number >= 2; found {self.num_samples}")
-        if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
-            raise ValueError(f"learner.mocan.num_prompts must be an integer >= 1 or null; found {self.num_prompts!r}")
-        if self.margin is not None and (isinstance(self.margin, bool) or not isinstance(self.margin, (int, float))
-                                        or self.margin < 0):
-            raise ValueError(
-                f"learner.mocan.margin: must be a number >= 0 (be safer than the reference by b) or null; "
-                f"found {self.margin!r}"
-            )
-        if self.stage == "ppo" and self.ppo is None:
-            raise ValueError("learner.mocan.stage=ppo needs the learner's PPO keys (learner.iterations, ...)")
-        if self.stage == "ppo" and self.ppo.ppo.kl_in_cost_stream:
-            # With λ held at λ̂, the published streams' fixed point is the optimum at KL weight
-            # β(1+λ̂), not π_λ̂ (docs/algorithms.md §2): MoCAN's PPO stage must aim at π_λ̂.
-            raise ValueError(
-                "learner.kl_in_cost_stream=true with learner.mocan.stage=ppo: the published +β·kl in the cost "
-                "stream makes PPO with λ fixed at λ̂ reach π_ref·exp((r − λ̂c)/(β(1+λ̂))), not MoCAN's target "
-                "π_λ̂; use learner.kl_in_cost_stream=false"
-            )
-        object.__setattr__(self, "frontier_grid", tuple(float(v) for v in self.frontier_grid))
 
 
 @dataclass(frozen=True)

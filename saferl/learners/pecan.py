@@ -37,7 +37,7 @@ at that limit; it is not a target PeCAN was asked to meet.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,7 +46,6 @@ from saferl.core.conventions import cost_from_utility
 from saferl.core.dualized import pecan_scores
 from saferl.core.targets import TiltTarget
 from saferl.learners.mocan import (
-    DEFAULT_FRONTIER_GRID,
     ScoredSamples,
     choose_prompts,
     dualize,
@@ -57,71 +56,13 @@ from saferl.learners.output import RunOutput
 from saferl.learners.preference import train_policy_on_pairs
 from saferl.learners.preference_update import build_preference_batch, group_sequence_logps
 from saferl.learners.result import RunResult
+from saferl.learners.settings import PecanSettings
 from saferl.models import ModelSpec
 from saferl.runtime import ReferenceGroup, init_ray
 from saferl.runtime.resources import Resources
 from saferl.setups.base import Needs, Setup
 
 __all__ = ["PecanSettings", "implicit_scores", "needs", "run"]
-
-
-@dataclass(frozen=True)
-class PecanSettings:
-    """PeCAN's settings (``learner.pecan.*`` unless said otherwise).
-
-    Attributes:
-        beta: β of the implicit models, the dual and the final DPO (root ``beta``).
-        num_samples: K reference samples per prompt for the dual (even, ``>= 2``: they are paired).
-        margin: the relative safety margin ``b >= 0`` in implicit safety units: be safer than the
-            reference by ``b`` in ``E[c]``, ``c = −β log(π_g/π_ref)`` (``−log(π_g/π_ref)`` with
-            ``consistent=False``).
-        consistent: the consistent labelling, β inside the scores (targets ``π_λ*``); False: the
-            published raw log-ratios (targets ``π ∝ π_ref exp(s/β²)``).
-        dpo_steps, dpo_pairs_per_step, dpo_learning_rate: every DPO run (``π_r``, ``π_g`` and the
-            final alignment).
-        frontier_grid: λ values of the predicted frontier.
-        predict_only: stop after step 3.
-        num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
-            in data order; None: all of them).
-        seed: sampling and pair-order seed (the root ``seed``).
-    """
-
-    beta: float = 0.5
-    num_samples: int = 64
-    margin: float = 0.1
-    consistent: bool = True
-    dpo_steps: int = 200
-    dpo_pairs_per_step: int = 32
-    dpo_learning_rate: float = 1e-3
-    frontier_grid: tuple[float, ...] = DEFAULT_FRONTIER_GRID
-    predict_only: bool = False
-    num_prompts: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_samples, int) or self.num_samples < 2 or self.num_samples % 2:
-            raise ValueError(f"learner.pecan.num_samples must be an even integer >= 2; found {self.num_samples!r}")
-        if self.margin is None or not float(self.margin) >= 0:
-            raise ValueError(
-                f"learner.pecan.margin must be a number >= 0 (implicit safety units); found {self.margin!r}"
-            )
-        if not isinstance(self.consistent, bool):
-            raise ValueError(f"learner.pecan.consistent must be true or false; found {self.consistent!r}")
-        if not isinstance(self.dpo_steps, int) or self.dpo_steps < 1:
-            raise ValueError(f"learner.pecan.dpo_steps must be an integer >= 1; found {self.dpo_steps!r}")
-        if not isinstance(self.dpo_pairs_per_step, int) or self.dpo_pairs_per_step < 1:
-            raise ValueError(
-                f"learner.pecan.dpo_pairs_per_step must be an integer >= 1; found {self.dpo_pairs_per_step!r}"
-            )
-        if not float(self.dpo_learning_rate) > 0:
-            raise ValueError(f"learner.pecan.dpo_learning_rate must be > 0; found {self.dpo_learning_rate!r}")
-        if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
-            raise ValueError(f"learner.pecan.num_prompts must be an integer >= 1 or null; found {self.num_prompts!r}")
-        if not self.frontier_grid or any(float(v) < 0 for v in self.frontier_grid):
-            raise ValueError(
-                f"learner.pecan.frontier_grid must be a non-empty list of λ >= 0; found {self.frontier_grid!r}"
-            )
-        object.__setattr__(self, "frontier_grid", tuple(float(v) for v in self.frontier_grid))
 
 
 def implicit_scores(

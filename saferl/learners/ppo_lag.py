@@ -35,7 +35,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -53,6 +53,7 @@ from saferl.learners.run_state import (
     latest_checkpoint,
     save_checkpoint_atomically,
 )
+from saferl.learners.settings import PPOLagSettings, PPOSettings
 from saferl.learners.types import SFTTrainBatch
 from saferl.models import ModelSpec
 from saferl.runtime import CriticGroup, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
@@ -61,56 +62,6 @@ from saferl.setups.base import CriticStart, Needs, Setup, ShapedScorerSource
 from saferl.tracking import NullTracker, Tracker
 
 __all__ = ["PPOLagSettings", "PPOSettings", "PromptSchedule", "PPOLagrangian", "needs", "run", "target"]
-
-
-@dataclass(frozen=True)
-class PPOSettings:
-    """Hyper-parameters of the PPO(-Lagrangian) loop (published Safe RLHF values in brackets).
-
-    Attributes:
-        iterations: rollouts (and updates) in the run.
-        prompts_per_iteration: rollout batch, one response per prompt.
-        kl_coeff: β of the per-token KL penalty [0.01].
-        clip_range_score: per-token streams clipped to ± this [50].
-        gamma: GAE discount [1]; gae_lambda: λ_GAE [0.95].
-        clip_eps: PPO ratio clip ε [0.2]; clip_eps_value: critic clip ε_v [5].
-        ppo_epochs: passes over each rollout [1].
-        kl_in_cost_stream: the published ``+β kl`` in the cost streams [True].
-        ptx_coeff: weight of the SFT loss on the PTX set after each actor step [0 by default].
-        seed: seeds prompt order and sampling.
-    """
-
-    iterations: int
-    prompts_per_iteration: int
-    kl_coeff: float = 0.01
-    clip_range_score: float = 50.0
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    clip_eps_value: float = 5.0
-    ppo_epochs: int = 1
-    kl_in_cost_stream: bool = True
-    ptx_coeff: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for key in ("iterations", "prompts_per_iteration", "ppo_epochs"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"learner.{key} must be >= 1; found {getattr(self, key)}")
-        if isinstance(self.kl_coeff, bool) or not isinstance(self.kl_coeff, (int, float)) or self.kl_coeff <= 0:
-            raise ValueError(
-                f"learner.kl_coeff: must be > 0 (the weight of the KL penalty; a sign mistake flips it "
-                f"into a bonus); found {self.kl_coeff!r}"
-            )
-        for key in ("clip_range_score", "clip_eps", "clip_eps_value"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"learner.{key} must be > 0; found {getattr(self, key)}")
-        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ValueError(
-                f"learner.gamma and learner.gae_lambda must be in [0, 1]; found {self.gamma}, {self.gae_lambda}"
-            )
-        if self.ptx_coeff < 0:
-            raise ValueError(f"learner.ptx_coeff must be >= 0; found {self.ptx_coeff}")
 
 
 class PromptSchedule:
@@ -382,40 +333,6 @@ class PPOLagrangian:
 # ---------------------------------------------------------------------------------------------
 # The run: the loop built on any setup
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PPOLagSettings:
-    """A PPO-Lagrangian run (config keys in brackets).
-
-    Attributes:
-        ppo: the loop's hyper-parameters (``learner.*``).
-        multiplier: :func:`saferl.core.multipliers.build_multiplier` options with ``kind``
-            (``multiplier.*``); None: plain PPO on the reward alone (no cost, no cost critic).
-        cost_limit: ``d``, one value per cost (root ``cost_limit``).
-        policy_learning_rate, critic_learning_rate: AdamW rates (``learner.policy_learning_rate``,
-            ``learner.critic_learning_rate``).
-        name: names the checkpoint folder (``checkpoints/<name>``), the exported policy
-            (``models/policy_<name>``) and the progress stage.
-    """
-
-    ppo: PPOSettings
-    multiplier: dict | None
-    cost_limit: float | tuple[float, ...]
-    policy_learning_rate: float = 1e-3
-    critic_learning_rate: float = 1e-3
-    name: str = "ppo_lag"
-
-    def __post_init__(self) -> None:
-        for key in ("policy_learning_rate", "critic_learning_rate"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"learner.{key}: must be > 0; found {value!r}")
-        if self.ppo.ptx_coeff > 0:
-            raise ValueError(
-                f"learner.ptx_coeff={self.ppo.ptx_coeff}: the PTX loss needs a supervised data set, and no "
-                "setup provides one yet; use 0 (the default)"
-            )
 
 
 def needs(settings: PPOLagSettings) -> Needs:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from saferl.learners.preference_update import (
     train_preference,
 )
 from saferl.learners.result import RunResult
+from saferl.learners.settings import PreferenceSettings
 from saferl.models import ModelSpec
 from saferl.runtime import PolicyGroup, ReferenceGroup, init_ray
 from saferl.runtime.resources import Resources
@@ -38,65 +38,6 @@ from saferl.setups.base import Needs, Setup
 from saferl.tracking import Tracker
 
 __all__ = ["PreferenceSettings", "needs", "run", "train_policy_on_pairs"]
-
-
-@dataclass(frozen=True)
-class PreferenceSettings:
-    """One offline preference run (``learner.preference.*`` unless said otherwise).
-
-    Attributes:
-        loss: a name of the core registry (``dpo``, ``ipo``, ``safe_nca``, ``bfpo``, ...).
-        ordering: ``"better"`` (helpfulness labels) or ``"safer"`` (safety labels); ``safe_nca``
-            always uses the safe-vs-unsafe pairs.
-        hyperparameters: the loss's keyword hyper-parameters (``beta`` defaults to ``beta`` for
-            the losses that take one).
-        steps, pairs_per_step, learning_rate: the optimisation.
-        beta: the root ``beta``, the loss's β unless ``hyperparameters`` sets it.
-        seed: pair order (the root ``seed``).
-    """
-
-    loss: str = "dpo"
-    ordering: str = "better"
-    hyperparameters: dict | None = None
-    steps: int = 200
-    pairs_per_step: int = 32
-    learning_rate: float = 1e-3
-    beta: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.ordering not in ("better", "safer"):
-            raise ValueError(f"learner.preference.ordering must be 'better' or 'safer'; found {self.ordering!r}")
-        from saferl.core.preference_losses import get_preference_loss
-
-        try:
-            get_preference_loss(self.loss)
-        except (KeyError, ValueError) as error:
-            raise ValueError(f"learner.preference.loss: {error}") from error
-        spec = get_preference_loss(self.loss)
-        given = dict(self.hyperparameters or {})
-        unknown = sorted(set(given) - set(spec.defaults))
-        if unknown:
-            raise ValueError(
-                f"learner.preference.hyperparameters: unknown key(s) {unknown}; allowed: {sorted(spec.defaults)}"
-            )
-        for name in ("beta", "tau"):
-            if name in given and (isinstance(given[name], bool) or not isinstance(given[name], (int, float))
-                                  or given[name] <= 0):
-                raise ValueError(f"learner.preference.hyperparameters.{name}: must be > 0; found {given[name]!r}")
-        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
-                or self.learning_rate <= 0:
-            raise ValueError(f"learner.preference.learning_rate: must be > 0; found {self.learning_rate!r}")
-
-    def loss_hyperparameters(self) -> dict[str, Any]:
-        """The loss's hyper-parameters as trained: ``beta`` defaults to the root β where the loss
-        takes one (SimPO's β is its own length-normalised scale, so it keeps its default)."""
-        from saferl.core.preference_losses import get_preference_loss
-
-        hyperparameters = dict(self.hyperparameters or {})
-        if "beta" in get_preference_loss(self.loss).defaults and self.loss != "simpo":
-            hyperparameters.setdefault("beta", self.beta)
-        return hyperparameters
 
 
 def train_policy_on_pairs(

@@ -148,3 +148,34 @@ def test_a_mistake_found_by_the_job_itself_leaves_no_folder_either(tmp_path):
     completed, _ = saferl("job=evaluate", f"job.run_dir={not_a_run}", "logger=none", cwd=work)
     assert_usage_error(completed, f"job.run_dir: {str(not_a_run)!r} holds no finished saferl run (no summary.json)")
     assert list(work.iterdir()) == []  # no outputs/<date>/<time>/, nor the empty folders above it
+
+
+HEAVY = ("torch", "ray", "transformers", "deepspeed", "datasets")
+SECTION_ERROR_PROBE = """
+import sys
+from saferl.cli_errors import UsageError
+from saferl.cli_preflight import preflight
+try:
+    preflight(sys.argv[1:])
+except UsageError as error:
+    print(error)
+print(sorted(name for name in {heavy!r} if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("learner.kl_coeff=-0.5", "learner.kl_coeff: must be > 0"),
+    ("deepspeed.zero_stage=7", "deepspeed.zero_stage"),
+    ("runtime.num_ranks=0", "runtime.num_ranks"),
+    ("learner=mocan learner.mocan.num_samples=3", "learner.mocan.num_samples must be an even number"),
+])
+def test_a_mistake_in_a_section_is_found_without_importing_torch_or_ray(override, message):
+    """The learners' settings and the runtime's specs are light modules: the preflight says a
+    mistake in the learner, runtime or deepspeed section before torch, Ray or transformers load
+    (seconds sooner)."""
+    completed = subprocess.run([sys.executable, "-c", SECTION_ERROR_PROBE.format(heavy=HEAVY), *override.split()],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    error, loaded = completed.stdout.strip().splitlines()
+    assert message in error
+    assert loaded == "[]"

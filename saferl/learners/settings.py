@@ -1,0 +1,293 @@
+"""The learners' settings: typed, checked hyper-parameters that ``saferl.config`` builds from the
+``learner`` and ``multiplier`` sections.
+
+Plain dataclasses with no torch, Ray or transformers import at module level, so that the command
+line's preflight (:mod:`saferl.cli_preflight`) checks a learner's section in about a second; each
+learner's module re-exports its own (``saferl.learners.ppo_lag.PPOLagSettings``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_FRONTIER_GRID",
+    "MocanSettings",
+    "PPOLagSettings",
+    "PPOSettings",
+    "PecanSettings",
+    "PreferenceSettings",
+]
+
+#: λ values of a dualized learner's predicted frontier.
+DEFAULT_FRONTIER_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """Hyper-parameters of the PPO(-Lagrangian) loop (published Safe RLHF values in brackets).
+
+    Attributes:
+        iterations: rollouts (and updates) in the run.
+        prompts_per_iteration: rollout batch, one response per prompt.
+        kl_coeff: β of the per-token KL penalty [0.01].
+        clip_range_score: per-token streams clipped to ± this [50].
+        gamma: GAE discount [1]; gae_lambda: λ_GAE [0.95].
+        clip_eps: PPO ratio clip ε [0.2]; clip_eps_value: critic clip ε_v [5].
+        ppo_epochs: passes over each rollout [1].
+        kl_in_cost_stream: the published ``+β kl`` in the cost streams [True].
+        ptx_coeff: weight of the SFT loss on the PTX set after each actor step [0 by default].
+        seed: seeds prompt order and sampling.
+    """
+
+    iterations: int
+    prompts_per_iteration: int
+    kl_coeff: float = 0.01
+    clip_range_score: float = 50.0
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    clip_eps_value: float = 5.0
+    ppo_epochs: int = 1
+    kl_in_cost_stream: bool = True
+    ptx_coeff: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("iterations", "prompts_per_iteration", "ppo_epochs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"learner.{key} must be >= 1; found {getattr(self, key)}")
+        if isinstance(self.kl_coeff, bool) or not isinstance(self.kl_coeff, (int, float)) or self.kl_coeff <= 0:
+            raise ValueError(
+                f"learner.kl_coeff: must be > 0 (the weight of the KL penalty; a sign mistake flips it "
+                f"into a bonus); found {self.kl_coeff!r}"
+            )
+        for key in ("clip_range_score", "clip_eps", "clip_eps_value"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"learner.{key} must be > 0; found {getattr(self, key)}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError(
+                f"learner.gamma and learner.gae_lambda must be in [0, 1]; found {self.gamma}, {self.gae_lambda}"
+            )
+        if self.ptx_coeff < 0:
+            raise ValueError(f"learner.ptx_coeff must be >= 0; found {self.ptx_coeff}")
+
+
+
+@dataclass(frozen=True)
+class PPOLagSettings:
+    """A PPO-Lagrangian run (config keys in brackets).
+
+    Attributes:
+        ppo: the loop's hyper-parameters (``learner.*``).
+        multiplier: :func:`saferl.core.multipliers.build_multiplier` options with ``kind``
+            (``multiplier.*``); None: plain PPO on the reward alone (no cost, no cost critic).
+        cost_limit: ``d``, one value per cost (root ``cost_limit``).
+        policy_learning_rate, critic_learning_rate: AdamW rates (``learner.policy_learning_rate``,
+            ``learner.critic_learning_rate``).
+        name: names the checkpoint folder (``checkpoints/<name>``), the exported policy
+            (``models/policy_<name>``) and the progress stage.
+    """
+
+    ppo: PPOSettings
+    multiplier: dict | None
+    cost_limit: float | tuple[float, ...]
+    policy_learning_rate: float = 1e-3
+    critic_learning_rate: float = 1e-3
+    name: str = "ppo_lag"
+
+    def __post_init__(self) -> None:
+        for key in ("policy_learning_rate", "critic_learning_rate"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"learner.{key}: must be > 0; found {value!r}")
+        if self.ppo.ptx_coeff > 0:
+            raise ValueError(
+                f"learner.ptx_coeff={self.ppo.ptx_coeff}: the PTX loss needs a supervised data set, and no "
+                "setup provides one yet; use 0 (the default)"
+            )
+
+
+
+@dataclass(frozen=True)
+class MocanSettings:
+    """MoCAN's settings (``learner.mocan.*`` unless said otherwise).
+
+    Attributes:
+        beta: β of the dual and of the DPO stage (root ``beta``).
+        cost_limit: ``d`` when ``margin`` is None (root ``cost_limit``).
+        num_samples: K reference samples per prompt for the dual (published 128).
+        margin: a relative safety margin ``b`` instead of the absolute limit (``None``: use
+            ``cost_limit``).
+        stage: ``"dpo"`` (pseudo-preference DPO) or ``"ppo"`` (PPO with λ fixed at λ̂).
+        soft_labels: DPO on the probabilities themselves (lower variance) or on Bernoulli draws.
+        dpo_steps, dpo_pairs_per_step, dpo_learning_rate: the DPO stage.
+        frontier_grid: λ values of the predicted frontier.
+        predict_only: stop after step 2.
+        num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
+            in data order; None: all of them; published 1000).
+        ppo: ``stage="ppo"``'s loop (the ``learner.*`` PPO keys; its multiplier is replaced by
+            λ̂ fixed).
+        seed: sampling and label seed (the root ``seed``).
+    """
+
+    beta: float = 0.5
+    cost_limit: float | tuple[float, ...] = 0.0
+    num_samples: int = 64
+    margin: float | None = None
+    stage: str = "dpo"
+    soft_labels: bool = True
+    dpo_steps: int = 200
+    dpo_pairs_per_step: int = 32
+    dpo_learning_rate: float = 1e-3
+    frontier_grid: tuple[float, ...] = DEFAULT_FRONTIER_GRID
+    predict_only: bool = False
+    num_prompts: int | None = None
+    ppo: PPOLagSettings | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("dpo", "ppo"):
+            raise ValueError(f"learner.mocan.stage must be 'dpo' or 'ppo'; found {self.stage!r}")
+        if self.num_samples < 2 or self.num_samples % 2:
+            raise ValueError(f"learner.mocan.num_samples must be an even number >= 2; found {self.num_samples}")
+        if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
+            raise ValueError(f"learner.mocan.num_prompts must be an integer >= 1 or null; found {self.num_prompts!r}")
+        if self.margin is not None and (isinstance(self.margin, bool) or not isinstance(self.margin, (int, float))
+                                        or self.margin < 0):
+            raise ValueError(
+                f"learner.mocan.margin: must be a number >= 0 (be safer than the reference by b) or null; "
+                f"found {self.margin!r}"
+            )
+        if self.stage == "ppo" and self.ppo is None:
+            raise ValueError("learner.mocan.stage=ppo needs the learner's PPO keys (learner.iterations, ...)")
+        if self.stage == "ppo" and self.ppo.ppo.kl_in_cost_stream:
+            # With λ held at λ̂, the published streams' fixed point is the optimum at KL weight
+            # β(1+λ̂), not π_λ̂ (docs/algorithms.md §2): MoCAN's PPO stage must aim at π_λ̂.
+            raise ValueError(
+                "learner.kl_in_cost_stream=true with learner.mocan.stage=ppo: the published +β·kl in the cost "
+                "stream makes PPO with λ fixed at λ̂ reach π_ref·exp((r − λ̂c)/(β(1+λ̂))), not MoCAN's target "
+                "π_λ̂; use learner.kl_in_cost_stream=false"
+            )
+        object.__setattr__(self, "frontier_grid", tuple(float(v) for v in self.frontier_grid))
+
+
+
+@dataclass(frozen=True)
+class PecanSettings:
+    """PeCAN's settings (``learner.pecan.*`` unless said otherwise).
+
+    Attributes:
+        beta: β of the implicit models, the dual and the final DPO (root ``beta``).
+        num_samples: K reference samples per prompt for the dual (even, ``>= 2``: they are paired).
+        margin: the relative safety margin ``b >= 0`` in implicit safety units: be safer than the
+            reference by ``b`` in ``E[c]``, ``c = −β log(π_g/π_ref)`` (``−log(π_g/π_ref)`` with
+            ``consistent=False``).
+        consistent: the consistent labelling, β inside the scores (targets ``π_λ*``); False: the
+            published raw log-ratios (targets ``π ∝ π_ref exp(s/β²)``).
+        dpo_steps, dpo_pairs_per_step, dpo_learning_rate: every DPO run (``π_r``, ``π_g`` and the
+            final alignment).
+        frontier_grid: λ values of the predicted frontier.
+        predict_only: stop after step 3.
+        num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
+            in data order; None: all of them).
+        seed: sampling and pair-order seed (the root ``seed``).
+    """
+
+    beta: float = 0.5
+    num_samples: int = 64
+    margin: float = 0.1
+    consistent: bool = True
+    dpo_steps: int = 200
+    dpo_pairs_per_step: int = 32
+    dpo_learning_rate: float = 1e-3
+    frontier_grid: tuple[float, ...] = DEFAULT_FRONTIER_GRID
+    predict_only: bool = False
+    num_prompts: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_samples, int) or self.num_samples < 2 or self.num_samples % 2:
+            raise ValueError(f"learner.pecan.num_samples must be an even integer >= 2; found {self.num_samples!r}")
+        if self.margin is None or not float(self.margin) >= 0:
+            raise ValueError(
+                f"learner.pecan.margin must be a number >= 0 (implicit safety units); found {self.margin!r}"
+            )
+        if not isinstance(self.consistent, bool):
+            raise ValueError(f"learner.pecan.consistent must be true or false; found {self.consistent!r}")
+        if not isinstance(self.dpo_steps, int) or self.dpo_steps < 1:
+            raise ValueError(f"learner.pecan.dpo_steps must be an integer >= 1; found {self.dpo_steps!r}")
+        if not isinstance(self.dpo_pairs_per_step, int) or self.dpo_pairs_per_step < 1:
+            raise ValueError(
+                f"learner.pecan.dpo_pairs_per_step must be an integer >= 1; found {self.dpo_pairs_per_step!r}"
+            )
+        if not float(self.dpo_learning_rate) > 0:
+            raise ValueError(f"learner.pecan.dpo_learning_rate must be > 0; found {self.dpo_learning_rate!r}")
+        if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
+            raise ValueError(f"learner.pecan.num_prompts must be an integer >= 1 or null; found {self.num_prompts!r}")
+        if not self.frontier_grid or any(float(v) < 0 for v in self.frontier_grid):
+            raise ValueError(
+                f"learner.pecan.frontier_grid must be a non-empty list of λ >= 0; found {self.frontier_grid!r}"
+            )
+        object.__setattr__(self, "frontier_grid", tuple(float(v) for v in self.frontier_grid))
+
+
+
+@dataclass(frozen=True)
+class PreferenceSettings:
+    """One offline preference run (``learner.preference.*`` unless said otherwise).
+
+    Attributes:
+        loss: a name of the core registry (``dpo``, ``ipo``, ``safe_nca``, ``bfpo``, ...).
+        ordering: ``"better"`` (helpfulness labels) or ``"safer"`` (safety labels); ``safe_nca``
+            always uses the safe-vs-unsafe pairs.
+        hyperparameters: the loss's keyword hyper-parameters (``beta`` defaults to ``beta`` for
+            the losses that take one).
+        steps, pairs_per_step, learning_rate: the optimisation.
+        beta: the root ``beta``, the loss's β unless ``hyperparameters`` sets it.
+        seed: pair order (the root ``seed``).
+    """
+
+    loss: str = "dpo"
+    ordering: str = "better"
+    hyperparameters: dict | None = None
+    steps: int = 200
+    pairs_per_step: int = 32
+    learning_rate: float = 1e-3
+    beta: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ordering not in ("better", "safer"):
+            raise ValueError(f"learner.preference.ordering must be 'better' or 'safer'; found {self.ordering!r}")
+        from saferl.core.preference_losses import get_preference_loss
+
+        try:
+            get_preference_loss(self.loss)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"learner.preference.loss: {error}") from error
+        spec = get_preference_loss(self.loss)
+        given = dict(self.hyperparameters or {})
+        unknown = sorted(set(given) - set(spec.defaults))
+        if unknown:
+            raise ValueError(
+                f"learner.preference.hyperparameters: unknown key(s) {unknown}; allowed: {sorted(spec.defaults)}"
+            )
+        for name in ("beta", "tau"):
+            if name in given and (isinstance(given[name], bool) or not isinstance(given[name], (int, float))
+                                  or given[name] <= 0):
+                raise ValueError(f"learner.preference.hyperparameters.{name}: must be > 0; found {given[name]!r}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            raise ValueError(f"learner.preference.learning_rate: must be > 0; found {self.learning_rate!r}")
+
+    def loss_hyperparameters(self) -> dict[str, Any]:
+        """The loss's hyper-parameters as trained: ``beta`` defaults to the root β where the loss
+        takes one (SimPO's β is its own length-normalised scale, so it keeps its default)."""
+        from saferl.core.preference_losses import get_preference_loss
+
+        hyperparameters = dict(self.hyperparameters or {})
+        if "beta" in get_preference_loss(self.loss).defaults and self.loss != "simpo":
+            hyperparameters.setdefault("beta", self.beta)
+        return hyperparameters
