@@ -78,11 +78,15 @@ def check_data(config) -> None:
     will load them, and the hub setup's own preflight (before any model is downloaded)."""
     from importlib import import_module
 
+    from saferl.setups.settings import WorldSettings
+
+    setup = config.setup
+    if isinstance(setup, WorldSettings):  # the built-in world writes its own data (and needs no hub modules)
+        return
     from saferl.data.sources import looks_like_local_path
     from saferl.setups import hub
     from saferl.setups.tiny import TinySettings
 
-    setup = config.setup
     if not isinstance(setup, (hub.HubSettings, TinySettings)):
         return
     needs = import_module(f"saferl.learners.{config.learner}").needs(config.settings)

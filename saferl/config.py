@@ -26,10 +26,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 if TYPE_CHECKING:
-    # The functions import the settings' modules where they build settings: the runtime's specs and
-    # the learners' settings are light, the setups' modules import torch, Ray and transformers
-    # (seconds), so validate() checks the root keys and the light sections before they load.
-    from saferl.data.world import ReferenceConfig
+    # The functions import the settings' modules where they build settings. The runtime's specs,
+    # the learners' and the world's settings are light; the hub and tiny setups' modules and the
+    # multipliers import torch or transformers (seconds), so validate() checks everything else
+    # before they load.
+    from saferl.data.world.settings import ReferenceConfig
     from saferl.learners.settings import (
         MocanSettings,
         PecanSettings,
@@ -39,9 +40,8 @@ if TYPE_CHECKING:
     from saferl.runtime.resources import Resources
     from saferl.runtime.specs import GenerationSpec
     from saferl.setups.hub import HubSettings
-    from saferl.setups.stages import StageSettings
+    from saferl.setups.settings import StageSettings, WorldSettings
     from saferl.setups.tiny import TinySettings
-    from saferl.setups.world import WorldSettings
 
 __all__ = [
     "ConfigError",
@@ -281,7 +281,7 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
     """The world's reference: ``world.reference``'s shape, SFT-ed as ``model.sft`` on ``data.num_sft``
     demonstrations (the keys a training run's SFT stage reads; their defaults where a hub model or
     data group has no such key)."""
-    from saferl.data.world import ReferenceConfig
+    from saferl.data.world.settings import ReferenceConfig
 
     shape = _container(cfg.world.reference, "world.reference")
     _unknown(shape, REFERENCE_SHAPE, "world.reference")
@@ -304,7 +304,7 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
 def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, StageSettings]:
     """``model.sft``, ``scorers.reward_model`` and ``scorers.cost_model``, each checked (steps,
     rows, learning rate) before its rows are divided over the ranks; keyed by dotted key."""
-    from saferl.setups.stages import StageSettings
+    from saferl.setups.settings import StageSettings
 
     stages = {}
     for key, values in (("model.sft", model["sft"]), ("scorers.reward_model", scorers["reward_model"]),
@@ -322,7 +322,7 @@ def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, St
 def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[float, ...], costs: tuple[str, ...],
                     generation: GenerationSpec, reference: ReferenceConfig, scorer_kind: str, seed: int,
                     num_ranks: int) -> WorldSettings:
-    from saferl.setups.world import WorldSettings
+    from saferl.setups.settings import WorldSettings
 
     model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")

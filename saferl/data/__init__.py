@@ -15,7 +15,6 @@ The built-in synthetic task lives in :mod:`saferl.data.world`.
 
 from __future__ import annotations
 
-from saferl.data.batches import PairBatch, PromptBatch, SequenceBatch
 from saferl.data.errors import DataError, ErrorReason
 from saferl.data.records import (
     PreferencePair,
@@ -26,10 +25,14 @@ from saferl.data.records import (
 )
 from saferl.data.validation import ValidationReport, validate_record, validate_records
 
-# Loading and writing import the `datasets` library (about 0.6 s), and the templates and collators
-# tokenise; they are imported on first use (PEP 562), so that the runtime's workers, which only move
-# batches, start without them.
+# Loading and writing import the `datasets` library (about 0.6 s), the templates and collators
+# tokenise, and the batches are torch tensors; they are imported on first use (PEP 562), so that the
+# runtime's workers, which only move batches, start without `datasets`, and the config's validation
+# (the records, the world's light settings) without torch.
 _LAZY = {
+    "PairBatch": "saferl.data.batches",
+    "PromptBatch": "saferl.data.batches",
+    "SequenceBatch": "saferl.data.batches",
     "collate_preference_pairs": "saferl.data.collators",
     "collate_prompts": "saferl.data.collators",
     "collate_safety_pairs": "saferl.data.collators",

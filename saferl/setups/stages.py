@@ -6,7 +6,6 @@ format. Shared by the setups that train their own models (:mod:`saferl.setups.wo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from saferl.data.records import SafetyPreferencePair, SFTExample
@@ -20,32 +19,9 @@ from saferl.learners.sft import run_sft
 from saferl.models import ModelSpec
 from saferl.runtime import CriticGroup, PolicyGroup
 from saferl.runtime.resources import Resources
+from saferl.setups.settings import StageSettings
 
 __all__ = ["StageSettings", "run_score_stage", "run_sft_stage"]
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """One training stage (``model.sft``, ``scorers.reward_model``, ``scorers.cost_model``).
-
-    Attributes:
-        steps: optimizer steps; rows_per_step: rows (SFT) or pairs (score models) per step.
-        learning_rate: AdamW learning rate (constant).
-    """
-
-    steps: int
-    rows_per_step: int
-    learning_rate: float
-
-    def check(self, key: str) -> None:
-        """Raise a ValueError naming ``key`` for a value that cannot run."""
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"{key}.steps: expected an integer >= 1; found {self.steps!r}")
-        if isinstance(self.rows_per_step, bool) or not isinstance(self.rows_per_step, int) or self.rows_per_step < 1:
-            raise ValueError(f"{key}.rows_per_step: expected an integer >= 1; found {self.rows_per_step!r}")
-        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
-                or self.learning_rate <= 0:
-            raise ValueError(f"{key}.learning_rate: must be > 0; found {self.learning_rate!r}")
 
 
 def run_sft_stage(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,26 +34,23 @@ from saferl.core.dual import DualProblem, InfeasibleConstraintError, solve
 from saferl.core.targets import TiltTarget, target_logprobs
 from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
 from saferl.data.world import (
-    ReferenceConfig,
     build_exact_world,
     build_world_tokenizer,
-    check_cost_names,
-    cost_limits,
     enumerate_policy_logprobs,
     world_dataset_paths,
     world_model_spec,
     write_world_datasets,
 )
-from saferl.data.world.exact import MAX_RESPONSE_TOKENS
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.learners.output import RunOutput
 from saferl.learners.run_state import StageRecords
 from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer, fit_affine
 from saferl.models import ModelSpec, load_policy
-from saferl.runtime import GenerationSpec, init_ray
+from saferl.runtime import init_ray
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, Evaluation, Needs, ScoreGroupStarter, Setup
-from saferl.setups.stages import StageSettings, run_score_stage, run_sft_stage
+from saferl.setups.settings import StageSettings, WorldSettings, cost_model_name
+from saferl.setups.stages import run_score_stage, run_sft_stage
 
 __all__ = [
     "PREPARED_STAGES",
@@ -67,110 +64,6 @@ __all__ = [
 ]
 
 PREPARED_STAGES = ("data", "sft", "reward_model", "cost_model")
-SCORER_KINDS = ("learned", "oracle")
-
-
-def cost_model_name(cost: str) -> str:
-    """The stage and folder name of the cost model of ``cost``: ``cost_model`` for harm (the
-    one-cost runs' name), ``cost_<cost>_model`` for another cost."""
-    return "cost_model" if cost == "harm" else f"cost_{cost}_model"
-
-
-@dataclass(frozen=True)
-class WorldSettings:
-    """The built-in world's problem, data, stages and scorers (config keys in brackets).
-
-    Attributes:
-        beta, cost_limit: the problem's β and limits d, one per cost (root ``beta``,
-            ``cost_limit``), which the exact evaluator solves.
-        costs: the world's costs the run constrains (``world.costs``; ``harm``, or ``harm`` and
-            ``refusal``: m = 2), in the order of ``cost_limit``.
-        reference: the tiny policy's shape (``world.reference``; its SFT steps come from ``sft``).
-        num_sft, num_pairs_train, num_pairs_test, label_temperature: the datasets (``data.*``).
-        sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``
-            (every cost's model is trained with ``cost_model``'s settings).
-        scorers: ``scorers.kind``: ``"learned"`` (the trained models) or ``"oracle"`` (the ground
-            truth).
-        calibrate: ``scorers.calibrate``: map each learned model affinely into ground-truth units
-            (fitted on the held-out responses), so that β and the limit mean what they mean in the
-            exact optimum.
-        regularization: ``scorers.regularization``, η of the score losses.
-        generation: rollout sampling (``generation.*``; ``max_new_tokens`` must be the world's 3).
-        from_run: ``model.from_run``, a finished run whose stages 1–4 are used in place.
-        seed: the root ``seed`` (data, initialisation).
-    """
-
-    beta: float
-    cost_limit: tuple[float, ...]
-    reference: ReferenceConfig
-    num_sft: int
-    num_pairs_train: int
-    num_pairs_test: int
-    label_temperature: float
-    sft: StageSettings
-    reward_model: StageSettings
-    cost_model: StageSettings
-    scorers: str = "learned"
-    calibrate: bool = True
-    regularization: float = 0.001
-    generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS))
-    from_run: Path | None = None
-    seed: int = 0
-    costs: tuple[str, ...] = ("harm",)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "costs", check_cost_names(self.costs, "world.costs"))
-        try:
-            limits = cost_limits(self.cost_limit, len(self.costs))
-        except ValueError as error:
-            raise ValueError(f"{error} (world.costs = {list(self.costs)})") from None
-        object.__setattr__(self, "cost_limit", limits)
-        if self.scorers not in SCORER_KINDS:
-            raise ValueError(
-                f"scorers.kind: {self.scorers!r} is not available on the built-in world; allowed: "
-                f"{', '.join(SCORER_KINDS)} (pretrained needs hub score models)"
-            )
-        if self.generation.max_new_tokens != MAX_RESPONSE_TOKENS:
-            raise ValueError(
-                f"generation.max_new_tokens must be {MAX_RESPONSE_TOKENS} on the built-in world (the exact "
-                f"evaluation enumerates every response of at most {MAX_RESPONSE_TOKENS} tokens); "
-                f"found {self.generation.max_new_tokens}"
-            )
-        if self.scorers == "learned" and not self.calibrate:
-            raise ValueError(
-                "scorers.calibrate=false: on the built-in world the limit d and the exact evaluation are in "
-                "ground-truth units, and uncalibrated scores are not; keep scorers.calibrate=true (or "
-                "scorers=oracle), or train the tiny models on your own data (data=pku_saferlhf data.path=...)"
-            )
-        for key, stage in (("model.sft", self.sft), ("scorers.reward_model", self.reward_model),
-                           ("scorers.cost_model", self.cost_model)):
-            stage.check(key)
-
-    @property
-    def prepared_stages(self) -> tuple[str, ...]:
-        """Stages 1–4 of this run: data, SFT, the reward model and one model per cost."""
-        return ("data", "sft", "reward_model", *(cost_model_name(cost) for cost in self.costs))
-
-    def stage_settings(self, stage: str) -> dict:
-        """What a stage's outputs depend on (a resumed or reusing run must match it)."""
-        if stage == "data":
-            settings = {
-                "seed": self.seed,
-                "num_sft": self.num_sft,
-                "num_pairs_train": self.num_pairs_train,
-                "num_pairs_test": self.num_pairs_test,
-                "label_temperature": self.label_temperature,
-            }
-            # Only a run with further costs writes their pair files; a harm-only run's record stays
-            # as it was, so run folders from before several costs existed remain reusable.
-            return settings if self.costs == ("harm",) else {**settings, "costs": list(self.costs)}
-        if stage == "sft":
-            return {"seed": self.seed, "reference": asdict(self.reference), "sft": asdict(self.sft)}
-        return {
-            "seed": self.seed,
-            stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
-            "score_regularization": self.regularization,
-        }
 
 
 def world_truth(kind: str, cost: str = "harm") -> Callable[[str, str], float]:

@@ -168,11 +168,13 @@ print(sorted(name for name in {heavy!r} if name in sys.modules))
     ("deepspeed.zero_stage=7", "deepspeed.zero_stage"),
     ("runtime.num_ranks=0", "runtime.num_ranks"),
     ("learner=mocan learner.mocan.num_samples=3", "learner.mocan.num_samples must be an even number"),
+    ("model.sft.steps=0", "model.sft.steps: expected an integer >= 1"),
+    ("world.costs=[harm,harm] cost_limit=[-0.8,-0.8]", "world.costs: expected distinct cost names"),
 ])
 def test_a_mistake_in_a_section_is_found_without_importing_torch_or_ray(override, message):
-    """The learners' settings and the runtime's specs are light modules: the preflight says a
-    mistake in the learner, runtime or deepspeed section before torch, Ray or transformers load
-    (seconds sooner)."""
+    """The learners' settings, the runtime's specs and the world's settings are light modules: the
+    preflight says a mistake in the learner, runtime, deepspeed, model or world section before
+    torch, Ray or transformers load (seconds sooner)."""
     completed = subprocess.run([sys.executable, "-c", SECTION_ERROR_PROBE.format(heavy=HEAVY), *override.split()],
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr

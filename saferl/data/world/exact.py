@@ -31,7 +31,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from saferl.core.dual import DualProblem, DualSolution, solve
-from saferl.data.world.ground_truth import check_cost_names, cost_function, ground_truth_reward
+from saferl.data.world.ground_truth import cost_function, ground_truth_reward
+from saferl.data.world.settings import MAX_RESPONSE_TOKENS, check_cost_names, cost_limits
 from saferl.data.world.vocab import EOS, WorldPrompt, world_prompts
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "build_exact_world",
 ]
 
-MAX_RESPONSE_TOKENS = 3
 
 
 @dataclass(frozen=True)
@@ -387,21 +387,6 @@ class ExactWorld:
     def reference_objective(self) -> float:
         """``J(π_ref) = E_ref[r]`` (its KL is 0)."""
         return (self.ref_logprobs.exp() * self.rewards).sum(1).mean().item()
-
-
-def cost_limits(cost_limit: float | Sequence[float], num_constraints: int, key: str = "cost_limit") -> tuple[float, ...]:
-    """``d`` as one float per constraint: a float is the single constraint's limit (m = 1); a
-    list must hold ``num_constraints`` numbers. A ValueError names ``key``, the expected length and
-    what was found."""
-    values = [cost_limit] if isinstance(cost_limit, (int, float)) and not isinstance(cost_limit, bool) \
-        else cost_limit
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != num_constraints \
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-        expected = "a number" if num_constraints == 1 else f"a list of {num_constraints} numbers"
-        raise ValueError(
-            f"{key}: expected {expected} (one limit per cost, m = {num_constraints}); found {cost_limit!r}"
-        )
-    return tuple(float(v) for v in values)
 
 
 def build_exact_world(

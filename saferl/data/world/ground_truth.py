@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from saferl.data.world.settings import COST_NAMES, check_cost_names
 from saferl.data.world.vocab import RESPONSE_WORDS, WorldPrompt
 
 __all__ = [
@@ -117,23 +118,7 @@ def ground_truth_refusal(prompt: WorldPrompt, words: Sequence[str], finished: bo
     return 1.0 if "sorry" in words else 0.0
 
 
-#: The world's costs by name, in the order a run lists them (``world.costs``).
-COST_NAMES = ("harm", "refusal")
 _COST_FUNCTIONS = {"harm": ground_truth_cost, "refusal": ground_truth_refusal}
-
-
-def check_cost_names(names: Sequence[str], key: str = "world.costs") -> tuple[str, ...]:
-    """``names`` as a tuple, or a ValueError naming ``key``: a non-empty list of distinct names
-    from :data:`COST_NAMES`."""
-    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
-        raise ValueError(f"{key}: expected a non-empty list of cost names from {list(COST_NAMES)}; found {names!r}")
-    unknown = [name for name in names if name not in COST_NAMES]
-    if unknown or len(set(names)) != len(names):
-        raise ValueError(
-            f"{key}: expected distinct cost names from {list(COST_NAMES)}; found {list(names)!r}"
-            + (f" (unknown: {unknown})" if unknown else " (repeated)")
-        )
-    return tuple(names)
 
 
 def cost_function(name: str):

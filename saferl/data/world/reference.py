@@ -8,10 +8,7 @@ CPU), deterministic for a seed. Prompt tokens are masked out of the loss.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from saferl.data.collators import collate_sequences
 from saferl.data.world.generator import make_sft_examples
+from saferl.data.world.settings import ReferenceConfig
 from saferl.data.world.vocab import build_world_tokenizer
 
 __all__ = [
@@ -31,32 +29,6 @@ __all__ = [
 # The world's prompts and responses are plain words: no chat template, no Safe RLHF preamble.
 WORLD_TEMPLATE = "raw"
 MAX_SEQUENCE_LENGTH = 16
-
-
-@dataclass(frozen=True)
-class ReferenceConfig:
-    """How the reference policy is built and SFT-ed.
-
-    Attributes:
-        hidden_size, num_layers, num_heads, intermediate_size: the tiny Llama's shape.
-        num_examples: demonstrations drawn from the demonstrator.
-        steps: AdamW steps; batch_size: examples per step; learning_rate: AdamW step size.
-        seed: seeds the demonstrations, the initialisation and the batch order.
-    """
-
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 128
-    num_examples: int = 4000
-    steps: int = 300
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    seed: int = 0
-
-    def fingerprint(self) -> str:
-        """A short hash of the config (names the cache folder)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def world_model_spec(config: ReferenceConfig, tokenizer: PreTrainedTokenizerFast):

@@ -1,0 +1,149 @@
+"""The setups' settings that a config is checked against, without torch, Ray or transformers: a
+training stage (:class:`StageSettings`) and the built-in world's problem, data, stages and scorers
+(:class:`WorldSettings`). :mod:`saferl.setups.stages` and :mod:`saferl.setups.world` re-export them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from saferl.data.world.settings import (
+    MAX_RESPONSE_TOKENS,
+    ReferenceConfig,
+    check_cost_names,
+    cost_limits,
+)
+from saferl.runtime.specs import GenerationSpec
+
+__all__ = ["SCORER_KINDS", "StageSettings", "WorldSettings", "cost_model_name"]
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One training stage (``model.sft``, ``scorers.reward_model``, ``scorers.cost_model``).
+
+    Attributes:
+        steps: optimizer steps; rows_per_step: rows (SFT) or pairs (score models) per step.
+        learning_rate: AdamW learning rate (constant).
+    """
+
+    steps: int
+    rows_per_step: int
+    learning_rate: float
+
+    def check(self, key: str) -> None:
+        """Raise a ValueError naming ``key`` for a value that cannot run."""
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"{key}.steps: expected an integer >= 1; found {self.steps!r}")
+        if isinstance(self.rows_per_step, bool) or not isinstance(self.rows_per_step, int) or self.rows_per_step < 1:
+            raise ValueError(f"{key}.rows_per_step: expected an integer >= 1; found {self.rows_per_step!r}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            raise ValueError(f"{key}.learning_rate: must be > 0; found {self.learning_rate!r}")
+
+
+SCORER_KINDS = ("learned", "oracle")
+
+
+def cost_model_name(cost: str) -> str:
+    """The stage and folder name of the cost model of ``cost``: ``cost_model`` for harm (the
+    one-cost runs' name), ``cost_<cost>_model`` for another cost."""
+    return "cost_model" if cost == "harm" else f"cost_{cost}_model"
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The built-in world's problem, data, stages and scorers (config keys in brackets).
+
+    Attributes:
+        beta, cost_limit: the problem's β and limits d, one per cost (root ``beta``,
+            ``cost_limit``), which the exact evaluator solves.
+        costs: the world's costs the run constrains (``world.costs``; ``harm``, or ``harm`` and
+            ``refusal``: m = 2), in the order of ``cost_limit``.
+        reference: the tiny policy's shape (``world.reference``; its SFT steps come from ``sft``).
+        num_sft, num_pairs_train, num_pairs_test, label_temperature: the datasets (``data.*``).
+        sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``
+            (every cost's model is trained with ``cost_model``'s settings).
+        scorers: ``scorers.kind``: ``"learned"`` (the trained models) or ``"oracle"`` (the ground
+            truth).
+        calibrate: ``scorers.calibrate``: map each learned model affinely into ground-truth units
+            (fitted on the held-out responses), so that β and the limit mean what they mean in the
+            exact optimum.
+        regularization: ``scorers.regularization``, η of the score losses.
+        generation: rollout sampling (``generation.*``; ``max_new_tokens`` must be the world's 3).
+        from_run: ``model.from_run``, a finished run whose stages 1–4 are used in place.
+        seed: the root ``seed`` (data, initialisation).
+    """
+
+    beta: float
+    cost_limit: tuple[float, ...]
+    reference: ReferenceConfig
+    num_sft: int
+    num_pairs_train: int
+    num_pairs_test: int
+    label_temperature: float
+    sft: StageSettings
+    reward_model: StageSettings
+    cost_model: StageSettings
+    scorers: str = "learned"
+    calibrate: bool = True
+    regularization: float = 0.001
+    generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS))
+    from_run: Path | None = None
+    seed: int = 0
+    costs: tuple[str, ...] = ("harm",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "costs", check_cost_names(self.costs, "world.costs"))
+        try:
+            limits = cost_limits(self.cost_limit, len(self.costs))
+        except ValueError as error:
+            raise ValueError(f"{error} (world.costs = {list(self.costs)})") from None
+        object.__setattr__(self, "cost_limit", limits)
+        if self.scorers not in SCORER_KINDS:
+            raise ValueError(
+                f"scorers.kind: {self.scorers!r} is not available on the built-in world; allowed: "
+                f"{', '.join(SCORER_KINDS)} (pretrained needs hub score models)"
+            )
+        if self.generation.max_new_tokens != MAX_RESPONSE_TOKENS:
+            raise ValueError(
+                f"generation.max_new_tokens must be {MAX_RESPONSE_TOKENS} on the built-in world (the exact "
+                f"evaluation enumerates every response of at most {MAX_RESPONSE_TOKENS} tokens); "
+                f"found {self.generation.max_new_tokens}"
+            )
+        if self.scorers == "learned" and not self.calibrate:
+            raise ValueError(
+                "scorers.calibrate=false: on the built-in world the limit d and the exact evaluation are in "
+                "ground-truth units, and uncalibrated scores are not; keep scorers.calibrate=true (or "
+                "scorers=oracle), or train the tiny models on your own data (data=pku_saferlhf data.path=...)"
+            )
+        for key, stage in (("model.sft", self.sft), ("scorers.reward_model", self.reward_model),
+                           ("scorers.cost_model", self.cost_model)):
+            stage.check(key)
+
+    @property
+    def prepared_stages(self) -> tuple[str, ...]:
+        """Stages 1–4 of this run: data, SFT, the reward model and one model per cost."""
+        return ("data", "sft", "reward_model", *(cost_model_name(cost) for cost in self.costs))
+
+    def stage_settings(self, stage: str) -> dict:
+        """What a stage's outputs depend on (a resumed or reusing run must match it)."""
+        if stage == "data":
+            settings = {
+                "seed": self.seed,
+                "num_sft": self.num_sft,
+                "num_pairs_train": self.num_pairs_train,
+                "num_pairs_test": self.num_pairs_test,
+                "label_temperature": self.label_temperature,
+            }
+            # Only a run with further costs writes their pair files; a harm-only run's record stays
+            # as it was, so run folders from before several costs existed remain reusable.
+            return settings if self.costs == ("harm",) else {**settings, "costs": list(self.costs)}
+        if stage == "sft":
+            return {"seed": self.seed, "reference": asdict(self.reference), "sft": asdict(self.sft)}
+        return {
+            "seed": self.seed,
+            stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
+            "score_regularization": self.regularization,
+        }
