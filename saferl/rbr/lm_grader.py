@@ -6,8 +6,9 @@ question and the response, runs the model once over the prompt, and reads
 (:func:`saferl.core.rbr.yes_probability`). Prompts are batched with right padding; each row's
 logits are read at its own last token.
 
-This is the grading function; running it as a Ray actor group beside the other scoring roles is
-the runtime's job (not implemented yet).
+:func:`grade_with_lm` runs the model in this process; :func:`grade_with_group` sends the same
+prompts to a :class:`~saferl.runtime.judging.JudgeGroup` (a Ray actor group of DeepSpeed
+inference engines, sharded over its ranks, batched on each) and reads the same probabilities.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import torch
 from saferl.core.rbr import yes_probability
 from saferl.rbr.spec import RBRSpec
 
-__all__ = ["YES_SPELLINGS", "NO_SPELLINGS", "answer_token_ids", "grade_with_lm"]
+__all__ = [
+    "YES_SPELLINGS",
+    "NO_SPELLINGS",
+    "answer_token_ids",
+    "grade_with_group",
+    "grade_with_lm",
+]
 
 YES_SPELLINGS = ("yes", " yes", "Yes", " Yes")
 NO_SPELLINGS = ("no", " no", "No", " No")
@@ -97,6 +104,35 @@ def grade_with_lm(
     if not probabilities:
         return torch.zeros(len(responses), len(names))
     return torch.cat(probabilities).cpu().reshape(len(responses), len(names))
+
+
+def grade_with_group(
+    group,
+    spec: RBRSpec,
+    responses: Sequence[str],
+    propositions: Sequence[str] | None = None,
+    *,
+    use_chat_template: bool = False,
+) -> torch.Tensor:
+    """:func:`grade_with_lm` on a :class:`~saferl.runtime.judging.JudgeGroup` (a causal-LM judge
+    group; its tokenizer is the grader's): the same prompts, the same reading, in float64 on the
+    ranks.
+
+    Returns:
+        ``(num_responses, num_propositions)`` float32 probabilities in ``[0, 1]``.
+    """
+    tokenizer = group.tokenizer
+    names = list(spec.simple_propositions) if propositions is None else list(propositions)
+    yes_ids = answer_token_ids(tokenizer, YES_SPELLINGS)
+    no_ids = answer_token_ids(tokenizer, NO_SPELLINGS)
+    if set(yes_ids.tolist()) & set(no_ids.tolist()):
+        raise ValueError("the grader's tokenizer maps a 'yes' and a 'no' spelling to one token.")
+    if not responses or not names:
+        return torch.zeros(len(responses), len(names))
+    prompts = [spec.grader_prompt(name, response) for response in responses for name in names]
+    rows = [_encode(tokenizer, prompt, use_chat_template) for prompt in prompts]
+    readings = group.next_token_readings(rows, [yes_ids.tolist(), no_ids.tolist()])
+    return readings.share(0, 1).float().reshape(len(responses), len(names))
 
 
 def _encode(tokenizer, prompt: str, use_chat_template: bool) -> list[int]:
