@@ -3,6 +3,7 @@
 The driver (a learner) is a single controller: it connects to Ray (:func:`init_ray`), reserves
 resources (:func:`plan_placement`, optional: a group plans its own when not colocated), starts
 one group per role (:class:`PolicyGroup`, :class:`ReferenceGroup`, :class:`ScoreGroup`,
+:class:`JudgeGroup` for judges and LM graders,
 :class:`CriticGroup`) and calls typed methods on whole batches; each group splits a batch into
 equal shards over its ranks and joins the results in order. A rank is one of two workers, by
 engine kind (:class:`TrainableWorker`, :class:`InferenceWorker`), holding a head
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from saferl.runtime.generation import SeededSampler, generate_sequences
     from saferl.runtime.group import ActorGroup
     from saferl.runtime.heads import CriticHead, PolicyHead, ScoreHead
+    from saferl.runtime.judging import JudgeGroup, JudgeHead, JudgeWorker, LocalJudgeModel
     from saferl.runtime.roles import CriticGroup, PolicyGroup, ReferenceGroup, RoleGroup, ScoreGroup
     from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
     from saferl.runtime.types import (
@@ -86,6 +88,10 @@ _EXPORTS = {
     "CriticHead": "saferl.runtime.heads",
     "PolicyHead": "saferl.runtime.heads",
     "ScoreHead": "saferl.runtime.heads",
+    "JudgeGroup": "saferl.runtime.judging",
+    "JudgeHead": "saferl.runtime.judging",
+    "JudgeWorker": "saferl.runtime.judging",
+    "LocalJudgeModel": "saferl.runtime.judging",
     "CriticGroup": "saferl.runtime.roles",
     "PolicyGroup": "saferl.runtime.roles",
     "ReferenceGroup": "saferl.runtime.roles",
@@ -122,6 +128,10 @@ __all__ = [
     "GenerationSpec",
     "GroupSpec",
     "InferenceWorker",
+    "JudgeGroup",
+    "JudgeHead",
+    "JudgeWorker",
+    "LocalJudgeModel",
     "LossFn",
     "PlacementPlan",
     "PolicyGroup",
