@@ -464,7 +464,10 @@ def _hydra_task(cfg: DictConfig) -> float:
     command = resume_command(list(hydra_cfg.overrides.task), run_folder, folder, multirun)
     _interrupt_line = lambda: interrupted_line(run_folder, command)  # noqa: E731
     _interrupted = False
-    previous = signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        previous = signal.signal(signal.SIGINT, _on_interrupt)
+    except ValueError:  # not the main thread (a launcher's worker): Ctrl-C is not ours to handle
+        previous = None
     try:
         if OmegaConf.select(cfg, "job.name") in ("train", "evaluate"):  # the jobs that start Ray
             from saferl.cli_quiet import quiet_console
@@ -486,7 +489,8 @@ def _hydra_task(cfg: DictConfig) -> float:
             _fail(error, _wants_traceback())
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         _interrupt_line = None
 
 

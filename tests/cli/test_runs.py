@@ -110,6 +110,11 @@ def test_default_job_end_to_end(first_run):
     assert any(line.startswith("ppo_lag: iteration 2/2, score ") and ", λ " in line and ", E[c] " in line
                and "(d -0.80)" in line for line in lines), completed.stdout[-3000:]
     assert "SMOKE TEST (debug=tiny)" in completed.stdout and "[SMOKE TEST: not results]" in completed.stdout
+    # Expected library noise stays off the console and in cli.log.
+    console = completed.stdout + completed.stderr
+    for noise in ("Setting accelerator to CPU", "LOAD REPORT", "Token authentication is enabled"):
+        assert noise not in console, noise
+    assert "Setting accelerator to CPU" in (folder / "cli.log").read_text()
     metadata = json.loads((folder / "run_metadata.json").read_text())
     # The revision of the code that ran: a commit of this repository (HEAD, or an ancestor when
     # commits landed while the run was going).
