@@ -167,3 +167,19 @@ def test_noise_goes_to_the_log_files_not_the_console(tmp_path):
         root.removeHandler(file_handler)
         file_handler.close()
     assert "Token authentication is enabled" in (tmp_path / "cli.log").read_text()
+
+
+def test_a_display_on_a_terminal_shows_bars_with_the_same_metrics(capsys):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    display = progress_display(Terminal())
+    assert not isinstance(display, PlainProgress)
+    with display:
+        display("ppo_lag", 1, 4, PPO_METRICS)
+        display.notice("resuming from iteration 1 (checkpoint c)")
+    task = display.bar.tasks[0]
+    assert (task.description, task.completed, task.total) == ("ppo_lag", 1, 4)
+    assert task.fields["status"] == "score 0.970, λ 0.610, E[c] -0.780 (d -0.80), loss -0.539"
+    assert "resuming from iteration 1 (checkpoint c)" in capsys.readouterr().out
