@@ -286,6 +286,7 @@ class BoardRow:
         optimal_multiplier: per constraint, the exact λ*.
         wall_seconds: over seeds (None for a target row).
         label: the target's description (target rows), else empty; note: the runs' note.
+        has_target: a result row whose target row follows it (the learner defines its own target).
     """
 
     learner: str
@@ -302,6 +303,7 @@ class BoardRow:
     wall_seconds: Stat | None
     label: str = ""
     note: str = ""
+    has_target: bool = False
 
 
 def _per_constraint(
@@ -357,6 +359,7 @@ def aggregate(rows: Sequence[RunRow]) -> list[BoardRow]:
                 ),
                 wall_seconds=stat(row.wall_seconds for row in group),
                 note=group[0].note,
+                has_target=group[0].target_label is not None,
             )
         )
         with_target = [row for row in group if row.target_label is not None]
@@ -494,9 +497,12 @@ def markdown_table(board: Sequence[BoardRow], header: str) -> str:
     for row in board:
         target = row.kind == "target"
         name = f"↳ target of {row.learner}" if target else row.learner
-        note = "; ".join(
-            part for part in ((row.label if target else ""), ("" if target else row.note)) if part
+        parts = (
+            [row.label]
+            if target
+            else [row.note, "" if row.has_target else "no exact target defined"]
         )
+        note = "; ".join(part for part in parts if part)
         cells = [
             name,
             row.scorers,

@@ -206,9 +206,11 @@ def test_rows_group_by_learner_and_scorers_with_their_target_rows_after():
     assert table[0] == "**Compared against the exact optimum π\\***"
     assert table[5].startswith("| ↳ target of ppo_lag (log-λ) | oracle | 3 | 0.0000 ± 0.0000 |")
     assert table[5].endswith("| — | π* within the cap |")
+    assert table[4].endswith("| 101.0 ± 1.0 |  |")  # a target row follows: nothing to say
     assert (
         table[-1].startswith("| dpo (helpful) | not read | 1 |")
-        and "| 1/1 | — | 0.6875 ± — | 100.0 ± — | scorers not read |" in table[-1]
+        and "| 1/1 | — | 0.6875 ± — | 100.0 ± — | scorers not read; no exact target defined |"
+        in table[-1]
     )
 
 
