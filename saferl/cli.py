@@ -90,6 +90,11 @@ def train(config: RunConfig, folder: Path, tracker):
     display = progress_display()
     output = RunOutput(folder=folder, tracker=tracker, progress=display, notice=display.notice,
                        checkpoint_every=config.checkpoint_every, resume=config.resume)
+    if config.resume:  # a learner with a checkpoint says from which iteration it continues
+        from saferl.learners.run_state import finished_stages
+
+        if stages := finished_stages(folder):
+            display.notice(f"resuming: the finished stages {', '.join(stages)} are reused")
     with display:
         setup = build_setup(config, learner.needs(config.settings), output)
         result = learner.run(setup, config.settings, config.resources, output)
@@ -281,6 +286,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     from saferl.config import ConfigError
     from saferl.eval.arena import TRUTH_JUDGE, print_arena, write_arena
     from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
+    from saferl.eval.judge_settings import parse_judges
     from saferl.learners.result import SummaryRecord
 
     job = cfg.job
@@ -311,6 +317,12 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     from saferl.setups.world import WorldSettings
 
     resources = config.resources
+    entries = job.get("judges")
+    judges = parse_judges(OmegaConf.to_container(entries, resolve=True) if OmegaConf.is_config(entries) else entries)
+    for index, entry in enumerate(judges):
+        if entry.kind == "ground_truth" and not isinstance(config.setup, WorldSettings):
+            raise ConfigError(f"job.judges[{index}]: ground_truth exists on the built-in world only (this run's setup "
+                              "has no ground truth); judge with a llamaguard or classifier model instead")
     if isinstance(config.setup, WorldSettings):  # the built-in world: its tokenizer, prompts and ground truth
         from saferl.data.world import build_world_tokenizer
         from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
@@ -329,6 +341,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
             truth={"reward": world_truth("reward"), "cost": world_truth("cost")},
             runtime=resources.runtime,
             group=resources.group,
+            judges=judges,
             deepspeed=resources.deepspeed,
         )
     elif isinstance(config.setup, TinySettings):  # the world's tiny models on a data set: the run's own
@@ -352,6 +365,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
             max_prompt_length=max_prompt_length(data.max_length, data.generation.max_new_tokens),
             runtime=resources.runtime,
             group=resources.group,
+            judges=judges,
         )
     else:  # a hub setup: the data's test split, the model group's score models
         from saferl.data import load_prompt_dataset
@@ -373,6 +387,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
             max_prompt_length=hub.max_length,
             runtime=resources.runtime,
             group=resources.group,
+            judges=judges,
         )
     print_arena(result)
     for path in write_arena(result, folder):
@@ -381,7 +396,8 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     arena = result.to_dict()
     record = SummaryRecord(method="arena", beta=config.beta, cost_limit=config.cost_limits, trained=None,
                            headline=float(judge.policy.reward_win_rate))
-    return {**record.to_dict(), "arena": {"rows": arena["rows"], "transitions": arena["transitions"]}}
+    return {**record.to_dict(), "arena": {"rows": arena["rows"], "transitions": arena["transitions"],
+                                          "safety_judges": arena["safety_judges"]}}
 
 
 def _wants_traceback() -> bool:

@@ -27,6 +27,7 @@ __all__ = [
     "claim_run_folder",
     "save_checkpoint_atomically",
     "latest_checkpoint",
+    "finished_stages",
     "saved_state",
 ]
 
@@ -148,6 +149,14 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
+def finished_stages(folder: str | Path) -> list[str]:
+    """The stages ``stages.json`` in run ``folder`` records as finished, in order (none: [])."""
+    try:
+        return list(json.loads((Path(folder) / RECORDS_FILE).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
 def saved_state(folder: str | Path) -> str:
     """What ``resume=auto`` would continue from in run ``folder``, in words: the newest complete
     learner checkpoint (its iteration and folder), else the finished stages, else "nothing saved
@@ -163,10 +172,7 @@ def saved_state(folder: str | Path) -> str:
         except (FileNotFoundError, json.JSONDecodeError):
             return f"the checkpoint {newest}"
         return f"iteration {iteration} (checkpoint {newest})"
-    try:
-        stages = list(json.loads((folder / RECORDS_FILE).read_text()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        stages = []
+    stages = finished_stages(folder)
     if stages:
         return f"the finished stages {', '.join(stages)} ({folder / RECORDS_FILE})"
     return "nothing saved yet"
