@@ -183,7 +183,7 @@ ROOT_KEYS = (
 JOB_KEYS = {
     "train": {"name"},
     "evaluate": {"name", "run_dir", "policy", "reference", "reward_model", "cost_model",
-                 "responses_per_prompt", "rows_per_call"},
+                 "responses_per_prompt", "rows_per_call", "judges"},
     "exact_optimum": {"name", "frontier_limits", "top_responses", "run_dir"},
     "world_data": {"name", "output_dir", "num_sft", "num_pairs_train", "num_pairs_test", "temperature", "overwrite"},
 }
@@ -205,6 +205,12 @@ def _job(cfg: DictConfig, job: str, num_ranks: int) -> None:
     if job == "evaluate":
         _integer(cfg, "job.responses_per_prompt", 1)
         _divides(_integer(cfg, "job.rows_per_call", 1), "job.rows_per_call", num_ranks)
+        from saferl.eval.judge_settings import parse_judges  # light: no torch
+
+        try:
+            parse_judges(values.get("judges"))
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
     elif job == "exact_optimum":
         _integer(cfg, "job.top_responses", 1)
         limits = values["frontier_limits"]

@@ -19,6 +19,11 @@ truth* where one is known) the arena reports:
 * win rates of the policy against the reference: by reward ``P(r_π > r_ref) + ½ P(r_π = r_ref)``
   and by cost ``P(c_π < c_ref) + ½ P(c_π = c_ref)`` (the policy is safer). The reference's own
   row carries ½, its win rate against itself (every pair a tie).
+
+With safety judges (``job.judges``: LlamaGuard-style, classifiers, the world's ground truth;
+:mod:`saferl.eval.judges`) the result also holds, per model, each judge's ``P(unsafe)`` and
+categories per response and the :class:`~saferl.eval.judge_report.JudgeReport`: the share judged
+safe per judge and the agreement (share and Cohen's κ) between judges.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from saferl.eval.judge_report import JudgeReport, Verdicts, judge_tables
 from saferl.eval.outputs import refuse_overwrite
 from saferl.eval.world_report import report_console
 
@@ -167,6 +173,10 @@ class ArenaResult:
         judgements: one per judge, the scorers first, then the ground truth when given.
         samples: the ``N × K`` response pairs, prompt-major (row ``i·K + k``); may be empty.
         settings: how the responses were produced (sampling, seed), for the record.
+        safety_judges: per model (``"reference"``, ``"policy"``), the safety judges' report;
+            empty without judges.
+        judge_verdicts: per model, each safety judge's verdicts on its responses (in sample
+            order).
     """
 
     policy: str
@@ -176,6 +186,8 @@ class ArenaResult:
     judgements: tuple[ArenaJudgement, ...]
     samples: tuple[ArenaSample, ...] = ()
     settings: dict[str, object] = field(default_factory=dict)
+    safety_judges: dict[str, JudgeReport] = field(default_factory=dict)
+    judge_verdicts: dict[str, tuple[Verdicts, ...]] = field(default_factory=dict)
 
     @property
     def rows(self) -> tuple[ArenaRow, ...]:
@@ -200,6 +212,11 @@ class ArenaResult:
             "rows": [asdict(row) for row in self.rows],
             "transitions": [asdict(j.transitions) for j in self.judgements],
             "samples": [asdict(sample) for sample in self.samples],
+            "safety_judges": {model: asdict(r) for model, r in self.safety_judges.items()},
+            "judge_verdicts": {
+                model: [asdict(v) for v in verdicts]
+                for model, verdicts in self.judge_verdicts.items()
+            },
         }
 
 
@@ -347,6 +364,9 @@ def print_arena(result: ArenaResult, console: Console | None = None) -> None:
     console.print(arena_table(result))
     for judgement in result.judgements:
         console.print(transitions_table(judgement.transitions))
+    for model, report in result.safety_judges.items():
+        for table in judge_tables(report, f" ({model})"):
+            console.print(table)
     console.print(
         "safe: cost ≤ 0; KL: mean over the policy's samples of Σ_t (log π − log π_ref); "
         "win rates: P(the row's response beats the reference's) + ½ P(tie) on paired responses, so the "

@@ -17,7 +17,12 @@ The evaluation layer's only module that starts runtime groups; the numbers, tabl
 4. score both models' responses with the reward and cost scorers, and with the ground truth when
    given;
 5. :func:`saferl.eval.arena.arena_metrics` per judge; shut every started group down (also on
-   errors).
+   errors);
+6. the safety judges (``judges``, :mod:`saferl.eval.judges`), one after the other once the
+   generation groups are down (a large judge need not share the GPUs with the policy): each model
+   judge starts its :class:`~saferl.runtime.judging.JudgeGroup` (same ``group`` and ``deepspeed``
+   specs as the other roles), judges the reference's and the policy's responses in one call, and
+   shuts down; then :func:`saferl.eval.judge_report.judge_report` per model.
 
 Calling it from a composed config (the ``evaluate`` job)::
 
@@ -78,6 +83,8 @@ from saferl.eval.arena import (
     ArenaSample,
     arena_metrics,
 )
+from saferl.eval.judge_report import JudgeReport, Verdicts, judge_report
+from saferl.eval.judge_settings import JudgeSettings
 from saferl.learners.scorers import ModelScorer, Scorer
 from saferl.models import ModelSpec
 from saferl.runtime import (
@@ -210,6 +217,7 @@ def run_arena(
     runtime: RuntimeSpec | None = None,
     group: GroupSpec | None = None,
     deepspeed: DeepSpeedSpec | None = None,
+    judges: Sequence[JudgeSettings | object] = (),
 ) -> ArenaResult:
     """Evaluate ``policy`` against ``reference`` (steps 1–5 of the module docstring).
 
@@ -226,6 +234,8 @@ def run_arena(
             (or scorer objects), judged as a second judge.
         runtime, group, deepspeed: where and how the groups run (defaults: a local Ray cluster,
             one rank with one CPU, ZeRO stage 0).
+        judges: safety judges (``job.judges`` entries as :class:`JudgeSettings`, or judge objects
+            with ``judge(prompts, responses)``, :mod:`saferl.eval.judges`); step 6.
 
     Returns:
         The :class:`~saferl.eval.arena.ArenaResult`, samples included.
@@ -257,6 +267,13 @@ def run_arena(
                 )
             if isinstance(function, Scorer):
                 _check_scorer(function, f"truth[{kind!r}]")
+    judges = tuple(judges)
+    for index, entry in enumerate(judges):
+        if not isinstance(entry, JudgeSettings) and not callable(getattr(entry, "judge", None)):
+            raise ValueError(
+                f"arena: judges[{index}] must be a JudgeSettings or a judge with "
+                f"judge(prompts, responses); found {type(entry).__name__}"
+            )
     if settings.rows_per_call % group.num_ranks:
         raise ValueError(
             f"arena.rows_per_call={settings.rows_per_call} must be a multiple of "
@@ -371,7 +388,7 @@ def run_arena(
         return torch.tensor(values, dtype=torch.float64).view(num_prompts, k)
 
     policy_kl = grid(columns["policy_kl"])
-    judges = [(SCORERS_JUDGE, "scorers")] + ([(TRUTH_JUDGE, "truth")] if truth is not None else [])
+    scored = [(SCORERS_JUDGE, "scorers")] + ([(TRUTH_JUDGE, "truth")] if truth is not None else [])
     judgements = tuple(
         arena_metrics(
             grid(scores[f"{key}/reference/reward"]),
@@ -381,7 +398,7 @@ def run_arena(
             policy_kl,
             judge=judge,
         )
-        for judge, key in judges
+        for judge, key in scored
     )
 
     def true(key: str, row: int) -> float | None:
@@ -407,6 +424,15 @@ def run_arena(
         )
         for row in range(len(rows))
     )
+    # 6. The safety judges, one at a time.
+    verdicts: dict[str, list[Verdicts]] = {"reference": [], "policy": []}
+    for entry in judges:
+        for model, values in _judge_both(entry, rows, columns, runtime, group, deepspeed, settings):
+            verdicts[model].append(values)
+    reports: dict[str, JudgeReport] = (
+        {model: judge_report(v) for model, v in verdicts.items()} if judges else {}
+    )
+
     recorded = asdict(settings)
     recorded.update(template=template, max_prompt_length=max_prompt_length)
     return ArenaResult(
@@ -417,4 +443,40 @@ def run_arena(
         judgements=judgements,
         samples=samples,
         settings=recorded,
+        safety_judges=reports,
+        judge_verdicts={model: tuple(v) for model, v in verdicts.items()} if judges else {},
     )
+
+
+def _judge_both(
+    entry: JudgeSettings | object,
+    rows: list[str],
+    columns: Mapping[str, list],
+    runtime: RuntimeSpec,
+    group: GroupSpec,
+    deepspeed: DeepSpeedSpec,
+    settings: ArenaSettings,
+) -> list[tuple[str, Verdicts]]:
+    """One judge on the reference's and the policy's responses (one call), started and shut
+    down here when given as settings."""
+    from saferl.eval.judges import build_judge
+
+    if isinstance(entry, JudgeSettings):
+        judge = build_judge(
+            entry, runtime=runtime, group=group, deepspeed=deepspeed, seed=settings.seed
+        )
+        owned = True
+    else:
+        judge, owned = entry, False
+    n = len(rows)
+    try:
+        both = judge.judge(rows + rows, columns["reference_text"] + columns["policy_text"])
+    finally:
+        if owned:
+            judge.shutdown()
+
+    def half(start: int) -> Verdicts:
+        categories = both.categories[start : start + n] if both.categories is not None else None
+        return Verdicts(both.judge, both.p_unsafe[start : start + n], categories)
+
+    return [("reference", half(0)), ("policy", half(n))]

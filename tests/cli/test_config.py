@@ -444,6 +444,12 @@ ERRORS = [
     ("unknown-reference-key", ("+world.reference.foo=1",), ["world.reference", "foo"]),
     ("unknown-world-key", ("+world.foo=1",), ["world", "foo"]),
     ("unknown-job-key", ("+job.foo=1",), ["job", "foo"]),
+    # Safety judges of job=evaluate: each entry's key is named.
+    ("judge-without-path", ("job=evaluate", "job.judges=[{kind:llamaguard}]"), ["job.judges[0].path", "None"]),
+    ("unknown-judge-kind", ("job=evaluate", "job.judges=[ground_truth,{kind:guard}]"),
+     ["job.judges[1].kind", "'guard'"]),
+    ("judge-option-of-another-kind", ("job=evaluate", "job.judges=[{kind:classifier,path:m,max_new_tokens:3}]"),
+     ["job.judges[0]", "max_new_tokens", "kind=classifier"]),
     ("unknown-root-key", ("+foo=1",), ["foo"]),
     # DeepSpeed.
     ("zero-stage-4", ("deepspeed.zero_stage=4",), ["deepspeed.zero_stage", "4"]),
@@ -486,6 +492,12 @@ def test_validation_error_names_the_key_and_the_bad_value(overrides, fragments):
     cfg = composed(*overrides)
     with pytest.raises(ConfigError, match=named(*fragments)):
         validate(cfg)
+
+
+def test_evaluate_job_judges_validate():
+    validate(composed("job=evaluate", "job.judges=[ground_truth,{kind:llamaguard,path:/m/guard,dtype:bfloat16},"
+                      "{kind:classifier,path:/m/cls,unsafe_label:LABEL_1}]"))
+    validate(composed("job=evaluate"))  # none by default
 
 
 # Rules that live in the settings dataclasses: constructed directly (not through validate), their

@@ -246,7 +246,7 @@ def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
 def test_evaluate_job_runs_the_arena_on_a_finished_run(first_run, tmp_path):
     folder, _ = first_run
     win_rate = run(composed("job=evaluate", f"job.run_dir={folder}", "job.responses_per_prompt=2",
-                            f"output_dir={tmp_path}", "logger=none"))
+                            "job.judges=[ground_truth]", f"output_dir={tmp_path}", "logger=none"))
     arena = json.loads((tmp_path / "arena.json").read_text())
     assert Path(arena["policy"]) == folder / "models" / "policy_ppo_lag"
     assert Path(arena["reference"]) == folder / "models" / "sft"
@@ -255,6 +255,10 @@ def test_evaluate_job_runs_the_arena_on_a_finished_run(first_run, tmp_path):
     truth = next(r for r in arena["rows"] if r["judge"] == "ground truth" and r["model"] == "policy")
     assert win_rate == pytest.approx(truth["reward_win_rate"])
     assert len(arena["samples"]) == 16 * 2  # every world prompt, two responses each
+    # the safety judge (the world's ground truth) agrees with the arena's ground-truth safe rate
+    (summary,) = arena["safety_judges"]["policy"]["summaries"]
+    assert summary["judge"] == "ground_truth" and summary["num_responses"] == 32
+    assert summary["safe_share"] == pytest.approx(truth["safe_rate"])
 
 
 def _history_without_timings(result: dict) -> list[dict]:

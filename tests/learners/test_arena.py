@@ -12,7 +12,11 @@ the self-arena's reward, an untrained score model given as a folder (so the aren
 * The other policy, on two ranks (exercising the split and the padded last call): every score is
   recomputed here from the returned texts with the world's ground truth, every row from the
   samples, the KL of every sample with the two models loaded in this process, and the reference's
-  responses must equal the one-rank self-arena's (the samples depend on the seed, not the ranks)."""
+  responses must equal the one-rank self-arena's (the samples depend on the seed, not the ranks).
+* Safety judges in that run: the world's ground truth (unsafe exactly when the true cost is > 0)
+  and a tiny sequence classifier saved in Hugging Face format, served by a two-rank JudgeGroup
+  that the arena starts and stops; its P(unsafe) equals the classifier run in this process, and
+  the report's safe shares and agreement follow from the verdicts."""
 
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ from saferl.data.world import (
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.eval.arena import SCORERS_JUDGE, TRUTH_JUDGE, ArenaResult
 from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
+from saferl.eval.judge_report import cohens_kappa
+from saferl.eval.judge_settings import JudgeSettings
+from saferl.eval.judges import build_judge
 from saferl.learners.scorers import WorldOracleScorer
 from saferl.models import (
     ModelSpec,
@@ -80,8 +87,31 @@ def reward_model_dir(tmp_path_factory, sft_dir, tokenizer) -> Path:
     return save_score_model(model, tokenizer, tmp_path_factory.mktemp("models") / "rm", "reward")
 
 
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random two-label GPT-2 classifier over the world's tokenizer (safe, unsafe)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64,
+        num_labels=2, id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1},
+        initializer_range=0.5, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("models") / "judge"
+    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def run(
-    policy: Path, reference: Path, tokenizer, num_ranks: int, reward_model: Path | None = None
+    policy: Path,
+    reference: Path,
+    tokenizer,
+    num_ranks: int,
+    reward_model: Path | None = None,
+    judges: tuple = (),
 ) -> ArenaResult:
     scorers: dict[str, object] = {
         kind: WorldOracleScorer(kind, tokenizer) for kind in ("reward", "cost")
@@ -100,6 +130,7 @@ def run(
         truth={kind: world_truth(kind) for kind in ("reward", "cost")},
         runtime=RUNTIME,
         group=GroupSpec(num_ranks=num_ranks, cpus_per_rank=0.25),
+        judges=judges,
     )
 
 
@@ -109,8 +140,12 @@ def self_arena(ray_cluster, sft_dir, reward_model_dir, tokenizer) -> ArenaResult
 
 
 @pytest.fixture(scope="module")
-def other_arena(ray_cluster, sft_dir, other_policy_dir, tokenizer) -> ArenaResult:
-    return run(other_policy_dir, sft_dir, tokenizer, num_ranks=2)
+def other_arena(ray_cluster, sft_dir, other_policy_dir, tokenizer, classifier_dir) -> ArenaResult:
+    judges = (
+        JudgeSettings(kind="ground_truth"),
+        JudgeSettings(kind="classifier", path=str(classifier_dir), micro_batch_size=4),
+    )
+    return run(other_policy_dir, sft_dir, tokenizer, num_ranks=2, judges=judges)
 
 
 def test_the_reference_against_itself(self_arena: ArenaResult) -> None:
@@ -263,6 +298,34 @@ def test_samples_depend_on_the_seed_not_on_the_policy_or_the_ranks(self_arena, o
     ]
     ref_self = self_arena.judgement(TRUTH_JUDGE).reference
     assert other_arena.judgement(TRUTH_JUDGE).reference == ref_self
+
+
+def test_safety_judges_in_the_arena(other_arena, classifier_dir) -> None:
+    samples = other_arena.samples
+    prompts = [s.prompt for s in samples]
+    local = build_judge(JudgeSettings(kind="classifier", path=str(classifier_dir)), local=True)
+    spread = 0.0
+    for model in ("reference", "policy"):
+        truth, classifier = other_arena.judge_verdicts[model]
+        assert (truth.judge, classifier.judge) == ("ground_truth", "classifier:judge")
+        true_costs = [getattr(s, f"true_{model}_cost") for s in samples]
+        assert truth.p_unsafe == tuple(1.0 if c > 0 else 0.0 for c in true_costs)
+        expected = local.judge(prompts, [getattr(s, f"{model}_response") for s in samples])
+        assert classifier.p_unsafe == pytest.approx(expected.p_unsafe, abs=1e-6)
+        spread = max(spread, max(expected.p_unsafe) - min(expected.p_unsafe))
+        report = other_arena.safety_judges[model]
+        truth_row = getattr(other_arena.judgement(TRUTH_JUDGE), model)
+        assert report.summaries[0].safe_share == pytest.approx(truth_row.safe_rate, abs=1e-12)
+        assert report.summaries[1].safe_share == pytest.approx(
+            sum(p <= 0.5 for p in expected.p_unsafe) / len(samples), abs=1e-12
+        )
+        agreement, kappa = cohens_kappa(truth.unsafe(), classifier.unsafe())
+        (pair,) = report.agreements
+        assert (pair.agreement, pair.kappa) == (agreement, kappa)
+    assert spread > 0.01  # the classifier tells the responses apart
+    written = other_arena.to_dict()
+    assert written["safety_judges"]["policy"]["summaries"][0]["judge"] == "ground_truth"
+    assert len(written["judge_verdicts"]["reference"][1]["p_unsafe"]) == len(samples)
 
 
 # -- errors before anything starts (no Ray) --------------------------------------------------
