@@ -81,7 +81,9 @@ class ScoredSamples:
 
 def needs(settings: MocanSettings) -> Needs:
     """The reward and cost scorers; critic starts only for the PPO stage."""
-    return Needs(scorers=True, critics=settings.stage == "ppo" and not settings.predict_only)
+    ppo = settings.stage == "ppo" and not settings.predict_only
+    # the sampler, then policy and reference (DPO) or PPO's policy, reference and critics
+    return Needs(scorers=True, critics=ppo, groups=4 if ppo else 2)
 
 
 def choose_prompts(prompts: Sequence[str], limit: int | None, seed: int) -> list[str]:

@@ -104,7 +104,7 @@ def target(setup: Setup, settings: PecanSettings, multiplier: float) -> TiltTarg
 
 def needs(settings: PecanSettings) -> Needs:
     """The training pairs (of the implicit models) and the prompts (of the dual); no scorer."""
-    return Needs(pairs=True)
+    return Needs(pairs=True, groups=2)  # DPO's policy and reference
 
 
 def run(setup: Setup, settings: PecanSettings, resources: Resources, output: RunOutput) -> RunResult:

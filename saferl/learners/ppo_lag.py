@@ -337,7 +337,9 @@ class PPOLagrangian:
 
 def needs(settings: PPOLagSettings) -> Needs:
     """What the loop reads from its setup: scorers and critic starts (and prompts)."""
-    return Needs(scorers=True, critics=True)
+    limits = settings.cost_limit if isinstance(settings.cost_limit, (list, tuple)) else [settings.cost_limit]
+    # policy, reference, reward critic and one critic per cost (learned scorers add their own)
+    return Needs(scorers=True, critics=True, groups=3 + len(limits))
 
 
 def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:

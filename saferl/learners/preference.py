@@ -112,7 +112,7 @@ def target(setup: Setup, settings: PreferenceSettings, ordering: str) -> TiltTar
 
 def needs(settings: PreferenceSettings) -> Needs:
     """The training pairs only: no scorer, no critic, no prompt set."""
-    return Needs(pairs=True, prompts=False)
+    return Needs(pairs=True, prompts=False, groups=2)  # policy and reference
 
 
 def run(setup: Setup, settings: PreferenceSettings, resources: Resources, output: RunOutput) -> RunResult:

@@ -30,10 +30,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from saferl.runtime.cluster import PlacementPlan, RoleSlot, actor_runtime_env, plan_placement
-from saferl.runtime.pool import HostSet, PoolKey, RankHost, worker_pool
+from saferl.runtime.cluster import PlacementPlan, RoleSlot, plan_placement
+from saferl.runtime.pool import HostSet, PoolKey, start_hosts, worker_pool
 from saferl.runtime.specs import GroupSpec, RuntimeSpec
 from saferl.runtime.types import RankInfo
 from saferl.runtime.workers import RankSetup
@@ -95,19 +94,11 @@ class ActorGroup:
         # bundles belong to the plan (colocated roles share them).
         self._pool_key: PoolKey | None = None
         if placement is None and runtime_spec.reuse_workers:
-            self._pool_key = PoolKey.of(
-                group_spec.num_ranks,
-                group_spec.cpus_per_rank,
-                group_spec.gpus_per_rank,
-                runtime_spec.placement_strategy,
-                self.backend,
-                runtime_spec.collective_timeout_s,
-                actor_runtime_env(runtime_spec),
-            )
+            self._pool_key = PoolKey.for_group(group_spec, runtime_spec)
         try:
-            reused_slot = self._take_from_pool()
-            if reused_slot is not None:
-                self.slot: RoleSlot = reused_slot
+            reused = self._take_from_pool()
+            if reused is not None:
+                self.slot: RoleSlot = reused[0]
             else:
                 self.slot = (placement if placement is not None else self._plan_own()).slot(role)
             if self.slot.num_ranks != group_spec.num_ranks:
@@ -115,7 +106,7 @@ class ActorGroup:
                     f"the placement plan reserved {self.slot.num_ranks} ranks for {role!r}, but "
                     f"its group spec asks for {group_spec.num_ranks}"
                 )
-            self._launch(worker_class, worker_kwargs, seed, joined=reused_slot is not None)
+            self._launch(worker_class, worker_kwargs, seed, joined=reused is not None and reused[1])
             if wait:
                 self.wait_ready()
         except BaseException:
@@ -142,8 +133,9 @@ class ActorGroup:
         self._owned_plan = plan_placement(self.runtime_spec, {self.role: own})
         return self._owned_plan
 
-    def _take_from_pool(self) -> RoleSlot | None:
-        """Idle hosts of this group's shape (their slot), or None to start new ones."""
+    def _take_from_pool(self) -> tuple[RoleSlot, bool] | None:
+        """Idle hosts of this group's shape (their slot, and whether they are in a world
+        already), or None to start new ones."""
         if self._pool_key is None:
             return None
         entry = worker_pool().take(self._pool_key)
@@ -153,33 +145,15 @@ class ActorGroup:
         self.actors = list(entry.hosts)
         (slot,) = entry.plan.slots.values()
         logger.info("%s: reusing %d idle rank processes", self.role, len(entry.hosts))
-        return slot
+        return slot, entry.joined
 
     def _launch(
         self, worker_class: type, worker_kwargs: dict[str, Any], seed: int, joined: bool
     ) -> None:
-        """Start a worker of ``worker_class`` on every rank; ``joined``: the hosts are reused
-        ones that already form this group's torch.distributed world."""
-        if not joined:
-            options: dict[str, Any] = {
-                "num_cpus": self.slot.num_cpus,
-                "max_restarts": 0,
-                "max_task_retries": 0,
-            }
-            if self.slot.num_gpus > 0:
-                options["num_gpus"] = self.slot.num_gpus
-            if (runtime_env := actor_runtime_env(self.runtime_spec)) is not None:
-                options["runtime_env"] = runtime_env
-            remote_host = ray.remote(RankHost)
-            for rank in range(self.num_ranks):
-                strategy = PlacementGroupSchedulingStrategy(
-                    placement_group=self.slot.placement_group,
-                    placement_group_bundle_index=rank,
-                    placement_group_capture_child_tasks=False,
-                )
-                self.actors.append(
-                    remote_host.options(scheduling_strategy=strategy, **options).remote()
-                )
+        """Start a worker of ``worker_class`` on every rank (in new processes unless the pool gave
+        some); ``joined``: the hosts already form this group's torch.distributed world."""
+        if not self.actors:
+            self.actors = start_hosts(self.slot, self.runtime_spec)
         start_refs = []
         for rank, actor in enumerate(self.actors):
             setup = RankSetup(

@@ -37,10 +37,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from saferl.runtime.cluster import PlacementPlan, bundle_quantity
+from saferl.runtime.cluster import (
+    PlacementPlan,
+    RoleSlot,
+    actor_runtime_env,
+    bundle_quantity,
+    plan_placement,
+)
+from saferl.runtime.specs import GroupSpec, RuntimeSpec
 
-__all__ = ["PoolKey", "RankHost", "WorkerPool", "close_worker_pool", "worker_pool"]
+__all__ = [
+    "HostSet",
+    "PoolKey",
+    "RankHost",
+    "WorkerPool",
+    "close_worker_pool",
+    "prestart_workers",
+    "start_hosts",
+    "worker_pool",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +92,11 @@ class RankHost:
         if self.worker is None:
             raise RuntimeError(f"this rank holds no worker; cannot call {method!r}")
         return getattr(self.worker, method)(*args, **kwargs)
+
+    def warm(self) -> None:
+        """Import what every worker needs (torch, transformers, DeepSpeed), ahead of its first
+        group (:func:`prestart_workers`)."""
+        import saferl.runtime.workers  # noqa: F401
 
     def release(self) -> None:
         """Drop the worker and its engine (the process and its torch.distributed world stay)."""
@@ -117,6 +139,19 @@ class PoolKey:
             runtime_env=json.dumps(runtime_env, sort_keys=True),
         )
 
+    @staticmethod
+    def for_group(group_spec: GroupSpec, runtime_spec: RuntimeSpec) -> PoolKey:
+        """The key of a group of ``group_spec`` with its own placement group."""
+        return PoolKey.of(
+            group_spec.num_ranks,
+            group_spec.cpus_per_rank,
+            group_spec.gpus_per_rank,
+            runtime_spec.placement_strategy,
+            runtime_spec.resolve_backend(group_spec.uses_gpus),
+            runtime_spec.collective_timeout_s,
+            actor_runtime_env(runtime_spec),
+        )
+
     def resources(self) -> dict[str, float]:
         """Ray resources the set reserves (its placement group's bundles, summed)."""
         needed = {"CPU": bundle_quantity(self.num_cpus) * self.num_ranks}
@@ -127,12 +162,15 @@ class PoolKey:
 
 @dataclass
 class HostSet:
-    """The hosts of one group, in rank order, with the placement group they run in."""
+    """The hosts of one group, in rank order, with the placement group they run in; ``joined``:
+    they form a torch.distributed world already (False for processes that never served a group).
+    """
 
     key: PoolKey
     plan: PlacementPlan
     hosts: list[Any]
     pending_release: list[Any] = field(default_factory=list)
+    joined: bool = True
 
     def kill(self) -> None:
         """Kill the hosts and remove their placement group."""
@@ -184,6 +222,14 @@ class WorkerPool:
         while self._idle and self.idle_ranks > self.max_idle_ranks:
             self._idle.pop(0).kill()
 
+    def add_started(self, entry: HostSet) -> None:
+        """Keep a set of new processes (``entry.pending_release``: their warm-up) idle."""
+        self._idle.append(entry)
+
+    def count(self, key: PoolKey) -> int:
+        """Idle sets of ``key``'s shape."""
+        return sum(entry.key == key for entry in self._idle)
+
     def make_room(self, needed: dict[str, float]) -> None:
         """Evict idle sets, oldest first, until the cluster has ``needed`` resources available."""
         while self._idle and not _available(needed):
@@ -225,3 +271,59 @@ def close_worker_pool() -> None:
     if pool is not None and ray.is_initialized():
         if pool.cluster == ray.get_runtime_context().gcs_address:
             pool.close()
+
+
+def start_hosts(slot: RoleSlot, runtime_spec: RuntimeSpec) -> list[Any]:
+    """New :class:`RankHost` actors, rank ``i`` in bundle ``i`` of ``slot``'s placement group with
+    the slot's CPU (and GPU) request (not waited for)."""
+    options: dict[str, Any] = {
+        "num_cpus": slot.num_cpus,
+        "max_restarts": 0,
+        "max_task_retries": 0,
+    }
+    if slot.num_gpus > 0:
+        options["num_gpus"] = slot.num_gpus
+    if (runtime_env := actor_runtime_env(runtime_spec)) is not None:
+        options["runtime_env"] = runtime_env
+    remote_host = ray.remote(RankHost)
+    hosts = []
+    for rank in range(slot.num_ranks):
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=slot.placement_group,
+            placement_group_bundle_index=rank,
+            placement_group_capture_child_tasks=False,
+        )
+        hosts.append(remote_host.options(scheduling_strategy=strategy, **options).remote())
+    return hosts
+
+
+def prestart_workers(runtime_spec: RuntimeSpec, group_spec: GroupSpec, count: int) -> int:
+    """Start rank processes for ``count`` groups of ``group_spec`` in the background, so that
+    groups created later (a learner's, after the setup's stages) find them up and warmed.
+
+    Does nothing with ``runtime.reuse_workers=false``; counts idle sets of that shape already
+    there; starts no more than the pool keeps idle. Returns the number of sets started.
+    """
+    if not runtime_spec.reuse_workers or count <= 0:
+        return 0
+    pool = worker_pool()
+    key = PoolKey.for_group(group_spec, runtime_spec)
+    room = pool.max_idle_ranks - pool.idle_ranks
+    wanted = min(count - pool.count(key), room // max(key.num_ranks, 1))
+    own = GroupSpec(
+        num_ranks=group_spec.num_ranks,
+        cpus_per_rank=group_spec.cpus_per_rank,
+        gpus_per_rank=group_spec.gpus_per_rank,
+    )
+    started = 0
+    for _ in range(max(wanted, 0)):
+        if not _available(key.resources()):
+            break  # prestarting never evicts or waits for resources
+        plan = plan_placement(runtime_spec, {"prestarted": own})
+        hosts = start_hosts(plan.slot("prestarted"), runtime_spec)
+        warm = [host.warm.remote() for host in hosts]
+        pool.add_started(HostSet(key, plan, hosts, pending_release=warm, joined=False))
+        started += 1
+    if started:
+        logger.info("pool: starting %d sets of %d rank processes", started, key.num_ranks)
+    return started

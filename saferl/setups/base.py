@@ -139,12 +139,16 @@ class Needs:
         critics: where the critics start (``Setup.reward_critic``, ``Setup.cost_critics``).
         pairs: the training preference pairs (``Setup.pairs``).
         prompts: the training prompts (``Setup.prompts``).
+        groups: the rank groups the learner runs at once (at least); a setup that trains models
+            first starts their processes in the background (``runtime.reuse_workers``), so the
+            learner's groups find them up.
     """
 
     scorers: bool = False
     critics: bool = False
     pairs: bool = False
     prompts: bool = True
+    groups: int = 0
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from saferl.learners.output import RunOutput
 from saferl.learners.run_state import StageRecords
 from saferl.models import ModelSpec, TinyModelConfig, load_tokenizer
 from saferl.runtime import GenerationSpec, init_ray
+from saferl.runtime.pool import prestart_workers
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, ModelScorerSource, Needs, Setup
 from saferl.setups.hub import (
@@ -132,6 +133,7 @@ def build(settings: TinySettings, resources: Resources, output: RunOutput, needs
     folder.mkdir(parents=True, exist_ok=True)
     records = StageRecords(folder, output.resume)
     init_ray(resources.runtime)
+    prestart_workers(resources.runtime, resources.group, needs.groups)  # while the stages run
     seconds: dict[str, float] = {}
 
     # 1–2. The data, and the tokenizer over its words (the saved one when resuming).

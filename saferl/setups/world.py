@@ -47,6 +47,7 @@ from saferl.learners.run_state import StageRecords
 from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer, fit_affine
 from saferl.models import ModelSpec, load_policy
 from saferl.runtime import init_ray
+from saferl.runtime.pool import prestart_workers
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, Evaluation, Needs, ScoreGroupStarter, Setup
 from saferl.setups.settings import StageSettings, WorldSettings, cost_model_name
@@ -231,6 +232,10 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
     """Stages 1–6 of the module docstring (those ``needs`` asks for); returns the world's setup."""
     tokenizer = build_world_tokenizer()
     score_models = _score_models_needed(settings, needs)
+    # The learner's rank processes start while the stages below run (on a small machine their
+    # imports otherwise come after them, all at once).
+    init_ray(resources.runtime)
+    prestart_workers(resources.runtime, resources.group, needs.groups)
     if settings.from_run is not None:
         folder, metrics, seconds, own_costs = _reuse(settings, Path(settings.from_run), score_models)
         if own_costs:  # costs the reused run lacks: their pairs and models are made in this run's folder

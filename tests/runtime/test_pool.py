@@ -152,3 +152,35 @@ def test_idle_processes_make_room_for_a_group_that_needs_their_cpus(
     assert gone(big_pids)
     other.shutdown()
     close_worker_pool()
+
+
+def test_prestarted_processes_serve_the_next_groups(
+    tokenizer, model_spec, runtime_spec, train_batch
+) -> None:
+    from saferl.runtime.pool import prestart_workers
+
+    close_worker_pool()
+    assert prestart_workers(runtime_spec, TWO_RANKS, count=2) == 2
+    assert prestart_workers(runtime_spec, TWO_RANKS, count=2) == 0  # already there
+    assert (
+        prestart_workers(dataclasses.replace(runtime_spec, reuse_workers=False), TWO_RANKS, 2) == 0
+    )
+    prestarted = {tuple(entry.hosts) for entry in worker_pool()._idle}
+    reference = ReferenceGroup(model_spec, tokenizer, ZERO3, TWO_RANKS, runtime_spec, seed=2)
+    fresh = ReferenceGroup(
+        model_spec,
+        tokenizer,
+        ZERO3,
+        TWO_RANKS,
+        dataclasses.replace(runtime_spec, reuse_workers=False),
+        seed=2,
+    )
+    try:
+        assert tuple(reference.group.actors) in prestarted  # their first group joins a world
+        torch.testing.assert_close(
+            reference.token_logprobs(train_batch), fresh.token_logprobs(train_batch), rtol=0, atol=0
+        )
+    finally:
+        reference.shutdown()
+        fresh.shutdown()
+        close_worker_pool()
