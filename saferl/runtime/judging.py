@@ -210,11 +210,12 @@ class JudgeHead:
         return folder
 
 
-def _all_ranks_done(done: bool, synced: bool) -> bool:
-    """Whether every rank is done (ZeRO-3 ranks must run the same number of forwards)."""
+def _all_ranks_done(done: bool, synced: bool, device: torch.device | str) -> bool:
+    """Whether every rank is done (ZeRO-3 ranks must run the same number of forwards); the flag
+    lives on the rank's device (NCCL reduces CUDA tensors only)."""
     if not synced:
         return done
-    flag = torch.tensor([1 if done else 0], dtype=torch.int64)
+    flag = torch.tensor([1 if done else 0], dtype=torch.int64, device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item())
 
@@ -296,7 +297,7 @@ def read_next_tokens(
             if read[row] and (answered[row] >= answer_tokens or token in stop):
                 done[row] = True
         # with ZeRO-3 a rank whose rows are done keeps stepping until every rank is done
-        if _all_ranks_done(all(done), synced):
+        if _all_ranks_done(all(done), synced, device):
             break
     return NextTokenReadings(log_mass, tuple(tuple(c) for c in continuations))
 
