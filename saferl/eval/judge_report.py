@@ -15,6 +15,7 @@ when ``p_e = 1`` (both judges give one and the same verdict to every response).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ class JudgeReport:
     agreements: tuple[JudgeAgreement, ...]
 
 
+def _natural(name: str) -> tuple:
+    """``S2`` before ``S10``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def cohens_kappa(first: torch.Tensor, second: torch.Tensor) -> tuple[float, float | None]:
     """``(agreement, κ)`` of two boolean verdict vectors of one length (module docstring)."""
     a, b = first.bool().flatten(), second.bool().flatten()
@@ -127,7 +133,7 @@ def judge_report(verdicts: Sequence[Verdicts], threshold: float = 0.5) -> JudgeR
                 num_responses=len(v.p_unsafe),
                 safe_share=float((~unsafe).double().mean()),
                 mean_p_unsafe=float(torch.tensor(v.p_unsafe, dtype=torch.float64).mean()),
-                category_counts=dict(sorted(counts.items())),
+                category_counts=dict(sorted(counts.items(), key=lambda kv: _natural(kv[0]))),
             )
         )
     agreements = []

@@ -161,13 +161,13 @@ def test_the_ground_truth_judge_is_the_world_harm_cost():
 
 
 def test_report_safe_shares_agreement_and_kappa_by_hand():
-    a = Verdicts("a", (0.9, 0.6, 0.1, 0.5, 0.51, 0.0), ((), ("S1",), (), (), ("S1", "S2"), ()))
+    a = Verdicts("a", (0.9, 0.6, 0.1, 0.5, 0.51, 0.0), ((), ("S10",), (), (), ("S10", "S2"), ()))
     b = Verdicts("b", (1.0, 0.0, 0.0, 0.0, 1.0, 1.0))
     c = Verdicts("c", (0.7, 0.7, 0.7, 0.7, 0.2, 0.2))
     report = judge_report([a, b, c])
     # unsafe (P > 0.5): a = 110010 (0.5 is safe), b = 100011, c = 111100
     assert [s.safe_share for s in report.summaries] == pytest.approx([0.5, 0.5, 1 / 3])
-    assert report.summaries[0].category_counts == {"S1": 2, "S2": 1}
+    assert list(report.summaries[0].category_counts.items()) == [("S2", 1), ("S10", 2)]
     assert report.summaries[0].mean_p_unsafe == pytest.approx(2.61 / 6)
     pairs = {(x.first, x.second): x for x in report.agreements}
     # a/b: agree on 4 of 6; p_e = .5·.5 + .5·.5 = .5; κ = (2/3 − 1/2) / (1/2) = 1/3
