@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a further Hydra override for every run (repeatable), e.g. learner.preference.steps=20",
+        help="a further Hydra override for every run (repeatable; every row's config must have the key), e.g. cost_limit=-1.0",
     )
     args = parser.parse_args(argv)
 
