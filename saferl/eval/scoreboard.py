@@ -566,7 +566,7 @@ def plot_board(board: Sequence[BoardRow], title: str) -> Figure:
             alpha=0.7,
         )
     axes.plot(
-        [], [], color="grey", marker="x", linestyle="none", label="× a learner's own exact target"
+        [], [], color="grey", marker="x", linestyle="none", label="a learner's own exact target"
     )
     axes.axvline(
         FEASIBILITY_TOLERANCE,
