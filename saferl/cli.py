@@ -416,8 +416,9 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     """The exceptions whose message says all: config, data and command-line mistakes."""
     from saferl.config import ConfigError
     from saferl.data.errors import DataError
+    from saferl.learners.run_state import RunFolderInUseError
 
-    return (UsageError, ConfigError, DataError)
+    return (UsageError, ConfigError, DataError, RunFolderInUseError)
 
 
 def resume_command(task_overrides: list[str], run_folder: Path, hydra_folder: Path, multirun: bool) -> str:

@@ -138,6 +138,8 @@ def preflight(overrides: Sequence[str], multirun: bool = False) -> None:
             config = validate(cfg)
         except ConfigError as error:
             raise UsageError(prefix + str(error)) from error
+        if not multirun and len(jobs) == 1 and config.job in ("train", "evaluate"):
+            _check_run_folder(cfg, job, config)
         if repr(config.setup) in checked_data:  # a sweep's jobs mostly share their data
             continue
         checked_data.add(repr(config.setup))
@@ -147,6 +149,25 @@ def preflight(overrides: Sequence[str], multirun: bool = False) -> None:
         # which name their config key.
         except (ValueError, FileNotFoundError, NotADirectoryError) as error:
             raise UsageError(prefix + str(error)) from error
+
+
+def _check_run_folder(cfg: DictConfig, overrides: Sequence[str], config) -> None:
+    """A fresh run pointed at a folder holding another run is refused here, before Hydra writes
+    its ``.hydra/`` files there (they would replace the other run's ``overrides.yaml``)."""
+    from pathlib import Path
+
+    from saferl.learners.run_state import RunFolderInUseError, claim_run_folder
+
+    folder = config.output_dir
+    if folder is None:
+        try:
+            folder = Path(str(OmegaConf.select(compose(overrides), "hydra.run.dir")))
+        except Exception:  # a run folder named by an interpolation only Hydra's run resolves
+            return
+    try:
+        claim_run_folder(folder, config.resume)
+    except RunFolderInUseError as error:
+        raise UsageError(str(error)) from error
 
 
 def resumed_hydra_subdir(overrides: Sequence[str]) -> str | None:

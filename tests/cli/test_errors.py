@@ -181,3 +181,16 @@ def test_a_mistake_in_a_section_is_found_without_importing_torch_or_ray(override
     error, loaded = completed.stdout.strip().splitlines()
     assert message in error
     assert loaded == "[]"
+
+
+def test_a_fresh_run_in_a_folder_holding_a_run_is_refused_before_hydra_writes_there(tmp_path):
+    """The other run's files, its ``.hydra/overrides.yaml`` included, stay as they were."""
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- debug=tiny\n")
+    (folder / "summary.json").write_text("{}")
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    completed, _ = saferl("debug=tiny", "seed=5", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert_usage_error(completed, f"{folder} already holds a run (summary.json); pass resume=auto to "
+                                  "continue it, or choose another folder (nothing was changed)")
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
