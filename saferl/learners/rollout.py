@@ -11,7 +11,6 @@ One call turns prompts into a scored :class:`~saferl.learners.types.Experience`:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -86,32 +85,28 @@ class ExperienceMaker:
         # 1. Generate.
         generated = self.policy.generate(prompt_batch, replace(self.generation, seed=seed))
         batch = generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
-        # 2 and 4 are calls to different groups that do not depend on each other: they run side by
-        # side (one driver thread per group; each group still gets one call, so the numbers are
-        # those of calling them in turn) while the scorers of step 3 run here.
-        groups = [self.policy, self.reference, self.reward_critic, *self.cost_critics]
-        distinct = len({id(group) for group in groups}) == len(groups)
-        with ThreadPoolExecutor(max_workers=len(groups) if distinct else 1) as pool:
-            # 2. Log-probs of the samples under the policy and the reference.
-            old_logprobs = pool.submit(self.policy.token_logprobs, batch)
-            ref_logprobs = pool.submit(self.reference.token_logprobs, batch)
-            # 4. Critic values of each action.
-            values = [pool.submit(critic.values, batch) for critic in groups[2:]]
-            # 3. Scores at the end of each response.
-            reward_scores = self.reward_scorer.score(batch, prompts)[:, 0].float()
-            rows = batch.input_ids.shape[0]
-            if self.cost_scorers:
-                cost_scores = torch.cat(
-                    [scorer.score(batch, prompts).float() for scorer in self.cost_scorers], dim=-1
-                )
-            else:
-                cost_scores = torch.zeros(rows, 0)
-            old_logprobs = old_logprobs.result().float()
-            ref_logprobs = ref_logprobs.result().float()
-            values = [values_before_tokens(future.result().float()) for future in values]
-        reward_values = values[0]
+        # 2. Log-probs of the samples under the policy and the reference.
+        old_logprobs = self.policy.token_logprobs(batch).float()
+        ref_logprobs = self.reference.token_logprobs(batch).float()
+        # 3. Scores at the end of each response.
+        reward_scores = self.reward_scorer.score(batch, prompts)[:, 0].float()
+        rows = batch.input_ids.shape[0]
+        if self.cost_scorers:
+            cost_scores = torch.cat(
+                [scorer.score(batch, prompts).float() for scorer in self.cost_scorers], dim=-1
+            )
+        else:
+            cost_scores = torch.zeros(rows, 0)
+        # 4. Critic values of each action.
+        reward_values = values_before_tokens(self.reward_critic.values(batch).float())
         if self.cost_critics:
-            cost_values = torch.stack(values[1:], dim=-1)
+            cost_values = torch.stack(
+                [
+                    values_before_tokens(critic.values(batch).float())
+                    for critic in self.cost_critics
+                ],
+                dim=-1,
+            )
         else:
             cost_values = torch.zeros(*batch.input_ids.shape, 0)
         return Experience(
