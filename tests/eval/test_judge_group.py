@@ -85,6 +85,14 @@ def test_the_llamaguard_judge_on_two_ranks_gives_the_one_process_verdicts(llama)
     assert any(len(c) > 1 for c in local_readings.continuations)
     probabilities = group_readings.probabilities(), local_readings.probabilities()
     assert torch.allclose(*probabilities, atol=1e-6, rtol=0)
+    # Rows that stop early (on a frequent first token) and rows that run to 6 tokens. (The tiny
+    # model's parameters are below ZeRO-3's persistence threshold, so its forwards hold no
+    # collective: a broken lock-step would not hang here; with a 352-wide Llama it times out.)
+    stop = [local_readings.continuations[0][0]]
+    group_readings = group.next_token_readings(rows, sets, max_new_tokens=6, stop_token_ids=stop)
+    local_readings = local.next_token_readings(rows, sets, max_new_tokens=6, stop_token_ids=stop)
+    assert group_readings.continuations == local_readings.continuations
+    assert {len(c) for c in local_readings.continuations} >= {1, 6}
 
 
 def test_the_rbr_grader_on_two_ranks_gives_grade_with_lm(llama):
