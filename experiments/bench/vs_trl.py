@@ -64,7 +64,7 @@ class BenchSettings:
 
     batch: int = 16
     new_tokens: int = 3
-    updates: int = 8
+    updates: int = 12
     lr: float = 1e-5
     kl: float = 0.01
     seed: int = 0
