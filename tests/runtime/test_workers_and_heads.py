@@ -5,7 +5,7 @@ tokenising collators.
 * Same weights, either engine kind: a trainable and an inference engine give identical
   token log-probs (policy head) and end scores (score head).
 * A head picks what ``forward`` returns; only a policy head generates.
-* ``import saferl.runtime`` loads no collator or template module.
+* ``import saferl.runtime`` and every name it exports load no collator or template module.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def test_the_runtime_modules_import_the_batches_not_the_collators() -> None:
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["saferl.data"] = package
         import saferl.runtime
+        for name in saferl.runtime.__all__:  # the package's names load on first use
+            getattr(saferl.runtime, name)
         """
     )
     assert "saferl.runtime.roles" in loaded and "saferl.runtime.workers" in loaded
@@ -70,7 +72,14 @@ def test_the_runtime_modules_import_the_batches_not_the_collators() -> None:
 
 
 def test_importing_the_runtime_loads_no_collator_or_template() -> None:
-    loaded = _modules_after("import saferl.runtime")
+    # Every name the package exports is loaded, since they load on first use (PEP 562).
+    loaded = _modules_after(
+        """
+        import saferl.runtime
+        for name in saferl.runtime.__all__:
+            getattr(saferl.runtime, name)
+        """
+    )
     assert "saferl.runtime.workers" in loaded
     assert not loaded & {"saferl.data.collators", "saferl.data.templates"}
 
