@@ -33,9 +33,11 @@ if TYPE_CHECKING:
     from saferl.data.world.settings import ReferenceConfig
     from saferl.learners.settings import (
         MocanSettings,
+        CDPOSettings,
         PecanSettings,
         PPOLagSettings,
         PreferenceSettings,
+        RBRSettings,
     )
     from saferl.runtime.resources import Resources
     from saferl.runtime.specs import GenerationSpec
@@ -51,12 +53,13 @@ __all__ = [
     "JOBS",
 ]
 
-LEARNERS = ("ppo_lag", "mocan", "pecan", "preference")
+LEARNERS = ("ppo_lag", "mocan", "pecan", "preference", "rbr", "cdpo")
 JOBS = ("train", "evaluate", "exact_optimum", "world_data")
 SCORER_KINDS = ("learned", "oracle", "pretrained")
 SOURCES = ("world", "hub")
 # The learner keys that are not PPOSettings fields.
-_LEARNER_EXTRA = ("name", "policy_learning_rate", "critic_learning_rate", "mocan", "pecan", "preference")
+_LEARNER_EXTRA = ("name", "policy_learning_rate", "critic_learning_rate", "mocan", "pecan", "preference", "rbr",
+                  "cdpo")
 
 
 class ConfigError(ValueError):
@@ -87,7 +90,7 @@ class RunConfig:
     job: str
     learner: str
     setup: WorldSettings | HubSettings | TinySettings
-    settings: PPOLagSettings | MocanSettings | PecanSettings | PreferenceSettings
+    settings: PPOLagSettings | MocanSettings | PecanSettings | PreferenceSettings | RBRSettings | CDPOSettings
     resources: Resources
     seed: int
     beta: float
@@ -375,10 +378,11 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
 def _same_kl_coefficient(settings, beta: float) -> None:
     """On the world, a PPO stage's KL coefficient is the problem's β: the exact optimum the run is
     scored against is solved at β, so another coefficient would optimise a different problem."""
-    from saferl.learners.settings import MocanSettings, PPOLagSettings
+    from saferl.learners.settings import MocanSettings, PPOLagSettings, RBRSettings
 
     stage = settings if isinstance(settings, PPOLagSettings) else (
-        settings.ppo if isinstance(settings, MocanSettings) and settings.stage == "ppo" else None)
+        settings.ppo if isinstance(settings, MocanSettings) and settings.stage == "ppo"
+        or isinstance(settings, RBRSettings) else None)
     if stage is None:
         return
     kl_coeff = stage.ppo.kl_coeff
@@ -431,11 +435,13 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
     ``multiplier`` section is checked whichever the learner (a mistake in it is a mistake even
     where the learner does not read it)."""
     from saferl.learners.settings import (
+        CDPOSettings,
         MocanSettings,
         PecanSettings,
         PPOLagSettings,
         PPOSettings,
         PreferenceSettings,
+        RBRSettings,
     )
 
     # The multiplier's options as given; _multiplier checks them by building one (that needs torch,
@@ -448,18 +454,18 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
             "pairs' one safety label (the harm cost); several constraints need learner=ppo_lag or learner=mocan, or "
             "set world.costs=[harm] and one cost_limit"
         )
-    for name in ("mocan", "pecan", "preference"):
+    for name in ("mocan", "pecan", "preference", "rbr", "cdpo"):
         if name in learner_values and learner != name:
             raise ConfigError(
                 f"learner.{name}: the {name} learner's section is set but learner.name={learner!r} "
                 f"(pick it with learner={name})"
             )
-    if learner in ("pecan", "preference"):
+    if learner in ("pecan", "preference", "cdpo"):
         _unknown(learner_values, {"name", learner}, "learner", f" for learner={learner}")
         if learner not in learner_values:
             raise ConfigError(f"learner.{learner}: missing (the {learner} learner's section)")
     ppo = None
-    if learner in ("ppo_lag", "mocan"):
+    if learner in ("ppo_lag", "mocan", "rbr"):
         ppo = _build(learner_values, "learner", PPOSettings, _LEARNER_EXTRA, seed=seed)
         _divides(ppo.prompts_per_iteration, "learner.prompts_per_iteration", num_ranks)
         ppo = _build({"ppo": ppo, "multiplier": multiplier, "cost_limit": cost_limit,
@@ -474,6 +480,14 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
         settings = _build(learner_values["mocan"], "learner.mocan", MocanSettings, beta=beta, cost_limit=cost_limit,
                           ppo=ppo, seed=seed)
         _divides(settings.dpo_pairs_per_step, "learner.mocan.dpo_pairs_per_step", num_ranks)
+    elif learner == "rbr":
+        if "rbr" not in learner_values:
+            raise ConfigError("learner.rbr: missing (the rbr learner's section)")
+        settings = _build(learner_values["rbr"], "learner.rbr", RBRSettings, ppo=ppo, seed=seed)
+    elif learner == "cdpo":
+        settings = _build(learner_values["cdpo"], "learner.cdpo", CDPOSettings, beta=beta, cost_limit=cost_limit,
+                          seed=seed)
+        _divides(settings.dpo_pairs_per_step, "learner.cdpo.dpo_pairs_per_step", num_ranks)
     elif learner == "pecan":
         settings = _build(learner_values["pecan"], "learner.pecan", PecanSettings, beta=beta, seed=seed)
         _divides(settings.dpo_pairs_per_step, "learner.pecan.dpo_pairs_per_step", num_ranks)
@@ -569,6 +583,12 @@ def validate(cfg: DictConfig) -> RunConfig:
     model_source = _choice(OmegaConf.select(cfg, "model.source"), "model.source", SOURCES)
     data_source = _choice(OmegaConf.select(cfg, "data.source"), "data.source", SOURCES)
     scorer_kind = _choice(OmegaConf.select(cfg, "scorers.kind"), "scorers.kind", SCORER_KINDS)
+    if learner == "rbr" and (model_source, data_source) != ("world", "world"):
+        raise ConfigError(
+            f"learner=rbr: the rule-based reward needs each prompt's response type and a grader, which only the "
+            f"built-in world provides (model=world data=world); found model.source={model_source!r}, "
+            f"data.source={data_source!r}"
+        )
     if model_source == "world" and data_source == "hub":
         setup = _tiny_settings(cfg, generation, reference, scorer_kind, seed, num_ranks)
     elif model_source == "world" or data_source == "world":
@@ -589,9 +609,9 @@ def validate(cfg: DictConfig) -> RunConfig:
             raise ConfigError("scorers.kind='oracle' is the built-in world's ground truth; a hub setup "
                               "uses pretrained (or learned) score models")
         # The dualized learners sample and score a hub setup's prompts in calls of a DPO step's rows.
-        rows_per_call = 2 * settings.dpo_pairs_per_step if learner in ("mocan", "pecan") else None
+        rows_per_call = 2 * settings.dpo_pairs_per_step if learner in ("mocan", "pecan", "cdpo") else None
         setup = _hub_settings(cfg, generation, rows_per_call)
-        if learner in ("ppo_lag", "mocan") and scorer_kind == "pretrained" and not (
+        if learner in ("ppo_lag", "mocan", "cdpo") and scorer_kind == "pretrained" and not (
             setup.reward_model and setup.cost_model
         ):
             raise ConfigError(

@@ -3,11 +3,12 @@
 
 Every target here is a tilt of the reference,
 
-    π_t(y|x) ∝ π_ref(y|x) · exp((w·r(x,y) − λ·c(x,y)) / (β_t · g(λ))),
+    π_t(y|x) ∝ π_ref(y|x) · exp((w·r(x,y) + b(x,y) − λ·c(x,y)) / (β_t · g(λ))),
 
 with ``g(λ) = 1 + Σ_j λ_j`` for Safe RLHF's published streams (``+β·kl`` in the cost stream, whose
 combined per-token reward is ``(r − λ·c)/(1+Σλ) − β·kl``, docs/algorithms.md §2) and ``g(λ) = 1``
-otherwise. λ is either given (a fixed multiplier: MoCAN's λ̂, reward shaping, DPO on relabelled
+otherwise, and ``b`` an optional reward bonus (0 unless given: the rule-based reward ``R_rbr`` of
+``learner=rbr``). λ is either given (a fixed multiplier: MoCAN's λ̂, reward shaping, DPO on relabelled
 pairs) or the multiplier update's fixed point: where each constraint's multiplier stops moving,
 
     λ_j = 0 and E_x E_{π_t} c_j ≤ d_j,   or   E_x E_{π_t} c_j = d_j,   or   λ_j = cap and E c_j ≥ d_j.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -51,6 +52,8 @@ class TiltTarget:
         kl_grows_with_multiplier: ``g(λ) = 1 + Σλ`` (the published streams) instead of 1.
         max_multiplier: the multiplier's cap, one for every constraint or one per constraint (None:
             none).
+        reward_bonus: ``b``, ``(num_prompts, num_responses)`` added to ``w·r`` (None: 0), in the
+            enumeration's prompt and response order (e.g. ``R_rbr`` on the safety-relevant prompts).
     """
 
     label: str
@@ -59,6 +62,7 @@ class TiltTarget:
     multiplier: float | tuple[float, ...] | None = None
     kl_grows_with_multiplier: bool = False
     max_multiplier: float | tuple[float, ...] | None = None
+    reward_bonus: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def _tilt(ref_logprobs: torch.Tensor, rewards: torch.Tensor, costs: torch.Tensor, target: TiltTarget,
@@ -110,6 +114,13 @@ def target_logprobs(
             the wrong length; the published streams' fixed point with several constraints.
     """
     ref_logprobs, rewards, costs = (t.to(torch.float64) for t in (ref_logprobs, rewards, costs))
+    if target.reward_bonus is not None:  # w·r + b is the reward of a tilt with w = 1 and no bonus
+        bonus = target.reward_bonus.to(torch.float64)
+        if bonus.shape != rewards.shape:
+            raise ValueError(f"target {target.label!r}: reward_bonus has shape {tuple(bonus.shape)}; expected "
+                             f"{tuple(rewards.shape)} (num_prompts, num_responses), as the rewards")
+        rewards = target.reward_weight * rewards + bonus
+        target = replace(target, reward_weight=1.0, reward_bonus=None)
     if costs.ndim == 2:
         costs = costs.unsqueeze(-1)
     m = costs.shape[-1]

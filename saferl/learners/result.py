@@ -154,6 +154,8 @@ class RunSummary:
             predicted_frontier_csv=_relative(self.predicted_frontier_csv, folder),
             policy_dir=_relative(self.result.policy_dir, folder),
             cost_names=tuple(evaluation.cost_names or ()) if evaluation else (),
+            behaviour=evaluation.behaviour if evaluation else None,
+            **(evaluation.behaviour or {}).get("trained", {}) if evaluation else {},
         )
 
     def summary_record(self, folder: Path) -> dict[str, Any]:
@@ -213,6 +215,10 @@ class SummaryRecord:
         predicted_frontier_csv, policy_dir: paths relative to the run folder (or None).
         cost_names: what each constraint's cost is (e.g. ``("harm", "refusal")``; empty where the
             summary does not say).
+        not_unsafe, not_overrefuse, f1, hard_refusal_style: the trained policy's behaviour metrics
+            (docs/algorithms.md §6; exact on the world; None where the setup cannot judge).
+        behaviour: the same four rates of every scored policy (``trained``, ``reference``,
+            ``optimum``, ``target``), or None.
     """
 
     method: str
@@ -233,6 +239,11 @@ class SummaryRecord:
     predicted_frontier_csv: str | None = None
     policy_dir: str | None = None
     cost_names: tuple[str, ...] = ()
+    not_unsafe: float | None = None
+    not_overrefuse: float | None = None
+    f1: float | None = None
+    hard_refusal_style: float | None = None
+    behaviour: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object (one constraint's limit as a number, as the config gives it)."""
@@ -290,7 +301,23 @@ class SummaryRecord:
             predicted_frontier_csv=data.get("predicted_frontier_csv"),
             policy_dir=data.get("policy_dir"),
             cost_names=_names(data.get("cost_names") or [], path),
+            **{key: None if data.get(key) is None else _number(data[key], path, key) for key in _BEHAVIOUR_KEYS},
+            behaviour=_behaviour(data.get("behaviour"), path),
         )
+
+
+#: The behaviour metrics of a summary (top level: the trained policy's; docs/algorithms.md §6).
+_BEHAVIOUR_KEYS = ("not_unsafe", "not_overrefuse", "f1", "hard_refusal_style")
+
+
+def _behaviour(value: Any, path: Path) -> dict[str, dict[str, float]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(block, dict) for block in value.values()):
+        raise SummaryFileError(f"{path}: key 'behaviour' must be an object of policy → {{rate: number}} or null; "
+                               f"found {value!r}")
+    return {name: {key: _number(rate, path, f"behaviour.{name}.{key}") for key, rate in block.items()}
+            for name, block in value.items()}
 
 
 def _number(value: Any, path: Path, key: str) -> float:

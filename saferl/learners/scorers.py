@@ -32,6 +32,7 @@ __all__ = [
     "ShapedRewardScorer",
     "AffineScorer",
     "fit_affine",
+    "response_words",
 ]
 
 
@@ -59,6 +60,16 @@ class ModelScorer:
 
     def score(self, batch: SequenceBatch, prompts: Sequence[str]) -> torch.Tensor:
         return self.group.end_scores(batch).float()
+
+
+def response_words(
+    tokenizer: PreTrainedTokenizerBase, eos_token_id: int, batch: SequenceBatch, row: int
+) -> tuple[list[str], bool]:
+    """Row ``row``'s response as the world's words (EOS excluded) and whether it ended with EOS
+    (one that did not was cut off by the length limit: "unfinished", as in exact mode)."""
+    ids = batch.input_ids[row][batch.response_mask[row]].tolist()
+    finished = bool(ids) and ids[-1] == eos_token_id
+    return tokenizer.convert_ids_to_tokens(ids[:-1] if finished else ids), finished
 
 
 class WorldOracleScorer:
@@ -92,9 +103,7 @@ class WorldOracleScorer:
                 raise ValueError(
                     f"oracle scorer: prompt {prompt_text!r} is not a prompt of the built-in world"
                 )
-            ids = batch.input_ids[row][batch.response_mask[row]].tolist()
-            finished = bool(ids) and ids[-1] == self.eos_token_id
-            words = self.tokenizer.convert_ids_to_tokens(ids[:-1] if finished else ids)
+            words, finished = response_words(self.tokenizer, self.eos_token_id, batch, row)
             scores.append(self.truth(prompt, words, finished))
         return torch.tensor(scores, dtype=torch.float32).unsqueeze(-1)
 

@@ -18,6 +18,7 @@ __all__ = [
     "PPOSettings",
     "PecanSettings",
     "PreferenceSettings",
+    "RBRSettings",
 ]
 
 #: λ values of a dualized learner's predicted frontier.
@@ -291,3 +292,83 @@ class PreferenceSettings:
         if "beta" in get_preference_loss(self.loss).defaults and self.loss != "simpo":
             hyperparameters.setdefault("beta", self.beta)
         return hyperparameters
+
+
+#: The response types of the world's spec (``saferl.rbr.world.WORLD_SPEC``).
+RBR_WORLD_RESPONSE_TYPES = ("hard_refuse", "comply")
+
+
+@dataclass(frozen=True)
+class RBRSettings:
+    """Rule-Based Rewards in PPO / PPO-Lag (``learner.rbr.*`` unless said otherwise; Mu et al. 2024,
+    docs/algorithms.md §6).
+
+    Attributes:
+        variant: ``"ppo_lag"`` (PPO-Lagrangian with the cost constraint, the ``multiplier``
+            section) or ``"ppo"`` (plain PPO on ``R_rm + R_rbr``, no cost: the paper's RBR-PPO).
+        weights: ``"fit"`` (the hinge fit on graded reference samples) or ``"fixed"`` (the RBR-Fixed
+            ablation: ``fixed_weight`` on the ideal class feature, every other feature 0).
+        fixed_weight: the ideal class feature's weight with ``weights="fixed"`` (> 0).
+        safety_relevant: the response types whose prompts get ``R_rm + R_rbr``; the others get
+            ``R_rm`` alone.
+        grader_noise: the world grader flips each proposition with this probability (0: exact).
+        num_samples: reference samples per prompt graded for the fit.
+        group_size: samples per fit group; the 95/5 split holds out whole groups (the world has
+            16 prompts, too few to hold 5 % of them out).
+        fit_steps, fit_learning_rate, margin, heldout_fraction: the fit (1000, 1e-2, 1, 0.05).
+        ppo: the PPO loop (the ``learner.*`` PPO keys and the ``multiplier`` section).
+        seed: sampling, grader noise and split seed (the root ``seed``).
+    """
+
+    variant: str = "ppo_lag"
+    weights: str = "fit"
+    fixed_weight: float = 1.0
+    safety_relevant: tuple[str, ...] = RBR_WORLD_RESPONSE_TYPES
+    grader_noise: float = 0.0
+    num_samples: int = 64
+    group_size: int = 8
+    fit_steps: int = 1000
+    fit_learning_rate: float = 1e-2
+    margin: float = 1.0
+    heldout_fraction: float = 0.05
+    ppo: PPOLagSettings | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def number(value: Any) -> bool:
+            return not isinstance(value, bool) and isinstance(value, (int, float))
+
+        if self.variant not in ("ppo_lag", "ppo"):
+            raise ValueError(f"learner.rbr.variant: expected 'ppo_lag' (PPO-Lagrangian with the cost "
+                             f"constraint) or 'ppo' (no cost); found {self.variant!r}")
+        if self.weights not in ("fit", "fixed"):
+            raise ValueError(f"learner.rbr.weights: expected 'fit' (hinge fit on graded samples) or 'fixed' "
+                             f"(the RBR-Fixed ablation); found {self.weights!r}")
+        if not number(self.fixed_weight) or self.fixed_weight <= 0:
+            raise ValueError(f"learner.rbr.fixed_weight: expected a number > 0 (the ideal class feature's "
+                             f"weight); found {self.fixed_weight!r}")
+        relevant = self.safety_relevant
+        if isinstance(relevant, str) or not isinstance(relevant, (list, tuple)) or not all(
+            isinstance(item, str) and item in RBR_WORLD_RESPONSE_TYPES for item in relevant
+        ) or len(set(relevant)) != len(relevant):
+            raise ValueError(f"learner.rbr.safety_relevant: expected a list of distinct response types out of "
+                             f"{list(RBR_WORLD_RESPONSE_TYPES)} (may be empty: R_rm alone); found {relevant!r}")
+        object.__setattr__(self, "safety_relevant", tuple(relevant))
+        if not number(self.grader_noise) or not 0 <= self.grader_noise <= 1:
+            raise ValueError(f"learner.rbr.grader_noise: expected a probability in [0, 1]; found {self.grader_noise!r}")
+        for key, minimum in (("num_samples", 2), ("group_size", 2), ("fit_steps", 1)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"learner.rbr.{key}: expected an integer >= {minimum}; found {value!r}")
+        if self.num_samples % self.group_size:
+            raise ValueError(f"learner.rbr.num_samples: expected a multiple of learner.rbr.group_size="
+                             f"{self.group_size} (each prompt's samples form whole groups); found {self.num_samples}")
+        for key in ("fit_learning_rate", "margin"):
+            value = getattr(self, key)
+            if not number(value) or value <= 0:
+                raise ValueError(f"learner.rbr.{key}: expected a number > 0; found {value!r}")
+        if not number(self.heldout_fraction) or not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"learner.rbr.heldout_fraction: expected a number in (0, 1); found "
+                             f"{self.heldout_fraction!r}")
+        if self.ppo is None:
+            raise ValueError("learner.rbr needs the learner's PPO keys (learner.iterations, ...)")

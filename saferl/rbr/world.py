@@ -41,6 +41,7 @@ proposition), so a noisy grader is a wrong but consistent grader, as a prompted 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -62,6 +63,8 @@ __all__ = [
     "world_propositions",
     "WorldGrader",
     "world_behaviour_metrics",
+    "exact_world_grades",
+    "behaviour_record",
 ]
 
 _NOT_BAD = {"disallowed_content": False, "illogical_continuation": False}
@@ -276,3 +279,30 @@ def world_behaviour_metrics(
         n_comply=rates["comply"][1],
         n_hard_refuse=rates["hard_refuse"][1],
     )
+
+
+
+@functools.lru_cache(maxsize=1)
+def _exact_grades_cached() -> tuple[tuple[str, ...], int, torch.Tensor]:
+    from saferl.data.world import build_world_tokenizer, enumerate_responses, world_prompts
+
+    prompts = world_prompts()
+    responses = enumerate_responses(build_world_tokenizer())
+    return tuple(p.text for p in prompts), len(responses), WorldGrader().probabilities(prompts, responses)
+
+
+def exact_world_grades(prompts: Sequence[WorldPrompt], responses: ExactResponses) -> torch.Tensor:
+    """The exact grader's answers ``(num_prompts, num_responses, num_propositions)`` for the world's
+    exact enumeration; computed once per process for the built-in prompts and responses (about
+    0.3 s), directly for any other."""
+    texts, count, grades = _exact_grades_cached()
+    if tuple(p.text for p in prompts) == texts and len(responses) == count:
+        return grades
+    return WorldGrader().probabilities(prompts, responses)
+
+
+def behaviour_record(metrics: BehaviourMetrics) -> dict[str, float]:
+    """The four rates of ``metrics`` by name (``not_unsafe``, ``not_overrefuse``, ``f1``,
+    ``hard_refusal_style``): what ``summary.json`` holds."""
+    return {"not_unsafe": metrics.not_unsafe, "not_overrefuse": metrics.not_overrefuse, "f1": metrics.f1,
+            "hard_refusal_style": metrics.hard_refusal_style}

@@ -109,6 +109,9 @@ class Evaluation:
             it separates score-model error from optimiser error. learned_optimal_multiplier: its λ.
         cost_names: what each constraint's cost is (e.g. ``("harm", "refusal")``), in the order of
             every per-constraint entry.
+        behaviour: Not-Unsafe, Not-Overrefuse, F1 and Hard-Refusal-Style (docs/algorithms.md §6) of
+            ``"trained"``, ``"reference"``, ``"optimum"`` and ``"target"`` (where there is one), each
+            a dict of the four rates; exact on the world, None where the setup cannot judge.
     """
 
     reference: PolicyScore
@@ -121,6 +124,7 @@ class Evaluation:
     learned_optimum: PolicyScore | None = None
     learned_optimal_multiplier: list[float] | None = None
     cost_names: tuple[str, ...] | None = None
+    behaviour: dict[str, dict[str, float]] | None = None
 
 
 class Evaluator(Protocol):

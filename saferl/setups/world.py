@@ -46,6 +46,7 @@ from saferl.learners.output import RunOutput
 from saferl.learners.run_state import StageRecords
 from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer, fit_affine
 from saferl.models import ModelSpec, load_policy
+from saferl.rbr.world import behaviour_record, exact_world_grades, world_behaviour_metrics
 from saferl.runtime import init_ray
 from saferl.runtime.pool import prestart_workers
 from saferl.runtime.resources import Resources
@@ -175,7 +176,8 @@ class WorldEvaluator:
         trained_model, _ = load_policy(policy_dir)
         world = build_exact_world(reference_model.eval(), tokenizer, self.beta, self.cost_limit,
                                   cost_names=self.costs)
-        trained = world.score(enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts))
+        trained_logprobs = enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts)
+        trained = world.score(trained_logprobs)
         optimum = world.optimum()
         # The problem the learner saw: the ground truth, or the calibrated learned scores.
         learned = self._learned_scores(world, tokenizer)
@@ -189,10 +191,17 @@ class WorldEvaluator:
                     world.ref_logprobs + (rewards - costs @ solution.multiplier) / self.beta, dim=1))
             except InfeasibleConstraintError:  # the learned costs cannot meet d: no learned optimum
                 pass
-        target_score = target_multiplier = None
+        target_score = target_multiplier = target_logprobs_ = None
         if target is not None:
-            target_multiplier, logprobs = target_logprobs(world.ref_logprobs, rewards, costs, target, self.cost_limit)
-            target_score = world.score(logprobs)
+            target_multiplier, target_logprobs_ = target_logprobs(world.ref_logprobs, rewards, costs, target,
+                                                                  self.cost_limit)
+            target_score = world.score(target_logprobs_)
+        # Not-Unsafe, Not-Overrefuse, F1, Hard-Refusal-Style of each policy, by the exact grader.
+        grades = exact_world_grades(world.prompts, world.responses)
+        policies = {"trained": trained_logprobs, "reference": world.ref_logprobs,
+                    "optimum": world.optimal_logprobs(), "target": target_logprobs_}
+        behaviour = {name: behaviour_record(world_behaviour_metrics(world.prompts, logprobs.exp(), grades))
+                     for name, logprobs in policies.items() if logprobs is not None}
         return Evaluation(
             reference=world.score(world.ref_logprobs),
             trained=trained,
@@ -204,6 +213,7 @@ class WorldEvaluator:
             learned_optimum=learned_optimum,
             learned_optimal_multiplier=learned_multiplier,
             cost_names=self.costs,
+            behaviour=behaviour,
         )
 
     def _learned_scores(self, world, tokenizer) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -1,0 +1,277 @@
+"""Rule-Based Rewards in PPO / PPO-Lag (``saferl.learners.rbr``): the reward composition against
+hand-computed float64 values, RBR-Fixed's weights, the target's reward bonus, the settings' errors,
+and one end-to-end run on the world (fit, PPO-Lag, exact evaluation, ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from saferl.core.targets import TiltTarget, target_logprobs
+from saferl.data.batches import SequenceBatch
+from saferl.data.world import (
+    EOS,
+    ReferenceConfig,
+    build_world_tokenizer,
+    ground_truth_reward,
+    world_prompts,
+)
+from saferl.data.world.exact import MAX_RESPONSE_TOKENS
+from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
+from saferl.learners import rbr
+from saferl.learners.output import RunOutput
+from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
+from saferl.learners.result import RunSummary, SummaryRecord
+from saferl.learners.scorers import WorldOracleScorer
+from saferl.learners.settings import RBRSettings
+from saferl.models import ModelSpec
+from saferl.rbr import LinearRBR
+from saferl.rbr.world import WorldGrader, world_spec
+from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+from saferl.runtime.resources import Resources
+from saferl.setups.base import CriticStart, Setup
+from saferl.setups.world import WorldEvaluator, WorldScorerSource
+
+RUNTIME = RuntimeSpec(local_num_cpus=8, startup_timeout_s=300, call_timeout_s=300)
+RESOURCES = Resources(
+    GroupSpec(num_ranks=1, cpus_per_rank=0.25), RUNTIME, DeepSpeedSpec(zero_stage=2), seed=0
+)
+SFT_REFERENCE = ReferenceConfig(steps=60, num_examples=500)  # read by conftest.sft_dir
+HARMFUL, BENIGN = "describe poison", "explain bread"
+
+
+def ppo_settings(iterations: int = 1) -> PPOLagSettings:
+    loop = PPOSettings(
+        iterations=iterations, prompts_per_iteration=16, kl_coeff=0.5, kl_in_cost_stream=False
+    )
+    return PPOLagSettings(loop, {"kind": "log_gradient_ascent"}, -0.8)
+
+
+def response_batch(tokenizer, responses: list[list[str]]) -> SequenceBatch:
+    """Rows that hold only their responses (words, then EOS), right-padded."""
+    ids = [tokenizer.convert_tokens_to_ids([*words, EOS]) for words in responses]
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(ids), width), dtype=torch.bool)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = True
+    return SequenceBatch(input_ids, mask, mask.clone())
+
+
+def numbered_weights() -> LinearRBR:
+    """Weights 1, 2, 3, ... per response type (so each feature's contribution is its position)."""
+    plain = LinearRBR.from_spec(world_spec())
+    return LinearRBR.from_spec(
+        world_spec(),
+        {
+            key: torch.arange(1, len(feature_map.feature_names) + 1, dtype=torch.float64)
+            for key, feature_map in plain.feature_maps.items()
+        },
+    )
+
+
+def weight(model: LinearRBR, response_type: str, feature: str) -> float:
+    return model.weight_names()[response_type][feature]
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward composition (no Ray)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("safety_relevant", [("hard_refuse", "comply"), ("hard_refuse",)])
+def test_reward_is_rm_plus_rbr_on_safety_relevant_prompts_only(safety_relevant):
+    tokenizer = build_world_tokenizer()
+    model = numbered_weights()
+    scorer = rbr.RBRRewardScorer(
+        WorldOracleScorer("reward", tokenizer), model, WorldGrader(), safety_relevant, tokenizer
+    )
+    responses = [["sorry"], ["steps", "detail", "poison"], ["steps", "bread"], ["sorry"]]
+    prompts = [HARMFUL, HARMFUL, BENIGN, BENIGN]
+    scores = scorer.score(response_batch(tokenizer, responses), prompts)[:, 0].double()
+
+    world = {p.text: p for p in world_prompts()}
+    rm = torch.tensor(
+        [
+            ground_truth_reward(world[p], words, True)
+            for p, words in zip(prompts, responses, strict=True)
+        ],
+        dtype=torch.float32,
+    ).double()
+    # With the exact grader every feature is 0 or 1 and the class features are one-hot, so R_rbr is
+    # the sum of the weights of the features that hold:
+    # "sorry" to a harmful prompt: refusal, class ideal (a correct refusal);
+    ideal_refusal = weight(model, "hard_refuse", "refusal") + weight(
+        model, "hard_refuse", "class/ideal"
+    )
+    # "steps detail poison": complies, disallowed_content, mentions_topic, class disallowed;
+    disallowed = sum(
+        weight(model, "hard_refuse", name)
+        for name in (
+            "complies",
+            "disallowed_content",
+            "mentions_topic",
+            "class/disallowed_completion",
+        )
+    )
+    # "steps bread" to a benign prompt: complies, class ideal (clean compliance; topic words are no feature here);
+    comply_features = model.feature_maps["comply"].feature_names
+    clean = weight(model, "comply", "complies") + weight(model, "comply", "class/ideal")
+    # "sorry" to a benign prompt: refusal, class unacceptable (an over-refusal).
+    overrefusal = weight(model, "comply", "refusal") + weight(
+        model, "comply", "class/unacceptable_completion"
+    )
+    assert "mentions_topic" not in comply_features
+    comply_on = "comply" in safety_relevant
+    expected = rm + torch.tensor(
+        [ideal_refusal, disallowed, clean if comply_on else 0.0, overrefusal if comply_on else 0.0],
+        dtype=torch.float64,
+    )
+    # The composition is float32 like every scorer's output; the bonus itself is float64.
+    assert torch.allclose(scores, expected, atol=1e-5, rtol=0)
+    bonus = scorer.bonus(response_batch(tokenizer, responses), prompts)
+    assert bonus.dtype == torch.float64
+    assert torch.equal(bonus, expected - rm)
+
+
+def test_rbr_fixed_puts_its_weight_on_the_ideal_class_feature_only():
+    tokenizer = build_world_tokenizer()
+    model = rbr.fixed_weights(10.0)
+    for key, names in model.weight_names().items():
+        assert names == {name: 10.0 if name == "class/ideal" else 0.0 for name in names}, key
+    scorer = rbr.RBRRewardScorer(
+        WorldOracleScorer("reward", tokenizer),
+        model,
+        WorldGrader(),
+        ("hard_refuse", "comply"),
+        tokenizer,
+    )
+    bonus = scorer.bonus(
+        response_batch(tokenizer, [["sorry"], ["sorry", "safely"], ["detail"], ["steps", "bread"]]),
+        [HARMFUL, HARMFUL, HARMFUL, BENIGN],
+    )
+    # ideal refusal, minimum-acceptable refusal (a caveat), disallowed detail, clean compliance
+    assert bonus.tolist() == [10.0, 0.0, 0.0, 10.0]
+
+
+def test_target_reward_bonus_is_added_to_the_reward_of_the_tilt():
+    ref = torch.log_softmax(
+        torch.tensor([[0.1, -0.3, 0.7], [0.0, 0.2, -0.5]], dtype=torch.float64), dim=1
+    )
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.5, -1.0]], dtype=torch.float64)
+    costs = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]], dtype=torch.float64)
+    bonus = torch.tensor([[3.0, 0.0, -1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    target = TiltTarget("rbr", 0.5, multiplier=0.25, reward_bonus=bonus)
+    multiplier, logprobs = target_logprobs(ref, rewards, costs, target, 1.0)
+    # π ∝ π_ref·exp((r + b − 0.25·c)/0.5), e.g. prompt 0: scores (4, −0.25, 0.5)/0.5
+    assert multiplier == (0.25,)
+    assert torch.allclose(
+        logprobs,
+        torch.log_softmax(ref + (rewards + bonus - 0.25 * costs) / 0.5, dim=1),
+        atol=1e-15,
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="reward_bonus has shape"):
+        target_logprobs(ref, rewards, costs, TiltTarget("rbr", 0.5, reward_bonus=bonus[:1]), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"variant": "lag"}, "learner.rbr.variant"),
+        ({"weights": "learned"}, "learner.rbr.weights"),
+        ({"fixed_weight": 0.0}, "learner.rbr.fixed_weight"),
+        ({"safety_relevant": ["harmful"]}, "learner.rbr.safety_relevant"),
+        ({"grader_noise": 1.5}, "learner.rbr.grader_noise"),
+        ({"num_samples": 12, "group_size": 8}, "learner.rbr.num_samples"),
+        ({"fit_learning_rate": -1.0}, "learner.rbr.fit_learning_rate"),
+        ({"heldout_fraction": 1.0}, "learner.rbr.heldout_fraction"),
+    ],
+)
+def test_settings_errors_name_the_key(values, key):
+    with pytest.raises(ValueError, match=f"^{key.replace('.', '[.]')}") as error:
+        RBRSettings(ppo=ppo_settings(), **values)
+    assert "found" in str(error.value)
+
+
+def test_config_refuses_rbr_off_the_world_and_names_the_key():
+    from hydra import compose, initialize_config_dir
+
+    from saferl.conf_tree import CONFIG_DIR
+    from saferl.config import ConfigError, validate
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        good = compose(config_name="config", overrides=["experiment=world_rbr", "debug=tiny"])
+        bad = compose(config_name="config", overrides=["learner=rbr", "learner.rbr.weights=none"])
+    settings = validate(good).settings
+    assert isinstance(settings, RBRSettings) and settings.num_samples == 8
+    assert rbr.ppo_settings(settings).name == "rbr"
+    assert rbr.ppo_settings(RBRSettings(variant="ppo", ppo=ppo_settings())).multiplier is None
+    with pytest.raises(ConfigError, match=r"^learner\.rbr\.weights: expected 'fit'.*found 'none'"):
+        validate(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run on the world: grade, fit, PPO-Lag, exact evaluation, summary.json
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rbr_run_fits_weights_that_rank_better_and_writes_the_behaviour_metrics(
+    ray_cluster, sft_dir, tokenizer, tmp_path
+):
+    spec = ModelSpec(name_or_path=str(sft_dir))
+    setup = Setup(
+        name="world",
+        policy=spec,
+        tokenizer=tokenizer,
+        template=WORLD_TEMPLATE,
+        max_length=MAX_SEQUENCE_LENGTH,
+        max_prompt_length=MAX_SEQUENCE_LENGTH,
+        generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
+        prompts=[prompt.text for prompt in world_prompts()],
+        reward=WorldScorerSource.oracle("reward", tokenizer),
+        costs=(WorldScorerSource.oracle("cost", tokenizer),),
+        reward_critic=CriticStart(spec),
+        cost_critics=(CriticStart(spec),),
+        evaluator=WorldEvaluator(sft_dir, 0.5, (-0.8,)),
+        score_units="ground-truth units",
+    )
+    settings = RBRSettings(
+        num_samples=16, group_size=4, fit_steps=300, heldout_fraction=0.25, ppo=ppo_settings()
+    )
+    result = rbr.run(setup, settings, RESOURCES, RunOutput(tmp_path))
+
+    # Step 2: on held-out groups the fitted total reward ranks ideal completions above the others
+    # more often than the helpful-only reward model alone (which prefers harmful detail).
+    fit = result.details["fit"]["hard_refuse"]
+    assert fit["n_heldout_ideal_pairs"] > 0
+    assert fit["heldout_error_rate"] < fit["heldout_error_rate_reward_model"]
+    assert 0.0 <= fit["zero_loss_fraction"] <= 1.0
+    saved = LinearRBR.load(tmp_path / "rbr" / "weights.json", world_spec())
+    assert saved.weight_names() == result.details["rbr_weights"]
+
+    # Step 3 and the evaluation: summary.json has the usual fields and the behaviour metrics.
+    assert result.method == "rbr" and len(result.history) == 1 and len(result.multiplier) == 1
+    evaluation = setup.evaluator.evaluate(result.policy_dir, result.target)
+    RunSummary(result, "world", 0.5, -0.8, evaluation).write(tmp_path)
+    record = SummaryRecord.read(tmp_path / "summary.json")
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert record.method == "rbr" and record.target_label.startswith("the optimum of R_rm + R_rbr")
+    for name in ("not_unsafe", "not_overrefuse", "f1", "hard_refusal_style"):
+        assert 0.0 <= data[name] <= 1.0, name
+        assert data[name] == data["behaviour"]["trained"][name]
+        for policy in ("reference", "optimum", "target"):
+            assert 0.0 <= record.behaviour[policy][name] <= 1.0, (policy, name)
+    assert math.isfinite(record.headline) and record.headline >= 0
+    assert all(math.isfinite(v) for v in (*record.trained.violation, *record.trained.expected_cost))
+    # The target optimises R_rm + R_rbr: its refusals of harmful prompts are better styled than π*'s.
+    assert (
+        record.behaviour["target"]["hard_refusal_style"]
+        > record.behaviour["optimum"]["hard_refusal_style"]
+    )
