@@ -22,10 +22,13 @@ pecan_published     ``saferl learner=pecan learner.pecan.consistent=false`` (rea
 dpo                 ``saferl learner=preference`` (helpfulness pairs; reads no scorer)
 safe_nca            ``saferl experiment=world_safe_nca`` (reads no scorer)
 bfpo                ``saferl experiment=world_bfpo`` (reads no scorer)
+rbr                 ``saferl learner=rbr`` (PPO-Lag on ``R_rm + R_rbr``, the RBR fitted on graded
+                    reference samples; its target is the optimum of ``R_rm + R_rbr``, not π*)
 ==================  ==============================================================================
 
 and, asked for by name: ``ppo_lag_published`` (``learner.kl_in_cost_stream=true``), ``ppo``
-(``multiplier=fixed multiplier.value=0``: unconstrained PPO) and ``ipo``.
+(``multiplier=fixed multiplier.value=0``: unconstrained PPO), ``ipo`` and ``rbr_fixed``
+(``learner=rbr learner.rbr.weights=fixed``: the RBR-Fixed ablation).
 
 A learner that reads no scorer (``needs(settings).scorers`` is false) runs once per seed, in the
 row ``scorers = not read``, instead of twice with the same result.
@@ -44,7 +47,7 @@ run), ``scoreboard.csv`` (the aggregated table), ``scoreboard.md`` (the table as
 scorers drawn apart). ``--reuse`` keeps every finished run (and resumes an unfinished one from its
 last checkpoint), so an interrupted scoreboard continues where it stopped.
 
-Run (the full board: 3 seeds × 10 learners, both scorers where read):
+Run (the full board: 3 seeds × 11 learners, both scorers where read):
 ``python experiments/bench/exact_optimum.py --reuse``; a smoke check:
 ``python experiments/bench/exact_optimum.py --quick --seeds 1 --learners ppo_lag,dpo --output /tmp/board``.
 """
@@ -116,6 +119,12 @@ LEARNERS = {
     "dpo": Learner("dpo (helpful)", ("learner=preference",)),
     "safe_nca": Learner("safe_nca", ("experiment=world_safe_nca",)),
     "bfpo": Learner("bfpo", ("experiment=world_bfpo",)),
+    "rbr": Learner(
+        "rbr (PPO-Lag, fitted)",
+        ("learner=rbr",),
+        ppo_iterations=True,
+        note="targets the optimum of R_rm + R_rbr at β (multiplier fixed point), not π*",
+    ),
     # Asked for by name only.
     "ppo_lag_published": Learner(
         "ppo_lag (published streams)", ("learner.kl_in_cost_stream=true",), ppo_iterations=True
@@ -124,6 +133,12 @@ LEARNERS = {
         "ppo (unconstrained)", ("multiplier=fixed", "multiplier.value=0.0"), ppo_iterations=True
     ),
     "ipo": Learner("ipo (helpful)", ("learner=preference", "learner.preference.loss=ipo")),
+    "rbr_fixed": Learner(
+        "rbr-fixed (PPO-Lag)",
+        ("learner=rbr", "learner.rbr.weights=fixed"),
+        ppo_iterations=True,
+        note="targets the optimum of R_rm + R_rbr (fixed weights) at β, not π*",
+    ),
 }
 DEFAULT_LEARNERS = (
     "ppo_lag",
@@ -136,6 +151,7 @@ DEFAULT_LEARNERS = (
     "dpo",
     "safe_nca",
     "bfpo",
+    "rbr",
 )
 SCORERS = ("oracle", "learned")
 
