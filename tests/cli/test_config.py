@@ -34,6 +34,7 @@ from saferl.learners.mocan import MocanSettings
 from saferl.learners.pecan import PecanSettings
 from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
 from saferl.learners.preference import PreferenceSettings
+from saferl.learners.settings import RBRSettings
 from saferl.runtime.resources import Resources
 from saferl.setups.hub import HubSettings
 from saferl.setups.world import WorldSettings
@@ -67,6 +68,7 @@ WORLD_PRESETS = {  # preset -> (learner, preference loss or None)
     "world_bfpo": ("preference", "bfpo"),
     "world_safe_nca": ("preference", "safe_nca"),
     "world_two_costs": ("ppo_lag", None),
+    "world_rbr": ("rbr", None),
 }
 ALPACA = "PKU-Alignment/alpaca-7b-reproduced"
 # The type of ``RunConfig.settings`` for each learner.
@@ -75,6 +77,7 @@ SETTINGS = {
     "mocan": MocanSettings,
     "pecan": PecanSettings,
     "preference": PreferenceSettings,
+    "rbr": RBRSettings,
 }
 
 
@@ -91,7 +94,7 @@ def ppo_of(run: RunConfig) -> PPOSettings | None:
     own, MoCAN's through its PPO-Lagrangian stage; None for PeCAN and the preference losses."""
     if isinstance(run.settings, PPOLagSettings):
         return run.settings.ppo
-    if isinstance(run.settings, MocanSettings):
+    if isinstance(run.settings, MocanSettings | RBRSettings):
         assert isinstance(run.settings.ppo, PPOLagSettings)
         return run.settings.ppo.ppo
     assert not hasattr(run.settings, "ppo"), type(run.settings)
@@ -324,14 +327,14 @@ def test_world_preset_builds_the_world_setup_with_its_learner(preset):
     assert run.setup.scorers in ("learned", "oracle")
     assert run.setup.reference == run.reference
     ppo = ppo_of(run)
-    if learner in ("ppo_lag", "mocan"):
+    if learner in ("ppo_lag", "mocan", "rbr"):
         assert ppo is not None
         assert ppo.kl_coeff == cfg.beta  # the learner's KL coefficient is the problem's β
     else:
         assert ppo is None
     # The learner's own settings, and no other learner's.
     assert_settings_of(run, learner)
-    if learner != "ppo_lag":
+    if learner not in ("ppo_lag", "rbr"):
         assert run.settings.beta == cfg.beta
     if loss is not None:
         assert run.settings.loss == loss
@@ -353,8 +356,10 @@ def test_debug_tiny_shrinks_every_world_preset_and_its_learner(preset):
     assert isinstance(tiny.setup, WorldSettings) and isinstance(full.setup, WorldSettings)
     assert tiny.setup.sft.steps < full.setup.sft.steps
     assert tiny.setup.num_sft < full.setup.num_sft
-    if learner in ("ppo_lag", "mocan"):
+    if learner in ("ppo_lag", "mocan", "rbr"):
         assert ppo_of(tiny).iterations < ppo_of(full).iterations
+    if learner == "rbr":
+        assert tiny.settings.num_samples < full.settings.num_samples
     if learner in ("mocan", "pecan"):
         assert tiny.settings.num_samples < full.settings.num_samples
         assert tiny.settings.dpo_steps < full.settings.dpo_steps
