@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     # before they load.
     from saferl.data.world.settings import ReferenceConfig
     from saferl.learners.settings import (
-        MocanSettings,
         CDPOSettings,
+        MocanSettings,
         PecanSettings,
         PPOLagSettings,
         PreferenceSettings,

@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -52,6 +53,7 @@ from saferl.setups.base import Needs, Setup
 __all__ = [
     "MocanSettings",
     "ScoredSamples",
+    "build_scorers",
     "choose_prompts",
     "dualize",
     "needs",
@@ -137,6 +139,7 @@ def sample_responses(
     generation: GenerationSpec,
     resources: Resources,
     rows_per_call: int | None = None,
+    sampler: PolicyGroup | None = None,
 ) -> tuple[SequenceBatch, list[str]]:
     """K samples per prompt from ``policy`` through a sampler group.
 
@@ -147,6 +150,9 @@ def sample_responses(
         rows_per_call: sampled rows per ``generate`` call (None: all in one call). Call ``c > 0``
             samples with seed ``generation.seed + c·1000003``, so no two calls share per-row
             generators.
+        sampler: a running policy group to sample from (left running; ``policy`` is then unused),
+            e.g. C-DPO's policy between its DPO rounds; None: a sampler group started from
+            ``policy`` here and shut down after sampling.
 
     Returns:
         The sampled rows ``(P·K, seq_len)``, RIGHT-padded, prompt-major (row ``i·K + k``), and the
@@ -154,8 +160,10 @@ def sample_responses(
     """
     rows = [prompt for prompt in prompts for _ in range(num_samples)]
     pad_token_id = int(tokenizer.pad_token_id)
-    sampler = PolicyGroup(policy, tokenizer, resources.engine(0.0, resources.num_ranks), resources.group,
-                          resources.runtime, role="reference_sampler", seed=resources.seed)
+    own_sampler = sampler is None
+    if own_sampler:
+        sampler = PolicyGroup(policy, tokenizer, resources.engine(0.0, resources.num_ranks), resources.group,
+                              resources.runtime, role="reference_sampler", seed=resources.seed)
     try:
         pieces = []
         for call, index in enumerate(_row_chunks(len(rows), rows_per_call, resources.num_ranks)):
@@ -168,7 +176,8 @@ def sample_responses(
             pieces.append(SequenceBatch(batch.input_ids[:keep], batch.attention_mask[:keep],
                                         batch.response_mask[:keep]))
     finally:
-        sampler.shutdown()
+        if own_sampler:
+            sampler.shutdown()
     return _concat_sequences(pieces, pad_token_id), rows
 
 
@@ -183,6 +192,27 @@ def _scores(scorer: Scorer, batch: SequenceBatch, prompts: Sequence[str], rows_p
                               batch.response_mask[index, :width])
         scores.append(scorer.score(chunk, [prompts[i] for i in index.tolist()])[:keep, 0])
     return torch.cat(scores)
+
+
+def build_scorers(setup: Setup, resources: Resources, groups: list[ScoreGroup]) -> dict[str, Any]:
+    """The setup's ``"reward"`` scorer and its ``"cost"`` scorers (one per cost), for
+    :func:`score_samples`; every score group started is appended to ``groups`` (the caller shuts
+    them down)."""
+    started_kinds: list[str] = []
+
+    def start_score_group(spec: ModelSpec, kind: str) -> ScoreGroup:
+        # Several cost models run side by side: each group's role is distinct (cost_scorer, cost_scorer_1, ...).
+        same_kind = started_kinds.count(kind)
+        started_kinds.append(kind)
+        role = f"{kind}_scorer" + (f"_{same_kind}" if same_kind else "")
+        groups.append(ScoreGroup(spec, setup.tokenizer,
+                                 resources.engine(0.0, setup.rows_per_call or resources.num_ranks),
+                                 resources.group, resources.runtime, num_outputs=1, kind=kind,
+                                 role=role, seed=resources.seed))
+        return groups[-1]
+
+    return {"reward": setup.reward.build(start_score_group),
+            "cost": [source.build(start_score_group) for source in setup.costs]}
 
 
 def score_samples(
@@ -280,21 +310,8 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
         resources=resources, rows_per_call=rows_per_call,
     )
     groups: list[ScoreGroup] = []
-    started_kinds: list[str] = []
-
-    def start_score_group(spec: ModelSpec, kind: str) -> ScoreGroup:
-        # Several cost models run side by side: each group's role is distinct (cost_scorer, cost_scorer_1, ...).
-        same_kind = started_kinds.count(kind)
-        started_kinds.append(kind)
-        role = f"{kind}_scorer" + (f"_{same_kind}" if same_kind else "")
-        groups.append(ScoreGroup(spec, setup.tokenizer, resources.engine(0.0, rows_per_call or resources.num_ranks),
-                                 resources.group, resources.runtime, num_outputs=1, kind=kind,
-                                 role=role, seed=resources.seed))
-        return groups[-1]
-
     try:
-        scorers = {"reward": setup.reward.build(start_score_group),
-                   "cost": [source.build(start_score_group) for source in setup.costs]}
+        scorers = build_scorers(setup, resources, groups)
         samples = score_samples(batch, rows, settings.num_samples, scorers, rows_per_call=rows_per_call,
                                 num_ranks=resources.num_ranks)
     finally:

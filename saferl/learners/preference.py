@@ -47,28 +47,33 @@ def train_policy_on_pairs(
     loss: str,
     hyperparameters: Mapping[str, Any],
     resources: Resources,
-    export_dir: Path,
+    export_dir: Path | None,
     *,
     steps: int,
     pairs_per_step: int,
     learning_rate: float,
     seed: int,
     reference: ReferenceGroup | None = None,
+    policy_group: PolicyGroup | None = None,
     tracker: Tracker | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
-) -> tuple[Path, list[dict[str, float]]]:
+) -> tuple[Path | None, list[dict[str, float]]]:
     """Step 3–4: the reference log-probs of ``data`` (when the loss needs them), ``steps``
     optimizer steps of a policy group started from ``policy`` on ``loss``, and the export.
 
     Args:
         policy: the policy's start, also the reference whose log-probs are attached.
+        export_dir: where the trained policy is exported (None: not exported).
         data: the interleaved pairs (:func:`build_preference_batch` or MoCAN's relabelled samples).
         reference: a running group hosting ``policy`` to reuse (left running); None: one is
             started here and shut down with the policy.
+        policy_group: a running policy group to train (left running, e.g. C-DPO's policy, which
+            trains on round after round; its engine must take ``2 * pairs_per_step`` rows per
+            step); None: one is started from ``policy`` here and shut down after the export.
         progress: ``progress(step, metrics)`` after each step.
 
     Returns:
-        The exported policy folder and every step's metrics.
+        The exported policy folder (None without ``export_dir``) and every step's metrics.
     """
     from saferl.core.preference_losses import get_preference_loss
 
@@ -80,15 +85,16 @@ def train_policy_on_pairs(
             reference = ReferenceGroup(policy, tokenizer, resources.engine(0.0, rows), resources.group,
                                        resources.runtime, role="reference", seed=resources.seed, wait=False)
             groups.append(reference)
-        # Started in the background: it comes up while the reference scores the data.
-        policy_group = PolicyGroup(policy, tokenizer, resources.engine(learning_rate, rows), resources.group,
-                                   resources.runtime, role="policy", seed=resources.seed, wait=False)
-        groups.append(policy_group)
+        if policy_group is None:
+            # Started in the background: it comes up while the reference scores the data.
+            policy_group = PolicyGroup(policy, tokenizer, resources.engine(learning_rate, rows), resources.group,
+                                       resources.runtime, role="policy", seed=resources.seed, wait=False)
+            groups.append(policy_group)
         if spec.needs_reference:
             data = attach_reference_logps(data, reference, rows_per_call=rows)
         history = train_preference(policy_group, data, loss, hyperparameters, steps=steps,
                                    pairs_per_step=pairs_per_step, seed=seed, tracker=tracker, progress=progress)
-        return policy_group.export_hf(export_dir), history
+        return (None if export_dir is None else policy_group.export_hf(export_dir)), history
     finally:
         for group in groups:
             group.shutdown()

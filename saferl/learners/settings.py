@@ -8,11 +8,13 @@ learner's module re-exports its own (``saferl.learners.ppo_lag.PPOLagSettings``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "DEFAULT_FRONTIER_GRID",
+    "CDPOSettings",
     "MocanSettings",
     "PPOLagSettings",
     "PPOSettings",
@@ -173,6 +175,79 @@ class MocanSettings:
             )
         object.__setattr__(self, "frontier_grid", tuple(float(v) for v in self.frontier_grid))
 
+
+
+@dataclass(frozen=True)
+class CDPOSettings:
+    """C-DPO's settings (``learner.cdpo.*`` unless said otherwise; docs/algorithms.md §4).
+
+    Attributes:
+        beta: β of every round's DPO (root ``beta``): DPO on ``σ(s_0 − s_1)`` at β aims at ``π_λ``.
+        cost_limit: ``d``, one value per cost (root ``cost_limit``).
+        rounds: dual steps, each followed by one DPO round (``>= 1``).
+        num_samples: K samples per prompt from the current policy each round (even: they are
+            paired 0–1, 2–3, ...).
+        num_prompts: the sampled prompts are this many of the setup's prompts (a seeded choice kept
+            in data order; None: all of them).
+        multiplier_step_size: η of ``λ ← max(0, λ + η (E[c] − d))`` (> 0; one value, or one per cost).
+        initial_multiplier: λ before the first step (>= 0; one value, or one per cost).
+        soft_labels: DPO on ``σ(s_0 − s_1)`` itself (True) or on Bernoulli draws of it.
+        dpo_steps, dpo_pairs_per_step, dpo_learning_rate: each round's DPO.
+        evaluate_rounds: score each round's policy with the setup's evaluator where it has one (the
+            world's exact yardsticks per round; their seconds are kept apart from the rounds').
+        seed: sampling and label seed (the root ``seed``).
+    """
+
+    beta: float = 0.5
+    cost_limit: float | tuple[float, ...] = 0.0
+    rounds: int = 5
+    num_samples: int = 16
+    num_prompts: int | None = None
+    multiplier_step_size: float | tuple[float, ...] = 1.0
+    initial_multiplier: float | tuple[float, ...] = 0.0
+    soft_labels: bool = True
+    dpo_steps: int = 40
+    dpo_pairs_per_step: int = 32
+    dpo_learning_rate: float = 1e-3
+    evaluate_rounds: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def integer(key: str, minimum: int) -> int:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"learner.cdpo.{key}: expected an integer >= {minimum}; found {value!r}")
+            return value
+
+        def per_cost(key: str, positive: bool) -> tuple[float, ...]:
+            value = getattr(self, key)
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            m = len(self.cost_limit) if isinstance(self.cost_limit, (list, tuple)) else 1
+            bound = "> 0" if positive else ">= 0"
+            if len(values) not in (1, m) or not all(
+                not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                and (v > 0 if positive else v >= 0) for v in values
+            ):
+                raise ValueError(f"learner.cdpo.{key}: expected a number {bound}, or a list of {m} (one per "
+                                 f"cost); found {value!r}")
+            return tuple(float(v) for v in values)
+
+        integer("rounds", 1)
+        if integer("num_samples", 2) % 2:
+            raise ValueError(f"learner.cdpo.num_samples: expected an even integer >= 2 (the samples are paired); "
+                             f"found {self.num_samples!r}")
+        if self.num_prompts is not None:
+            integer("num_prompts", 1)
+        integer("dpo_steps", 1)
+        integer("dpo_pairs_per_step", 1)
+        object.__setattr__(self, "multiplier_step_size", per_cost("multiplier_step_size", positive=True))
+        object.__setattr__(self, "initial_multiplier", per_cost("initial_multiplier", positive=False))
+        for key in ("soft_labels", "evaluate_rounds"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"learner.cdpo.{key}: expected true or false; found {getattr(self, key)!r}")
+        rate = self.dpo_learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ValueError(f"learner.cdpo.dpo_learning_rate: expected a number > 0; found {rate!r}")
 
 
 @dataclass(frozen=True)
