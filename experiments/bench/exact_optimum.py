@@ -22,6 +22,9 @@ pecan_published     ``saferl learner=pecan learner.pecan.consistent=false`` (rea
 dpo                 ``saferl learner=preference`` (helpfulness pairs; reads no scorer)
 safe_nca            ``saferl experiment=world_safe_nca`` (reads no scorer)
 bfpo                ``saferl experiment=world_bfpo`` (reads no scorer)
+cdpo                ``saferl learner=cdpo learner.cdpo.evaluate_rounds=true`` (C-DPO: λ by projected
+                    dual ascent between DPO rounds on the current policy's relabelled samples; every
+                    round's policy scored exactly, outside its timings)
 rbr                 ``saferl learner=rbr`` (PPO-Lag on ``R_rm + R_rbr``, the RBR fitted on graded
                     reference samples; its target is the optimum of ``R_rm + R_rbr``, not π*)
 ==================  ==============================================================================
@@ -56,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -119,6 +123,11 @@ LEARNERS = {
     "dpo": Learner("dpo (helpful)", ("learner=preference",)),
     "safe_nca": Learner("safe_nca", ("experiment=world_safe_nca",)),
     "bfpo": Learner("bfpo", ("experiment=world_bfpo",)),
+    "cdpo": Learner(
+        "cdpo (dual ascent)",
+        ("learner=cdpo", "learner.cdpo.evaluate_rounds=true"),
+        note="λ by projected dual ascent over DPO rounds; target π_λ at its final λ",
+    ),
     "rbr": Learner(
         "rbr (PPO-Lag, fitted)",
         ("learner=rbr",),
@@ -151,6 +160,7 @@ DEFAULT_LEARNERS = (
     "dpo",
     "safe_nca",
     "bfpo",
+    "cdpo",
     "rbr",
 )
 SCORERS = ("oracle", "learned")
@@ -296,6 +306,83 @@ def print_dual_predictions(rows: list[RunRow]) -> None:
         print("\n".join(lines))
 
 
+def _learner_seconds(result: dict) -> float:
+    """A run's own learner seconds from its ``result.json`` (the setup's stages and the final
+    evaluation left out; C-DPO's per-round evaluations are not in its rounds' seconds)."""
+    details = result.get("details", {})
+    if details.get("rounds"):
+        return float(details["rounds"][-1]["cumulative_seconds"])
+    # MoCAN's own steps (mocan.run): reference samples and scores, the dual, the alignment.
+    return float(
+        sum(result.get("seconds", {}).get(key, 0.0) for key in ("sample", "dual", "align"))
+    )
+
+
+def cdpo_rounds_table(rows: list[RunRow]) -> str:
+    """C-DPO round by round against MoCAN's one-shot λ̂ (same seed and scorers): each round's λ, the
+    sampled E[c] it stepped on, the samples and learner seconds so far and the exact normalised
+    Lagrangian gap and violation of the round's policy; then the rounds, samples and seconds C-DPO
+    needed to reach MoCAN-DPO's gap ("not reached" within its rounds). Empty without a C-DPO run."""
+    mocan = {
+        (row.seed, row.scorers): row for row in rows if row.learner == LEARNERS["mocan_dpo"].label
+    }
+    lines = []
+    for row in rows:
+        path = Path(row.run_dir) / "result.json"
+        if row.learner != LEARNERS["cdpo"].label or not path.is_file():
+            continue
+        rounds = json.loads(path.read_text())["details"]["rounds"]
+        other = mocan.get((row.seed, row.scorers))
+        reference = None
+        if other is not None and (Path(other.run_dir) / "result.json").is_file():
+            result = json.loads((Path(other.run_dir) / "result.json").read_text())
+            details = result["details"]
+            reference = (
+                other.normalised_lagrangian_gap,
+                details["num_prompts"] * details["num_samples"],
+                _learner_seconds(result),
+                other.multiplier[0] if other.multiplier else math.nan,
+            )
+            lines.append(
+                f"| mocan dpo (one shot) | {row.scorers} | {row.seed} | 1 | {reference[3]:.4f} | — | "
+                f"{reference[1]} | {reference[2]:.1f} | {reference[0]:.4f} | "
+                f"{other.violation[0]:.4f} |"
+            )
+        reached = None
+        for record in rounds:
+            gap = record.get("normalised_lagrangian_gap", math.nan)
+            if reached is None and reference is not None and gap <= reference[0]:
+                reached = record
+            lines.append(
+                f"| cdpo round {record['round']} | {row.scorers} | {row.seed} | {record['round']} | "
+                f"{record['multiplier'][0]:.4f} | {record['expected_cost'][0]:.4f} | {record['cumulative_samples']} | "
+                f"{record['cumulative_seconds']:.1f} | {gap:.4f} | {record.get('violation', [math.nan])[0]:.4f} |"
+            )
+        if reference is not None:
+            lines.append(
+                f"| **cdpo to reach mocan's gap** | {row.scorers} | {row.seed} | "
+                + (
+                    f"{reached['round']} | {reached['multiplier'][0]:.4f} | — | {reached['cumulative_samples']} | "
+                    f"{reached['cumulative_seconds']:.1f} | {reached['normalised_lagrangian_gap']:.4f} | — |"
+                    if reached is not None
+                    else f"not reached in {len(rounds)} | — | — | — | — | — | — |"
+                )
+            )
+    if not lines:
+        return ""
+    return "\n".join(
+        [
+            "C-DPO round by round against MoCAN's one-shot λ̂ (same seed and scorers). λ: after the round's step; "
+            "E c: the sampled cost it stepped on; samples and learner s: cumulative (the setup's stages, the final "
+            "and the per-round evaluations left out; MoCAN: its sampling, dual and DPO); gap and violation: exact, "
+            "of the round's policy.",
+            "| run | scorers | seed | rounds | λ | sampled E c | samples | learner s | norm. Lagr. gap | violation |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *lines,
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -438,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print_dual_predictions(rows)
+    rounds_table = cdpo_rounds_table(rows)
+    if rounds_table:
+        (root / "cdpo_rounds.md").write_text(rounds_table + "\n")
+        paths.append(root / "cdpo_rounds.md")
+        print()
+        print(rounds_table)
     print()
     for path in paths:
         print(f"wrote {path}")

@@ -34,7 +34,7 @@ from saferl.learners.mocan import MocanSettings
 from saferl.learners.pecan import PecanSettings
 from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
 from saferl.learners.preference import PreferenceSettings
-from saferl.learners.settings import RBRSettings
+from saferl.learners.settings import CDPOSettings, RBRSettings
 from saferl.runtime.resources import Resources
 from saferl.setups.hub import HubSettings
 from saferl.setups.world import WorldSettings
@@ -69,6 +69,7 @@ WORLD_PRESETS = {  # preset -> (learner, preference loss or None)
     "world_safe_nca": ("preference", "safe_nca"),
     "world_two_costs": ("ppo_lag", None),
     "world_rbr": ("rbr", None),
+    "world_cdpo": ("cdpo", None),
 }
 ALPACA = "PKU-Alignment/alpaca-7b-reproduced"
 # The type of ``RunConfig.settings`` for each learner.
@@ -78,6 +79,7 @@ SETTINGS = {
     "pecan": PecanSettings,
     "preference": PreferenceSettings,
     "rbr": RBRSettings,
+    "cdpo": CDPOSettings,
 }
 
 
@@ -360,9 +362,11 @@ def test_debug_tiny_shrinks_every_world_preset_and_its_learner(preset):
         assert ppo_of(tiny).iterations < ppo_of(full).iterations
     if learner == "rbr":
         assert tiny.settings.num_samples < full.settings.num_samples
-    if learner in ("mocan", "pecan"):
+    if learner in ("mocan", "pecan", "cdpo"):
         assert tiny.settings.num_samples < full.settings.num_samples
         assert tiny.settings.dpo_steps < full.settings.dpo_steps
+    if learner == "cdpo":
+        assert tiny.settings.rounds < full.settings.rounds
     if learner == "preference":
         assert tiny.settings.steps < full.settings.steps
         assert tiny.settings.loss == full.settings.loss  # the preset's loss is kept
