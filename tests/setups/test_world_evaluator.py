@@ -29,3 +29,44 @@ def test_enumerated_end_scores_match_the_collated_sequences_of_finished_response
         with torch.no_grad():
             expected = end_scores(model, batch.input_ids, batch.attention_mask)[:, 0].double()
         assert torch.allclose(scores[p, finished], expected, atol=1e-5)
+
+
+def test_the_evaluator_reuses_enumerated_scores_only_while_the_score_model_is_unchanged(tmp_path):
+    """The evaluator keeps a score model's enumerated scores for the next evaluation in the process
+    (a sweep's jobs share their score models); a model saved again in the same folder is read
+    anew."""
+    from saferl.models import save_score_model
+    from saferl.setups.world import WorldEvaluator, WorldScorerSource
+
+    tokenizer = build_world_tokenizer()
+    spec = ModelSpec(tiny=TinyModelConfig(vocab_size=len(tokenizer), max_position_embeddings=32))
+    prompts = world_prompts()[:2]
+    responses = enumerate_responses(tokenizer)
+
+    def saved(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        model = build_score_model(spec, tokenizer).eval()
+        save_score_model(model, tokenizer, tmp_path / "reward_model", overwrite=True)
+        return enumerate_end_scores(model, tokenizer, prompts, responses)
+
+    class World:  # what _learned_scores reads of the exact world
+        pass
+
+    world = World()
+    world.prompts, world.responses = prompts, responses
+    calibration = {"scale": 2.0, "shift": -1.0}
+    source = WorldScorerSource("reward", "learned", tmp_path / "reward_model", True, [], tokenizer, 1,
+                               calibration=calibration)
+    cost = WorldScorerSource("cost", "learned", tmp_path / "reward_model", True, [], tokenizer, 1,
+                             calibration={"scale": 1.0, "shift": 0.0})
+    evaluator = WorldEvaluator(tmp_path, 0.5, (-0.8,), "learned", (source, cost))
+    first_scores = saved(0)
+    rewards, costs = evaluator._learned_scores(world, tokenizer)
+    torch.testing.assert_close(rewards, 2.0 * first_scores - 1.0, rtol=0, atol=1e-12)
+    again, _ = evaluator._learned_scores(world, tokenizer)
+    assert torch.equal(again, rewards)
+    second_scores = saved(1)  # another model in the same folder
+    assert not torch.allclose(second_scores, first_scores)
+    rewards, costs = evaluator._learned_scores(world, tokenizer)
+    torch.testing.assert_close(rewards, 2.0 * second_scores - 1.0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(costs[..., 0], second_scores, rtol=0, atol=1e-12)

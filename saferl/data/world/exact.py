@@ -22,6 +22,7 @@ several (``cost_names``, e.g. harm and refusal: m = 2).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -389,6 +390,20 @@ class ExactWorld:
         return (self.ref_logprobs.exp() * self.rewards).sum(1).mean().item()
 
 
+@functools.lru_cache(maxsize=8)
+def _ground_truth_table(
+    function, prompts: tuple[WorldPrompt, ...], words: tuple[tuple[str, ...], ...], finished: tuple[bool, ...]
+) -> torch.Tensor:
+    """``function(prompt, words, finished)`` of every enumerated response of every prompt, ``(num_prompts,
+    num_responses)`` float64. Kept per process: the ground truth is a pure function of the words, and
+    evaluating it in Python for the 16 × 5220 responses is most of an evaluation's second (a sweep's
+    jobs, or a test session, build the same world many times). Callers get a copy."""
+    return torch.tensor(
+        [[function(p, w, done) for w, done in zip(words, finished, strict=True)] for p in prompts],
+        dtype=torch.float64,
+    )
+
+
 def build_exact_world(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -407,16 +422,10 @@ def build_exact_world(
     cost_names = check_cost_names(cost_names, "cost_names")
     limits = cost_limits(cost_limit, len(cost_names))
     responses = enumerate_responses(tokenizer)
-    finished = responses.finished.tolist()
+    finished = tuple(responses.finished.tolist())
 
     def table(function) -> torch.Tensor:  # (num_prompts, num_responses)
-        return torch.tensor(
-            [
-                [function(p, words, done) for words, done in zip(responses.words, finished, strict=True)]
-                for p in prompts
-            ],
-            dtype=torch.float64,
-        )
+        return _ground_truth_table(function, tuple(prompts), responses.words, finished).clone()
 
     rewards = table(ground_truth_reward)
     costs = torch.stack([table(cost_function(name)) for name in cost_names], dim=-1)  # (N, K, m)
