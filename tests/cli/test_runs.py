@@ -6,6 +6,10 @@
 * the arena (``job=evaluate``) on the first run's policy;
 * ``resume=auto``: a run stopped with Ctrl-C mid-way says in one line what it saved and how to
   continue; that command resumes it to the same metrics as an uninterrupted run.
+
+The default job and the interrupted run go through the console script in their own processes; the
+sweep and the resumed run call the same entry point (``saferl.cli.main``) in this process, so that
+they reuse the session's rank processes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from saferl.cli import CONFIG_DIR, run
+from saferl.cli import CONFIG_DIR, main, run
 from saferl.cli_errors import missing_launcher_plugin
 from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint
 
@@ -48,6 +52,35 @@ def saferl(*args: str, cwd: Path, timeout: int = 600, **kwargs) -> subprocess.Co
         env=env,
         **kwargs,
     )
+
+
+def saferl_here(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """The ``saferl`` command's own entry point (:func:`saferl.cli.main`: the preflight, then Hydra)
+    with ``args``, run in this process from ``cwd``: its jobs' groups take the test session's idle
+    rank processes instead of starting a Ray cluster and new ranks of their own (the console script
+    itself is run by ``first_run`` and the interrupted run). Returns ``(status, stdout, stderr)``."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["saferl", *args])
+    status = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:  # Hydra's console and cli.log handlers for the job
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 @pytest.fixture(scope="module")
@@ -205,18 +238,18 @@ def test_two_costs_preset_runs_with_one_multiplier_per_cost(learner, scorers, fi
         assert set(result["setup_details"]) >= {"reward_model", "cost_model", "cost_refusal_model"}
 
 
-def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path):
+def test_sweep_of_the_cost_limit_and_its_summary(first_run, tmp_path, monkeypatch, capsys):
     folder, _ = first_run
     sweep_dir = tmp_path / "sweep"
-    completed = saferl(
+    status, _, err = saferl_here(
         "sweep=cost_limit",
         *TINY,
         f"model.from_run={folder}",
         f"hydra.sweep.dir={sweep_dir}",
         'hydra.sweeper.params.cost_limit="-1.0,-0.6"',  # two of the preset's four points (quoted: a string)
-        cwd=tmp_path,
+        cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
     )
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert status == 0, err[-4000:]
     # Each job's folder is named after its number and its overrides (paths such as model.from_run
     # left out).
     folders = {path.name.split("_", 1)[0]: path for path in sweep_dir.iterdir() if path.is_dir()}
@@ -265,7 +298,9 @@ def _history_without_timings(result: dict) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in result["history"]]
 
 
-def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_final_metrics(first_run, tmp_path):
+def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_final_metrics(
+    first_run, tmp_path, monkeypatch, capsys
+):
     """The uninterrupted run is the first run (two PPO iterations); the same PPO stage on its
     models (``model.from_run``) gets Ctrl-C (SIGINT to its process group, as a terminal sends it)
     after the first iteration's checkpoint. It must stop with status 130 and one line, without a
@@ -309,11 +344,13 @@ def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_final_met
     command = shlex.split(said[0].split("continue with: ", 1)[1])
     assert command[0] == "saferl" and command[-1] == "resume=auto" and "hydra.run.dir=killed" in command
     # A fresh run refuses the folder; the printed command continues it.
-    refused = saferl(*common, f"hydra.run.dir={killed}", cwd=tmp_path)
-    assert refused.returncode != 0 and "resume=auto" in refused.stderr
-    resumed = saferl(*command[1:], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert f"resuming from iteration 1 (checkpoint {checkpoint})" in resumed.stdout
+    status, _, refused_err = saferl_here(*common, f"hydra.run.dir={killed}", cwd=tmp_path,
+                                         monkeypatch=monkeypatch, capsys=capsys)
+    assert status != 0 and "resume=auto" in refused_err
+    status, resumed_out, resumed_err = saferl_here(*command[1:], cwd=tmp_path, monkeypatch=monkeypatch,
+                                                   capsys=capsys)
+    assert status == 0, resumed_err[-4000:]
+    assert f"resuming from iteration 1 (checkpoint {checkpoint})" in resumed_out
     expected = json.loads((folder / "result.json").read_text())
     found = json.loads((killed / "result.json").read_text())
     assert len(found["history"]) == len(expected["history"]) == 2
