@@ -1,6 +1,8 @@
 """Multi-node: Ray's own multi-node test cluster (several raylets on loopback) in a subprocess,
-so it never meets the session's local cluster. Groups are spread over nodes by placement,
-colocated roles follow their root role's bundles, and a train step and a generation complete."""
+so it never meets the session's local cluster (tests/runtime/multinode_main.py, run once for both
+tests). Groups are spread over nodes by placement, colocated roles follow their root role's
+bundles, a train step and a generation complete, and one PPO-Lagrangian iteration runs with its six
+roles over two nodes."""
 
 from __future__ import annotations
 
@@ -17,48 +19,37 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("multinode_main.py")
 
 
-def test_groups_spread_over_nodes_train_and_generate() -> None:
+@pytest.fixture(scope="module")
+def multinode() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        cwd=SCRIPT.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
+        [sys.executable, str(SCRIPT)], cwd=SCRIPT.parent, env=env, capture_output=True, text=True, timeout=600
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     assert completed.returncode == 0 and lines, (
         f"multi-node script failed (exit {completed.returncode}):\n"
         f"{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
     )
-    result = json.loads(lines[-1][len("RESULT ") :])
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def test_groups_spread_over_nodes_train_and_generate(multinode) -> None:
+    result = multinode["spread"]
     policy_nodes = result["policy_node_ids"]
     assert len(set(policy_nodes)) == 2  # STRICT_SPREAD: one rank per node
-    assert sorted(policy_nodes) == result["worker_node_ids"]  # the head has no CPUs
+    assert sorted(policy_nodes) == multinode["worker_node_ids"]  # the head has no CPUs
     assert result["reference_node_ids"] == policy_nodes  # colocated rank by rank
     assert result["backend"] == "gloo"
     assert result["changed"] and result["loss"] > 0
     assert result["generated_shape"][0] == 4 and result["response_tokens"] > 0
 
 
-def test_one_ppo_lag_iteration_with_every_role_spread_over_nodes() -> None:
+def test_one_ppo_lag_iteration_with_every_role_spread_over_nodes(multinode) -> None:
     """The world's PPO-Lagrangian stage, one iteration, its six roles (one rank of 1 CPU each)
     spread over the two 3-CPU worker raylets of Ray's multi-node test cluster."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    script = SCRIPT.with_name("multinode_ppo_lag_main.py")
-    completed = subprocess.run(
-        [sys.executable, str(script)], cwd=script.parent, env=env, capture_output=True, text=True, timeout=600
-    )
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert completed.returncode == 0 and lines, (
-        f"multi-node ppo_lag script failed (exit {completed.returncode}):\n"
-        f"{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
-    )
-    result = json.loads(lines[-1][len("RESULT ") :])
-    workers = set(result["worker_node_ids"])
+    result = multinode["ppo_lag"]
+    workers = set(multinode["worker_node_ids"])
     # policy, reference, the reward and cost score models and critics: one rank process each.
     nodes = result["rank_nodes"]
     assert len(nodes) == 6
