@@ -82,6 +82,7 @@ def init_process_group(
         # (deepspeed_shm_comm) on first use: about a minute, and a C++ toolchain on every node.
         # It only speeds up CPU-only all-reduces within a node; plain gloo is used instead.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    _import_muon_uncompiled()
     os.environ.update(
         {
             "MASTER_ADDR": master_addr,
@@ -121,3 +122,34 @@ def check_joined(rank: int, world_size: int, backend: str) -> None:
             f"a reused rank process is rank {found[0]} of {found[1]} ({found[2]}), but the group "
             f"needs rank {rank} of {world_size} ({backend})"
         )
+
+
+def _import_muon_uncompiled() -> None:
+    """Import DeepSpeed's Muon optimizer modules with their ``torch.compile`` decorators left off.
+
+    Every engine build and ZeRO gradient reduction imports ``deepspeed.runtime.zero.muon`` for an
+    ``isinstance`` check, and that module wraps its update functions in ``torch.compile`` at import,
+    which imports TorchInductor: about 1.3 s of CPU in every new rank process (a fifth of a CPU
+    rank's start). saferl builds AdamW only (:func:`saferl.runtime.ds_config.deepspeed_config`), so
+    Muon's functions never run here and are imported plain. Where DeepSpeed's layout differs (a
+    release without these modules), nothing is done.
+    """
+    import sys
+
+    if "deepspeed.runtime.zero.muon.muon_optimizer" in sys.modules:
+        return
+    try:
+        from deepspeed.runtime import compiler
+    except ImportError:
+        return
+    compile_ = getattr(compiler, "compile", None)
+    if compile_ is None:
+        return
+    compiler.compile = lambda *args, **kwargs: (lambda function: function)
+    try:
+        import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
+        import deepspeed.runtime.zero.muon.original_muon  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        compiler.compile = compile_

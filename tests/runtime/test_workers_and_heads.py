@@ -180,3 +180,25 @@ def test_trainable_and_inference_engines_agree_on_the_same_weights(
     prompts = PromptBatch(prompt_ids, prompt_ids != tokenizer.pad_token_id)
     with pytest.raises(RuntimeError, match=r"rank 0 raised in 'generate'.*only a policy head"):
         score_groups[InferenceWorker].call("generate", prompts, GenerationSpec(), 0)
+
+
+def test_a_rank_imports_deepspeeds_muon_module_without_torchinductor() -> None:
+    """DeepSpeed imports its Muon module on every engine build; saferl imports it first with its
+    torch.compile decorators left off (1.3 s of TorchInductor imports per rank process), and
+    DeepSpeed's compile helper is restored afterwards."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import deepspeed.runtime.compiler as compiler
+        original = compiler.compile
+        from saferl.runtime.distributed import _import_muon_uncompiled
+        _import_muon_uncompiled()
+        from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam
+        from deepspeed.runtime.zero.muon.original_muon import muon_update
+        print(compiler.compile is original, "torch._inductor.compile_fx" in sys.modules,
+              type(muon_update).__name__)
+        """
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.split()[-3:] == ["True", "False", "function"]
