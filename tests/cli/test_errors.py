@@ -85,8 +85,8 @@ def test_a_launcher_without_its_plugin_names_the_extra(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["learner=mocn"], "learner=mocn: learner has no option 'mocn'; its options: mocan, pecan, ppo_lag, "
-                           "preference; did you mean `learner=mocan`?"),
+        (["learner=mocn"], "learner=mocn: learner has no option 'mocn'; its options: cdpo, mocan, pecan, ppo_lag, "
+                           "preference, rbr; did you mean `learner=mocan`?"),
         (["lerner.kl_coeff=0.5"], "lerner.kl_coeff=0.5: the root config has no key or group 'lerner'; did you "
                                   "mean `learner.kl_coeff`? (learner.kl_coeff=0.5)"),
         (["learner.mocan.margn=1"], "learner.mocan.margn=1: learner has no key 'mocan'; its keys: "),

@@ -33,8 +33,8 @@ def test_help_lists_the_groups_and_the_commented_root_keys(tmp_path):
     for group in groups:
         options = " ".join(f"{o}*" if o == group.default else o for o in group_options(group.name))
         assert f" {group.name} {options} {group.comment}" in flat and group.comment
-    assert "learner     mocan pecan ppo_lag* preference" in text
-    assert "the algorithm: ppo_lag, mocan, pecan or preference" in text
+    assert "learner     cdpo mocan pecan ppo_lag* preference rbr" in text
+    assert "the algorithm: ppo_lag, mocan, pecan, preference, rbr or cdpo" in text
     # Every root key with its default (as composed) and comment.
     assert {k.name for k in keys} == {k for k in root if k not in ("defaults", "hydra")}
     for key in keys:
