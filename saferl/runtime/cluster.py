@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -169,6 +170,9 @@ class PlacementPlan:
 
     slots: dict[str, RoleSlot] = field(default_factory=dict)
     placement_groups: dict[str, PlacementGroup] = field(default_factory=dict)
+    #: role -> the rank processes (a :class:`saferl.runtime.pool.HostSet`) its last group left
+    #: idle in the plan's bundles, for the plan's next group of that role.
+    idle: dict[str, Any] = field(default_factory=dict)
 
     def slot(self, role: str) -> RoleSlot:
         """The slot of ``role``.
@@ -181,7 +185,10 @@ class PlacementPlan:
         return self.slots[role]
 
     def remove(self) -> None:
-        """Remove every placement group of the plan (idempotent)."""
+        """Kill the idle rank processes and remove every placement group of the plan (idempotent)."""
+        idle, self.idle = list(self.idle.values()), {}
+        for entry in idle:
+            entry.kill_hosts()
         for group in self.placement_groups.values():
             try:
                 remove_placement_group(group)

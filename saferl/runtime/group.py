@@ -4,7 +4,8 @@
 groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
 
 1. **Placement**: the group takes its :class:`~saferl.runtime.cluster.RoleSlot` from a shared
-   :class:`~saferl.runtime.cluster.PlacementPlan` (colocated roles), or reuses idle rank
+   :class:`~saferl.runtime.cluster.PlacementPlan` (colocated roles; with the rank processes the
+   plan's last group of its role left idle there, if any), or reuses idle rank
    processes of its shape from the driver's :class:`~saferl.runtime.pool.WorkerPool` (with their
    placement group), or plans and owns a placement group of its own.
 2. **Actors**: rank ``i`` is a :class:`~saferl.runtime.pool.RankHost` in bundle ``i`` with the
@@ -18,8 +19,8 @@ groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
    past the timeout raises a ``RuntimeError`` that names the role, the rank and the method;
    the group then shuts itself down and kills its processes, since its other ranks may be stuck
    in a collective waiting for the failed one.
-5. **Shutdown**: after a clean run the processes go back to the pool (``runtime.reuse_workers``);
-   otherwise kill every actor, wait until Ray reports them dead, remove an owned placement group.
+5. **Shutdown**: after a clean run the processes go back to the pool, or stay idle in their shared
+   plan (``runtime.reuse_workers``); otherwise kill every actor, wait until Ray reports them dead, remove an owned placement group.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import ray
 
 from saferl.runtime.cluster import PlacementPlan, RoleSlot, plan_placement
-from saferl.runtime.pool import HostSet, PoolKey, start_hosts, worker_pool
+from saferl.runtime.pool import RELEASE_TIMEOUT_S, HostSet, PoolKey, start_hosts, worker_pool
 from saferl.runtime.specs import GroupSpec, RuntimeSpec
 from saferl.runtime.types import RankInfo
 from saferl.runtime.workers import RankSetup
@@ -90,11 +91,14 @@ class ActorGroup:
         self._failed = False
         self._rank_infos: list[RankInfo] = []
         self._pending_start: list[Any] = []
-        # Only a group with its own placement group reuses rank processes: a shared plan's
-        # bundles belong to the plan (colocated roles share them).
+        # A group with its own placement group reuses rank processes through the driver's pool; a
+        # group in a shared plan (colocated roles) through the plan, whose bundles its processes
+        # stay in: only the plan's next group of the same role takes them.
         self._pool_key: PoolKey | None = None
-        if placement is None and runtime_spec.reuse_workers:
+        self._shared_plan: PlacementPlan | None = None
+        if runtime_spec.reuse_workers:
             self._pool_key = PoolKey.for_group(group_spec, runtime_spec)
+            self._shared_plan = placement
         try:
             reused = self._take_from_pool()
             if reused is not None:
@@ -138,6 +142,8 @@ class ActorGroup:
         already), or None to start new ones."""
         if self._pool_key is None:
             return None
+        if self._shared_plan is not None:
+            return self._take_from_plan(self._shared_plan)
         entry = worker_pool().take(self._pool_key)
         if entry is None:
             return None
@@ -146,6 +152,24 @@ class ActorGroup:
         (slot,) = entry.plan.slots.values()
         logger.info("%s: reusing %d idle rank processes", self.role, len(entry.hosts))
         return slot, entry.joined
+
+    def _take_from_plan(self, plan: PlacementPlan) -> tuple[RoleSlot, bool] | None:
+        """The hosts a previous group of this role left idle in ``plan``, or None."""
+        entry = plan.idle.pop(self.role, None)
+        if entry is None:
+            return None
+        if entry.key != self._pool_key:  # another shape in the same slot: start afresh
+            entry.kill_hosts()
+            return None
+        try:
+            ray.get(entry.pending_release, timeout=RELEASE_TIMEOUT_S)
+        except Exception as error:  # a host died while idle, or its release failed
+            logger.warning("%s: idle rank processes could not be released (%s)", self.role, error)
+            entry.kill_hosts()
+            return None
+        self.actors = list(entry.hosts)
+        logger.info("%s: reusing %d idle rank processes of its plan", self.role, len(entry.hosts))
+        return plan.slot(self.role), entry.joined
 
     def _launch(
         self, worker_class: type, worker_kwargs: dict[str, Any], seed: int, joined: bool
@@ -308,13 +332,19 @@ class ActorGroup:
         unfinished_start = bool(self._pending_start)
         self._pending_start = []
         actors, self.actors = self.actors, []
-        if (
-            self._pool_key is not None
-            and self._owned_plan is not None
-            and actors
-            and not self._failed
-            and not unfinished_start
-        ):
+        clean = self._pool_key is not None and actors and not self._failed and not unfinished_start
+        if clean and self._shared_plan is not None and self._shared_plan.placement_groups:
+            entry = HostSet(
+                self._pool_key,
+                self._shared_plan,
+                actors,
+                pending_release=[host.release.remote() for host in actors],
+            )
+            if (previous := self._shared_plan.idle.pop(self.role, None)) is not None:
+                previous.kill_hosts()
+            self._shared_plan.idle[self.role] = entry
+            return
+        if clean and self._owned_plan is not None:
             worker_pool().give_back(HostSet(self._pool_key, self._owned_plan, actors))
             self._owned_plan = None
             return

@@ -23,8 +23,10 @@ subclass) at a time, and a group that shuts down cleanly hands its hosts to the 
    another cluster, the old hosts are forgotten (Ray has already killed them).
 
 ``runtime.reuse_workers=false`` turns this off (every group starts and kills its own
-processes); colocated groups (a shared :class:`~saferl.runtime.cluster.PlacementPlan`) never
-use the pool, since their bundles belong to the plan.
+processes). Colocated groups (a shared :class:`~saferl.runtime.cluster.PlacementPlan`) do not use
+the pool, since their bundles belong to the plan: a clean one leaves its hosts idle in the plan
+(:attr:`PlacementPlan.idle`), for the plan's next group of the same role and shape, and
+:meth:`PlacementPlan.remove` kills them.
 """
 
 from __future__ import annotations
@@ -172,15 +174,19 @@ class HostSet:
     pending_release: list[Any] = field(default_factory=list)
     joined: bool = True
 
-    def kill(self) -> None:
-        """Kill the hosts and remove their placement group."""
+    def kill_hosts(self) -> None:
+        """Kill the hosts (their placement group stays)."""
         for host in self.hosts:
             try:
                 ray.kill(host, no_restart=True)
             except Exception as error:  # already dead
                 logger.debug("pool: ray.kill: %s", error)
-        self.plan.remove()
         self.hosts = []
+
+    def kill(self) -> None:
+        """Kill the hosts and remove their placement group."""
+        self.kill_hosts()
+        self.plan.remove()
 
 
 class WorkerPool:

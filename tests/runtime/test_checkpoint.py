@@ -125,11 +125,15 @@ def test_save_fresh_groups_load_and_export(
     next_policy = groups["policy"].train_step(train_batch, sft_loss)
     next_critic = groups["critic"].train_step(train_batch, value_loss)
     next_states = {role: groups[role].state_dicts()[0] for role in ("policy", "critic")}
+    pids = {role: [info.pid for info in group.rank_infos] for role, group in groups.items()}
     for group in groups.values():
         group.shutdown()
 
+    # New groups in the same plan: each role's rank processes, left idle in the plan, build new
+    # engines from seed 1 (reused processes compute what fresh ones do: tests/runtime/test_pool.py).
     fresh = start_groups(plan, tokenizer, model_spec, runtime_spec, seed=1)
     shutdown_after.extend(fresh.values())
+    assert {role: [info.pid for info in group.rank_infos] for role, group in fresh.items()} == pids
     before = outputs(fresh, train_batch)
     for role in saved:
         assert not torch.allclose(before[role], saved[role]), (
