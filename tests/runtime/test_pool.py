@@ -160,10 +160,10 @@ def test_prestarted_processes_serve_the_next_groups(
     from saferl.runtime.pool import prestart_workers
 
     close_worker_pool()
-    assert prestart_workers(runtime_spec, TWO_RANKS, count=2) == 2
-    assert prestart_workers(runtime_spec, TWO_RANKS, count=2) == 0  # already there
+    assert prestart_workers(runtime_spec, TWO_RANKS, count=1) == 1
+    assert prestart_workers(runtime_spec, TWO_RANKS, count=1) == 0  # already there
     assert (
-        prestart_workers(dataclasses.replace(runtime_spec, reuse_workers=False), TWO_RANKS, 2) == 0
+        prestart_workers(dataclasses.replace(runtime_spec, reuse_workers=False), TWO_RANKS, 1) == 0
     )
     prestarted = {tuple(entry.hosts) for entry in worker_pool()._idle}
     reference = ReferenceGroup(model_spec, tokenizer, ZERO3, TWO_RANKS, runtime_spec, seed=2)
