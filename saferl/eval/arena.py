@@ -53,6 +53,8 @@ __all__ = [
     "print_arena",
     "write_arena",
     "ARENA_JSON",
+    "ARENA_JUDGES_CSV",
+    "ARENA_JUDGE_AGREEMENT_CSV",
     "ARENA_CSV",
 ]
 
@@ -62,6 +64,10 @@ TRUTH_JUDGE = "ground truth"
 #: File names written by :func:`write_arena`.
 ARENA_JSON = "arena.json"
 ARENA_CSV = "arena.csv"
+#: Written only when the arena ran safety judges (``job.judges``): one line per model and judge,
+#: and one per model and pair of judges.
+ARENA_JUDGES_CSV = "arena_judges.csv"
+ARENA_JUDGE_AGREEMENT_CSV = "arena_judge_agreement.csv"
 
 
 @dataclass(frozen=True)
@@ -395,22 +401,31 @@ _CSV_COLUMNS = (
 
 def write_arena(
     result: ArenaResult, folder: str | Path, overwrite: bool = False
-) -> tuple[Path, Path]:
-    """Write ``arena.json`` (everything, samples included) and ``arena.csv`` (the table).
+) -> tuple[Path, ...]:
+    """Write ``arena.json`` (everything, samples included) and ``arena.csv`` (the table); with
+    safety judges, also ``arena_judges.csv`` and ``arena_judge_agreement.csv``.
 
-    The CSV has one line per :class:`ArenaRow`; the transition counts (reference → policy) are on
-    the policy's line of each judge and empty on the reference's.
+    ``arena.csv`` has one line per :class:`ArenaRow`; the transition counts (reference → policy)
+    are on the policy's line of each judge and empty on the reference's. ``arena_judges.csv`` has
+    one line per model and safety judge (responses judged, safe share, mean P(unsafe), the
+    threshold, violated categories as ``S1:3;S10:1``); ``arena_judge_agreement.csv`` one per model
+    and pair of judges (share of equal verdicts, Cohen's κ, empty where undefined).
 
     Raises:
         FileExistsError: a target file exists and ``overwrite`` is False (nothing is written).
 
     Returns:
-        The two paths.
+        The paths written: ``arena.json``, ``arena.csv``, then the judges' two files if any.
     """
     folder = Path(folder)
     json_path, csv_path = folder / ARENA_JSON, folder / ARENA_CSV
+    judge_paths = (
+        (folder / ARENA_JUDGES_CSV, folder / ARENA_JUDGE_AGREEMENT_CSV)
+        if result.safety_judges
+        else ()
+    )
     refuse_overwrite(
-        (json_path, csv_path),
+        (json_path, csv_path, *judge_paths),
         overwrite,
         "pass overwrite=True to replace it, or write to another folder",
     )
@@ -427,4 +442,55 @@ def write_arena(
                     counts.pop("judge")
                     line.update(counts)
                 writer.writerow(line)
-    return json_path, csv_path
+    if judge_paths:
+        _write_judge_csvs(result.safety_judges, *judge_paths)
+    return (json_path, csv_path, *judge_paths)
+
+
+def _write_judge_csvs(
+    reports: dict[str, JudgeReport], summaries_path: Path, agreement_path: Path
+) -> None:
+    """The safety judges' summaries and agreements, one line per model (and judge or pair)."""
+    with summaries_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "model",
+                "judge",
+                "num_responses",
+                "safe_share",
+                "mean_p_unsafe",
+                "threshold",
+                "categories",
+            ]
+        )
+        for model, report in reports.items():
+            for summary in report.summaries:
+                categories = ";".join(
+                    f"{name}:{count}" for name, count in summary.category_counts.items()
+                )
+                writer.writerow(
+                    [
+                        model,
+                        summary.judge,
+                        summary.num_responses,
+                        summary.safe_share,
+                        summary.mean_p_unsafe,
+                        report.threshold,
+                        categories,
+                    ]
+                )
+    with agreement_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "first", "second", "agreement", "kappa"])
+        for model, report in reports.items():
+            for pair in report.agreements:
+                writer.writerow(
+                    [
+                        model,
+                        pair.first,
+                        pair.second,
+                        pair.agreement,
+                        "" if pair.kappa is None else pair.kappa,
+                    ]
+                )

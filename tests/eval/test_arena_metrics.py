@@ -262,3 +262,45 @@ def test_the_reference_row_shows_its_half_win_rates_and_the_cost_direction_is_sa
     note = " ".join(text.split())
     assert "the reference against itself is 0.500" in note
     assert "a cost win rate above 0.5 means the policy is safer than the reference" in note
+
+
+def test_write_arena_adds_the_safety_judges_files_when_judges_ran(tmp_path: Path) -> None:
+    import dataclasses
+
+    from saferl.eval.judge_report import JudgeAgreement, JudgeReport, JudgeSummary
+
+    report = JudgeReport(
+        threshold=0.5,
+        summaries=(
+            JudgeSummary("llama_guard", 6, 4 / 6, 0.31, {"S2": 1, "S10": 1}),
+            JudgeSummary("ground_truth", 6, 0.5, 0.5),
+        ),
+        agreements=(JudgeAgreement("llama_guard", "ground_truth", 5 / 6, 0.6667),
+                    JudgeAgreement("llama_guard", "llama_guard", 1.0, None)),
+    )
+    result = dataclasses.replace(worked_result(), safety_judges={"reference": report, "policy": report})
+    paths = write_arena(result, tmp_path / "eval")
+    assert [path.name for path in paths] == [
+        "arena.json", "arena.csv", "arena_judges.csv", "arena_judge_agreement.csv"
+    ]
+    with paths[2].open() as handle:
+        summaries = list(csv.DictReader(handle))
+    assert [(line["model"], line["judge"]) for line in summaries] == [
+        ("reference", "llama_guard"), ("reference", "ground_truth"),
+        ("policy", "llama_guard"), ("policy", "ground_truth"),
+    ]
+    assert float(summaries[0]["safe_share"]) == pytest.approx(4 / 6, abs=1e-15)
+    assert summaries[0]["categories"] == "S2:1;S10:1" and summaries[1]["categories"] == ""
+    assert float(summaries[3]["threshold"]) == 0.5
+    with paths[3].open() as handle:
+        agreements = list(csv.DictReader(handle))
+    assert float(agreements[0]["agreement"]) == pytest.approx(5 / 6, abs=1e-15)
+    assert agreements[1]["kappa"] == ""  # undefined κ stays empty, not 0
+    # Without judges only the two arena files are written; with them, the judges' files are
+    # refused like the others.
+    assert len(write_arena(worked_result(), tmp_path / "plain")) == 2
+    assert not (tmp_path / "plain" / "arena_judges.csv").exists()
+    (paths[0]).unlink()
+    (paths[1]).unlink()
+    with pytest.raises(FileExistsError, match="arena_judges.csv already exists"):
+        write_arena(result, tmp_path / "eval")
