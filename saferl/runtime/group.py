@@ -20,7 +20,8 @@ groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
    the group then shuts itself down and kills its processes, since its other ranks may be stuck
    in a collective waiting for the failed one.
 5. **Shutdown**: after a clean run the processes go back to the pool, or stay idle in their shared
-   plan (``runtime.reuse_workers``); otherwise kill every actor, wait until Ray reports them dead, remove an owned placement group.
+   plan (``runtime.reuse_workers``); otherwise kill every actor, wait until Ray reports them dead,
+   remove an owned placement group.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import ray
 
 from saferl.runtime.cluster import PlacementPlan, RoleSlot, plan_placement
-from saferl.runtime.pool import RELEASE_TIMEOUT_S, HostSet, PoolKey, start_hosts, worker_pool
+from saferl.runtime.pool import HostSet, PoolKey, start_hosts, worker_pool
 from saferl.runtime.specs import GroupSpec, RuntimeSpec
 from saferl.runtime.types import RankInfo
 from saferl.runtime.workers import RankSetup
@@ -161,10 +162,7 @@ class ActorGroup:
         if entry.key != self._pool_key:  # another shape in the same slot: start afresh
             entry.kill_hosts()
             return None
-        try:
-            ray.get(entry.pending_release, timeout=RELEASE_TIMEOUT_S)
-        except Exception as error:  # a host died while idle, or its release failed
-            logger.warning("%s: idle rank processes could not be released (%s)", self.role, error)
+        if not entry.wait_released():
             entry.kill_hosts()
             return None
         self.actors = list(entry.hosts)
@@ -334,12 +332,8 @@ class ActorGroup:
         actors, self.actors = self.actors, []
         clean = self._pool_key is not None and actors and not self._failed and not unfinished_start
         if clean and self._shared_plan is not None and self._shared_plan.placement_groups:
-            entry = HostSet(
-                self._pool_key,
-                self._shared_plan,
-                actors,
-                pending_release=[host.release.remote() for host in actors],
-            )
+            entry = HostSet(self._pool_key, self._shared_plan, actors)
+            entry.release()
             if (previous := self._shared_plan.idle.pop(self.role, None)) is not None:
                 previous.kill_hosts()
             self._shared_plan.idle[self.role] = entry

@@ -174,6 +174,20 @@ class HostSet:
     pending_release: list[Any] = field(default_factory=list)
     joined: bool = True
 
+    def release(self) -> None:
+        """Ask every host to drop its worker (asynchronously; :meth:`wait_released` waits)."""
+        self.pending_release = [host.release.remote() for host in self.hosts]
+
+    def wait_released(self) -> bool:
+        """Wait for the release (or the warm-up) of every host; False when one failed or died."""
+        try:
+            ray.get(self.pending_release, timeout=RELEASE_TIMEOUT_S)
+        except Exception as error:  # a host died while idle, or its release failed
+            logger.warning("pool: an idle set could not be released (%s); killing it", error)
+            return False
+        self.pending_release = []
+        return True
+
     def kill_hosts(self) -> None:
         """Kill the hosts (their placement group stays)."""
         for host in self.hosts:
@@ -210,20 +224,16 @@ class WorkerPool:
         """An idle set of ``key``'s shape whose release finished, or None."""
         for entry in [e for e in self._idle if e.key == key]:
             self._idle.remove(entry)
-            try:
-                ray.get(entry.pending_release, timeout=RELEASE_TIMEOUT_S)
-            except Exception as error:  # a host died while idle, or its release failed
-                logger.warning("pool: an idle set could not be released (%s); killing it", error)
+            if not entry.wait_released():
                 entry.kill()
                 continue
-            entry.pending_release = []
             self.reused += 1
             return entry
         return None
 
     def give_back(self, entry: HostSet) -> None:
         """Release ``entry``'s workers (asynchronously) and keep it idle."""
-        entry.pending_release = [host.release.remote() for host in entry.hosts]
+        entry.release()
         self._idle.append(entry)
         while self._idle and self.idle_ranks > self.max_idle_ranks:
             self._idle.pop(0).kill()
