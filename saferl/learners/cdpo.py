@@ -24,15 +24,20 @@ labels are computed from the scores, so their temperature is 1).
 Where this departs from the paper (Liu et al. 2024, "Enhancing LLM Safety via Constrained Direct
 Preference Optimization"): the pairs are fresh samples of the current policy, relabelled, rather
 than a fixed preference data set relabelled; ``E[c]`` is the plain mean of the round's samples'
-costs (prompts weighted uniformly); the DPO optimizer state carries over from round to round; a run
-has no mid-run checkpoint (an interrupted run starts again).
+costs (prompts weighted uniformly); the DPO optimizer state carries over from round to round.
+
+After every round the run checkpoints atomically into ``checkpoints/cdpo`` (the policy's weights,
+optimizer and scheduler state, λ, the round records and metrics); ``resume=auto`` continues after
+the last finished round. Each round's sampling and DPO seeds depend on the round's number alone, so
+a resumed run makes the same rounds as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,7 @@ from saferl.learners.mocan import (
 from saferl.learners.output import RunOutput
 from saferl.learners.preference import train_policy_on_pairs
 from saferl.learners.result import RunResult
+from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint, save_checkpoint_atomically
 from saferl.learners.settings import CDPOSettings
 from saferl.runtime import PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
 from saferl.runtime.resources import Resources
@@ -102,10 +108,51 @@ def _per_constraint(values: tuple[float, ...], m: int, key: str) -> torch.Tensor
     return torch.tensor(values, dtype=torch.float64).expand(m).clone()
 
 
+def _settings_record(settings: CDPOSettings) -> dict[str, Any]:
+    """The settings as JSON reads them back (tuples become lists)."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
+def _save_round(folder: Path, policy: PolicyGroup, settings: CDPOSettings, state: dict[str, Any]) -> None:
+    """A checkpoint after a round: the policy group's DeepSpeed checkpoint and the loop's state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    policy.save_checkpoint(folder / "policy")
+    (folder / "state.json").write_text(json.dumps({"settings": _settings_record(settings), **state}, indent=2) + "\n")
+
+
+def _load_round(folder: Path, policy: PolicyGroup, settings: CDPOSettings) -> dict[str, Any]:
+    """Restore :func:`_save_round`'s checkpoint into ``policy``; returns the loop's state. A
+    checkpoint of other settings is refused (its rounds are not this run's)."""
+    path = folder / "state.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no cdpo checkpoint in {folder} (missing {path.name})")
+    state = json.loads(path.read_text())
+    recorded, wanted = state.pop("settings"), _settings_record(settings)
+    if recorded != wanted:
+        differing = sorted(key for key in set(recorded) | set(wanted) if recorded.get(key) != wanted.get(key))
+        raise ValueError(
+            f"{path}: the checkpoint was written with other learner.cdpo settings ("
+            + "; ".join(f"{key}: recorded {recorded.get(key)!r}, now {wanted.get(key)!r}" for key in differing)
+            + "); resume with the same settings, or start a fresh run folder"
+        )
+    policy.load_checkpoint(folder / "policy")
+    return state
+
+
 def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunOutput) -> RunResult:
     """Steps 1–4 of the module docstring, ``settings.rounds`` times, on ``setup``; writes into
-    ``<output>/cdpo``. Its headline is the last round's mean sampled reward."""
+    ``<output>/cdpo``, checkpointing after each round into ``<output>/checkpoints/cdpo`` (with
+    ``output.resume``, the run continues after its last checkpointed round). Its headline is the
+    last round's mean sampled reward."""
     setup.require(needs(settings), "cdpo")
+    checkpoint_dir = output.folder / "checkpoints" / "cdpo"
+    if not output.resume and latest_checkpoint(checkpoint_dir) is not None:
+        # A fresh run never overwrites another run's checkpoint (the CLI refuses the whole folder;
+        # this guards a direct call too).
+        raise RunFolderInUseError(
+            f"{checkpoint_dir} holds a checkpoint; resume it (resume=auto) or choose another folder "
+            "(nothing was changed)"
+        )
     init_ray(resources.runtime)
     folder = output.folder / "cdpo"
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,8 +198,16 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
         groups.append(policy)
         scorers = build_scorers(setup, resources, groups)
         seconds["start"] = time.perf_counter() - clock
-        elapsed = seconds["start"]
-        for index in range(settings.rounds):
+        elapsed, first_round = seconds["start"], 0
+        if output.resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
+            state = _load_round(found, policy, settings)
+            first_round, rounds, history = int(state["round"]), state["rounds"], state["history"]
+            multiplier = torch.tensor(state["multiplier"], dtype=torch.float64)
+            policy_dir = None if state["policy_dir"] is None else Path(state["policy_dir"])
+            elapsed = float(state["elapsed"]) + seconds["start"]  # this start counts too
+            seconds.update({key: seconds[key] + float(value) for key, value in state["seconds"].items()})
+            output.notice(f"resuming from round {first_round} of {settings.rounds} (checkpoint {found})")
+        for index in range(first_round, settings.rounds):
             round_number, clock = index + 1, time.perf_counter()
 
             # 1. K samples per prompt from the current policy.
@@ -249,6 +304,11 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
                 )
                 seconds["round_evaluation"] += time.perf_counter() - clock
             rounds.append(record)
+            # The round's checkpoint (its time is not a round's).
+            state = {"round": round_number, "multiplier": multiplier.tolist(), "rounds": rounds, "history": history,
+                     "policy_dir": None if policy_dir is None else str(policy_dir), "elapsed": elapsed,
+                     "seconds": {key: value for key, value in seconds.items() if key != "start"}}
+            save_checkpoint_atomically(lambda staging: _save_round(staging, policy, settings, state), checkpoint_dir)
     finally:
         for group in groups:
             group.shutdown()

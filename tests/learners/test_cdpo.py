@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,11 +98,11 @@ def test_settings_name_their_keys(kwargs, key):
 
 
 @pytest.mark.slow
-def test_cdpo_on_the_world_end_to_end(ray_cluster, sft_dir, tokenizer, tmp_path):
-    spec = ModelSpec(name_or_path=str(sft_dir))
-    setup = Setup(
+def world_setup(sft_dir, tokenizer) -> Setup:
+    """The world with oracle scorers and its exact evaluator."""
+    return Setup(
         name="world",
-        policy=spec,
+        policy=ModelSpec(name_or_path=str(sft_dir)),
         tokenizer=tokenizer,
         template=WORLD_TEMPLATE,
         max_length=MAX_SEQUENCE_LENGTH,
@@ -112,6 +114,10 @@ def test_cdpo_on_the_world_end_to_end(ray_cluster, sft_dir, tokenizer, tmp_path)
         evaluator=WorldEvaluator(sft_dir, BETA, (LIMIT,)),
         score_units="ground-truth units",
     )
+
+
+def test_cdpo_on_the_world_end_to_end(ray_cluster, sft_dir, tokenizer, tmp_path):
+    setup = world_setup(sft_dir, tokenizer)
     # A large initial λ and a large step: round 1 must move it (down when the reference is safe
     # enough, up otherwise), and the recorded E[c] must give exactly the recorded λ.
     settings = CDPOSettings(
@@ -160,3 +166,51 @@ def test_cdpo_on_the_world_end_to_end(ray_cluster, sft_dir, tokenizer, tmp_path)
     )
     full = json.loads((tmp_path / "result.json").read_text())
     assert len(full["details"]["multiplier_history"]) == 2
+
+
+def test_an_interrupted_run_resumes_after_its_last_round_as_if_never_stopped(
+    ray_cluster, sft_dir, tokenizer, tmp_path, monkeypatch
+):
+    """Round 2's DPO fails once; resume=auto continues from round 1's checkpoint and ends where
+    an uninterrupted run ends: the same λ, round records, metrics and final weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    from saferl.learners.run_state import RunFolderInUseError
+
+    setup = world_setup(sft_dir, tokenizer)
+    settings = CDPOSettings(beta=BETA, cost_limit=LIMIT, rounds=2, num_samples=2, multiplier_step_size=2.0,
+                            initial_multiplier=0.5, dpo_steps=2, dpo_pairs_per_step=8)
+    whole = cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path / "whole"))
+
+    real_train, calls = cdpo.train_policy_on_pairs, []
+
+    def fails_in_round_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("lost in round 2")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(cdpo, "train_policy_on_pairs", fails_in_round_two)
+    with pytest.raises(RuntimeError, match="lost in round 2"):
+        cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path / "stopped"))
+    monkeypatch.setattr(cdpo, "train_policy_on_pairs", real_train)
+    # A fresh run into that folder is refused; other settings cannot continue its checkpoint.
+    with pytest.raises(RunFolderInUseError, match="resume=auto"):
+        cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path / "stopped"))
+    other = replace(settings, dpo_steps=3)
+    with pytest.raises(ValueError, match="dpo_steps: recorded 2, now 3"):
+        cdpo.run(setup, other, RESOURCES, RunOutput(tmp_path / "stopped", resume=True))
+
+    notices = []
+    resumed = cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path / "stopped", resume=True, notice=notices.append))
+    assert notices == [f"resuming from round 1 of 2 (checkpoint {tmp_path / 'stopped' / 'checkpoints' / 'cdpo'})"]
+    assert resumed.multiplier == whole.multiplier and resumed.history == whole.history
+
+    def without_times(records):
+        return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in records]
+
+    assert without_times(resumed.details["rounds"]) == without_times(whole.details["rounds"])
+    weights = [load_file(next(Path(result.policy_dir).glob("*.safetensors"))) for result in (whole, resumed)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
