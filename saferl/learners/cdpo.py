@@ -55,7 +55,11 @@ from saferl.learners.mocan import (
 from saferl.learners.output import RunOutput
 from saferl.learners.preference import train_policy_on_pairs
 from saferl.learners.result import RunResult
-from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint, save_checkpoint_atomically
+from saferl.learners.run_state import (
+    RunFolderInUseError,
+    latest_checkpoint,
+    save_checkpoint_atomically,
+)
 from saferl.learners.settings import CDPOSettings
 from saferl.runtime import PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
 from saferl.runtime.resources import Resources
@@ -308,7 +312,8 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
             state = {"round": round_number, "multiplier": multiplier.tolist(), "rounds": rounds, "history": history,
                      "policy_dir": None if policy_dir is None else str(policy_dir), "elapsed": elapsed,
                      "seconds": {key: value for key, value in seconds.items() if key != "start"}}
-            save_checkpoint_atomically(lambda staging: _save_round(staging, policy, settings, state), checkpoint_dir)
+            save_checkpoint_atomically(lambda staging, state=state: _save_round(staging, policy, settings, state),
+                                       checkpoint_dir)
     finally:
         for group in groups:
             group.shutdown()
