@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from saferl.core.dual import solve
-from saferl.data.world import build_exact_world, build_world_tokenizer, world_dataset_paths
+from saferl.data.world import (
+    build_exact_world,
+    build_world_tokenizer,
+    world_dataset_paths,
+    world_prompts,
+)
 from saferl.data.world.exact import tilted_logprobs
 from saferl.data.world.generator import make_preference_pairs
 from saferl.data.writing import write_records
@@ -37,10 +42,12 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def world(tokenizer):
-    """An untrained tiny reference: any full-support π_ref serves these identities."""
+    """An untrained tiny reference on one benign and one harmful prompt: any full-support π_ref and
+    any prompts serve these identities."""
     torch.manual_seed(0)
     spec = ModelSpec(tiny=TinyModelConfig(vocab_size=len(tokenizer), max_position_embeddings=32))
-    return build_exact_world(build_policy(spec, tokenizer).eval(), tokenizer, BETA, LIMIT)
+    prompts = tuple(world_prompts()[i] for i in (0, 9))
+    return build_exact_world(build_policy(spec, tokenizer).eval(), tokenizer, BETA, LIMIT, prompts)
 
 
 def test_exact_learned_scores_reach_the_optimum_in_every_row(world):
@@ -92,7 +99,7 @@ def test_costs_no_policy_can_meet_give_no_optimum_and_shapes_are_checked(world):
     assert rows[0].multiplier is None and rows[0].score is None
     assert rows[2].score is not None  # the true costs still have one
     with pytest.raises(ValueError, match="do not match the world"):
-        learned_problem_rows(world, world.rewards[:2], world.costs)
+        learned_problem_rows(world, world.rewards[:1], world.costs)
     with pytest.raises(ValueError, match="non-negative"):
         margin_needed(world, world.rewards, world.costs, grid=(-0.1, 0.0))
 
@@ -106,7 +113,8 @@ def test_a_folder_is_calibrated_as_a_run_calibrates(tmp_path, tokenizer, world):
         torch.manual_seed(seed + 1)
         models[name] = build_score_model(spec, tokenizer).eval()
         save_score_model(models[name], tokenizer, tmp_path / "models" / name)
-    pairs = make_preference_pairs(24, seed=3, temperature=1.0)
+    texts = {prompt.text for prompt in world.prompts}
+    pairs = [pair for pair in make_preference_pairs(200, seed=3, temperature=1.0) if pair.prompt in texts]
     write_records(pairs, world_dataset_paths(tmp_path / "data").preferences("test"))
 
     rewards, costs = calibrated_learned_scores(tmp_path, world, tokenizer)

@@ -97,7 +97,6 @@ def test_settings_name_their_keys(kwargs, key):
         CDPOSettings(**kwargs)
 
 
-@pytest.mark.slow
 def world_setup(sft_dir, tokenizer) -> Setup:
     """The world with oracle scorers and its exact evaluator."""
     return Setup(
@@ -116,22 +115,33 @@ def world_setup(sft_dir, tokenizer) -> Setup:
     )
 
 
-def test_cdpo_on_the_world_end_to_end(ray_cluster, sft_dir, tokenizer, tmp_path):
+#: The end-to-end run's settings. A large initial λ and a large step: round 1 must move it (down
+#: when the reference is safe enough, up otherwise), and the recorded E[c] must give exactly the
+#: recorded λ.
+SETTINGS = CDPOSettings(
+    beta=BETA,
+    cost_limit=LIMIT,
+    rounds=2,
+    num_samples=4,
+    multiplier_step_size=2.0,
+    initial_multiplier=0.5,
+    dpo_steps=3,
+    dpo_pairs_per_step=8,
+    evaluate_rounds=True,
+)
+
+
+@pytest.fixture(scope="module")
+def whole_run(ray_cluster, sft_dir, tokenizer, tmp_path_factory):
+    """One uninterrupted two-round run (the end-to-end test's, and the resume test's reference)."""
     setup = world_setup(sft_dir, tokenizer)
-    # A large initial λ and a large step: round 1 must move it (down when the reference is safe
-    # enough, up otherwise), and the recorded E[c] must give exactly the recorded λ.
-    settings = CDPOSettings(
-        beta=BETA,
-        cost_limit=LIMIT,
-        rounds=2,
-        num_samples=4,
-        multiplier_step_size=2.0,
-        initial_multiplier=0.5,
-        dpo_steps=3,
-        dpo_pairs_per_step=8,
-        evaluate_rounds=True,
-    )
-    result = cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path))
+    folder = tmp_path_factory.mktemp("whole")
+    return setup, folder, cdpo.run(setup, SETTINGS, RESOURCES, RunOutput(folder))
+
+
+@pytest.mark.slow
+def test_cdpo_on_the_world_end_to_end(whole_run):
+    setup, tmp_path, result = whole_run
     rounds = result.details["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and len(result.details["multiplier_history"]) == 2
     multiplier = 0.5
@@ -168,19 +178,18 @@ def test_cdpo_on_the_world_end_to_end(ray_cluster, sft_dir, tokenizer, tmp_path)
     assert len(full["details"]["multiplier_history"]) == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_after_its_last_round_as_if_never_stopped(
-    ray_cluster, sft_dir, tokenizer, tmp_path, monkeypatch
+    whole_run, tmp_path, monkeypatch
 ):
     """Round 2's DPO fails once; resume=auto continues from round 1's checkpoint and ends where
     an uninterrupted run ends: the same λ, round records, metrics and final weights, bit for bit."""
     from safetensors.torch import load_file
 
-    from saferl.learners.run_state import RunFolderInUseError
+    from saferl.learners.run_state import RunFolderInUseError, latest_checkpoint
 
-    setup = world_setup(sft_dir, tokenizer)
-    settings = CDPOSettings(beta=BETA, cost_limit=LIMIT, rounds=2, num_samples=2, multiplier_step_size=2.0,
-                            initial_multiplier=0.5, dpo_steps=2, dpo_pairs_per_step=8)
-    whole = cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path / "whole"))
+    setup, _, whole = whole_run
+    settings = SETTINGS
 
     real_train, calls = cdpo.train_policy_on_pairs, []
 
@@ -197,9 +206,10 @@ def test_an_interrupted_run_resumes_after_its_last_round_as_if_never_stopped(
     # A fresh run into that folder is refused; other settings cannot continue its checkpoint.
     with pytest.raises(RunFolderInUseError, match="resume=auto"):
         cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path / "stopped"))
-    other = replace(settings, dpo_steps=3)
-    with pytest.raises(ValueError, match="dpo_steps: recorded 2, now 3"):
-        cdpo.run(setup, other, RESOURCES, RunOutput(tmp_path / "stopped", resume=True))
+    # (Refused before the checkpoint's policy is read: no group is needed to check it.)
+    with pytest.raises(ValueError, match="dpo_steps: recorded 3, now 4"):
+        cdpo._load_round(latest_checkpoint(tmp_path / "stopped" / "checkpoints" / "cdpo"), None,
+                         replace(settings, dpo_steps=4))
 
     notices = []
     resumed = cdpo.run(setup, settings, RESOURCES, RunOutput(tmp_path / "stopped", resume=True, notice=notices.append))
