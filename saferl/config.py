@@ -310,6 +310,13 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
                   "world.reference", ReferenceConfig)
 
 
+def _sign_weight(cfg: DictConfig) -> float:
+    """``scorers.sign_weight`` (≥ 0; 1, Safe RLHF's cost loss, when a config predates the key)."""
+    if OmegaConf.select(cfg, "scorers.sign_weight") is None:
+        return 1.0
+    return _number(cfg, "scorers.sign_weight", minimum=0.0)
+
+
 def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, StageSettings]:
     """``model.sft``, ``scorers.reward_model`` and ``scorers.cost_model``, each checked (steps,
     rows, learning rate) before its rows are divided over the ranks; keyed by dotted key."""
@@ -348,7 +355,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
     for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
         _integer(cfg, f"data.{key}", 1)
     _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
-    _unknown(scorers, {"kind", "calibrate", "regularization", "reward_model", "cost_model"}, "scorers")
+    _unknown(scorers, {"kind", "calibrate", "regularization", "sign_weight", "reward_model", "cost_model"}, "scorers")
     stages = _training_stages(model, scorers, num_ranks)
     return _build(
         {
@@ -365,6 +372,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
             "scorers": scorer_kind,
             "calibrate": bool(scorers["calibrate"]),
             "regularization": float(scorers["regularization"]),
+            "sign_weight": _sign_weight(cfg),
             "generation": generation,
             "from_run": from_run,
             "seed": seed,
@@ -403,7 +411,7 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
     _unknown(data, {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}, "data",
              " for source=hub")
-    _unknown(scorers, {"kind", "calibrate", "regularization", "reward_model", "cost_model"}, "scorers")
+    _unknown(scorers, {"kind", "calibrate", "regularization", "sign_weight", "reward_model", "cost_model"}, "scorers")
     if model.get("from_run") is not None:
         raise ConfigError(f"model.from_run: reuses a built-in-world run's stages; with data.path the stages train on "
                           f"your data (use resume=auto to continue a run); found {model['from_run']!r}")
@@ -424,7 +432,8 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
          "train_split": data.get("train_split", "train"), "test_split": data.get("test_split", "test"),
          "template": data.get("template"), "max_length": data["max_length"], "sft": stages["model.sft"],
          "reward_model": stages["scorers.reward_model"], "cost_model": stages["scorers.cost_model"],
-         "regularization": float(scorers["regularization"]), "generation": generation, "seed": seed},
+         "regularization": float(scorers["regularization"]), "sign_weight": _sign_weight(cfg),
+         "generation": generation, "seed": seed},
         "config", TinySettings,
     )
 

@@ -81,15 +81,19 @@ def cost_model_loss(
     safer_is_safe: torch.Tensor,
     unsafer_is_safe: torch.Tensor,
     score_regularization: float = 0.001,
+    sign_weight: float = 1.0,
 ) -> torch.Tensor:
     """Cost-model loss of Safe RLHF: pairwise ranking plus safety-sign classification.
 
-    With ``s = +1`` for a safe response and ``−1`` for an unsafe one,
+    With ``s = +1`` for a safe response and ``−1`` for an unsafe one and the sign weight ``w``,
 
-    ``L = mean(−log σ(C_u − C_s) − log σ(−s_s C_s) − log σ(−s_u C_u)) + η · mean(concat(C_s, C_u)²)``
+    ``L = mean(−log σ(C_u − C_s) + w·(−log σ(−s_s C_s) − log σ(−s_u C_u))) + η · mean(concat(C_s, C_u)²)``
 
     where ``C_s`` / ``C_u`` are the costs of the safer / unsafer response. Safe responses are
-    pushed below 0 and unsafe ones above 0.
+    pushed below 0 and unsafe ones above 0. ``w = 1`` is Safe RLHF's loss; ``w = 0`` is
+    Bradley–Terry alone. The sign terms keep pushing every safe response down and every unsafe one
+    up, so with ``w = 1`` the scores cluster by class and differences within a class (a safe
+    answer that is nearly harmful against a refusal) shrink.
 
     Args:
         safer_scores: ``C(y_safer)``, shape ``(batch,)`` or ``(batch, m)``.
@@ -98,6 +102,7 @@ def cost_model_loss(
             ``scores.shape[:-1]`` or broadcastable (module docstring).
         unsafer_is_safe: safety label of ``y_unsafer``, same rules.
         score_regularization: ``η ≥ 0``.
+        sign_weight: ``w ≥ 0``, the weight of the two safety-sign terms.
 
     Returns:
         Scalar ``()`` loss.
@@ -107,8 +112,7 @@ def cost_model_loss(
     sign_unsafer = 2 * _align_labels(unsafer_is_safe, unsafer_scores, "unsafer_is_safe") - 1
     per_element = (
         -F.logsigmoid(unsafer_scores - safer_scores)
-        - F.logsigmoid(-sign_safer * safer_scores)
-        - F.logsigmoid(-sign_unsafer * unsafer_scores)
+        - sign_weight * (F.logsigmoid(-sign_safer * safer_scores) + F.logsigmoid(-sign_unsafer * unsafer_scores))
     )  # (batch,) or (batch, m)
     regularization = torch.stack([safer_scores, unsafer_scores]).square().mean()
     return per_element.mean() + score_regularization * regularization

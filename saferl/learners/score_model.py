@@ -93,16 +93,18 @@ def end_values(raw_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.
 
 
 def score_pair_loss(
-    raw_values: torch.Tensor, batch: PairTrainBatch, kind: str, score_regularization: float
+    raw_values: torch.Tensor, batch: PairTrainBatch, kind: str, score_regularization: float,
+    sign_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The reward or cost loss of an interleaved pair batch, with its accuracies as metrics."""
+    """The reward or cost loss of an interleaved pair batch, with its accuracies as metrics
+    (``sign_weight``: the cost loss's safety-sign terms, :func:`cost_model_loss`)."""
     scores = end_values(raw_values, batch.attention_mask)
     first, second = scores[0::2], scores[1::2]
     if kind == "reward":
         loss = reward_model_loss(first, second, score_regularization)
         return loss, {"pairwise_accuracy": pairwise_accuracy(first, second)}
     loss = cost_model_loss(
-        first, second, batch.first_is_safe[0::2], batch.second_is_safe[0::2], score_regularization
+        first, second, batch.first_is_safe[0::2], batch.second_is_safe[0::2], score_regularization, sign_weight
     )
     # For costs, "better" means safer: the safer response should score lower.
     return loss, {
@@ -194,6 +196,7 @@ def train_score_model(
     max_length: int,
     template: str,
     score_regularization: float = 0.001,
+    sign_weight: float = 1.0,
     seed: int = 0,
     tracker: Tracker | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
@@ -205,7 +208,8 @@ def train_score_model(
     if not pairs:
         raise ValueError(f"{kind} model: the training pair set is empty")
     rng = random.Random(seed)
-    loss_fn = partial(score_pair_loss, kind=kind, score_regularization=score_regularization)
+    loss_fn = partial(score_pair_loss, kind=kind, score_regularization=score_regularization,
+                      sign_weight=sign_weight)
     history = []
     for step in range(steps):
         # 1–2. This step's pairs, ordered and interleaved.

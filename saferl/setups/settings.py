@@ -71,6 +71,8 @@ class WorldSettings:
             (fitted on the held-out responses), so that β and the limit mean what they mean in the
             exact optimum.
         regularization: ``scorers.regularization``, η of the score losses.
+        sign_weight: ``scorers.sign_weight``, the weight of the cost loss's safety-sign terms
+            (1: Safe RLHF's loss; 0: Bradley–Terry alone).
         generation: rollout sampling (``generation.*``; ``max_new_tokens`` must be the world's 3).
         from_run: ``model.from_run``, a finished run whose stages 1–4 are used in place.
         seed: the root ``seed`` (data, initialisation).
@@ -89,6 +91,7 @@ class WorldSettings:
     scorers: str = "learned"
     calibrate: bool = True
     regularization: float = 0.001
+    sign_weight: float = 1.0
     generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS))
     from_run: Path | None = None
     seed: int = 0
@@ -142,8 +145,13 @@ class WorldSettings:
             return settings if self.costs == ("harm",) else {**settings, "costs": list(self.costs)}
         if stage == "sft":
             return {"seed": self.seed, "reference": asdict(self.reference), "sft": asdict(self.sft)}
-        return {
+        record = {
             "seed": self.seed,
             stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
             "score_regularization": self.regularization,
         }
+        # A cost model's record names a sign weight other than Safe RLHF's 1 (folders from before
+        # the key existed, all at 1, stay reusable).
+        if stage != "reward_model" and self.sign_weight != 1.0:
+            record["sign_weight"] = self.sign_weight
+        return record

@@ -44,7 +44,7 @@ def run_score_stage(
     kind: str, stage: StageSettings, sft_dir: Path, train_pairs: Sequence[SafetyPreferencePair],
     test_pairs: Sequence[SafetyPreferencePair], tokenizer, *, template: str, max_length: int, regularization: float,
     seed: int, resources: Resources, output: RunOutput, export_dir: Path,
-    truth: Callable[[str, str], float] | None = None, name: str | None = None,
+    truth: Callable[[str, str], float] | None = None, name: str | None = None, sign_weight: float = 1.0,
 ) -> dict[str, float]:
     """One score model from the SFT backbone, exported to ``export_dir``; returns its held-out
     metrics (with ``truth``, also the accuracy against the ground-truth order). ``name`` names its
@@ -56,7 +56,7 @@ def run_score_stage(
                          resources.runtime, role=name, seed=resources.seed)
     try:
         train_score_model(critic, train_pairs, kind, tokenizer, steps=stage.steps, pairs_per_step=stage.rows_per_step,
-                          max_length=max_length, template=template, score_regularization=regularization, seed=seed,
+                          max_length=max_length, template=template, score_regularization=regularization, sign_weight=sign_weight, seed=seed,
                           tracker=output.tracker, progress=output.stage_progress(name, stage.steps))
         metrics = evaluate_score_model(critic, test_pairs, kind, tokenizer, max_length, template,
                                        rows_per_call=2 * stage.rows_per_step, truth=truth)

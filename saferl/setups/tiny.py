@@ -62,7 +62,7 @@ class TinySettings:
         reference: the tiny Llama's shape (``world.reference``).
         path, data_revision, train_split, test_split, template, max_length: the data (``data.*``).
         sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``.
-        regularization: ``scorers.regularization``.
+        regularization: ``scorers.regularization``; sign_weight: ``scorers.sign_weight`` (the cost loss).
         generation: rollout sampling (``generation.*``).
         seed: the root ``seed``.
     """
@@ -80,6 +80,7 @@ class TinySettings:
     regularization: float
     generation: GenerationSpec
     seed: int = 0
+    sign_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATE_NAMES or self.template == "chat":
@@ -97,9 +98,12 @@ class TinySettings:
                 "template": self.template, "max_length": self.max_length}
         if stage == "sft":
             return {"seed": self.seed, "data": data, "reference": asdict(self.reference), "sft": asdict(self.sft)}
-        return {"seed": self.seed, "data": data, "test_split": self.test_split,
-                stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
-                "score_regularization": self.regularization}
+        record = {"seed": self.seed, "data": data, "test_split": self.test_split,
+                  stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
+                  "score_regularization": self.regularization}
+        if stage == "cost_model" and self.sign_weight != 1.0:  # records from before the key stay valid
+            record["sign_weight"] = self.sign_weight
+        return record
 
 
 def word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -181,6 +185,7 @@ def build(settings: TinySettings, resources: Resources, output: RunOutput, needs
                 kind, stage, sft_dir, pairs, test_pairs, tokenizer, template=settings.template,
                 max_length=settings.max_length, regularization=settings.regularization, seed=settings.seed,
                 resources=resources, output=output, export_dir=score_dirs[kind],
+                sign_weight=settings.sign_weight if kind == "cost" else 1.0,
             )
             seconds[name] = time.perf_counter() - clock
             records.mark(name, {"metrics": metrics[kind], "seconds": seconds[name]}, settings.stage_settings(name))

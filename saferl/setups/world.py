@@ -393,7 +393,7 @@ def _run_stages(
             kind, stage, sft_dir, train_pairs, test_pairs, tokenizer, template=WORLD_TEMPLATE,
             max_length=MAX_SEQUENCE_LENGTH, regularization=settings.regularization, seed=settings.seed,
             resources=resources, output=output, export_dir=folder / "models" / name, truth=world_truth(kind, cost),
-            name=name,
+            name=name, sign_weight=settings.sign_weight if kind == "cost" else 1.0,
         )
         seconds[name] = time.perf_counter() - clock
         records.mark(name, {"metrics": metrics[name], "seconds": seconds[name]}, settings.stage_settings(name))
@@ -434,7 +434,7 @@ def _cost_stages_here(settings: WorldSettings, costs: tuple[str, ...], sft_dir: 
             list(load_preference_dataset(str(paths.preferences("test", cost))).records), tokenizer,
             template=WORLD_TEMPLATE, max_length=MAX_SEQUENCE_LENGTH, regularization=settings.regularization,
             seed=settings.seed, resources=resources, output=output, export_dir=folder / "models" / name,
-            truth=world_truth("cost", cost), name=name,
+            truth=world_truth("cost", cost), name=name, sign_weight=settings.sign_weight,
         )
         seconds[name] = time.perf_counter() - clock
         records.mark(name, {"metrics": metrics[name], "seconds": seconds[name]}, settings.stage_settings(name))

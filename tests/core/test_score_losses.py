@@ -26,12 +26,12 @@ def softplus(x: float) -> float:
     return math.log1p(math.exp(x)) if x < 30 else x + math.log1p(math.exp(-x))
 
 
-def cost_reference(cs, cu, ss, su, eta) -> float:
+def cost_reference(cs, cu, ss, su, eta, sign_weight: float = 1.0) -> float:
     """Scalar-by-scalar cost loss: s = +1 safe, -1 unsafe."""
     terms = []
     for c_s, c_u, safe_s, safe_u in zip(cs, cu, ss, su, strict=True):
         sign_s, sign_u = (1 if safe_s else -1), (1 if safe_u else -1)
-        terms.append(softplus(-(c_u - c_s)) + softplus(sign_s * c_s) + softplus(sign_u * c_u))
+        terms.append(softplus(-(c_u - c_s)) + sign_weight * (softplus(sign_s * c_s) + softplus(sign_u * c_u)))
     squares = [c * c for c in list(cs) + list(cu)]
     return sum(terms) / len(terms) + eta * sum(squares) / len(squares)
 
@@ -115,6 +115,18 @@ def test_cost_model_loss_random_against_reference() -> None:
     # bool, int and float labels agree
     torch.testing.assert_close(loss, cost_model_loss(cs, cu, ss.long(), su.long(), 0.01))
     torch.testing.assert_close(loss, cost_model_loss(cs, cu, ss.double(), su.double(), 0.01))
+
+
+@pytest.mark.parametrize("sign_weight", [0.0, 0.1, 2.5])
+def test_the_sign_weight_scales_the_safety_sign_terms_alone(sign_weight) -> None:
+    gen = torch.Generator().manual_seed(1)
+    cs, cu = (torch.randn(16, generator=gen, dtype=F64) * 2 for _ in range(2))
+    ss, su = torch.rand(16, generator=gen) > 0.4, torch.rand(16, generator=gen) > 0.6
+    loss = cost_model_loss(cs, cu, ss, su, score_regularization=0.01, sign_weight=sign_weight)
+    expected = cost_reference(cs.tolist(), cu.tolist(), ss.tolist(), su.tolist(), 0.01, sign_weight)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    if sign_weight == 0.0:  # Bradley–Terry alone: the reward loss on (unsafer, safer)
+        assert loss.item() == pytest.approx(reward_model_loss(cu, cs, 0.01).item(), abs=1e-14)
 
 
 def test_cost_model_pushes_safe_below_zero_and_unsafe_above() -> None:
