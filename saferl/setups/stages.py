@@ -56,7 +56,8 @@ def run_score_stage(
                          resources.runtime, role=name, seed=resources.seed)
     try:
         train_score_model(critic, train_pairs, kind, tokenizer, steps=stage.steps, pairs_per_step=stage.rows_per_step,
-                          max_length=max_length, template=template, score_regularization=regularization, sign_weight=sign_weight, seed=seed,
+                          max_length=max_length, template=template, score_regularization=regularization,
+                          sign_weight=sign_weight, seed=seed,
                           tracker=output.tracker, progress=output.stage_progress(name, stage.steps))
         metrics = evaluate_score_model(critic, test_pairs, kind, tokenizer, max_length, template,
                                        rows_per_call=2 * stage.rows_per_step, truth=truth)

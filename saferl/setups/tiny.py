@@ -185,7 +185,7 @@ def build(settings: TinySettings, resources: Resources, output: RunOutput, needs
                 kind, stage, sft_dir, pairs, test_pairs, tokenizer, template=settings.template,
                 max_length=settings.max_length, regularization=settings.regularization, seed=settings.seed,
                 resources=resources, output=output, export_dir=score_dirs[kind],
-                sign_weight=settings.sign_weight if kind == "cost" else 1.0,
+                sign_weight=settings.sign_weight,  # only the cost loss reads it
             )
             seconds[name] = time.perf_counter() - clock
             records.mark(name, {"metrics": metrics[kind], "seconds": seconds[name]}, settings.stage_settings(name))

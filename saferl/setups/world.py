@@ -393,7 +393,7 @@ def _run_stages(
             kind, stage, sft_dir, train_pairs, test_pairs, tokenizer, template=WORLD_TEMPLATE,
             max_length=MAX_SEQUENCE_LENGTH, regularization=settings.regularization, seed=settings.seed,
             resources=resources, output=output, export_dir=folder / "models" / name, truth=world_truth(kind, cost),
-            name=name, sign_weight=settings.sign_weight if kind == "cost" else 1.0,
+            name=name, sign_weight=settings.sign_weight,  # only the cost loss reads it
         )
         seconds[name] = time.perf_counter() - clock
         records.mark(name, {"metrics": metrics[name], "seconds": seconds[name]}, settings.stage_settings(name))
