@@ -137,7 +137,7 @@ class MocanSettings:
 
     beta: float = 0.5
     cost_limit: float | tuple[float, ...] = 0.0
-    num_samples: int = 64
+    num_samples: int = 256
     margin: float | None = None
     stage: str = "dpo"
     soft_labels: bool = True
