@@ -27,9 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 if TYPE_CHECKING:
     # The functions import the settings' modules where they build settings. The runtime's specs,
-    # the learners' and the world's settings are light; the hub and tiny setups' modules and the
-    # multipliers import torch or transformers (seconds), so validate() checks everything else
-    # before they load.
+    # the learners' and the world's settings and the multipliers' option rules are light; the hub
+    # and tiny setups' modules import torch or transformers (seconds), so validate() checks
+    # everything else before they load.
     from saferl.data.world.settings import ReferenceConfig
     from saferl.learners.settings import (
         CDPOSettings,
@@ -165,12 +165,13 @@ def _divides(rows: int, key: str, num_ranks: int) -> None:
 
 
 def _multiplier(cfg: DictConfig, cost_limit: float | tuple[float, ...]) -> dict:
-    from saferl.core.multipliers import MULTIPLIER_KINDS, build_multiplier
+    # The multiplier's own rules, in plain Python: no torch before the config is known to be good.
+    from saferl.core.multiplier_options import MULTIPLIER_KINDS, check_options
 
     options = _container(cfg.multiplier, "multiplier")
     kind = _choice(options.pop("kind", None), "multiplier.kind", MULTIPLIER_KINDS)
     try:
-        build_multiplier(kind, cost_limit, **options)  # constructs it once to check every option
+        check_options(kind, cost_limit, options)
     except (TypeError, ValueError) as error:
         message = str(error)
         option = message.split(":", 1)[0]
@@ -456,8 +457,7 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
         RBRSettings,
     )
 
-    # The multiplier's options as given; _multiplier checks them by building one (that needs torch,
-    # so validate() does it last: a mistake elsewhere is said before torch loads).
+    # The multiplier's options as given; validate() checks them with _multiplier.
     options = _container(cfg.multiplier, "multiplier")
     multiplier = {"kind": options.pop("kind", None), **options}
     if learner in ("pecan", "preference") and isinstance(cost_limit, tuple):
@@ -630,7 +630,7 @@ def validate(cfg: DictConfig) -> RunConfig:
                 f"learner={learner} with scorers.kind=pretrained needs model.reward_model and "
                 f"model.cost_model; found {setup.reward_model!r} and {setup.cost_model!r}"
             )
-    _multiplier(cfg, cost_limit)  # last: it builds one (torch)
+    _multiplier(cfg, cost_limit)
     return RunConfig(
         job=job,
         learner=learner,

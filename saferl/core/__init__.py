@@ -8,21 +8,7 @@ No module here imports torch.distributed, ray, deepspeed, hydra, omegaconf or wa
 enforces it). Functions take tensors and numbers, never config objects.
 """
 
-from saferl.core import (
-    advantages,
-    conventions,
-    dual,
-    dual_ascent,
-    dualized,
-    kl,
-    logprobs,
-    masked,
-    multipliers,
-    ppo,
-    preference_losses,
-    rbr,
-    score_losses,
-)
+import importlib
 
 __all__ = [
     "advantages",
@@ -33,9 +19,18 @@ __all__ = [
     "kl",
     "logprobs",
     "masked",
+    "multiplier_options",
     "multipliers",
     "ppo",
     "preference_losses",
     "rbr",
     "score_losses",
 ]
+
+
+def __getattr__(name: str):
+    """``saferl.core.<module>`` on first use (PEP 562): the package itself loads nothing, so that
+    the torch-free modules (``multiplier_options``, which config validation reads) stay light."""
+    if name in __all__:
+        return importlib.import_module(f"saferl.core.{name}")
+    raise AttributeError(f"module 'saferl.core' has no attribute {name!r}")

@@ -26,12 +26,12 @@ constraints are updated independently of each other. Everything is computed in f
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from saferl.core.multiplier_options import MULTIPLIER_KINDS, canonical_kind, check_options, count
 
 __all__ = [
     "Multiplier",
@@ -89,66 +89,9 @@ class Multiplier(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
-def _cost_limit_vector(cost_limit: PerConstraint) -> torch.Tensor:
-    """``d`` as a float64 vector, shape ``(m,)``; ``m`` is inferred from it."""
-    limit = torch.as_tensor(cost_limit, dtype=torch.float64).detach()
-    if limit.dim() > 1 or limit.numel() == 0:
-        raise ValueError(
-            f"cost_limit: expected a float or a non-empty 1-D sequence of m limits, "
-            f"found shape {tuple(limit.shape)}"
-        )
-    limit = torch.atleast_1d(limit).to(torch.float64).clone()
-    if not bool(torch.isfinite(limit).all()):
-        raise ValueError(f"cost_limit: expected finite limits, found {limit.tolist()}")
-    return limit
-
-
-def _per_constraint(
-    values: PerConstraint,
-    name: str,
-    num_constraints: int,
-    like: torch.Tensor,
-    *,
-    minimum: float | None = None,
-    strictly_above: bool = False,
-    below: float | None = None,
-    allow_inf: bool = False,
-) -> torch.Tensor:
-    """Broadcast a float or ``m`` values to a float64 vector ``(m,)`` and check its range.
-
-    ``minimum``: lower bound (inclusive, or exclusive with ``strictly_above``); ``below``:
-    exclusive upper bound; ``allow_inf``: accept ``+inf``.
-    """
-    tensor = torch.as_tensor(values, dtype=torch.float64).detach()
-    if tensor.dim() > 1 or tensor.numel() not in (1, num_constraints):
-        raise ValueError(
-            f"{name}: expected a float or {num_constraints} values (one per constraint), "
-            f"found shape {tuple(tensor.shape)}"
-        )
-    tensor = torch.atleast_1d(tensor).to(dtype=torch.float64, device=like.device)
-    tensor = tensor.expand(num_constraints).clone()
-    bad_value = torch.isnan(tensor) | (
-        torch.isinf(tensor) if not allow_inf else tensor == -math.inf
-    )
-    if bool(bad_value.any()):
-        raise ValueError(f"{name}: expected finite values, found {tensor.tolist()}")
-    if minimum is not None:
-        violates = tensor <= minimum if strictly_above else tensor < minimum
-        if bool(violates.any()):
-            relation = ">" if strictly_above else ">="
-            raise ValueError(
-                f"{name}: expected values {relation} {minimum}, found {tensor.tolist()}"
-            )
-    if below is not None and bool((tensor >= below).any()):
-        raise ValueError(f"{name}: expected values < {below}, found {tensor.tolist()}")
-    return tensor
-
-
-def _check_count(value: int, name: str, minimum: int) -> int:
-    """A non-negative integer hyper-parameter (window length, delay)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, found {value!r}")
-    return value
+def _vector(values: list[float]) -> torch.Tensor:
+    """Checked floats (``saferl.core.multiplier_options``) as a float64 vector ``(m,)``."""
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _episode_costs_matrix(episode_costs: torch.Tensor, cost_limit: torch.Tensor) -> torch.Tensor:
@@ -310,26 +253,16 @@ class LogGradientAscentMultiplier(_MultiplierRecord):
         delay: int = 0,
         max_value: PerConstraint | None = 5.0,
     ) -> None:
-        self._cost_limit = _cost_limit_vector(cost_limit)
+        limit, checked = check_options(self.kind, cost_limit, {
+            "initial_value": initial_value, "lr": lr, "window": window, "delay": delay, "max_value": max_value})
+        self._cost_limit = _vector(limit)
         m = self._cost_limit.shape[0]
         like = self._cost_limit
-        self.lr = _per_constraint(lr, "lr", m, like, minimum=0.0, strictly_above=True)
-        self.window = _check_count(window, "window", 1)
-        self.delay = _check_count(delay, "delay", 0)
-        if max_value is None:
-            self.max_value: torch.Tensor = torch.full_like(like, math.inf)
-        else:
-            self.max_value = _per_constraint(
-                max_value, "max_value", m, like, minimum=0.0, strictly_above=True, allow_inf=True
-            )
-        initial = _per_constraint(
-            initial_value, "initial_value", m, like, minimum=0.0, strictly_above=True
-        )
-        if bool((initial > self.max_value).any()):
-            raise ValueError(
-                f"initial_value: expected values <= max_value {self.max_value.tolist()}, "
-                f"found {initial.tolist()}"
-            )
+        self.lr = _vector(checked["lr"])
+        self.window: int = checked["window"]
+        self.delay: int = checked["delay"]
+        self.max_value: torch.Tensor = _vector(checked["max_value"])  # +inf when uncapped
+        initial = _vector(checked["initial_value"])
         self._log_max_value = torch.log(self.max_value)  # +inf when uncapped
         self._log_multiplier = torch.log(initial)  # (m,)
         self._cost_window = like.new_zeros((0, m))  # (k, m), k <= window, oldest row first
@@ -393,7 +326,7 @@ class LogGradientAscentMultiplier(_MultiplierRecord):
         log_multiplier = _load_vector(state, "log_multiplier", m, like)
         cost_window = _load_rows(state, "cost_window", m, self.window, like)
         constraint_estimate = _load_optional_vector(state, "constraint_estimate", m, like)
-        num_updates = _check_count(state["num_updates"], "state['num_updates']", 0)
+        num_updates = count(state["num_updates"], "state['num_updates']", 0)
         self._log_multiplier = torch.minimum(log_multiplier, self._log_max_value)
         self._cost_window = cost_window
         self._constraint_estimate = constraint_estimate
@@ -446,26 +379,18 @@ class PIDMultiplier(_MultiplierRecord):
         ema_alpha_d: PerConstraint = 0.0,
         delay: int = 1,
     ) -> None:
-        self._cost_limit = _cost_limit_vector(cost_limit)
+        limit, checked = check_options(self.kind, cost_limit, {
+            "kp": kp, "ki": ki, "kd": kd, "max_value": max_value, "initial_integral": initial_integral,
+            "ema_alpha_p": ema_alpha_p, "ema_alpha_d": ema_alpha_d, "delay": delay})
+        self._cost_limit = _vector(limit)
         m = self._cost_limit.shape[0]
         like = self._cost_limit
-        self.kp = _per_constraint(kp, "kp", m, like, minimum=0.0)
-        self.ki = _per_constraint(ki, "ki", m, like, minimum=0.0)
-        self.kd = _per_constraint(kd, "kd", m, like, minimum=0.0)
-        if max_value is None:
-            raise ValueError(
-                "max_value: expected a finite cap >= 0 (the PID multiplier always needs an "
-                "explicit cap), found None"
-            )
-        self.max_value = _per_constraint(max_value, "max_value", m, like, minimum=0.0)
-        self.ema_alpha_p = _per_constraint(
-            ema_alpha_p, "ema_alpha_p", m, like, minimum=0.0, below=1.0
-        )
-        self.ema_alpha_d = _per_constraint(
-            ema_alpha_d, "ema_alpha_d", m, like, minimum=0.0, below=1.0
-        )
-        self.delay = _check_count(delay, "delay", 1)
-        self._integral = _per_constraint(initial_integral, "initial_integral", m, like, minimum=0.0)
+        self.kp, self.ki, self.kd = (_vector(checked[name]) for name in ("kp", "ki", "kd"))
+        self.max_value = _vector(checked["max_value"])
+        self.ema_alpha_p = _vector(checked["ema_alpha_p"])
+        self.ema_alpha_d = _vector(checked["ema_alpha_d"])
+        self.delay: int = checked["delay"]
+        self._integral = _vector(checked["initial_integral"])
         self._multiplier = torch.minimum(self._integral, self.max_value)  # (m,)
         self._error_ema: torch.Tensor | None = None  # P, (m,)
         self._cost_ema: torch.Tensor | None = None  # C̄_t, (m,)
@@ -551,7 +476,7 @@ class PIDMultiplier(_MultiplierRecord):
         cost_ema = _load_optional_vector(state, "cost_ema", m, like)
         history = _load_rows(state, "cost_ema_history", m, self.delay, like)
         constraint_estimate = _load_optional_vector(state, "constraint_estimate", m, like)
-        num_updates = _check_count(state["num_updates"], "state['num_updates']", 0)
+        num_updates = count(state["num_updates"], "state['num_updates']", 0)
         self._multiplier = torch.minimum(torch.clamp(multiplier, min=0.0), self.max_value)
         self._integral = integral
         self._error_ema = error_ema
@@ -579,12 +504,9 @@ class FixedMultiplier(_MultiplierRecord):
     kind = "fixed"
 
     def __init__(self, value: PerConstraint, cost_limit: PerConstraint = 0.0) -> None:
-        limit = _cost_limit_vector(cost_limit)
-        m = max(
-            limit.shape[0], torch.atleast_1d(torch.as_tensor(value, dtype=torch.float64)).shape[0]
-        )
-        self._cost_limit = _per_constraint(limit, "cost_limit", m, limit)
-        self._multiplier = _per_constraint(value, "value", m, limit, minimum=0.0)
+        limit, checked = check_options(self.kind, cost_limit, {"value": value})
+        self._cost_limit = _vector(limit)  # d broadcast to λ's m
+        self._multiplier = _vector(checked["value"])
         self._num_updates = 0
         self._constraint_estimate: torch.Tensor | None = None
 
@@ -623,7 +545,7 @@ class FixedMultiplier(_MultiplierRecord):
         constraint_estimate = _load_optional_vector(
             state, "constraint_estimate", m, self._cost_limit
         )
-        self._num_updates = _check_count(state["num_updates"], "state['num_updates']", 0)
+        self._num_updates = count(state["num_updates"], "state['num_updates']", 0)
         self._constraint_estimate = constraint_estimate
 
 
@@ -633,13 +555,9 @@ class FixedMultiplier(_MultiplierRecord):
 
 _KIND_TO_CLASS: dict[str, type] = {
     "log_gradient_ascent": LogGradientAscentMultiplier,
-    "lagrangian": LogGradientAscentMultiplier,  # alias: the published Safe RLHF name
     "pid": PIDMultiplier,
     "fixed": FixedMultiplier,
 }
-
-MULTIPLIER_KINDS: tuple[str, ...] = tuple(_KIND_TO_CLASS)
-"""The names ``build_multiplier`` accepts."""
 
 
 def build_multiplier(kind: str, cost_limit: PerConstraint, **kwargs: Any) -> Multiplier:
@@ -655,30 +573,9 @@ def build_multiplier(kind: str, cost_limit: PerConstraint, **kwargs: Any) -> Mul
         The multiplier.
 
     Raises:
-        ValueError: unknown ``kind`` (the message lists the allowed kinds), or an unknown or
-            missing keyword for that kind (the message lists the accepted keywords).
+        ValueError: unknown ``kind`` (the message lists the allowed kinds), an unknown or
+            missing keyword for that kind (the message lists the accepted keywords), or a value
+            out of its range (``saferl.core.multiplier_options.check_options``).
     """
-    if kind not in _KIND_TO_CLASS:
-        raise ValueError(
-            f"multiplier kind: expected one of {list(MULTIPLIER_KINDS)}, found {kind!r}"
-        )
-    cls = _KIND_TO_CLASS[kind]
-    parameters = {
-        name: parameter
-        for name, parameter in inspect.signature(cls).parameters.items()
-        if name != "cost_limit"
-    }
-    unknown = sorted(set(kwargs) - set(parameters))
-    if unknown:
-        raise ValueError(
-            f"multiplier kind {kind!r}: unexpected option(s) {unknown}; "
-            f"accepted: {list(parameters)}"
-        )
-    missing = [
-        name
-        for name, parameter in parameters.items()
-        if parameter.default is inspect.Parameter.empty and name not in kwargs
-    ]
-    if missing:
-        raise ValueError(f"multiplier kind {kind!r}: missing required option(s) {missing}")
-    return cls(cost_limit=cost_limit, **kwargs)
+    check_options(kind, cost_limit, kwargs)  # the kind, names and ranges, with config-friendly messages
+    return _KIND_TO_CLASS[canonical_kind(kind)](cost_limit=cost_limit, **kwargs)

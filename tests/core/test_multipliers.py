@@ -425,7 +425,7 @@ def test_log_gradient_ascent_rejects_bad_hyper_parameters(kwargs: dict, message:
         ({"ema_alpha_d": -0.5}, r"ema_alpha_d: expected values >= 0.0"),
         ({"delay": 0}, r"delay: expected an integer >= 1, found 0"),
         ({"initial_integral": -1.0}, r"initial_integral: expected values >= 0.0"),
-        ({"kp": [1.0, 1.0, 1.0]}, r"kp: expected a float or 2 values .*found shape \(3,\)"),
+        ({"kp": [1.0, 1.0, 1.0]}, r"kp: expected a float or 2 values .*found 3 values"),
     ],
 )
 def test_pid_rejects_bad_hyper_parameters(kwargs: dict, message: str) -> None:
@@ -439,9 +439,26 @@ def test_bad_cost_limits_and_fixed_values() -> None:
         LogGradientAscentMultiplier(math.nan)
     with pytest.raises(ValueError, match=r"cost_limit: expected a float or a non-empty 1-D"):
         LogGradientAscentMultiplier([])
-    with pytest.raises(ValueError, match=r"cost_limit: .*found shape \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"cost_limit: .*flat sequence of floats, found nested values"):
         PIDMultiplier([[0.0, 0.0], [0.0, 0.0]], kp=1.0, ki=0.0, kd=0.0, max_value=1.0)
     with pytest.raises(ValueError, match=r"value: expected values >= 0.0, found \[-0.5\]"):
         FixedMultiplier(-0.5)
     with pytest.raises(ValueError, match=r"cost_limit: expected a float or 3 values"):
         FixedMultiplier([0.1, 0.2, 0.3], cost_limit=[0.0, 0.0])
+
+
+@pytest.mark.parametrize("kind", ["log_gradient_ascent", "pid", "fixed"])
+def test_the_option_rules_that_config_validation_reads_are_the_constructors_own(kind) -> None:
+    """``saferl.config`` checks ``multiplier.*`` with ``multiplier_options.OPTIONS`` (no torch);
+    the classes must take exactly those options with exactly those defaults."""
+    import inspect
+
+    from saferl.core.multiplier_options import OPTIONS, REQUIRED
+    from saferl.core.multipliers import _KIND_TO_CLASS
+
+    parameters = {name: parameter.default for name, parameter in inspect.signature(_KIND_TO_CLASS[kind]).parameters.items()
+                  if name != "cost_limit"}
+    rules = {name: (inspect.Parameter.empty if rule.default is REQUIRED else rule.default)
+             for name, rule in OPTIONS[kind].items()}
+    assert parameters == rules
+
