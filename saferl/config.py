@@ -313,9 +313,9 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
 
 def _sign_weight(cfg: DictConfig, default: float) -> float:
     """``scorers.sign_weight`` (≥ 0); null or absent: the setup's ``default``. The built-in world
-    defaults to 0 (Bradley–Terry alone): with Safe RLHF's sign terms the learned problem's optimum
-    breaks the limit on ground truth in all three scoreboard seeds (violation 0.07–0.22 against
-    0–0.11 without them; README scoreboard). Hub-format data keeps Safe RLHF's loss, 1."""
+    defaults to 0 (Bradley–Terry alone): the learned problem's optimum then breaks the limit on
+    ground truth by less (mean violation 0.121 against 0.149 with Safe RLHF's sign terms over the
+    scoreboard's three seeds; docs/algorithms.md §3). Hub-format data keeps Safe RLHF's loss, 1."""
     if OmegaConf.select(cfg, "scorers.sign_weight") is None:
         return default
     return _number(cfg, "scorers.sign_weight", minimum=0.0)
