@@ -27,9 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 if TYPE_CHECKING:
     # The functions import the settings' modules where they build settings. The runtime's specs,
-    # the learners' and the world's settings and the multipliers' option rules are light; the hub
-    # and tiny setups' modules import torch or transformers (seconds), so validate() checks
-    # everything else before they load.
+    # the learners' settings, every setup's settings (saferl.setups.settings) and the multipliers'
+    # option rules are light, so validate() checks a whole config before torch, transformers or
+    # Ray load (seconds).
     from saferl.data.world.settings import ReferenceConfig
     from saferl.learners.settings import (
         CDPOSettings,
@@ -41,9 +41,7 @@ if TYPE_CHECKING:
     )
     from saferl.runtime.resources import Resources
     from saferl.runtime.specs import GenerationSpec
-    from saferl.setups.hub import HubSettings
-    from saferl.setups.settings import StageSettings, WorldSettings
-    from saferl.setups.tiny import TinySettings
+    from saferl.setups.settings import HubSettings, StageSettings, TinySettings, WorldSettings
 
 __all__ = [
     "ConfigError",
@@ -239,7 +237,7 @@ def _positive_rates(settings: Any, key: str) -> None:
 
 
 def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: int | None) -> HubSettings:
-    from saferl.setups.hub import HubSettings, max_prompt_length
+    from saferl.setups.settings import HubSettings, max_prompt_length
 
     model, data = _container(cfg.model, "model"), _container(cfg.data, "data")
     model_keys = {"source", "policy", "reward_model", "cost_model", "revision", "dtype", "trust_remote_code"}
@@ -256,10 +254,10 @@ def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: in
     if not isinstance(data.get("path"), str) or not data["path"].strip():
         raise ConfigError(f"data.path: expected a hub dataset name or local file; found {data.get('path')!r}")
     from saferl.data.templates import TEMPLATE_NAMES
-    from saferl.models.spec import DTYPES
+    from saferl.runtime.specs import DTYPE_NAMES
 
     _choice(data.get("template"), "data.template", TEMPLATE_NAMES)
-    _choice(model.get("dtype"), "model.dtype", tuple(DTYPES))
+    _choice(model.get("dtype"), "model.dtype", DTYPE_NAMES)
     if not isinstance(data.get("max_length"), int) or data["max_length"] < 2:
         raise ConfigError(f"data.max_length: expected an integer >= 2; found {data.get('max_length')!r}")
     try:
@@ -409,7 +407,7 @@ def _same_kl_coefficient(settings, beta: float) -> None:
 def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: ReferenceConfig, scorer_kind: str,
                    seed: int, num_ranks: int) -> TinySettings:
     """The world's tiny models on a PKU-format data set (``model=world`` with a hub data group)."""
-    from saferl.setups.tiny import TinySettings
+    from saferl.setups.settings import TinySettings
 
     model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")

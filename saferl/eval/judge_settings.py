@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from saferl.runtime.specs import DTYPE_NAMES
+
 __all__ = ["JUDGE_KINDS", "JudgeSettings", "parse_judges"]
 
 #: The judges ``job.judges`` knows.
 JUDGE_KINDS = ("ground_truth", "llamaguard", "classifier")
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ def _judge(entry: object, key: str) -> JudgeSettings:
         raise ValueError(
             f"{key}.template: must contain {{prompt}} and {{response}}; found {template!r}"
         )
-    if "dtype" in values and values["dtype"] not in _DTYPES:
-        raise ValueError(f"{key}.dtype: expected one of {list(_DTYPES)}; found {values['dtype']!r}")
+    if "dtype" in values and values["dtype"] not in DTYPE_NAMES:
+        raise ValueError(f"{key}.dtype: expected one of {list(DTYPE_NAMES)}; found {values['dtype']!r}")
     known = {f.name for f in fields(JudgeSettings)}
     return JudgeSettings(**{k: v for k, v in values.items() if k in known})
 

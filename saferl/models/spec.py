@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from saferl.runtime.specs import DTYPE_NAMES
+
 __all__ = [
     "DTYPES",
     "TINY_ARCHITECTURES",
@@ -26,11 +28,7 @@ __all__ = [
 ]
 
 #: Accepted ``ModelSpec.dtype`` strings and the torch dtypes they name.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 #: Architectures a :class:`TinyModelConfig` can build.
 TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "BACKENDS",
+    "DTYPE_NAMES",
     "OPTIMIZER_IMPLS",
     "PLACEMENT_STRATEGIES",
     "PRECISIONS",
@@ -31,6 +32,8 @@ __all__ = [
 
 #: ``DeepSpeedSpec.precision`` values; ``"auto"`` is bf16 on GPU and fp32 on CPU.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+#: ``ModelSpec.dtype`` (``model.dtype``) values: torch's own names, so checking one needs no torch.
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 #: ``DeepSpeedSpec.scheduler`` values.
 SCHEDULERS: tuple[str, ...] = ("constant", "cosine", "linear")
 #: ``DeepSpeedSpec.optimizer_impl`` values (see :func:`saferl.runtime.deepspeed_config`).

@@ -25,7 +25,6 @@ caps prompt + response at ``max_length`` through ``generate``'s ``max_length``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedTokenizerBase
@@ -42,66 +41,16 @@ from saferl.models import (
     load_tokenizer,
     safe_rlhf_score_dim,
 )
-from saferl.runtime import GenerationSpec
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, ModelScorerSource, Needs, Setup
+from saferl.setups.settings import (  # light: config validation reads them
+    HubSettings,
+    max_prompt_length,
+)
 
 __all__ = ["HubSettings", "build", "max_prompt_length", "preflight", "require_score_model", "training_pairs"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HubSettings:
-    """A published setup's models and data (config keys in brackets).
-
-    Attributes:
-        policy: the policy's start and reference (``model.policy``).
-        reward_model, cost_model: score models, or None (``model.reward_model``, ``model.cost_model``).
-        revision, dtype, trust_remote_code: how the models load (``model.*``).
-        path, data_revision, train_split, test_split: the preference dataset (``data.path``,
-            ``data.revision``, ``data.train_split``, ``data.test_split``).
-        template: prompt template name; max_length: prompt + response tokens (``data.*``).
-        generation: rollout sampling (``generation.*``).
-        rows_per_call: rows per sampling or scoring call of the dualized learners (a DPO step's
-            rows; None: one call).
-    """
-
-    policy: str
-    reward_model: str | None
-    cost_model: str | None
-    revision: str | None
-    dtype: str
-    trust_remote_code: bool
-    path: str
-    data_revision: str | None
-    train_split: str
-    test_split: str
-    template: str
-    max_length: int
-    generation: GenerationSpec
-    rows_per_call: int | None = None
-
-    def model_spec(self, name: str) -> ModelSpec:
-        """A hub model as the groups load it (the setup's revision, dtype and remote-code setting)."""
-        return ModelSpec(name_or_path=name, revision=self.revision, trust_remote_code=self.trust_remote_code,
-                         dtype=self.dtype)
-
-
-def max_prompt_length(max_length: int, max_new_tokens: int) -> int:
-    """Prompt tokens kept so that prompt + response fit ``data.max_length``.
-
-    Raises:
-        ValueError: no room is left for the prompt (names both keys).
-    """
-    budget = max_length - max_new_tokens
-    if budget <= 0:
-        raise ValueError(
-            f"data.max_length={max_length} leaves no prompt tokens after the "
-            f"generation.max_new_tokens={max_new_tokens} response tokens (prompt + response must fit "
-            f"data.max_length); raise data.max_length or lower generation.max_new_tokens"
-        )
-    return budget
 
 
 def _require_existing(key: str, source: str, folder: bool) -> None:

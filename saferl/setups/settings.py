@@ -1,13 +1,17 @@
 """The setups' settings that a config is checked against, without torch, Ray or transformers: a
-training stage (:class:`StageSettings`) and the built-in world's problem, data, stages and scorers
-(:class:`WorldSettings`). :mod:`saferl.setups.stages` and :mod:`saferl.setups.world` re-export them.
+training stage (:class:`StageSettings`), the built-in world's problem, data, stages and scorers
+(:class:`WorldSettings`), a published setup's models and data (:class:`HubSettings`) and the
+world's tiny models on PKU-format data (:class:`TinySettings`). :mod:`saferl.setups.stages`,
+:mod:`saferl.setups.world`, :mod:`saferl.setups.hub` and :mod:`saferl.setups.tiny` re-export them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from saferl.data.templates import TEMPLATE_NAMES
 from saferl.data.world.settings import (
     MAX_RESPONSE_TOKENS,
     ReferenceConfig,
@@ -16,7 +20,11 @@ from saferl.data.world.settings import (
 )
 from saferl.runtime.specs import GenerationSpec
 
-__all__ = ["SCORER_KINDS", "StageSettings", "WorldSettings", "cost_model_name"]
+if TYPE_CHECKING:
+    from saferl.models import ModelSpec
+
+__all__ = ["SCORER_KINDS", "HubSettings", "StageSettings", "TinySettings", "WorldSettings", "cost_model_name",
+           "max_prompt_length"]
 
 
 @dataclass(frozen=True)
@@ -153,5 +161,112 @@ class WorldSettings:
         # A cost model's record names a sign weight other than Safe RLHF's 1 (folders from before
         # the key existed, all at 1, stay reusable).
         if stage != "reward_model" and self.sign_weight != 1.0:
+            record["sign_weight"] = self.sign_weight
+        return record
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """A published setup's models and data (config keys in brackets).
+
+    Attributes:
+        policy: the policy's start and reference (``model.policy``).
+        reward_model, cost_model: score models, or None (``model.reward_model``, ``model.cost_model``).
+        revision, dtype, trust_remote_code: how the models load (``model.*``).
+        path, data_revision, train_split, test_split: the preference dataset (``data.path``,
+            ``data.revision``, ``data.train_split``, ``data.test_split``).
+        template: prompt template name; max_length: prompt + response tokens (``data.*``).
+        generation: rollout sampling (``generation.*``).
+        rows_per_call: rows per sampling or scoring call of the dualized learners (a DPO step's
+            rows; None: one call).
+    """
+
+    policy: str
+    reward_model: str | None
+    cost_model: str | None
+    revision: str | None
+    dtype: str
+    trust_remote_code: bool
+    path: str
+    data_revision: str | None
+    train_split: str
+    test_split: str
+    template: str
+    max_length: int
+    generation: GenerationSpec
+    rows_per_call: int | None = None
+
+    def model_spec(self, name: str) -> ModelSpec:
+        """A hub model as the groups load it (the setup's revision, dtype and remote-code setting)."""
+        from saferl.models import ModelSpec  # torch and transformers: not at config validation
+
+        return ModelSpec(name_or_path=name, revision=self.revision, trust_remote_code=self.trust_remote_code,
+                         dtype=self.dtype)
+
+
+def max_prompt_length(max_length: int, max_new_tokens: int) -> int:
+    """Prompt tokens kept so that prompt + response fit ``data.max_length``.
+
+    Raises:
+        ValueError: no room is left for the prompt (names both keys).
+    """
+    budget = max_length - max_new_tokens
+    if budget <= 0:
+        raise ValueError(
+            f"data.max_length={max_length} leaves no prompt tokens after the "
+            f"generation.max_new_tokens={max_new_tokens} response tokens (prompt + response must fit "
+            f"data.max_length); raise data.max_length or lower generation.max_new_tokens"
+        )
+    return budget
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    """The world's tiny models on a PKU-format data set (config keys in brackets).
+
+    Attributes:
+        reference: the tiny Llama's shape (``world.reference``).
+        path, data_revision, train_split, test_split, template, max_length: the data (``data.*``).
+        sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``.
+        regularization: ``scorers.regularization``; sign_weight: ``scorers.sign_weight`` (the cost loss).
+        generation: rollout sampling (``generation.*``).
+        seed: the root ``seed``.
+    """
+
+    reference: ReferenceConfig
+    path: str
+    data_revision: str | None
+    train_split: str
+    test_split: str
+    template: str
+    max_length: int
+    sft: StageSettings
+    reward_model: StageSettings
+    cost_model: StageSettings
+    regularization: float
+    generation: GenerationSpec
+    seed: int = 0
+    sign_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATE_NAMES or self.template == "chat":
+            raise ValueError(
+                f"data.template: the tiny models have no chat template; use safe_rlhf or raw; found {self.template!r}"
+            )
+        max_prompt_length(self.max_length, self.generation.max_new_tokens)  # names both keys
+        for key, stage in (("model.sft", self.sft), ("scorers.reward_model", self.reward_model),
+                           ("scorers.cost_model", self.cost_model)):
+            stage.check(key)
+
+    def stage_settings(self, stage: str) -> dict:
+        """What a stage's outputs depend on (a resumed run must match it)."""
+        data = {"path": self.path, "revision": self.data_revision, "train_split": self.train_split,
+                "template": self.template, "max_length": self.max_length}
+        if stage == "sft":
+            return {"seed": self.seed, "data": data, "reference": asdict(self.reference), "sft": asdict(self.sft)}
+        record = {"seed": self.seed, "data": data, "test_split": self.test_split,
+                  stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
+                  "score_regularization": self.regularization}
+        if stage == "cost_model" and self.sign_weight != 1.0:  # records from before the key stay valid
             record["sign_weight"] = self.sign_weight
         return record

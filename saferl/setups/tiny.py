@@ -24,20 +24,17 @@ so the setup has no evaluator (``job=evaluate`` runs the arena on the result).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from saferl.data import format_prompt, load_preference_dataset
 from saferl.data.records import SafetyPreferencePair, SFTExample
-from saferl.data.templates import TEMPLATE_NAMES
-from saferl.data.world import ReferenceConfig
 from saferl.data.world.vocab import EOS, PAD, UNK
 from saferl.learners.output import RunOutput
 from saferl.learners.run_state import StageRecords
 from saferl.models import ModelSpec, TinyModelConfig, load_tokenizer
-from saferl.runtime import GenerationSpec, init_ray
+from saferl.runtime import init_ray
 from saferl.runtime.pool import prestart_workers
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, ModelScorerSource, Needs, Setup
@@ -47,63 +44,12 @@ from saferl.setups.hub import (
     training_pairs,
     training_prompts,
 )
-from saferl.setups.stages import StageSettings, run_score_stage, run_sft_stage
+from saferl.setups.settings import TinySettings  # light: config validation reads it
+from saferl.setups.stages import run_score_stage, run_sft_stage
 
 __all__ = ["TinySettings", "build", "demonstrations", "word_tokenizer"]
 
 TOKENIZER_DIR = "tokenizer"
-
-
-@dataclass(frozen=True)
-class TinySettings:
-    """The world's tiny models on a PKU-format data set (config keys in brackets).
-
-    Attributes:
-        reference: the tiny Llama's shape (``world.reference``).
-        path, data_revision, train_split, test_split, template, max_length: the data (``data.*``).
-        sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``.
-        regularization: ``scorers.regularization``; sign_weight: ``scorers.sign_weight`` (the cost loss).
-        generation: rollout sampling (``generation.*``).
-        seed: the root ``seed``.
-    """
-
-    reference: ReferenceConfig
-    path: str
-    data_revision: str | None
-    train_split: str
-    test_split: str
-    template: str
-    max_length: int
-    sft: StageSettings
-    reward_model: StageSettings
-    cost_model: StageSettings
-    regularization: float
-    generation: GenerationSpec
-    seed: int = 0
-    sign_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.template not in TEMPLATE_NAMES or self.template == "chat":
-            raise ValueError(
-                f"data.template: the tiny models have no chat template; use safe_rlhf or raw; found {self.template!r}"
-            )
-        max_prompt_length(self.max_length, self.generation.max_new_tokens)  # names both keys
-        for key, stage in (("model.sft", self.sft), ("scorers.reward_model", self.reward_model),
-                           ("scorers.cost_model", self.cost_model)):
-            stage.check(key)
-
-    def stage_settings(self, stage: str) -> dict:
-        """What a stage's outputs depend on (a resumed run must match it)."""
-        data = {"path": self.path, "revision": self.data_revision, "train_split": self.train_split,
-                "template": self.template, "max_length": self.max_length}
-        if stage == "sft":
-            return {"seed": self.seed, "data": data, "reference": asdict(self.reference), "sft": asdict(self.sft)}
-        record = {"seed": self.seed, "data": data, "test_split": self.test_split,
-                  stage: asdict(self.reward_model if stage == "reward_model" else self.cost_model),
-                  "score_regularization": self.regularization}
-        if stage == "cost_model" and self.sign_weight != 1.0:  # records from before the key stay valid
-            record["sign_weight"] = self.sign_weight
-        return record
 
 
 def word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
