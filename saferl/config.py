@@ -309,13 +309,10 @@ def _reference(cfg: DictConfig, seed: int) -> ReferenceConfig:
                   "world.reference", ReferenceConfig)
 
 
-def _sign_weight(cfg: DictConfig, default: float) -> float:
-    """``scorers.sign_weight`` (≥ 0); null or absent: the setup's ``default``. The built-in world
-    defaults to 0 (Bradley–Terry alone): the learned problem's optimum then breaks the limit on
-    ground truth by less (mean violation 0.121 against 0.149 with Safe RLHF's sign terms over the
-    scoreboard's three seeds; docs/algorithms.md §3). Hub-format data keeps Safe RLHF's loss, 1."""
+def _sign_weight(cfg: DictConfig) -> float:
+    """``scorers.sign_weight`` (≥ 0; 1, Safe RLHF's cost loss, when a config predates the key)."""
     if OmegaConf.select(cfg, "scorers.sign_weight") is None:
-        return default
+        return 1.0
     return _number(cfg, "scorers.sign_weight", minimum=0.0)
 
 
@@ -374,7 +371,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
             "scorers": scorer_kind,
             "calibrate": bool(scorers["calibrate"]),
             "regularization": float(scorers["regularization"]),
-            "sign_weight": _sign_weight(cfg, default=0.0),
+            "sign_weight": _sign_weight(cfg),
             "generation": generation,
             "from_run": from_run,
             "seed": seed,
@@ -434,7 +431,7 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
          "train_split": data.get("train_split", "train"), "test_split": data.get("test_split", "test"),
          "template": data.get("template"), "max_length": data["max_length"], "sft": stages["model.sft"],
          "reward_model": stages["scorers.reward_model"], "cost_model": stages["scorers.cost_model"],
-         "regularization": float(scorers["regularization"]), "sign_weight": _sign_weight(cfg, default=1.0),
+         "regularization": float(scorers["regularization"]), "sign_weight": _sign_weight(cfg),
          "generation": generation, "seed": seed},
         "config", TinySettings,
     )

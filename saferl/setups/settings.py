@@ -80,7 +80,7 @@ class WorldSettings:
             exact optimum.
         regularization: ``scorers.regularization``, η of the score losses.
         sign_weight: ``scorers.sign_weight``, the weight of the cost loss's safety-sign terms
-            (1: Safe RLHF's loss; 0, the world's default: Bradley–Terry alone).
+            (1: Safe RLHF's loss; 0: Bradley–Terry alone).
         generation: rollout sampling (``generation.*``; ``max_new_tokens`` must be the world's 3).
         from_run: ``model.from_run``, a finished run whose stages 1–4 are used in place.
         seed: the root ``seed`` (data, initialisation).
@@ -99,7 +99,7 @@ class WorldSettings:
     scorers: str = "learned"
     calibrate: bool = True
     regularization: float = 0.001
-    sign_weight: float = 0.0
+    sign_weight: float = 1.0
     generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS))
     from_run: Path | None = None
     seed: int = 0

@@ -821,15 +821,12 @@ def test_the_default_streams_target_the_stated_problem_and_the_published_preset_
 
 def test_the_cost_sign_weight_reaches_the_cost_stage_only_and_a_negative_one_is_refused():
     """``scorers.sign_weight`` weights the cost loss's safety-sign terms: it changes what the cost
-    stage trains (so its record, and a reusing run's match, names it) and never the reward stage.
-    Left null it is the setup's default: 0 (Bradley–Terry alone) on the built-in world."""
-    default, safe_rlhf = validate(composed()), validate(composed("scorers.sign_weight=1"))
-    assert isinstance(default.setup, WorldSettings) and default.setup.sign_weight == 0.0
-    assert safe_rlhf.setup.sign_weight == 1.0
-    assert safe_rlhf.setup.stage_settings("reward_model") == default.setup.stage_settings("reward_model")
-    assert default.setup.stage_settings("cost_model")["sign_weight"] == 0.0
-    # A record at Safe RLHF's 1 is the one every run folder from before the key wrote: still reusable.
-    assert "sign_weight" not in safe_rlhf.setup.stage_settings("cost_model")
+    stage trains (so its record, and a reusing run's match, names it) and never the reward stage."""
+    default, bt_only = validate(composed()), validate(composed("scorers.sign_weight=0"))
+    assert isinstance(bt_only.setup, WorldSettings) and bt_only.setup.sign_weight == 0.0
+    assert bt_only.setup.stage_settings("reward_model") == default.setup.stage_settings("reward_model")
+    assert bt_only.setup.stage_settings("cost_model")["sign_weight"] == 0.0
     assert "sign_weight" not in default.setup.stage_settings("reward_model")
+    assert default.setup.stage_settings("cost_model").get("sign_weight", 1.0) == default.setup.sign_weight
     with pytest.raises(ConfigError, match=named("scorers.sign_weight", ">= 0.0", "found -1")):
         validate(composed("scorers.sign_weight=-1"))

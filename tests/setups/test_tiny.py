@@ -61,7 +61,6 @@ def test_the_config_builds_the_tiny_setup_and_refuses_what_it_cannot_run(pku_fol
     assert isinstance(run.setup, TinySettings)
     assert run.setup.path == str(pku_folder) and run.setup.template == "safe_rlhf"
     assert run.setup.reference == run.reference  # the world's tiny shape
-    assert run.setup.sign_weight == 1.0  # hub-format data keeps Safe RLHF's cost loss by default
     weighted = validate(composed(*SMALL, f"data.path={pku_folder}", "scorers.sign_weight=0.25")).setup
     assert weighted.sign_weight == 0.25 and weighted.stage_settings("cost_model")["sign_weight"] == 0.25
     assert weighted.stage_settings("reward_model") == run.setup.stage_settings("reward_model")
