@@ -56,8 +56,8 @@ JOBS = ("train", "evaluate", "exact_optimum", "world_data")
 SCORER_KINDS = ("learned", "oracle", "pretrained")
 SOURCES = ("world", "hub")
 # The learner keys that are not PPOSettings fields.
-_LEARNER_EXTRA = ("name", "policy_learning_rate", "critic_learning_rate", "mocan", "pecan", "preference", "rbr",
-                  "cdpo")
+_LEARNER_EXTRA = ("name", "policy_learning_rate", "critic_learning_rate", "policy_lr_schedule",
+                  "policy_lr_warmup_ratio", "mocan", "pecan", "preference", "rbr", "cdpo")
 
 
 class ConfigError(ValueError):
@@ -477,7 +477,9 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
         _divides(ppo.prompts_per_iteration, "learner.prompts_per_iteration", num_ranks)
         ppo = _build({"ppo": ppo, "multiplier": multiplier, "cost_limit": cost_limit,
                       "policy_learning_rate": learner_values.get("policy_learning_rate", 1e-3),
-                      "critic_learning_rate": learner_values.get("critic_learning_rate", 1e-3)},
+                      "critic_learning_rate": learner_values.get("critic_learning_rate", 1e-3),
+                      "policy_lr_schedule": learner_values.get("policy_lr_schedule", "constant"),
+                      "policy_lr_warmup_ratio": learner_values.get("policy_lr_warmup_ratio", 0.0)},
                      "learner", PPOLagSettings)
     if learner == "ppo_lag":
         return ppo

@@ -35,7 +35,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -435,8 +435,13 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
     cost_sources = list(setup.costs) if with_costs else []
     try:
         # 1. Policy, reference and critics.
-        policy_group = start(PolicyGroup(setup.policy, setup.tokenizer,
-                                         resources.engine(settings.policy_learning_rate, rows), resources.group,
+        # The actor's schedule runs over the whole run's optimizer steps (a resumed run restores
+        # the scheduler's position with the optimizer).
+        warmup_steps, total_steps = settings.policy_schedule_steps()
+        policy_engine = replace(resources.engine(settings.policy_learning_rate, rows),
+                                scheduler=settings.policy_lr_schedule, warmup_steps=warmup_steps,
+                                total_steps=total_steps)
+        policy_group = start(PolicyGroup(setup.policy, setup.tokenizer, policy_engine, resources.group,
                                          resources.runtime, role=role("policy"), seed=resources.seed, wait=False))
         reference = start(ReferenceGroup(setup.policy, setup.tokenizer, resources.engine(0.0, rows),
                                          resources.group, resources.runtime, role=role("reference"),

@@ -82,7 +82,7 @@ def minibatch_steps(
     for _ in range(epochs):
         for start in range(0, rows, rows_per_step):
             output = group.train_step(slice_batch(batch, start, start + rows_per_step), loss_fn)
-            values = {"loss": output.loss, **output.metrics}
+            values = {"loss": output.loss, "learning_rate": output.learning_rate, **output.metrics}
             if output.grad_norm is not None:
                 values["grad_norm"] = output.grad_norm
             for key, value in values.items():

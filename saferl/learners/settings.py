@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from saferl.runtime.specs import SCHEDULERS
+
 __all__ = [
     "DEFAULT_FRONTIER_GRID",
     "CDPOSettings",
@@ -89,6 +91,10 @@ class PPOLagSettings:
         cost_limit: ``d``, one value per cost (root ``cost_limit``).
         policy_learning_rate, critic_learning_rate: AdamW rates (``learner.policy_learning_rate``,
             ``learner.critic_learning_rate``).
+        policy_lr_schedule: the actor's learning-rate schedule over the run's optimizer steps
+            (``learner.policy_lr_schedule``): ``constant``, ``linear`` or ``cosine`` (to 0), after
+            a linear warmup over ``policy_lr_warmup_ratio`` of the steps
+            (``learner.policy_lr_warmup_ratio``) [cosine, 0.03].
         name: names the checkpoint folder (``checkpoints/<name>``), the exported policy
             (``models/policy_<name>``) and the progress stage.
     """
@@ -99,17 +105,33 @@ class PPOLagSettings:
     policy_learning_rate: float = 1e-3
     critic_learning_rate: float = 1e-3
     name: str = "ppo_lag"
+    policy_lr_schedule: str = "constant"
+    policy_lr_warmup_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("policy_learning_rate", "critic_learning_rate"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"learner.{key}: must be > 0; found {value!r}")
+        if self.policy_lr_schedule not in SCHEDULERS:
+            raise ValueError(f"learner.policy_lr_schedule: expected one of {list(SCHEDULERS)}; "
+                             f"found {self.policy_lr_schedule!r}")
+        ratio = self.policy_lr_warmup_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise ValueError(f"learner.policy_lr_warmup_ratio: expected a fraction of the steps in [0, 1); "
+                             f"found {ratio!r}")
         if self.ppo.ptx_coeff > 0:
             raise ValueError(
                 f"learner.ptx_coeff={self.ppo.ptx_coeff}: the PTX loss needs a supervised data set, and no "
                 "setup provides one yet; use 0 (the default)"
             )
+
+    def policy_schedule_steps(self) -> tuple[int, int]:
+        """``(warmup_steps, total_steps)`` of the actor's schedule: one optimizer step per rollout
+        and epoch."""
+        total = self.ppo.iterations * self.ppo.ppo_epochs
+        return round(self.policy_lr_warmup_ratio * total), total
+
 
 
 

@@ -830,3 +830,22 @@ def test_the_cost_sign_weight_reaches_the_cost_stage_only_and_a_negative_one_is_
     assert default.setup.stage_settings("cost_model").get("sign_weight", 1.0) == default.setup.sign_weight
     with pytest.raises(ConfigError, match=named("scorers.sign_weight", ">= 0.0", "found -1")):
         validate(composed("scorers.sign_weight=-1"))
+
+
+def test_the_actor_schedule_reaches_the_settings_and_a_bad_one_is_refused():
+    """``learner.policy_lr_schedule`` and ``learner.policy_lr_warmup_ratio``: linear with no warmup
+    on the world, the published cosine after a 3 % warmup in beaver_v1; the steps they span are
+    the run's optimizer steps (one per rollout and epoch)."""
+    world = validate(composed()).settings
+    assert (world.policy_lr_schedule, world.policy_lr_warmup_ratio) == ("linear", 0.0)
+    assert world.policy_schedule_steps() == (0, world.ppo.iterations * world.ppo.ppo_epochs)
+    published = validate(composed("experiment=beaver_v1")).settings
+    assert (published.policy_lr_schedule, published.policy_lr_warmup_ratio) == ("cosine", 0.03)
+    assert published.policy_schedule_steps() == (round(0.03 * 210), 210)
+    epochs = validate(composed("learner.ppo_epochs=3", "learner.policy_lr_warmup_ratio=0.1")).settings
+    assert epochs.policy_schedule_steps() == (90, 900)
+    for override, fragment in (("learner.policy_lr_schedule=step", "learner.policy_lr_schedule: expected one of"),
+                               ("learner.policy_lr_warmup_ratio=1.0", "learner.policy_lr_warmup_ratio: expected a "
+                                                                      "fraction of the steps in [0, 1); found 1.0")):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            validate(composed(override))

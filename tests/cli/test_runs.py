@@ -109,6 +109,12 @@ def test_default_job_end_to_end(first_run):
     result = json.loads((folder / "result.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())
     assert len(result["history"]) == 2
+    # The actor's learning rate decays linearly to 0 over the run's 2 optimizer steps (the
+    # default schedule): step k uses lr·(T − k)/T.
+    learner = composed("experiment=world_ppo_lag", *TINY).learner
+    assert learner.policy_lr_schedule == "linear"
+    assert [row["policy/learning_rate"] for row in result["history"]] == pytest.approx(
+        [learner.policy_learning_rate, learner.policy_learning_rate / 2], rel=1e-12)
     assert result["reference"]["normalised_lagrangian_gap"] == pytest.approx(1.0)
     assert result["optimum"]["normalised_lagrangian_gap"] == pytest.approx(0.0, abs=1e-8)
     assert result["optimum"]["violation"] == [pytest.approx(0.0, abs=1e-9)]  # one per constraint
