@@ -389,7 +389,8 @@ def test_sft_loss_is_per_sequence_mean_then_batch_mean_times_coefficient() -> No
 
 # ------------------------------------------------------------------------------ minibatch_steps
 class FakeGroup:
-    """Records the rows of every step; step ``k`` (1-based) reports loss ``k``, metric ``10 k``."""
+    """Records the rows of every step; step ``k`` (1-based) reports loss ``k``, metric ``10 k`` and
+    learning rate ``k·1e-5`` (a schedule's rate changes from step to step)."""
 
     def __init__(self, grad_norm: float | None = 0.5) -> None:
         self.seen: list[list[int]] = []
@@ -404,7 +405,7 @@ class FakeGroup:
         return TrainStepOutput(
             loss=float(k),
             grad_norm=grad_norm,
-            learning_rate=1e-5,
+            learning_rate=1e-5 * k,
             num_rows=int(batch.input_ids.shape[0]),
             metrics={"clipfrac": 10.0 * k},
         )
@@ -428,14 +429,15 @@ def test_minibatch_steps_contiguous_rows_epochs_and_mean_over_all_steps() -> Non
     assert group.seen == [[0, 1], [2, 3], [4, 5], [0, 1], [2, 3], [4, 5]]
     assert all(fn is loss_fn for fn in group.loss_fns)
     # 6 steps: loss 1..6 → mean 3.5 (the last step alone would say 6)
-    assert metrics == pytest.approx({"loss": 3.5, "clipfrac": 35.0, "grad_norm": 0.5 * 3.5})
+    assert metrics == pytest.approx({"loss": 3.5, "clipfrac": 35.0, "grad_norm": 0.5 * 3.5,
+                                     "learning_rate": 3.5e-5})
 
 
 def test_minibatch_steps_without_grad_norm_and_one_step() -> None:
     group = FakeGroup(grad_norm=None)
     metrics = minibatch_steps(group, row_batch(4), lambda *a: None, rows_per_step=4)
     assert group.seen == [[0, 1, 2, 3]]
-    assert metrics == {"loss": 1.0, "clipfrac": 10.0}
+    assert metrics == {"loss": 1.0, "learning_rate": 1e-5, "clipfrac": 10.0}
 
 
 def test_minibatch_steps_rejects_a_non_dividing_batch() -> None:
