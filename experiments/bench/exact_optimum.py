@@ -40,7 +40,8 @@ Columns (docs/algorithms.md §8), each as mean ± sd over seeds (sd with ddof 1;
 KL(π‖π*), the normalised Lagrangian gap ``G(π)/G(π_ref)`` with ``G(π) = β E_x KL(π‖π*)`` (never
 negative, so a policy that breaks the limit gets no credit for it), the violation
 ``max(0, E c − d)`` with its largest value over seeds and the number of seeds infeasible beyond the
-tolerance, the final λ against λ*, and the run's wall seconds (the shared stages 1–4 not counted);
+tolerance, the number of seeds whose policy ends less safe than its reference (E c above the
+reference's by more than that tolerance), the final λ against λ*, and the run's wall seconds (the shared stages 1–4 not counted);
 under each learner its own exact target (``↳ target``), which separates the choice of objective
 from optimisation error.
 

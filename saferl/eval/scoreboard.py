@@ -82,6 +82,8 @@ class RunRow:
         target_label, target_kl_to_optimum, target_normalised_lagrangian_gap, target_violation,
             target_multiplier: the learner's own exact target (None / NaN / empty where the learner
             defines none).
+        reference_expected_cost: ``E c_j`` of the run's reference policy (ground truth; empty in
+            a runs CSV from before the column).
         note: what the reader must know (e.g. that the learner reads no scorer).
         run_dir: the run's folder.
     """
@@ -102,6 +104,7 @@ class RunRow:
     target_normalised_lagrangian_gap: float = math.nan
     target_violation: tuple[float, ...] = ()
     target_multiplier: tuple[float, ...] = ()
+    reference_expected_cost: tuple[float, ...] = ()
     note: str = ""
     run_dir: str = ""
 
@@ -117,6 +120,8 @@ _TEXT_COLUMNS = ("learner", "scorers", "target_label", "note", "run_dir")
 _TUPLE_COLUMNS = tuple(f.name for f in fields(RunRow) if str(f.type).startswith("tuple"))
 #: ``scoreboard_runs.csv``'s columns, in order (per-constraint values ``;``-separated).
 RUN_COLUMNS = tuple(f.name for f in fields(RunRow))
+#: Columns a runs CSV written before they existed may lack (read as empty).
+_LATER_COLUMNS = ("reference_expected_cost",)
 
 
 def row_from_summary(
@@ -160,6 +165,7 @@ def row_from_summary(
         else math.nan,
         target_violation=tuple(target.violation) if target is not None else (),
         target_multiplier=tuple(record.target_multiplier or ()) if target is not None else (),
+        reference_expected_cost=tuple(record.reference.expected_cost) if record.reference is not None else (),
         note=note,
         run_dir=str(path.parent),
     )
@@ -189,7 +195,7 @@ def read_runs_csv(path: str | Path) -> list[RunRow]:
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         found = list(reader.fieldnames or [])
-        missing = [name for name in RUN_COLUMNS if name not in found]
+        missing = [name for name in RUN_COLUMNS if name not in found and name not in _LATER_COLUMNS]
         if missing:
             raise ScoreboardInputError(
                 f"{path}: missing column(s) {missing} (found columns {found})"
@@ -200,7 +206,7 @@ def read_runs_csv(path: str | Path) -> list[RunRow]:
 def _run_row(line: dict[str, str], path: Path, number: int) -> RunRow:
     values: dict[str, Any] = {}
     for name in RUN_COLUMNS:
-        cell = line[name]
+        cell = line.get(name) or ""  # a later column absent from an older file: empty
         where = f"{path} line {number}: column '{name}'"
         if name in _TEXT_COLUMNS:
             values[name] = None if name == "target_label" and cell == "" else (cell or "")
@@ -282,6 +288,10 @@ class BoardRow:
         max_violation: per constraint, the largest per-seed violation.
         infeasible_seeds: seeds whose policy breaks some limit by more than
             :data:`~saferl.data.world.exact.FEASIBILITY_TOLERANCE` (a NaN violation counts).
+        less_safe_seeds: seeds whose trained policy has some ``E c_j`` above its reference's by
+            more than that tolerance (a NaN counts): a constrained learner should never end less
+            safe than where it started. None for a target row, or when some seed's run does not
+            say its reference's cost.
         multiplier: per constraint, the final λ (the target's λ for a target row; empty without).
         optimal_multiplier: per constraint, the exact λ*.
         wall_seconds: over seeds (None for a target row).
@@ -304,6 +314,7 @@ class BoardRow:
     label: str = ""
     note: str = ""
     has_target: bool = False
+    less_safe_seeds: int | None = None
 
 
 def _per_constraint(
@@ -322,6 +333,24 @@ def _per_constraint(
 
 def _infeasible(violation: tuple[float, ...]) -> bool:
     return not all(value <= FEASIBILITY_TOLERANCE for value in violation)
+
+
+def _less_safe_seeds(group: Sequence[RunRow], where: str) -> int | None:
+    """Seeds whose trained ``E c_j`` exceeds the reference's by more than the feasibility
+    tolerance for some ``j``; None when some run does not give its reference's cost."""
+    if any(not row.reference_expected_cost for row in group):
+        return None
+    for row in group:
+        if len(row.reference_expected_cost) != len(row.expected_cost):
+            raise ScoreboardInputError(
+                f"{where}, seed {row.seed}: {len(row.expected_cost)} expected costs but "
+                f"{len(row.reference_expected_cost)} reference expected costs"
+            )
+    return sum(
+        not all(cost - reference <= FEASIBILITY_TOLERANCE
+                for cost, reference in zip(row.expected_cost, row.reference_expected_cost, strict=True))
+        for row in group
+    )
 
 
 def aggregate(rows: Sequence[RunRow]) -> list[BoardRow]:
@@ -360,6 +389,7 @@ def aggregate(rows: Sequence[RunRow]) -> list[BoardRow]:
                 wall_seconds=stat(row.wall_seconds for row in group),
                 note=group[0].note,
                 has_target=group[0].target_label is not None,
+                less_safe_seeds=_less_safe_seeds(group, where),
             )
         )
         with_target = [row for row in group if row.target_label is not None]
@@ -419,6 +449,7 @@ def board_columns() -> list[str]:
         "violation_sd",
         "violation_max",
         "infeasible_seeds",
+        "less_safe_seeds",
         "multiplier_mean",
         "multiplier_sd",
         "optimal_multiplier_mean",
@@ -450,6 +481,7 @@ def board_record(row: BoardRow) -> dict[str, Any]:
         "violation_sd": _sds(row.violation),
         "violation_max": row.max_violation,
         "infeasible_seeds": row.infeasible_seeds,
+        "less_safe_seeds": row.less_safe_seeds,
         "multiplier_mean": tuple(s.mean for s in row.multiplier) or None,
         "multiplier_sd": _sds(row.multiplier),
         "optimal_multiplier_mean": tuple(s.mean for s in row.optimal_multiplier) or None,
@@ -486,13 +518,14 @@ def markdown_table(board: Sequence[BoardRow], header: str) -> str:
     learner and scorers, its target row (``↳ target``) under it.
 
     Columns: KL(π‖π*), normalised Lagrangian gap, violation (mean ± sd, per constraint ``/``-joined),
-    the largest per-seed violation, infeasible seeds out of seeds, final λ, λ*, wall seconds, note."""
+    the largest per-seed violation, infeasible seeds out of seeds, seeds less safe than their
+    reference out of seeds, final λ, λ*, wall seconds, note."""
     lines = [
         header,
         "",
         "| learner | scorers | seeds | KL(π‖π*) | norm. Lagr. gap | violation | max violation | infeasible "
-        "| λ | λ* | wall s | note |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| less safe than π_ref | λ | λ* | wall s | note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in board:
         target = row.kind == "target"
@@ -512,6 +545,7 @@ def markdown_table(board: Sequence[BoardRow], header: str) -> str:
             _stats_text(row.violation),
             _numbers_text(row.max_violation),
             f"{row.infeasible_seeds}/{len(row.seeds)}",
+            "—" if row.less_safe_seeds is None else f"{row.less_safe_seeds}/{len(row.seeds)}",
             _stats_text(row.multiplier),
             _stats_text(row.optimal_multiplier),
             "—" if row.wall_seconds is None else row.wall_seconds.text(1),

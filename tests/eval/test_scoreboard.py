@@ -22,6 +22,7 @@ from saferl.eval.scoreboard import (
     ScoreboardInputError,
     Stat,
     aggregate,
+    board_record,
     markdown_table,
     plot_board,
     read_runs_csv,
@@ -209,9 +210,46 @@ def test_rows_group_by_learner_and_scorers_with_their_target_rows_after():
     assert table[4].endswith("| 101.0 ± 1.0 |  |")  # a target row follows: nothing to say
     assert (
         table[-1].startswith("| dpo (helpful) | not read | 1 |")
-        and "| 1/1 | — | 0.6875 ± — | 100.0 ± — | scorers not read; no exact target defined |"
+        and "| 1/1 | — | — | 0.6875 ± — | 100.0 ± — | scorers not read; no exact target defined |"
         in table[-1]
     )
+
+
+def test_seeds_that_end_less_safe_than_their_reference_are_counted_beyond_the_tolerance():
+    """A constrained learner should never end less safe than its reference: the board counts the
+    seeds whose trained E c_j exceeds the reference's by more than the feasibility tolerance, for
+    any j, and says "—" when a run does not give its reference's cost (an older runs CSV)."""
+    reference = (LIMIT + 0.1, 0.02)
+    rows = [
+        run_row(0, (0.0, 0.0), expected_cost=(LIMIT + 0.1 + FEASIBILITY_TOLERANCE / 2, 0.0),
+                reference_expected_cost=reference),  # within the tolerance: not less safe
+        run_row(1, (0.0, 0.0), expected_cost=(LIMIT + 0.1 + 2 * FEASIBILITY_TOLERANCE, 0.0),
+                reference_expected_cost=reference),  # beyond it on the first cost
+        run_row(2, (0.0, 0.0), expected_cost=(LIMIT - 0.5, 0.03), reference_expected_cost=reference),
+    ]
+    (board,) = aggregate(rows)
+    assert board.less_safe_seeds == 2
+    table = markdown_table([board], "header").splitlines()
+    assert "| less safe than π_ref |" in table[2] and "| 0/3 | 2/3 |" in table[-1]
+    assert board_record(board)["less_safe_seeds"] == 2
+    older = aggregate([run_row(0, 0.0), run_row(1, 0.0)])[0]
+    assert older.less_safe_seeds is None and "| 0/2 | — |" in markdown_table([older], "h").splitlines()[-1]
+    with pytest.raises(ScoreboardInputError, match=r"seed 0: 2 expected costs but 1 reference expected costs"):
+        aggregate([run_row(0, (0.0, 0.0), reference_expected_cost=(0.1,))])
+
+
+def test_a_runs_csv_from_before_the_reference_cost_column_still_reads(tmp_path):
+    rows = [run_row(0, 0.0, reference_expected_cost=(LIMIT + 0.2,)), run_row(1, 0.01)]
+    path = write_runs_csv(rows, tmp_path / "runs.csv")
+    # The new column round-trips, empty where absent.
+    assert [row.reference_expected_cost for row in read_runs_csv(path)] == [(LIMIT + 0.2,), ()]
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    column = header.index("reference_expected_cost")
+    older = tmp_path / "older.csv"
+    older.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != column)
+                               for line in lines) + "\n")
+    assert [row.reference_expected_cost for row in read_runs_csv(older)] == [(), ()]
 
 
 def test_aggregation_refuses_a_repeated_seed_mixed_constraints_and_a_partial_target():
