@@ -83,7 +83,13 @@ def check_data(config) -> None:
     setup = config.setup
     if isinstance(setup, WorldSettings):  # the built-in world writes its own data (and needs no hub modules)
         return
-    from saferl.data.sources import looks_like_local_path
+    from pathlib import Path
+
+    from saferl.data.local_paths import looks_like_local_path, require_existing
+
+    # A missing local file is said before the hub modules and datasets load (seconds).
+    if looks_like_local_path(setup.path):
+        require_existing(Path(setup.path).expanduser())
     from saferl.setups import hub
     from saferl.setups.tiny import TinySettings
 

@@ -35,35 +35,15 @@ import datasets
 
 from saferl.data.errors import DataError, ErrorReason
 from saferl.data.json_lines import first_json_problem
+from saferl.data.local_paths import SUPPORTED_EXTENSIONS, looks_like_local_path, require_existing
 
 __all__ = ["SUPPORTED_EXTENSIONS", "SourceLike", "looks_like_local_path", "open_source"]
-
-SUPPORTED_EXTENSIONS: dict[str, str] = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-"""File extension -> ``datasets`` packaged builder."""
 
 SourceLike = str | os.PathLike | datasets.Dataset | datasets.DatasetDict
 """What the loaders accept as ``source``."""
 
 _IGNORED_SUFFIXES = (".md",)
 _IGNORED_PREFIXES = (".", "_", "LICENSE", "README")
-
-
-def looks_like_local_path(source: str | os.PathLike) -> bool:
-    """Whether a source string names a local file or folder rather than a hub dataset.
-
-    See the module docstring for the rule.
-    """
-    if isinstance(source, os.PathLike):
-        return True
-    if os.path.exists(source):
-        return True
-    if source.lower().endswith(tuple(SUPPORTED_EXTENSIONS)):
-        return True
-    if source.startswith(("/", ".", "~")):
-        return True
-    if "\\" in source or (os.altsep is not None and os.altsep in source):
-        return True
-    return source.count("/") >= 2
 
 
 def _is_ignored(path: Path) -> bool:
@@ -108,12 +88,7 @@ def _check_cache_dir(cache_dir: str | os.PathLike | None, data_path: Path) -> No
 
 def _load_local(path: Path, split: str, cache_dir: str | os.PathLike | None) -> datasets.Dataset:
     label = str(path)
-    if not path.exists():
-        raise DataError(
-            label,
-            expected="an existing .json, .jsonl or .parquet file, or a folder of them",
-            found="nothing there (file not found)",
-        )
+    require_existing(path)
     _check_cache_dir(cache_dir, path.resolve())
     cache = None if cache_dir is None else str(cache_dir)
     if path.is_dir():

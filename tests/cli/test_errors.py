@@ -175,11 +175,14 @@ print(sorted(name for name in {heavy!r} if name in sys.modules))
     ("multiplier.initial_value=[1,1,1] experiment=world_two_costs", "multiplier.initial_value: expected a float or 2"),
     ("experiment=beaver_v1 data.max_length=10 generation.max_new_tokens=20", "data.max_length=10 leaves no prompt"),
     ("data=pku_saferlhf data.path=pairs.jsonl", "scorers.calibrate=true: there is no ground truth"),
+    ("data=pku_saferlhf data.path=/nonexistent/pairs.jsonl scorers.calibrate=false",
+     "/nonexistent/pairs.jsonl: expected an existing .json, .jsonl or .parquet file, or a folder of them, "
+     "found nothing there (file not found)"),
 ])
 def test_a_mistake_in_a_section_is_found_without_importing_torch_or_ray(override, message):
     """The learners' settings, the runtime's specs, every setup's settings (world, hub, tiny) and
     the multipliers' option rules are light modules: the preflight says a mistake in the learner,
-    runtime, deepspeed, model, data, world or multiplier section before
+    runtime, deepspeed, model, data, world or multiplier section, or a missing data file, before
     torch, Ray or transformers load (seconds sooner)."""
     completed = subprocess.run([sys.executable, "-c", SECTION_ERROR_PROBE.format(heavy=HEAVY), *override.split()],
                                capture_output=True, text=True, timeout=120)
