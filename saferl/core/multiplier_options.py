@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MULTIPLIER_KINDS", "OPTIONS", "PerConstraintRule", "CountRule", "canonical_kind", "check_options",
-           "limits", "per_constraint", "count"]
+__all__ = ["MULTIPLIER_KINDS", "OPTIONS", "PerConstraintRule", "CountRule", "canonical_kind", "check_names",
+           "check_options", "limits", "per_constraint", "count"]
 
 REQUIRED = object()
 """An option without a default (the PID gains and cap, the fixed value)."""
@@ -140,6 +140,20 @@ def count(value: Any, name: str, minimum: int) -> int:
     return value
 
 
+def check_names(kind: str, options: Mapping[str, Any]) -> str:
+    """The kind (its alias resolved) after checking that ``options`` names only the kind's options
+    and every required one; ``ValueError`` naming the accepted or missing options otherwise."""
+    kind = canonical_kind(kind)
+    rules = OPTIONS[kind]
+    unknown = sorted(set(options) - set(rules))
+    if unknown:
+        raise ValueError(f"multiplier kind {kind!r}: unexpected option(s) {unknown}; accepted: {list(rules)}")
+    missing = [name for name, rule in rules.items() if rule.default is REQUIRED and name not in options]
+    if missing:
+        raise ValueError(f"multiplier kind {kind!r}: missing required option(s) {missing}")
+    return kind
+
+
 def check_options(kind: str, cost_limit: Any, options: Mapping[str, Any]) -> tuple[list[float], dict[str, Any]]:
     """Check one multiplier's options the way its constructor does.
 
@@ -156,14 +170,8 @@ def check_options(kind: str, cost_limit: Any, options: Mapping[str, Any]) -> tup
         ValueError: an unknown kind, an unknown or missing option, or a value out of its range;
             the message starts with the option's name.
     """
-    kind = canonical_kind(kind)
+    kind = check_names(kind, options)
     rules = OPTIONS[kind]
-    unknown = sorted(set(options) - set(rules))
-    if unknown:
-        raise ValueError(f"multiplier kind {kind!r}: unexpected option(s) {unknown}; accepted: {list(rules)}")
-    missing = [name for name, rule in rules.items() if rule.default is REQUIRED and name not in options]
-    if missing:
-        raise ValueError(f"multiplier kind {kind!r}: missing required option(s) {missing}")
     given = {name: options.get(name, rule.default) for name, rule in rules.items()}
     limit = limits(cost_limit)
     if kind == "pid" and given["max_value"] is None:

@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from saferl.core.multiplier_options import MULTIPLIER_KINDS, canonical_kind, check_options, count
+from saferl.core.multiplier_options import MULTIPLIER_KINDS, check_names, check_options, count
 
 __all__ = [
     "Multiplier",
@@ -261,7 +261,7 @@ class LogGradientAscentMultiplier(_MultiplierRecord):
         self.lr = _vector(checked["lr"])
         self.window: int = checked["window"]
         self.delay: int = checked["delay"]
-        self.max_value: torch.Tensor = _vector(checked["max_value"])  # +inf when uncapped
+        self.max_value: torch.Tensor = _vector(checked["max_value"])
         initial = _vector(checked["initial_value"])
         self._log_max_value = torch.log(self.max_value)  # +inf when uncapped
         self._log_multiplier = torch.log(initial)  # (m,)
@@ -577,5 +577,6 @@ def build_multiplier(kind: str, cost_limit: PerConstraint, **kwargs: Any) -> Mul
             missing keyword for that kind (the message lists the accepted keywords), or a value
             out of its range (``saferl.core.multiplier_options.check_options``).
     """
-    check_options(kind, cost_limit, kwargs)  # the kind, names and ranges, with config-friendly messages
-    return _KIND_TO_CLASS[canonical_kind(kind)](cost_limit=cost_limit, **kwargs)
+    # The names first (an unknown keyword would otherwise be Python's TypeError); the constructor
+    # checks the values.
+    return _KIND_TO_CLASS[check_names(kind, kwargs)](cost_limit=cost_limit, **kwargs)

@@ -133,8 +133,6 @@ class PPOLagSettings:
         return round(self.policy_lr_warmup_ratio * total), total
 
 
-
-
 @dataclass(frozen=True)
 class MocanSettings:
     """MoCAN's settings (``learner.mocan.*`` unless said otherwise).
