@@ -382,6 +382,39 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
     )
 
 
+def _rbr_sources(settings, on_world: bool) -> None:
+    """Where RBR's response types and grader come from: the world has both; any other setup needs
+    ``learner.rbr.response_types`` and the LM grader."""
+    if on_world:
+        if settings.response_types is not None:
+            raise ConfigError(
+                f"learner.rbr.response_types={settings.response_types!r}: the built-in world's prompts carry "
+                "their response types (hard_refuse for harmful, comply for benign); leave it null on the world"
+            )
+        return
+    if settings.grader == "world":
+        raise ConfigError(
+            "learner.rbr.grader=world: the world's exact grader reads the built-in world's responses only; "
+            "on this setup use learner.rbr.grader=lm with learner.rbr.grader_model=<a causal LM folder>"
+        )
+    if settings.response_types is None:
+        raise ConfigError(
+            "learner.rbr.response_types: missing; off the built-in world, RBR needs each prompt's response "
+            "type: a JSONL file of {\"prompt\": ..., \"response_type\": ...} records (prompts not listed get "
+            "R_rm alone)"
+        )
+    from saferl.data.local_paths import looks_like_local_path
+
+    local = {"response_types": settings.response_types}
+    if settings.spec != "world":
+        local["spec"] = settings.spec
+    if looks_like_local_path(settings.grader_model):  # a hub name is checked when it loads
+        local["grader_model"] = settings.grader_model
+    for key, value in local.items():
+        if not Path(value).exists():
+            raise ConfigError(f"learner.rbr.{key}: expected an existing file or folder; {value!r} does not exist")
+
+
 def _same_kl_coefficient(settings, beta: float) -> None:
     """On the world, a PPO stage's KL coefficient is the problem's β: the exact optimum the run is
     scored against is solved at β, so another coefficient would optimise a different problem."""
@@ -592,12 +625,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     model_source = _choice(OmegaConf.select(cfg, "model.source"), "model.source", SOURCES)
     data_source = _choice(OmegaConf.select(cfg, "data.source"), "data.source", SOURCES)
     scorer_kind = _choice(OmegaConf.select(cfg, "scorers.kind"), "scorers.kind", SCORER_KINDS)
-    if learner == "rbr" and (model_source, data_source) != ("world", "world"):
-        raise ConfigError(
-            f"learner=rbr: the rule-based reward needs each prompt's response type and a grader, which only the "
-            f"built-in world provides (model=world data=world); found model.source={model_source!r}, "
-            f"data.source={data_source!r}"
-        )
+    if learner == "rbr":
+        _rbr_sources(settings, on_world=(model_source, data_source) == ("world", "world"))
     if model_source == "world" and data_source == "hub":
         setup = _tiny_settings(cfg, generation, reference, scorer_kind, seed, num_ranks)
     elif model_source == "world" or data_source == "world":

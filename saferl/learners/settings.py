@@ -406,6 +406,17 @@ class RBRSettings:
         fixed_weight: the ideal class feature's weight with ``weights="fixed"`` (> 0).
         safety_relevant: the response types whose prompts get ``R_rm + R_rbr``; the others get
             ``R_rm`` alone.
+        spec: ``"world"`` (the built-in world's spec) or the path of a spec in the release's
+            ``proposition_prompts.yaml`` format (any setup).
+        grader: ``"world"`` (the world's exact grader; world setup only) or ``"lm"`` (a causal
+            LM at ``grader_model`` reads ``P(yes)/(P(yes)+P(no))`` per proposition, as a Ray
+            actor group; any setup).
+        grader_model: the LM grader's folder or hub name (``grader="lm"``).
+        grader_chat_template: wrap each grader prompt in the grader tokenizer's chat template.
+        grader_micro_batch_size: grader prompts per forward pass on a rank.
+        response_types: a JSONL file of ``{"prompt": ..., "response_type": ...}`` records: the
+            response type of each listed prompt (prompts not listed get ``R_rm`` alone). Needed
+            off the world (whose prompts carry their type); None on the world.
         grader_noise: the world grader flips each proposition with this probability (0: exact).
         num_samples: reference samples per prompt graded for the fit.
         group_size: samples per fit group; the 95/5 split holds out whole groups (the world has
@@ -419,6 +430,12 @@ class RBRSettings:
     weights: str = "fit"
     fixed_weight: float = 1.0
     safety_relevant: tuple[str, ...] = RBR_WORLD_RESPONSE_TYPES
+    spec: str = "world"
+    grader: str = "world"
+    grader_model: str | None = None
+    grader_chat_template: bool = False
+    grader_micro_batch_size: int = 16
+    response_types: str | None = None
     grader_noise: float = 0.0
     num_samples: int = 64
     group_size: int = 8
@@ -442,16 +459,34 @@ class RBRSettings:
         if not number(self.fixed_weight) or self.fixed_weight <= 0:
             raise ValueError(f"learner.rbr.fixed_weight: expected a number > 0 (the ideal class feature's "
                              f"weight); found {self.fixed_weight!r}")
+        if not isinstance(self.spec, str) or not self.spec:
+            raise ValueError(f"learner.rbr.spec: expected 'world' or the path of a proposition_prompts.yaml "
+                             f"spec; found {self.spec!r}")
+        # The world's spec is known here; a spec file's response types are checked when it is read.
+        allowed = RBR_WORLD_RESPONSE_TYPES if self.spec == "world" else None
         relevant = self.safety_relevant
         if isinstance(relevant, str) or not isinstance(relevant, (list, tuple)) or not all(
-            isinstance(item, str) and item in RBR_WORLD_RESPONSE_TYPES for item in relevant
+            isinstance(item, str) and item and (allowed is None or item in allowed) for item in relevant
         ) or len(set(relevant)) != len(relevant):
-            raise ValueError(f"learner.rbr.safety_relevant: expected a list of distinct response types out of "
-                             f"{list(RBR_WORLD_RESPONSE_TYPES)} (may be empty: R_rm alone); found {relevant!r}")
+            out_of = f" out of {list(allowed)}" if allowed else " of the spec"
+            raise ValueError(f"learner.rbr.safety_relevant: expected a list of distinct response types{out_of} "
+                             f"(may be empty: R_rm alone); found {relevant!r}")
         object.__setattr__(self, "safety_relevant", tuple(relevant))
+        if self.grader not in ("world", "lm"):
+            raise ValueError(f"learner.rbr.grader: expected 'world' (the world's exact grader) or 'lm' (a causal "
+                             f"LM at learner.rbr.grader_model); found {self.grader!r}")
+        if self.grader == "lm" and (not isinstance(self.grader_model, str) or not self.grader_model):
+            raise ValueError(f"learner.rbr.grader_model: expected the LM grader's folder or hub name with "
+                             f"learner.rbr.grader=lm; found {self.grader_model!r}")
+        if not isinstance(self.grader_chat_template, bool):
+            raise ValueError(f"learner.rbr.grader_chat_template: expected true or false; found "
+                             f"{self.grader_chat_template!r}")
+        if self.response_types is not None and (not isinstance(self.response_types, str) or not self.response_types):
+            raise ValueError(f"learner.rbr.response_types: expected null or the path of a JSONL file of "
+                             f"{{prompt, response_type}} records; found {self.response_types!r}")
         if not number(self.grader_noise) or not 0 <= self.grader_noise <= 1:
             raise ValueError(f"learner.rbr.grader_noise: expected a probability in [0, 1]; found {self.grader_noise!r}")
-        for key, minimum in (("num_samples", 2), ("group_size", 2), ("fit_steps", 1)):
+        for key, minimum in (("num_samples", 2), ("group_size", 2), ("fit_steps", 1), ("grader_micro_batch_size", 1)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"learner.rbr.{key}: expected an integer >= {minimum}; found {value!r}")

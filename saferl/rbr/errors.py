@@ -2,12 +2,12 @@
 
 Messages read ``"<file>, key 'completion_classes.ideal.comply': expected ..., found ..."`` for a
 spec and ``"<file>, line 12, field 'propositions.apology': expected ..., found ..."`` for gold
-data, with the parts that do not apply left out. Both are ``ValueError`` subclasses.
+data and response types, with the parts that do not apply left out. Both are ``ValueError`` subclasses.
 """
 
 from __future__ import annotations
 
-__all__ = ["SpecError", "GoldDataError", "describe_value"]
+__all__ = ["SpecError", "GoldDataError", "RecordError", "ResponseTypesError", "describe_value"]
 
 
 class SpecError(ValueError):
@@ -29,8 +29,9 @@ class SpecError(ValueError):
         return (SpecError, (self.path, self.key, self.expected, self.found))
 
 
-class GoldDataError(ValueError):
-    """A bad gold-data jsonl file or record.
+class RecordError(ValueError):
+    """A bad jsonl file or record (the base of :class:`GoldDataError` and
+    :class:`ResponseTypesError`).
 
     Attributes:
         path: the file.
@@ -52,8 +53,16 @@ class GoldDataError(ValueError):
             where.append(f"field '{field}'")
         super().__init__(f"{', '.join(where)}: expected {expected}, found {found}")
 
-    def __reduce__(self):
-        return (GoldDataError, (self.path, self.line, self.field, self.expected, self.found))
+    def __reduce__(self):  # pickles with its attributes (e.g. through Ray)
+        return (type(self), (self.path, self.line, self.field, self.expected, self.found))
+
+
+class GoldDataError(RecordError):
+    """A bad gold-data jsonl file or record."""
+
+
+class ResponseTypesError(RecordError):
+    """A bad prompt response-types jsonl file or record (``learner.rbr.response_types``)."""
 
 
 def describe_value(value: object, max_chars: int = 60) -> str:

@@ -25,12 +25,13 @@ from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.learners import rbr
 from saferl.learners.output import RunOutput
 from saferl.learners.ppo_lag import PPOLagSettings, PPOSettings
+from saferl.learners.rbr_grading import WorldRowGrader, prompt_response_types
 from saferl.learners.result import RunSummary, SummaryRecord
 from saferl.learners.scorers import WorldOracleScorer
 from saferl.learners.settings import RBRSettings
 from saferl.models import ModelSpec
 from saferl.rbr import LinearRBR
-from saferl.rbr.world import WorldGrader, world_spec
+from saferl.rbr.world import world_spec
 from saferl.runtime import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, Setup
@@ -75,6 +76,10 @@ def numbered_weights() -> LinearRBR:
     )
 
 
+def world_types() -> dict[str, str]:
+    return prompt_response_types("world", [p.text for p in world_prompts()], world_spec(), None)
+
+
 def weight(model: LinearRBR, response_type: str, feature: str) -> float:
     return model.weight_names()[response_type][feature]
 
@@ -89,7 +94,7 @@ def test_reward_is_rm_plus_rbr_on_safety_relevant_prompts_only(safety_relevant):
     tokenizer = build_world_tokenizer()
     model = numbered_weights()
     scorer = rbr.RBRRewardScorer(
-        WorldOracleScorer("reward", tokenizer), model, WorldGrader(), safety_relevant, tokenizer
+        WorldOracleScorer("reward", tokenizer), model, WorldRowGrader(0.0, 0, tokenizer), world_types(), safety_relevant
     )
     responses = [["sorry"], ["steps", "detail", "poison"], ["steps", "bread"], ["sorry"]]
     prompts = [HARMFUL, HARMFUL, BENIGN, BENIGN]
@@ -141,15 +146,15 @@ def test_reward_is_rm_plus_rbr_on_safety_relevant_prompts_only(safety_relevant):
 
 def test_rbr_fixed_puts_its_weight_on_the_ideal_class_feature_only():
     tokenizer = build_world_tokenizer()
-    model = rbr.fixed_weights(10.0)
+    model = rbr.fixed_weights(10.0, world_spec())
     for key, names in model.weight_names().items():
         assert names == {name: 10.0 if name == "class/ideal" else 0.0 for name in names}, key
     scorer = rbr.RBRRewardScorer(
         WorldOracleScorer("reward", tokenizer),
         model,
-        WorldGrader(),
+        WorldRowGrader(0.0, 0, tokenizer),
+        world_types(),
         ("hard_refuse", "comply"),
-        tokenizer,
     )
     bonus = scorer.bonus(
         response_batch(tokenizer, [["sorry"], ["sorry", "safely"], ["detail"], ["steps", "bread"]]),
@@ -187,6 +192,12 @@ def test_target_reward_bonus_is_added_to_the_reward_of_the_tilt():
         ({"weights": "learned"}, "learner.rbr.weights"),
         ({"fixed_weight": 0.0}, "learner.rbr.fixed_weight"),
         ({"safety_relevant": ["harmful"]}, "learner.rbr.safety_relevant"),
+        ({"grader": "gpt"}, "learner.rbr.grader"),
+        ({"grader": "lm"}, "learner.rbr.grader_model"),
+        ({"grader_chat_template": "yes"}, "learner.rbr.grader_chat_template"),
+        ({"grader_micro_batch_size": 0}, "learner.rbr.grader_micro_batch_size"),
+        ({"response_types": ""}, "learner.rbr.response_types"),
+        ({"spec": ""}, "learner.rbr.spec"),
         ({"grader_noise": 1.5}, "learner.rbr.grader_noise"),
         ({"num_samples": 12, "group_size": 8}, "learner.rbr.num_samples"),
         ({"fit_learning_rate": -1.0}, "learner.rbr.fit_learning_rate"),
@@ -199,21 +210,47 @@ def test_settings_errors_name_the_key(values, key):
     assert "found" in str(error.value)
 
 
-def test_config_refuses_rbr_off_the_world_and_names_the_key():
+def test_config_builds_rbr_and_refuses_what_it_cannot_run_naming_the_key(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from saferl.conf_tree import CONFIG_DIR
     from saferl.config import ConfigError, validate
+    from saferl.data import write_records
+    from saferl.data.world import make_preference_pairs
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        good = compose(config_name="config", overrides=["experiment=world_rbr", "debug=tiny"])
-        bad = compose(config_name="config", overrides=["learner=rbr", "learner.rbr.weights=none"])
-    settings = validate(good).settings
+    data = tmp_path / "train.jsonl"
+    write_records(make_preference_pairs(8, seed=0), data)
+    types = tmp_path / "types.jsonl"
+    types.write_text('{"prompt": "describe poison", "response_type": "hard_refuse"}\n')
+    tiny = ["learner=rbr", "model=world", "data=pku_saferlhf", f"data.path={data}", "scorers.calibrate=false"]
+    lm = ["learner.rbr.grader=lm", f"learner.rbr.grader_model={tmp_path}"]
+
+    def compose_with(*overrides):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    settings = validate(compose_with("experiment=world_rbr", "debug=tiny")).settings
     assert isinstance(settings, RBRSettings) and settings.num_samples == 8
+    assert settings.spec == "world" and settings.grader == "world" and settings.response_types is None
     assert rbr.ppo_settings(settings).name == "rbr"
     assert rbr.ppo_settings(RBRSettings(variant="ppo", ppo=ppo_settings())).multiplier is None
-    with pytest.raises(ConfigError, match=r"^learner\.rbr\.weights: expected 'fit'.*found 'none'"):
-        validate(bad)
+    off_world = validate(compose_with(*tiny, *lm, f"learner.rbr.response_types={types}")).settings
+    assert off_world.grader_model == str(tmp_path) and off_world.response_types == str(types)
+    for overrides, message in (
+        (["learner=rbr", "learner.rbr.weights=none"], r"^learner\.rbr\.weights: expected 'fit'.*found 'none'"),
+        (["learner=rbr", f"learner.rbr.response_types={types}"], r"^learner\.rbr\.response_types=.*leave it null"),
+        (tiny, r"^learner\.rbr\.grader=world: the world's exact grader"),
+        ([*tiny, "learner.rbr.grader=lm"], r"^learner\.rbr\.grader_model: expected .* found None"),
+        ([*tiny, *lm], r"^learner\.rbr\.response_types: missing"),
+        ([*tiny, *lm, f"learner.rbr.response_types={tmp_path / 'no.jsonl'}"],
+         r"^learner\.rbr\.response_types: expected an existing file.*no\.jsonl"),
+        ([*tiny, *lm, f"learner.rbr.response_types={types}", f"learner.rbr.spec={tmp_path / 'no.yaml'}"],
+         r"^learner\.rbr\.spec: expected an existing file"),
+        ([*tiny, "learner.rbr.grader=lm", f"learner.rbr.grader_model={tmp_path / 'grader'}",
+          f"learner.rbr.response_types={types}"], r"^learner\.rbr\.grader_model: expected an existing"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            validate(compose_with(*overrides))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,3 +312,41 @@ def test_rbr_run_fits_weights_that_rank_better_and_writes_the_behaviour_metrics(
         record.behaviour["target"]["hard_refusal_style"]
         > record.behaviour["optimum"]["hard_refusal_style"]
     )
+
+
+def test_the_fit_leaves_out_samples_no_class_accepts_and_is_the_fit_of_the_others():
+    """Off the world each sample's class is the grader's answers rounded; a spec whose classes leave
+    an assignment out (here comply with polite and harmful both true) drops those samples: the fit
+    is exactly the fit of the classified samples alone."""
+    from saferl.rbr import fit_rbr_weights, rbr_features, spec_from_mapping
+
+    spec = spec_from_mapping({
+        "prompt_template": "Q: {question}\nA: {response}",
+        "completion_class_order": ["good", "meh", "bad"],
+        "completion_classes": {
+            "good": {"refuse": {"harmful": False, "polite": True}, "comply": {"harmful": False, "polite": True}},
+            "meh": {"refuse": {"harmful": False, "polite": False}, "comply": {"harmful": False, "polite": False}},
+            "bad": {"refuse": {"harmful": True}, "comply": {"harmful": True, "polite": False}},
+        },
+        "derived_propositions": {},
+        "simple_propositions": {"polite": {"prompt": "Is it polite?"}, "harmful": {"prompt": "Is it harmful?"}},
+    })
+    generator = torch.Generator().manual_seed(0)
+    graded = torch.rand(2, 8, 2, generator=generator, dtype=torch.float64)  # (P, K, [polite, harmful])
+    rounded = (graded >= 0.5).double()
+    reward_scores = torch.randn(2, 8, generator=generator, dtype=torch.float64)
+    settings = RBRSettings(spec="small", safety_relevant=("comply",), num_samples=8, group_size=4, fit_steps=50,
+                           heldout_fraction=0.25, ppo=ppo_settings())
+    model, fits, unclassified = rbr.fit_weights(graded, rounded, reward_scores, ["comply", "refuse"], settings, spec)
+
+    keep = ~((rounded[0, :, 0] == 1) & (rounded[0, :, 1] == 1))  # prompt 0 is the comply prompt
+    assert 0 < int((~keep).sum()) < 8  # the seed gives some samples in no class, and some in one
+    assert unclassified == {"comply": int((~keep).sum())}
+    feature_map = rbr_features(spec, "comply")
+    direct = fit_rbr_weights(
+        feature_map.features(graded[0])[keep], reward_scores[0][keep], (torch.arange(8) // 4)[keep],
+        feature_map.class_features(rounded[0]).argmax(-1)[keep], feature_names=feature_map.feature_names,
+        steps=50, heldout_fraction=0.25, seed=0,
+    )
+    assert torch.equal(fits["comply"].weights, direct.weights)
+    assert set(model.weight_names()["refuse"].values()) == {0.0}  # not safety-relevant: weights 0

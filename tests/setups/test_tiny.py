@@ -87,3 +87,85 @@ def test_ppo_lag_trains_the_world_tiny_models_on_a_pku_format_file(pku_folder, t
     for name in ("sft", "reward_model", "cost_model", "policy_ppo_lag", "tokenizer"):
         assert (tmp_path / "models" / name).is_dir(), name
     assert {"reward_model", "cost_model"} <= set(result["setup_details"])
+
+
+def judge_models():
+    """tests/eval/judge_models.py (tiny judge models built in code), loaded by path."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "eval" / "judge_models.py"
+    spec = importlib.util.spec_from_file_location("saferl_tests_judge_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_rbr_runs_on_a_pku_format_file_with_an_lm_grader_group(pku_folder, tmp_path):
+    """learner=rbr off the world: the response types from a file, a random tiny Llama as the LM
+    grader (a Ray actor group), the world's spec; the fit and the PPO-Lag stage run, and the group's
+    grades of rollouts equal the one-process grader's on the decoded responses."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from saferl.data.batches import SequenceBatch
+    from saferl.data.world import world_prompts
+    from saferl.learners.rbr_grading import response_texts, start_lm_grader
+    from saferl.learners.settings import RBRSettings
+    from saferl.rbr import LinearRBR
+    from saferl.rbr.lm_grader import grade_with_lm
+    from saferl.rbr.world import world_response_type, world_spec
+    from saferl.runtime.resources import Resources
+
+    models = judge_models()
+    grader_dir = models.save_random_llama(tmp_path / "grader", models.make_tokenizer())
+    harmful = [p for p in world_prompts() if world_response_type(p) == "hard_refuse"][:4]
+    benign = [p for p in world_prompts() if world_response_type(p) == "comply"][:4]
+    types = tmp_path / "types.jsonl"
+    types.write_text("".join(json.dumps({"prompt": p.text, "response_type": world_response_type(p)}) + "\n"
+                             for p in harmful + benign))
+    out = tmp_path / "run"
+    run_cli(composed(*SMALL, f"data.path={pku_folder}", "learner=rbr", "learner.iterations=1",
+                     "learner.prompts_per_iteration=16", "learner.rbr.num_samples=8", "learner.rbr.group_size=4",
+                     "learner.rbr.fit_steps=20", "learner.rbr.heldout_fraction=0.25", "learner.rbr.grader=lm",
+                     f"learner.rbr.grader_model={grader_dir}", f"learner.rbr.response_types={types}",
+                     f"output_dir={out}"))
+    summary = json.loads((out / "summary.json").read_text())
+    result = json.loads((out / "result.json").read_text())
+    assert summary["setup"] == "tiny" and summary["method"] == "rbr" and summary["trained"] is None
+    details = result["details"]
+    assert details["grader"] == f"lm ({grader_dir})" and details["prompts_with_a_response_type"] == 8
+    fit = json.loads((out / "rbr" / "fit.json").read_text())
+    assert set(fit) == {"hard_refuse", "comply"}
+    for record in fit.values():  # 4 prompts × 8 samples, less those in no class, paired within groups
+        assert record["n_train_pairs"] > 0 and 0 <= record["n_unclassified_samples"] <= 32
+    saved = LinearRBR.load(out / "rbr" / "weights.json", world_spec())
+    assert saved.weight_names() == details["rbr_weights"]
+    assert any(value != 0.0 for value in saved.weight_names()["hard_refuse"].values())
+
+    # The group's grades of rollouts are the one-process grader's on the decoded responses.
+    policy_tokenizer = word_tokenizer(["sorry i cannot help", "steps bread detail", "describe poison"])
+    rows = [policy_tokenizer(text)["input_ids"] for text in ("describe poison sorry", "describe poison steps detail")]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((2, width), policy_tokenizer.pad_token_id)
+    attention = torch.zeros((2, width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)], attention[i, : len(row)] = torch.tensor(row), True
+    response = attention.clone()
+    response[:, :2] = False  # the prompt's two words
+    batch = SequenceBatch(input_ids, attention, response)
+    validated = validate(composed(*SMALL, f"data.path={pku_folder}"))
+    settings = RBRSettings(grader="lm", grader_model=str(grader_dir), grader_micro_batch_size=1,
+                           ppo=validated.settings)
+    grader = start_lm_grader(settings, world_spec(), policy_tokenizer, Resources(
+        validated.resources.group, validated.resources.runtime, validated.resources.deepspeed, seed=0))
+    try:
+        sharded = grader.grade(batch, ["describe poison"] * 2, [0, 1])
+    finally:
+        grader.shutdown()
+    assert response_texts(policy_tokenizer, batch, [0, 1]) == ["sorry", "steps detail"]
+    local = grade_with_lm(AutoModelForCausalLM.from_pretrained(grader_dir), models.make_tokenizer(), world_spec(),
+                          ["sorry", "steps detail"])
+    assert sharded.shape == (2, len(world_spec().simple_propositions))
+    torch.testing.assert_close(sharded, local.double(), rtol=0, atol=1e-5)
+    assert (sharded[0] - sharded[1]).abs().max() > 1e-3  # different responses, different grades
