@@ -350,3 +350,72 @@ def test_the_fit_leaves_out_samples_no_class_accepts_and_is_the_fit_of_the_other
     )
     assert torch.equal(fits["comply"].weights, direct.weights)
     assert set(model.weight_names()["refuse"].values()) == {0.0}  # not safety-relevant: weights 0
+
+
+def judge_models():
+    """tests/eval/judge_models.py (tiny judge models built in code), loaded by path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "eval" / "judge_models.py"
+    spec = importlib.util.spec_from_file_location("saferl_tests_judge_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_rbr_runs_off_the_world_with_an_lm_grader_group(ray_cluster, sft_dir, tokenizer, tmp_path):
+    """A setup without ground truth or response types (here named ``tiny``): the types come from a
+    file listing half the prompts, a random tiny Llama grades as a Ray actor group, the classes are
+    its rounded answers. The fit and PPO-Lag run, no exact target is claimed, and the group's grades
+    of rollouts equal the one-process grader's on the decoded responses."""
+    from transformers import AutoModelForCausalLM
+
+    from saferl.learners.rbr_grading import response_texts, start_lm_grader
+    from saferl.rbr.lm_grader import grade_with_lm
+    from saferl.rbr.world import world_response_type
+
+    models = judge_models()
+    grader_dir = models.save_random_llama(tmp_path / "grader", models.make_tokenizer())
+    listed = world_prompts()[::2]
+    types = tmp_path / "types.jsonl"
+    types.write_text("".join(json.dumps({"prompt": p.text, "response_type": world_response_type(p)}) + "\n"
+                             for p in listed))
+    spec = ModelSpec(name_or_path=str(sft_dir))
+    setup = Setup(
+        name="tiny", policy=spec, tokenizer=tokenizer, template=WORLD_TEMPLATE, max_length=MAX_SEQUENCE_LENGTH,
+        max_prompt_length=MAX_SEQUENCE_LENGTH, generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
+        prompts=[prompt.text for prompt in world_prompts()], reward=WorldScorerSource.oracle("reward", tokenizer),
+        costs=(WorldScorerSource.oracle("cost", tokenizer),), reward_critic=CriticStart(spec),
+        cost_critics=(CriticStart(spec),), score_units="cost-model units",
+    )
+    settings = RBRSettings(grader="lm", grader_model=str(grader_dir), response_types=str(types), num_samples=8,
+                           group_size=4, fit_steps=20, heldout_fraction=0.25, ppo=ppo_settings())
+    result = rbr.run(setup, settings, RESOURCES, RunOutput(tmp_path / "run"))
+
+    assert result.method == "rbr" and result.target is None and len(result.history) == 1
+    assert result.details["grader"] == f"lm ({grader_dir})"
+    assert result.details["prompts_with_a_response_type"] == len(listed)
+    fit = json.loads((tmp_path / "run" / "rbr" / "fit.json").read_text())
+    assert set(fit) == {"hard_refuse", "comply"}
+    for record in fit.values():  # 4 prompts × 8 samples of each type, less those in no class
+        assert record["n_train_pairs"] > 0 and 0 <= record["n_unclassified_samples"] < 32
+    saved = LinearRBR.load(tmp_path / "run" / "rbr" / "weights.json", world_spec())
+    assert saved.weight_names() == result.details["rbr_weights"]
+    assert any(value != 0.0 for value in saved.weight_names()["hard_refuse"].values())
+
+    # The group's grades of rollouts are the one-process grader's on the decoded responses.
+    batch = response_batch(tokenizer, [["sorry"], ["steps", "detail", "poison"]])
+    grader = start_lm_grader(settings, world_spec(), tokenizer, RESOURCES)
+    try:
+        sharded = grader.grade(batch, [HARMFUL, HARMFUL], [0, 1])
+    finally:
+        grader.shutdown()
+    texts = response_texts(tokenizer, batch, [0, 1])
+    assert texts == ["sorry", "steps detail poison"]
+    local = grade_with_lm(AutoModelForCausalLM.from_pretrained(grader_dir), models.make_tokenizer(), world_spec(),
+                          texts)
+    assert sharded.shape == (2, len(world_spec().simple_propositions))
+    torch.testing.assert_close(sharded, local.double(), rtol=0, atol=1e-5)
+    assert (sharded[0] - sharded[1]).abs().max() > 1e-3  # different responses, different grades
