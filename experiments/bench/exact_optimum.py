@@ -222,7 +222,8 @@ def prepare_stages(
             f"{record_path}: its stages were made with other overrides ({record['overrides']}) than "
             f"this board's ({base}); choose another --output"
         )
-    if "seconds" in record and (not need_optimum or "optimal_multiplier" in record):
+    # An earlier board that needed no optimum recorded it as null: solve it now.
+    if "seconds" in record and (not need_optimum or record.get("optimal_multiplier") is not None):
         return record["seconds"], record.get("optimal_multiplier")
     config = validate(compose([*base, f"output_dir={folder}"]))
     clock = time.perf_counter()
