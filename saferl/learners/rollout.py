@@ -6,12 +6,16 @@ One call turns prompts into a scored :class:`~saferl.learners.types.Experience`:
 2. the policy's log-probs of its own samples (``old_logprobs``) and the reference's;
 3. reward and cost scores at the end of each response (pluggable scorers);
 4. the critics' values at rollout time.
+
+Steps 2–4 ask different groups and need nothing from each other, so they are issued side by side
+(:func:`saferl.runtime.side_by_side.side_by_side`): the groups' ranks work at the same time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from saferl.data.collators import collate_prompts
 from saferl.learners.scorers import Scorer
 from saferl.learners.types import Experience
+from saferl.runtime.side_by_side import side_by_side
 
 __all__ = ["ExperienceMaker", "values_before_tokens"]
 
@@ -85,25 +90,36 @@ class ExperienceMaker:
         # 1. Generate.
         generated = self.policy.generate(prompt_batch, replace(self.generation, seed=seed))
         batch = generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
-        # 2. Log-probs of the samples under the policy and the reference.
-        old_logprobs = self.policy.token_logprobs(batch).float()
-        ref_logprobs = self.reference.token_logprobs(batch).float()
-        # 3. Scores at the end of each response.
-        reward_scores = self.reward_scorer.score(batch, prompts)[:, 0].float()
+        # 2–4. Log-probs under the policy and the reference, the scores at the end of each
+        # response and the critics' values: each from its own group, issued side by side.
+        calls = {
+            "old_logprobs": lambda: self.policy.token_logprobs(batch),
+            "ref_logprobs": lambda: self.reference.token_logprobs(batch),
+            "reward_scores": lambda: self.reward_scorer.score(batch, prompts),
+            "reward_values": lambda: self.reward_critic.values(batch),
+        }
+        for j, scorer in enumerate(self.cost_scorers):
+            calls[f"cost_scores_{j}"] = partial(scorer.score, batch, prompts)
+        for j, critic in enumerate(self.cost_critics):
+            calls[f"cost_values_{j}"] = partial(critic.values, batch)
+        done = side_by_side(calls)
+        old_logprobs = done["old_logprobs"].float()
+        ref_logprobs = done["ref_logprobs"].float()
+        reward_scores = done["reward_scores"][:, 0].float()
         rows = batch.input_ids.shape[0]
         if self.cost_scorers:
             cost_scores = torch.cat(
-                [scorer.score(batch, prompts).float() for scorer in self.cost_scorers], dim=-1
+                [done[f"cost_scores_{j}"].float() for j in range(len(self.cost_scorers))], dim=-1
             )
         else:
             cost_scores = torch.zeros(rows, 0)
-        # 4. Critic values of each action.
-        reward_values = values_before_tokens(self.reward_critic.values(batch).float())
+        # Critic values of each action.
+        reward_values = values_before_tokens(done["reward_values"].float())
         if self.cost_critics:
             cost_values = torch.stack(
                 [
-                    values_before_tokens(critic.values(batch).float())
-                    for critic in self.cost_critics
+                    values_before_tokens(done[f"cost_values_{j}"].float())
+                    for j in range(len(self.cost_critics))
                 ],
                 dim=-1,
             )
