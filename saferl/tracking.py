@@ -25,6 +25,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -124,11 +125,12 @@ class JsonlTracker:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # stages that run side by side log from their own threads
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         check_metric_names(metrics)
         row = {"step": step, **{key: _json_value(value) for key, value in metrics.items()}}
-        with self.path.open("a") as handle:
+        with self._lock, self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
 
     def finish(self) -> None:
@@ -196,21 +198,23 @@ class WandbTracker:
             reinit="create_new",
         )
         self._namespaces: set[str] = set()
+        self._lock = threading.Lock()  # stages that run side by side log from their own threads
         #: The offline run's folder (``wandb sync <folder>`` uploads it); None when not offline.
         self.offline_folder = Path(self.run.settings.sync_dir) if mode == "offline" else None
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         check_metric_names(metrics)
         row: dict[str, Any] = {}
-        for key, value in metrics.items():
-            namespace = key.partition("/")[0]
-            if namespace not in self._namespaces:
-                self.run.define_metric(f"{namespace}/step", hidden=True)
-                self.run.define_metric(f"{namespace}/*", step_metric=f"{namespace}/step")
-                self._namespaces.add(namespace)
-            row[f"{namespace}/step"] = step
-            row[key] = _number(value)
-        self.run.log(row)
+        with self._lock:
+            for key, value in metrics.items():
+                namespace = key.partition("/")[0]
+                if namespace not in self._namespaces:
+                    self.run.define_metric(f"{namespace}/step", hidden=True)
+                    self.run.define_metric(f"{namespace}/*", step_metric=f"{namespace}/step")
+                    self._namespaces.add(namespace)
+                row[f"{namespace}/step"] = step
+                row[key] = _number(value)
+            self.run.log(row)
 
     def finish(self) -> None:
         self.run.finish()

@@ -5,11 +5,15 @@ format. Shared by the setups that train their own models (:mod:`saferl.setups.wo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from saferl.data.records import SafetyPreferencePair, SFTExample
 from saferl.learners.output import RunOutput
+from saferl.learners.run_state import StageRecords
 from saferl.learners.score_model import (
     evaluate_score_model,
     relabel_saved_score_model,
@@ -19,9 +23,10 @@ from saferl.learners.sft import run_sft
 from saferl.models import ModelSpec
 from saferl.runtime import CriticGroup, PolicyGroup
 from saferl.runtime.resources import Resources
+from saferl.runtime.side_by_side import side_by_side
 from saferl.setups.settings import StageSettings
 
-__all__ = ["StageSettings", "run_score_stage", "run_sft_stage"]
+__all__ = ["StageSettings", "run_score_stage", "run_sft_stage", "run_stages_side_by_side"]
 
 
 def run_sft_stage(
@@ -71,3 +76,41 @@ def run_score_stage(
     prefix = "" if name == f"{kind}_model" else name.removeprefix(f"{kind}_").removesuffix("_model") + "_"
     output.tracker.log({f"{kind}_model/{prefix}heldout_{k}": v for k, v in metrics.items()}, step=0)
     return metrics
+
+
+def run_stages_side_by_side(
+    records: StageRecords, stages: Mapping[str, tuple[dict[str, Any], Callable[[], dict[str, float]]]]
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Stages that need nothing from each other (the reward and cost models): the finished ones
+    (in ``records``) read back, the others run side by side, each in its own group (one rank's
+    work keeps one core busy) and recorded as it finishes, so a finished one survives a sibling's
+    failure.
+
+    Args:
+        records: the run's stage records.
+        stages: name → (the stage's settings, a call that runs it and returns its metrics).
+
+    Returns:
+        the metrics and the wall seconds of every stage, by name in the order of ``stages``.
+    """
+    metrics: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    recording = threading.Lock()  # one stages.json, written by one thread at a time
+
+    def timed(name: str, settings: dict[str, Any], run: Callable[[], dict[str, float]]):
+        clock = time.perf_counter()
+        result = run()
+        elapsed = time.perf_counter() - clock
+        with recording:
+            records.mark(name, {"metrics": result, "seconds": elapsed}, settings)
+        return result, elapsed
+
+    pending = {}
+    for name, (settings, run) in stages.items():
+        if (done := records.finished(name, settings)) is not None:
+            metrics[name], seconds[name] = done["metrics"], done["seconds"]
+        else:
+            pending[name] = lambda name=name, settings=settings, run=run: timed(name, settings, run)
+    for name, (result, elapsed) in side_by_side(pending).items():
+        metrics[name], seconds[name] = result, elapsed
+    return {name: metrics[name] for name in stages}, {name: seconds[name] for name in stages}

@@ -24,6 +24,7 @@ so the setup has no evaluator (``job=evaluate`` runs the arena on the result).
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -45,7 +46,7 @@ from saferl.setups.hub import (
     training_prompts,
 )
 from saferl.setups.settings import TinySettings  # light: config validation reads it
-from saferl.setups.stages import run_score_stage, run_sft_stage
+from saferl.setups.stages import run_score_stage, run_sft_stage, run_stages_side_by_side
 
 __all__ = ["TinySettings", "build", "demonstrations", "word_tokenizer"]
 
@@ -118,23 +119,25 @@ def build(settings: TinySettings, resources: Resources, output: RunOutput, needs
         seconds["sft"] = time.perf_counter() - clock
         records.mark("sft", {"seconds": seconds["sft"]}, settings.stage_settings("sft"))
 
-    # 4–5. Reward and cost models, from the SFT backbone, when the learner reads them.
+    # 4–5. Reward and cost models, from the SFT backbone, when the learner reads them; they need
+    # nothing from each other, so they train side by side.
     metrics: dict[str, dict[str, float]] = {}
     score_dirs = {kind: folder / "models" / f"{kind}_model" for kind in ("reward", "cost")}
     if needs.scorers or needs.critics:
-        for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model)):
-            name, clock = f"{kind}_model", time.perf_counter()
-            if (done := records.finished(name, settings.stage_settings(name))) is not None:
-                metrics[kind], seconds[name] = done["metrics"], done["seconds"]
-                continue
-            metrics[kind] = run_score_stage(
+        def train(kind: str, stage) -> dict[str, float]:
+            return run_score_stage(
                 kind, stage, sft_dir, pairs, test_pairs, tokenizer, template=settings.template,
                 max_length=settings.max_length, regularization=settings.regularization, seed=settings.seed,
                 resources=resources, output=output, export_dir=score_dirs[kind],
                 sign_weight=settings.sign_weight,  # only the cost loss reads it
             )
-            seconds[name] = time.perf_counter() - clock
-            records.mark(name, {"metrics": metrics[kind], "seconds": seconds[name]}, settings.stage_settings(name))
+
+        by_name, score_seconds = run_stages_side_by_side(records, {
+            f"{kind}_model": (settings.stage_settings(f"{kind}_model"), partial(train, kind, stage))
+            for kind, stage in (("reward", settings.reward_model), ("cost", settings.cost_model))
+        })
+        metrics = {name.removesuffix("_model"): value for name, value in by_name.items()}
+        seconds.update(score_seconds)
 
     sft_spec = ModelSpec(name_or_path=str(sft_dir))
     score = {kind: ModelSpec(name_or_path=str(path)) for kind, path in score_dirs.items()}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ from saferl.runtime.pool import prestart_workers
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, Evaluation, Needs, ScoreGroupStarter, Setup
 from saferl.setups.settings import StageSettings, WorldSettings, cost_model_name
-from saferl.setups.stages import run_score_stage, run_sft_stage
+from saferl.setups.stages import run_score_stage, run_sft_stage, run_stages_side_by_side
 
 __all__ = [
     "PREPARED_STAGES",
@@ -379,24 +380,25 @@ def _run_stages(
 
     # 3–4. The reward model and one model per cost, initialised from the SFT backbone; a cost's
     # model learns from the pairs labelled by that cost (the reward model from the harm pairs').
-    metrics: dict[str, dict[str, float]] = {}
+    # They need nothing from each other, so they train side by side.
     models = [("reward", "harm", "reward_model", settings.reward_model)]
     models += [("cost", cost, cost_model_name(cost), settings.cost_model) for cost in settings.costs]
-    for kind, cost, name, stage in models:
-        clock = time.perf_counter()
-        if (done := records.finished(name, settings.stage_settings(name))) is not None:
-            metrics[name], seconds[name] = done["metrics"], done["seconds"]
-            continue
+
+    def train(kind: str, cost: str, name: str, stage) -> dict[str, float]:
         train_pairs = load_preference_dataset(str(paths.preferences("train", cost))).records
         test_pairs = list(load_preference_dataset(str(paths.preferences("test", cost))).records)
-        metrics[name] = run_score_stage(
+        return run_score_stage(
             kind, stage, sft_dir, train_pairs, test_pairs, tokenizer, template=WORLD_TEMPLATE,
             max_length=MAX_SEQUENCE_LENGTH, regularization=settings.regularization, seed=settings.seed,
             resources=resources, output=output, export_dir=folder / "models" / name, truth=world_truth(kind, cost),
             name=name, sign_weight=settings.sign_weight,  # only the cost loss reads it
         )
-        seconds[name] = time.perf_counter() - clock
-        records.mark(name, {"metrics": metrics[name], "seconds": seconds[name]}, settings.stage_settings(name))
+
+    metrics, score_seconds = run_stages_side_by_side(records, {
+        name: (settings.stage_settings(name), partial(train, kind, cost, name, stage))
+        for kind, cost, name, stage in models
+    })
+    seconds.update(score_seconds)
     return metrics, seconds
 
 
