@@ -38,8 +38,10 @@ class RunFolderInUseError(RuntimeError):
     """A fresh run was pointed at a folder that holds another run's stages."""
 
 
-# What a run leaves in its folder; a fresh run refuses a folder holding any of them.
-RUN_MARKERS = (RECORDS_FILE, "checkpoints", "summary.json", "result.json")
+# What a run leaves in its folder; a fresh run refuses a folder holding any of them. ``mocan`` is
+# MoCAN's own sub-folder (its dual's samples, then its PPO stage's checkpoints): a MoCAN run on
+# reused stages (model.from_run) leaves nothing else before it ends.
+RUN_MARKERS = (RECORDS_FILE, "checkpoints", "summary.json", "result.json", "mocan")
 
 
 def claim_run_folder(folder: str | Path, resume: bool) -> None:

@@ -55,3 +55,4 @@ def test_a_finished_stage_survives_a_siblings_failure_and_is_not_run_again(tmp_p
     })
     assert runs == ["reward_model"]  # read back, not trained again
     assert metrics == {"reward_model": {"pairwise_accuracy": 0.7}, "cost_model": {"pairwise_accuracy": 0.9}}
+
