@@ -1,4 +1,5 @@
-"""Fixtures shared by every test directory: one local Ray cluster for the whole session.
+"""Fixtures shared by every test directory: one local Ray cluster for the whole session, and the
+tiny judge models of ``tests/eval/judge_models.py`` (the eval and learner tests both use them).
 
 Starting and stopping a local cluster costs several seconds each on a 2-core machine, so the
 runtime and learner tests share one instead of one per module. It has 8 logical CPUs (a learner
@@ -8,7 +9,10 @@ session; a cluster already running when it is first asked for is used and left t
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,3 +28,14 @@ def ray_cluster() -> Iterator[None]:
     yield
     if started and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def judge_models() -> ModuleType:
+    """``tests/eval/judge_models.py``, loaded by path: the suite imports test modules with
+    ``--import-mode=importlib``, so helpers are not importable."""
+    path = Path(__file__).parent / "eval" / "judge_models.py"
+    spec = importlib.util.spec_from_file_location("saferl_tests_judge_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

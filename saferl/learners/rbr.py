@@ -10,10 +10,10 @@ group (``learner.rbr.grader=lm``, :mod:`saferl.learners.rbr_grading`).
 
 1. **Grade reference samples**: K samples per prompt that has a response type, from the
    reference policy (the sampler of :func:`saferl.learners.mocan.sample_responses`), scored with
-   the setup's reward scorer (``R_rm``) and graded. Each sample's class is its true class where
-   the setup knows it (the world's exact propositions, with the world's spec), as the paper's
-   completions are of a known class by construction; elsewhere the class of the grader's answers
-   rounded at 1/2, and a sample that no class accepts is left out of the fit (counted).
+   the setup's reward scorer (``R_rm``) and graded. With the world's grader and spec each
+   sample's class is its true class (the exact propositions), as the paper's completions are of a
+   known class by construction; otherwise (an LM grader, or a spec file) the class of the grader's
+   answers rounded at 1/2, and a sample that no class accepts is left out of the fit (counted).
 2. **Fit the RBR weights** per safety-relevant response type
    (:func:`saferl.rbr.fit_rbr_weights`: ``R_rm`` as a frozen offset, hinge loss, AdamW lr 1e-2,
    1000 steps, 95/5 split of the samples' groups), logging the fraction of zero-loss pairs and the
@@ -65,6 +65,7 @@ from saferl.learners.settings import PPOLagSettings, RBRSettings
 from saferl.models import ModelSpec
 from saferl.rbr import LinearRBR, RBRFitResult, RBRSpec, fit_rbr_weights, load_spec, rbr_features
 from saferl.rbr.features import CLASS_FEATURE_PREFIX
+from saferl.rbr.response_types import response_type_or_none
 from saferl.runtime import ScoreGroup, init_ray
 from saferl.runtime.resources import Resources
 from saferl.setups.base import Needs, ScoreGroupStarter, ScorerSource, Setup
@@ -411,14 +412,6 @@ def run(setup: Setup, settings: RBRSettings, resources: Resources, output: RunOu
         seconds={**seconds, **aligned.seconds},
         details={**aligned.details, **details},
     )
-
-
-def response_type_or_none(spec: RBRSpec, name: str) -> str | None:
-    """``name`` in the spec's spelling, or None when the spec has no such response type."""
-    try:
-        return spec.response_type(name)
-    except ValueError:
-        return None
 
 
 def _reward_scores(

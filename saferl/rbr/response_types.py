@@ -19,7 +19,7 @@ from pathlib import Path
 from saferl.rbr.errors import ResponseTypesError, describe_value
 from saferl.rbr.spec import RBRSpec
 
-__all__ = ["load_response_types"]
+__all__ = ["load_response_types", "response_type_or_none"]
 
 
 def load_response_types(path: str | Path, spec: RBRSpec) -> dict[str, str]:
@@ -50,10 +50,7 @@ def load_response_types(path: str | Path, spec: RBRSpec) -> dict[str, str]:
         if not isinstance(prompt, str) or not prompt:
             raise ResponseTypesError(str(path), number, "prompt", "a non-empty string", describe_value(prompt))
         name = record.get("response_type")
-        try:
-            response_type = spec.response_type(name) if isinstance(name, str) else None
-        except ValueError:
-            response_type = None
+        response_type = response_type_or_none(spec, name)
         if response_type is None:
             raise ResponseTypesError(str(path), number, "response_type", expected_type, describe_value(name))
         if types.get(prompt, response_type) != response_type:
@@ -67,3 +64,14 @@ def load_response_types(path: str | Path, spec: RBRSpec) -> dict[str, str]:
     if not types:
         raise ResponseTypesError(str(path), None, None, "at least one {prompt, response_type} record", "none")
     return types
+
+
+def response_type_or_none(spec: RBRSpec, name: object) -> str | None:
+    """``name`` in the spec's spelling, or None when it is not a string naming one of its response
+    types."""
+    if not isinstance(name, str):
+        return None
+    try:
+        return spec.response_type(name)
+    except ValueError:
+        return None

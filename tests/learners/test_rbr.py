@@ -352,20 +352,8 @@ def test_the_fit_leaves_out_samples_no_class_accepts_and_is_the_fit_of_the_other
     assert set(model.weight_names()["refuse"].values()) == {0.0}  # not safety-relevant: weights 0
 
 
-def judge_models():
-    """tests/eval/judge_models.py (tiny judge models built in code), loaded by path."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "eval" / "judge_models.py"
-    spec = importlib.util.spec_from_file_location("saferl_tests_judge_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_rbr_runs_off_the_world_with_an_lm_grader_group(ray_cluster, sft_dir, tokenizer, tmp_path):
+def test_rbr_runs_off_the_world_with_an_lm_grader_group(ray_cluster, sft_dir, tokenizer, tmp_path, judge_models):
     """A setup without ground truth or response types (here named ``tiny``): the types come from a
     file listing half the prompts, a random tiny Llama grades as a Ray actor group, the classes are
     its rounded answers. The fit and PPO-Lag run, no exact target is claimed, and the group's grades
@@ -376,7 +364,7 @@ def test_rbr_runs_off_the_world_with_an_lm_grader_group(ray_cluster, sft_dir, to
     from saferl.rbr.lm_grader import grade_with_lm
     from saferl.rbr.world import world_response_type
 
-    models = judge_models()
+    models = judge_models
     grader_dir = models.save_random_llama(tmp_path / "grader", models.make_tokenizer())
     listed = world_prompts()[::2]
     types = tmp_path / "types.jsonl"
