@@ -7,9 +7,11 @@ groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
    :class:`~saferl.runtime.cluster.PlacementPlan` (colocated roles; with the rank processes the
    plan's last group of its role left idle there, if any), or reuses idle rank
    processes of its shape from the driver's :class:`~saferl.runtime.pool.WorkerPool` (with their
-   placement group), or plans and owns a placement group of its own.
+   placement group), or plans and owns a placement group of its own. A one-rank CPU group may
+   instead share processes that serve other groups (``runtime.max_single_rank_processes``).
 2. **Actors**: rank ``i`` is a :class:`~saferl.runtime.pool.RankHost` in bundle ``i`` with the
-   slot's CPU (and GPU) request; it constructs the group's worker class and forwards calls to it.
+   slot's CPU (and GPU) request; it constructs the group's worker class in the group's own slot
+   and forwards calls to it.
 3. **World**: for new processes, rank 0 reports its node address and a free port and every
    rank joins; reused processes are already in their world. Every rank then seeds torch and
    builds its engine (``setup``), all at once. The start-up is submitted without blocking;
@@ -26,6 +28,7 @@ groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -34,7 +37,7 @@ from typing import Any
 import ray
 
 from saferl.runtime.cluster import PlacementPlan, RoleSlot, plan_placement
-from saferl.runtime.pool import HostSet, PoolKey, start_hosts, worker_pool
+from saferl.runtime.pool import HostSet, PoolKey, shared_process_limit, start_hosts, worker_pool
 from saferl.runtime.specs import GroupSpec, RuntimeSpec
 from saferl.runtime.types import RankInfo
 from saferl.runtime.workers import RankSetup
@@ -42,6 +45,9 @@ from saferl.runtime.workers import RankSetup
 __all__ = ["ActorGroup"]
 
 logger = logging.getLogger(__name__)
+
+#: Numbers the groups' worker slots (a rank process may hold the workers of several groups).
+_SLOT_NUMBERS = itertools.count()
 
 
 class ActorGroup:
@@ -97,6 +103,11 @@ class ActorGroup:
         # stay in: only the plan's next group of the same role takes them.
         self._pool_key: PoolKey | None = None
         self._shared_plan: PlacementPlan | None = None
+        # This group's worker slot in its processes (unique: processes may serve several groups).
+        self._slot = f"{role}#{next(_SLOT_NUMBERS)}"
+        # One-rank CPU groups share at most this many processes (the pool's leases); 0: not.
+        self._share_limit = 0 if placement is not None else shared_process_limit(runtime_spec, group_spec)
+        self._lease: HostSet | None = None
         if runtime_spec.reuse_workers:
             self._pool_key = PoolKey.for_group(group_spec, runtime_spec)
             self._shared_plan = placement
@@ -145,6 +156,8 @@ class ActorGroup:
             return None
         if self._shared_plan is not None:
             return self._take_from_plan(self._shared_plan)
+        if self._share_limit:
+            return self._lease_from_pool()
         entry = worker_pool().take(self._pool_key)
         if entry is None:
             return None
@@ -152,6 +165,23 @@ class ActorGroup:
         self.actors = list(entry.hosts)
         (slot,) = entry.plan.slots.values()
         logger.info("%s: reusing %d idle rank processes", self.role, len(entry.hosts))
+        return slot, entry.joined
+
+    def _lease_from_pool(self) -> tuple[RoleSlot, bool] | None:
+        """Processes shared with other one-rank groups (:meth:`WorkerPool.lease`), or None to
+        start new ones (which :meth:`_launch` then offers to later groups)."""
+        entry = worker_pool().lease(self._pool_key, self._share_limit, self._slot)
+        if entry is None:
+            return None
+        self._lease = entry
+        self.actors = list(entry.hosts)
+        (slot,) = entry.plan.slots.values()
+        others = len(entry.users) - 1
+        logger.info(
+            "%s: %s", self.role,
+            f"loading its model into a rank process serving {others} other group(s)" if others
+            else f"reusing {len(entry.hosts)} idle rank processes",
+        )
         return slot, entry.joined
 
     def _take_from_plan(self, plan: PlacementPlan) -> tuple[RoleSlot, bool] | None:
@@ -176,6 +206,12 @@ class ActorGroup:
         some); ``joined``: the hosts already form this group's torch.distributed world."""
         if not self.actors:
             self.actors = start_hosts(self.slot, self.runtime_spec)
+            if self._share_limit and self._pool_key is not None and self._owned_plan is not None:
+                # New processes: the pool offers them to the next groups of this shape, and
+                # removes their placement group when it kills them.
+                self._lease = HostSet(self._pool_key, self._owned_plan, list(self.actors))
+                worker_pool().add_shared(self._lease, self._slot)
+                self._owned_plan = None
         start_refs = []
         for rank, actor in enumerate(self.actors):
             setup = RankSetup(
@@ -187,14 +223,18 @@ class ActorGroup:
                 collective_timeout_s=self.runtime_spec.collective_timeout_s,
                 seed=seed,
             )
-            start_refs.append(actor.start.remote(worker_class, setup, **worker_kwargs))
+            start_refs.append(actor.start.remote(self._slot, worker_class, setup, **worker_kwargs))
         # Submitted without waiting (Ray passes rank 0's result to every setup), so several
         # groups created with wait=False start at the same time. Reused hosts are already in
         # their world: no rendezvous (master None).
-        master = None if joined else self.actors[0].call.remote("master_address")
-        info_refs = [actor.call.remote("rank_info") for actor in self.actors]
-        setup_refs = [actor.call.remote("setup", master) for actor in self.actors]
+        master = None if joined else self.actors[0].call.remote(self._slot, "master_address")
+        info_refs = [actor.call.remote(self._slot, "rank_info") for actor in self.actors]
+        setup_refs = [actor.call.remote(self._slot, "setup", master) for actor in self.actors]
         self._pending_start = start_refs + info_refs + setup_refs
+        if self._lease is not None:
+            # A process runs its calls in order, so a group joining these processes later finds
+            # them in their world (this setup joins it first).
+            self._lease.joined = True
 
     def wait_ready(self) -> None:
         """Wait until every rank has joined the world and built its engine (idempotent).
@@ -276,13 +316,13 @@ class ActorGroup:
     ) -> list[Any]:
         """``method(*args, **kwargs)`` on every rank; results in rank order."""
         self._check_open(method)
-        refs = [actor.call.remote(method, *args, **kwargs) for actor in self.actors]
+        refs = [actor.call.remote(self._slot, method, *args, **kwargs) for actor in self.actors]
         return self._gather(refs, list(range(self.num_ranks)), method, self._timeout(timeout_s))
 
     def call_rank(self, rank: int, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """``method(*args)`` on one rank (not for methods holding a collective)."""
         self._check_open(method)
-        ref = self.actors[rank].call.remote(method, *args)
+        ref = self.actors[rank].call.remote(self._slot, method, *args)
         return self._gather([ref], [rank], method, self._timeout(timeout_s))[0]
 
     def call_per_rank(
@@ -304,7 +344,7 @@ class ActorGroup:
                 f"{len(per_rank_args)} argument tuples for the {self.num_ranks} ranks of {self.role}"
             )
         refs = [
-            actor.call.remote(method, *args)
+            actor.call.remote(self._slot, method, *args)
             for actor, args in zip(self.actors, per_rank_args, strict=True)
         ]
         return self._gather(refs, list(range(self.num_ranks)), label, self._timeout(timeout_s))
@@ -331,6 +371,12 @@ class ActorGroup:
         self._pending_start = []
         actors, self.actors = self.actors, []
         clean = self._pool_key is not None and actors and not self._failed and not unfinished_start
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            if ray.is_initialized():
+                worker_pool().end_lease(lease, self._slot, clean=bool(clean))
+            if clean:
+                return
         if clean and self._shared_plan is not None and self._shared_plan.placement_groups:
             entry = HostSet(self._pool_key, self._shared_plan, actors)
             entry.release()

@@ -22,6 +22,15 @@ subclass) at a time, and a group that shuts down cleanly hands its hosts to the 
 4. **Cluster.** The pool belongs to one Ray cluster: when Ray is shut down or the driver joins
    another cluster, the old hosts are forgotten (Ray has already killed them).
 
+5. **Sharing.** Groups of one rank on CPUs go further: at most
+   ``runtime.max_single_rank_processes`` processes serve them (default: the machine's CPU
+   count). Once that many serve groups, a new group loads its model into the process serving
+   the fewest groups, next to the models already there (:meth:`WorkerPool.lease`); each group's
+   worker has its own slot in the :class:`RankHost`, and Ray runs the calls of a process in
+   turn. One core runs one model at a time anyway, and every process spared is seconds of
+   imports. A failed group kills its processes, so the groups sharing them fail at their next
+   call, as if the process had died.
+
 ``runtime.reuse_workers=false`` turns this off (every group starts and kills its own
 processes). Colocated groups (a shared :class:`~saferl.runtime.cluster.PlacementPlan`) do not use
 the pool, since their bundles belong to the plan: a clean one leaves its hosts idle in the plan
@@ -34,6 +43,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,41 +81,47 @@ EVICTION_WAIT_S = 10.0
 
 
 class RankHost:
-    """One rank's process: holds one worker at a time and forwards calls to it.
+    """One rank's process: holds its groups' workers, one per slot, and forwards calls to them.
 
-    Plain class; :class:`~saferl.runtime.group.ActorGroup` makes it a Ray actor. The worker class
-    is passed by reference (Ray pickles classes by module and name), so the host imports the
-    heavy modules only when its first worker is built.
+    Plain class; :class:`~saferl.runtime.group.ActorGroup` makes it a Ray actor. A process serves
+    one group at a time, except one-rank CPU groups beyond ``runtime.max_single_rank_processes``,
+    which share it (each group is a slot; Ray runs the calls of the slots in turn). The worker
+    class is passed by reference (Ray pickles classes by module and name), so the host imports
+    the heavy modules only when its first worker is built.
     """
 
     def __init__(self) -> None:
-        self.worker: Any = None
+        self.workers: dict[str, Any] = {}
 
-    def start(self, worker_class: type, *args: Any, **kwargs: Any) -> None:
-        """Construct this rank's worker (nothing heavy: :meth:`call` ``("setup", ...)`` builds)."""
-        if self.worker is not None:
+    def start(self, slot: str, worker_class: type, *args: Any, **kwargs: Any) -> None:
+        """Construct the worker of ``slot`` (nothing heavy: :meth:`call` ``("setup", ...)`` builds)."""
+        if slot in self.workers:
             raise RuntimeError(
-                f"this rank still holds a {type(self.worker).__name__}; release it first"
+                f"this rank already holds a {type(self.workers[slot]).__name__} in slot {slot!r}"
             )
-        self.worker = worker_class(*args, **kwargs)
+        self.workers[slot] = worker_class(*args, **kwargs)
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``worker.method(*args, **kwargs)``."""
-        if self.worker is None:
-            raise RuntimeError(f"this rank holds no worker; cannot call {method!r}")
-        return getattr(self.worker, method)(*args, **kwargs)
+    def call(self, slot: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``worker.method(*args, **kwargs)`` of ``slot``'s worker."""
+        worker = self.workers.get(slot)
+        if worker is None:
+            raise RuntimeError(f"this rank holds no worker in slot {slot!r}; cannot call {method!r}")
+        return getattr(worker, method)(*args, **kwargs)
 
     def warm(self) -> None:
         """Import what every worker needs (torch, transformers, DeepSpeed), ahead of its first
         group (:func:`prestart_workers`)."""
         import saferl.runtime.workers  # noqa: F401
 
-    def release(self) -> None:
-        """Drop the worker and its engine (the process and its torch.distributed world stay)."""
-        worker, self.worker = self.worker, None
-        if worker is not None and hasattr(worker, "close"):
-            worker.close()
-        del worker
+    def release(self, slot: str | None = None) -> None:
+        """Drop ``slot``'s worker and its engine (None: every worker); the process and its
+        torch.distributed world stay."""
+        slots = list(self.workers) if slot is None else [slot]
+        for name in slots:
+            worker = self.workers.pop(name, None)
+            if worker is not None and hasattr(worker, "close"):
+                worker.close()
+            del worker
         gc.collect()
 
 
@@ -173,10 +189,12 @@ class HostSet:
     hosts: list[Any]
     pending_release: list[Any] = field(default_factory=list)
     joined: bool = True
+    users: set[str] = field(default_factory=set)  # the slots of the groups it serves (shared sets)
 
-    def release(self) -> None:
-        """Ask every host to drop its worker (asynchronously; :meth:`wait_released` waits)."""
-        self.pending_release = [host.release.remote() for host in self.hosts]
+    def release(self, slot: str | None = None) -> None:
+        """Ask every host to drop ``slot``'s worker (None: all; asynchronously:
+        :meth:`wait_released` waits)."""
+        self.pending_release += [host.release.remote(slot) for host in self.hosts]
 
     def wait_released(self) -> bool:
         """Wait for the release (or the warm-up) of every host; False when one failed or died."""
@@ -214,6 +232,7 @@ class WorkerPool:
         self.max_idle_ranks = max_idle_ranks
         self.cluster = ray.get_runtime_context().gcs_address
         self._idle: list[HostSet] = []
+        self._shared: list[HostSet] = []  # sets serving one or more groups that share them
         self.reused = 0  # sets handed out again (for logs and tests)
 
     @property
@@ -231,9 +250,49 @@ class WorkerPool:
             return entry
         return None
 
-    def give_back(self, entry: HostSet) -> None:
-        """Release ``entry``'s workers (asynchronously) and keep it idle."""
-        entry.release()
+    def lease(self, key: PoolKey, limit: int, slot: str) -> HostSet | None:
+        """Hosts for a group that shares processes (``limit`` of them at most for ``key``): an
+        idle set, else None while fewer than ``limit`` sets serve groups (start new processes and
+        :meth:`add_shared` them), else the set serving the fewest groups, which ``slot`` joins."""
+        entry = self.take(key)
+        if entry is None:
+            serving = [e for e in self._shared if e.key == key]
+            if len(serving) < limit:
+                return None
+            entry = min(serving, key=lambda e: len(e.users))  # the first of the least busy
+            entry.users.add(slot)
+            return entry
+        entry.users = {slot}
+        self._shared.append(entry)
+        return entry
+
+    def add_shared(self, entry: HostSet, slot: str) -> None:
+        """Keep ``entry`` (new processes serving ``slot``'s group) for groups that share them."""
+        entry.users = {slot}
+        self._shared.append(entry)
+
+    def end_lease(self, entry: HostSet, slot: str, clean: bool) -> None:
+        """``slot``'s group is done with ``entry``: a clean one releases its worker and the set
+        goes idle once no group uses it; after a failure the processes are killed (the other
+        groups in them fail at their next call, as they would if a process died)."""
+        entry.users.discard(slot)
+        if not clean:
+            if entry in self._shared:
+                self._shared.remove(entry)
+            entry.users.clear()
+            entry.kill()
+            return
+        entry.release(slot)
+        if not entry.users:
+            if entry in self._shared:
+                self._shared.remove(entry)
+            self.give_back(entry, released=True)
+
+    def give_back(self, entry: HostSet, released: bool = False) -> None:
+        """Release ``entry``'s workers (asynchronously; ``released``: already asked) and keep it
+        idle."""
+        if not released:
+            entry.release()
         self._idle.append(entry)
         while self._idle and self.idle_ranks > self.max_idle_ranks:
             self._idle.pop(0).kill()
@@ -246,6 +305,10 @@ class WorkerPool:
         """Idle sets of ``key``'s shape."""
         return sum(entry.key == key for entry in self._idle)
 
+    def count_shared(self, key: PoolKey) -> int:
+        """Sets of ``key``'s shape serving groups that share them."""
+        return sum(entry.key == key for entry in self._shared)
+
     def make_room(self, needed: dict[str, float]) -> None:
         """Evict idle sets, oldest first, until the cluster has ``needed`` resources available."""
         while self._idle and not _available(needed):
@@ -255,9 +318,9 @@ class WorkerPool:
                 time.sleep(0.1)
 
     def close(self) -> None:
-        """Kill every idle set."""
-        idle, self._idle = self._idle, []
-        for entry in idle:
+        """Kill every idle set and every shared one (their groups fail at their next call)."""
+        sets, self._idle, self._shared = self._idle + self._shared, [], []
+        for entry in sets:
             entry.kill()
 
 
@@ -313,6 +376,23 @@ def start_hosts(slot: RoleSlot, runtime_spec: RuntimeSpec) -> list[Any]:
     return hosts
 
 
+def shared_process_limit(runtime_spec: RuntimeSpec, group_spec: GroupSpec) -> int:
+    """How many rank processes groups of ``group_spec``'s shape share
+    (``runtime.max_single_rank_processes``); 0: they do not share (several ranks, GPUs,
+    ``reuse_workers`` off, or a limit of 0).
+
+    Unset, the limit is the CPUs that can run the processes at once: this machine's cores on a
+    local cluster (whose logical CPUs may be more than its cores), the cluster's Ray CPUs on a
+    joined one (so groups spread over nodes keep processes of their own)."""
+    if not runtime_spec.reuse_workers or group_spec.num_ranks != 1 or group_spec.uses_gpus:
+        return 0
+    if runtime_spec.max_single_rank_processes is not None:
+        return runtime_spec.max_single_rank_processes
+    if runtime_spec.address is None:
+        return os.cpu_count() or 1
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def prestart_workers(runtime_spec: RuntimeSpec, group_spec: GroupSpec, count: int) -> int:
     """Start rank processes for ``count`` groups of ``group_spec`` in the background, so that
     groups created later (a learner's, after the setup's stages) find them up and warmed.
@@ -324,6 +404,8 @@ def prestart_workers(runtime_spec: RuntimeSpec, group_spec: GroupSpec, count: in
         return 0
     pool = worker_pool()
     key = PoolKey.for_group(group_spec, runtime_spec)
+    if limit := shared_process_limit(runtime_spec, group_spec):  # groups share this many at most
+        count = min(count, limit - pool.count_shared(key))
     room = pool.max_idle_ranks - pool.idle_ranks
     wanted = min(count - pool.count(key), room // max(key.num_ranks, 1))
     own = GroupSpec(

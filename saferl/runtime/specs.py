@@ -257,6 +257,16 @@ class RuntimeSpec:
             group of the same shape, which loads its own model into them instead of starting
             new processes (:mod:`saferl.runtime.pool`); False starts and kills processes per
             group.
+        max_single_rank_processes: the most rank processes that groups of one rank on CPUs (of
+            one shape) keep; once that many serve groups, a new group loads its model into the
+            least busy of them, next to the models already there, and the calls of a process's
+            models take turns (:mod:`saferl.runtime.pool`). A rank process costs seconds of
+            imports and one core can only run one model at a time, so on a small machine a few
+            shared processes start sooner and run as fast as one per group. None: the CPUs
+            there are (this machine's cores on a local cluster, the cluster's Ray CPUs on a
+            joined one; :func:`saferl.runtime.pool.shared_process_limit`); 0: no limit (one
+            process per group). Groups of several ranks or with GPUs always get processes of
+            their own. Needs ``reuse_workers``.
     """
 
     address: str | None = None
@@ -270,12 +280,15 @@ class RuntimeSpec:
     ship_code: bool = True
     env_vars: Mapping[str, str] = field(default_factory=dict)
     reuse_workers: bool = True
+    max_single_rank_processes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.reuse_workers, bool):
             raise ValueError(
                 f"runtime.reuse_workers must be true or false, got {self.reuse_workers!r}"
             )
+        if self.max_single_rank_processes is not None:
+            _require_int("runtime.max_single_rank_processes", self.max_single_rank_processes, 0)
         if self.address is not None:
             if not isinstance(self.address, str) or not self.address.strip():
                 raise ValueError(

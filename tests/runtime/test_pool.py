@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 ZERO3 = DeepSpeedSpec(zero_stage=3, micro_batch_size_per_rank=2)
 TWO_RANKS = GroupSpec(2, 0.25)
+ONE_RANK = DeepSpeedSpec(zero_stage=2, micro_batch_size_per_rank=4)  # one rank takes the 4-row batch
 
 
 def response_loss(logprobs: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
@@ -183,4 +184,85 @@ def test_prestarted_processes_serve_the_next_groups(
     finally:
         reference.shutdown()
         fresh.shutdown()
+        close_worker_pool()
+
+
+def test_one_rank_groups_beyond_the_limit_share_a_process_and_compute_the_same_numbers(
+    tokenizer, model_spec, runtime_spec, train_batch
+) -> None:
+    close_worker_pool()
+    one_rank = GroupSpec(1, 0.25)
+    shared_spec = dataclasses.replace(runtime_spec, max_single_rank_processes=1)
+    fresh_spec = dataclasses.replace(runtime_spec, reuse_workers=False)
+
+    def policy_and_reference(spec: RuntimeSpec):
+        return (
+            PolicyGroup(model_spec, tokenizer, ONE_RANK, one_rank, spec, seed=5),
+            ReferenceGroup(model_spec, tokenizer, ONE_RANK, one_rank, spec, seed=2),
+        )
+
+    def step_then_score(policy: PolicyGroup, reference: ReferenceGroup):
+        # Interleaved calls: each model's state must stay its own in a shared process.
+        reference_before = reference.token_logprobs(train_batch)
+        step = policy.train_step(train_batch, response_loss)
+        return (
+            step.loss,
+            step.grad_norm,
+            policy.token_logprobs(train_batch),
+            reference_before,
+            reference.token_logprobs(train_batch),
+        )
+
+    # 1. Two groups, a limit of one process: the second loads its model into the first's.
+    policy, reference = policy_and_reference(shared_spec)
+    (pid,) = [info.pid for info in policy.rank_infos]
+    assert [info.pid for info in reference.rank_infos] == [pid]
+    shared = step_then_score(policy, reference)
+
+    # 2. The same seeds in processes of their own: the same numbers, bit for bit.
+    fresh_policy, fresh_reference = policy_and_reference(fresh_spec)
+    try:
+        assert {info.pid for info in fresh_policy.rank_infos + fresh_reference.rank_infos} != {pid}
+        fresh = step_then_score(fresh_policy, fresh_reference)
+    finally:
+        fresh_policy.shutdown()
+        fresh_reference.shutdown()
+    assert shared[:2] == fresh[:2]
+    for got, expected in zip(shared[2:], fresh[2:], strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+    # 3. One group ending cleanly leaves the other working in the same process; when both
+    #    have ended the process is idle, and the next group of the shape takes it.
+    reference.shutdown()
+    torch.testing.assert_close(policy.token_logprobs(train_batch), shared[2], rtol=0, atol=0)
+    policy.shutdown()
+    assert alive([pid]) and worker_pool().idle_ranks >= 1
+    again = ReferenceGroup(model_spec, tokenizer, ONE_RANK, one_rank, shared_spec, seed=2)
+    assert [info.pid for info in again.rank_infos] == [pid]
+
+    # 4. A failed group kills the process it shares: the other group fails at its next call,
+    #    naming its role, as if the process had died.
+    other = PolicyGroup(model_spec, tokenizer, ONE_RANK, one_rank, shared_spec, seed=5)
+    assert [info.pid for info in other.rank_infos] == [pid]
+    with pytest.raises(RuntimeError, match="reference rank 0 raised"):
+        again.group.call("train_step", train_batch, response_loss)
+    assert gone([pid])
+    with pytest.raises(RuntimeError, match="policy rank 0 died"):
+        other.token_logprobs(train_batch)
+    close_worker_pool()
+
+
+def test_a_limit_of_zero_gives_every_one_rank_group_its_own_process(
+    tokenizer, model_spec, runtime_spec
+) -> None:
+    close_worker_pool()
+    spec = dataclasses.replace(runtime_spec, max_single_rank_processes=0)
+    one_rank = GroupSpec(1, 0.25)
+    first = ReferenceGroup(model_spec, tokenizer, ONE_RANK, one_rank, spec)
+    second = ReferenceGroup(model_spec, tokenizer, ONE_RANK, one_rank, spec)
+    try:
+        assert first.rank_infos[0].pid != second.rank_infos[0].pid
+    finally:
+        first.shutdown()
+        second.shutdown()
         close_worker_pool()

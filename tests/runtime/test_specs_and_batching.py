@@ -4,6 +4,7 @@ seeded generation on one process, masks, placement validation, the vLLM error.""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ from saferl.runtime import (
 )
 from saferl.runtime.cluster import colocation_sets, worker_env_vars
 from saferl.runtime.generation import row_seed
+from saferl.runtime.pool import shared_process_limit
 
 # -- specs --------------------------------------------------------------------------------------
 
@@ -67,6 +69,9 @@ def test_deepspeed_spec_errors_name_the_key(kwargs: dict, key: str) -> None:
         (RuntimeSpec, {"backend": "mpi"}, "runtime.backend"),
         (RuntimeSpec, {"placement_strategy": "STRICT_PACK"}, "runtime.placement_strategy"),
         (RuntimeSpec, {"call_timeout_s": 0}, "runtime.call_timeout_s"),
+        (RuntimeSpec, {"max_single_rank_processes": -1}, "runtime.max_single_rank_processes"),
+        (RuntimeSpec, {"max_single_rank_processes": "x"}, "runtime.max_single_rank_processes"),
+        (RuntimeSpec, {"max_single_rank_processes": 1.5}, "runtime.max_single_rank_processes"),
         (GenerationSpec, {"temperature": 0.0}, "generation.temperature"),
         (GenerationSpec, {"top_p": 0.0}, "generation.top_p"),
         (GenerationSpec, {"max_new_tokens": 0}, "generation.max_new_tokens"),
@@ -85,6 +90,20 @@ def test_runtime_spec_addresses_and_backend() -> None:
     assert spec.resolve_backend(uses_gpus=True) == "nccl"
     with pytest.raises(ValueError, match="runtime.backend='nccl'"):
         RuntimeSpec(backend="nccl").resolve_backend(uses_gpus=False)
+
+
+def test_only_one_rank_cpu_groups_share_processes() -> None:
+    one_cpu_rank = GroupSpec(1, 0.25)
+    # Unset on a local cluster: this machine's cores (not the cluster's logical CPUs).
+    assert shared_process_limit(RuntimeSpec(local_num_cpus=8), one_cpu_rank) == (os.cpu_count() or 1)
+    assert shared_process_limit(RuntimeSpec(max_single_rank_processes=3), one_cpu_rank) == 3
+    assert shared_process_limit(RuntimeSpec(max_single_rank_processes=0), one_cpu_rank) == 0
+    # Several ranks, GPUs, or no reuse at all: every group has processes of its own.
+    three = RuntimeSpec(max_single_rank_processes=3)
+    assert shared_process_limit(three, GroupSpec(2, 0.25)) == 0
+    assert shared_process_limit(three, GroupSpec(1, 1, 1.0)) == 0
+    no_reuse = RuntimeSpec(reuse_workers=False, max_single_rank_processes=3)
+    assert shared_process_limit(no_reuse, one_cpu_rank) == 0
 
 
 def test_worker_env_puts_this_tree_on_the_path_of_local_clusters_only() -> None:
