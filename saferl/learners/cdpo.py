@@ -58,6 +58,7 @@ from saferl.learners.result import RunResult
 from saferl.learners.run_state import (
     RunFolderInUseError,
     latest_checkpoint,
+    resume_checkpoint,
     save_checkpoint_atomically,
 )
 from saferl.learners.settings import CDPOSettings
@@ -203,7 +204,8 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
         scorers = build_scorers(setup, resources, groups)
         seconds["start"] = time.perf_counter() - clock
         elapsed, first_round = seconds["start"], 0
-        if output.resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
+        # (A damaged newest checkpoint falls back to the previous one, with a notice.)
+        if output.resume and (found := resume_checkpoint(checkpoint_dir, output.notice)) is not None:
             state = _load_round(found, policy, settings)
             first_round, rounds, history = int(state["round"]), state["rounds"], state["history"]
             multiplier = torch.tensor(state["multiplier"], dtype=torch.float64)

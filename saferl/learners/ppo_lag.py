@@ -52,6 +52,7 @@ from saferl.learners.rollout import ExperienceMaker
 from saferl.learners.run_state import (
     RunFolderInUseError,
     latest_checkpoint,
+    resume_checkpoint,
     save_checkpoint_atomically,
 )
 from saferl.learners.settings import PPOLagSettings, PPOSettings
@@ -469,7 +470,8 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
         )
         progress = output.stage_progress(name, ppo.iterations)
         # 4. Resume.
-        if output.resume and (found := latest_checkpoint(checkpoint_dir)) is not None:
+        # (A damaged newest checkpoint falls back to the previous one, with a notice.)
+        if output.resume and (found := resume_checkpoint(checkpoint_dir, output.notice)) is not None:
             learner.load(found)
             output.notice(f"resuming from iteration {learner.iteration} (checkpoint {found})")
             progress(learner.iteration, learner.history[-1] if learner.history else {})

@@ -5,8 +5,11 @@ Two pieces:
 * :class:`StageRecords`: ``stages.json`` in the run folder, one entry per finished stage (its
   metrics and seconds). A stage is written to the file only after its outputs are complete, so a
   stage that was killed half-way is simply run again.
-* :func:`save_checkpoint_atomically`: a learner checkpoint is written to a sibling folder and then
-  swapped in, so a kill during saving leaves the previous checkpoint intact.
+* :func:`save_checkpoint_atomically`: a learner checkpoint is written to a sibling folder, its
+  manifest (every file's size and sha256) last, and then swapped in; the checkpoint it replaces is
+  kept beside it as ``<folder>.previous``. A kill or a failed write (disk full, permissions) during
+  saving leaves the last good checkpoint intact. :func:`resume_checkpoint` checks the manifest at
+  resume and falls back to the previous checkpoint when the newest one is damaged, saying so.
 
 A fresh run refuses a folder that already holds a run (nothing is overwritten); ``resume=auto``
 accepts it and skips the finished stages.
@@ -14,6 +17,7 @@ accepts it and skips the finished stages.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,15 +31,28 @@ __all__ = [
     "claim_run_folder",
     "save_checkpoint_atomically",
     "latest_checkpoint",
+    "resume_checkpoint",
+    "verify_checkpoint",
+    "CorruptCheckpointError",
     "finished_stages",
     "saved_state",
 ]
 
 RECORDS_FILE = "stages.json"
+# A checkpoint's manifest: {"format": 1, "files": {relative path: {"size": bytes, "sha256": hex}}}.
+# It keeps the name of the empty marker it replaced: written last, its presence still means
+# "complete" (saved_state, the CLI and the tests look for it).
+MANIFEST_FILE = "COMPLETE"
+MANIFEST_FORMAT = 1
+_HASH_CHUNK_BYTES = 1 << 20  # 1 MiB: a real checkpoint is GBs, read it in pieces
 
 
 class RunFolderInUseError(RuntimeError):
     """A fresh run was pointed at a folder that holds another run's stages."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """No checkpoint of a learner passes its manifest's check (the message names every bad file)."""
 
 
 # What a run leaves in its folder; a fresh run refuses a folder holding any of them. ``mocan`` is
@@ -123,32 +140,152 @@ def _require_same_settings(stage: str, recorded: Any, wanted: dict[str, Any], pa
 
 
 def save_checkpoint_atomically(save: Callable[[Path], None], folder: str | Path) -> None:
-    """Call ``save(staging_folder)`` and swap the result in at ``folder``.
+    """Call ``save(staging_folder)``, write its manifest and swap the result in at ``folder``.
 
-    The previous checkpoint stays in place until the new one is complete; at any moment of a kill
-    either ``folder`` or ``folder.previous`` holds a whole checkpoint (:func:`latest_checkpoint`
-    finds it).
+    The checkpoint it replaces is kept as ``folder.previous`` (and the one before that deleted), so
+    that :func:`resume_checkpoint` has a good checkpoint to fall back to when the newest one is
+    damaged. At any moment of a kill either ``folder`` or ``folder.previous`` holds a whole
+    checkpoint (:func:`latest_checkpoint` finds it).
+
+    Raises:
+        OSError: ``save`` or the manifest failed to write (disk full, permissions); same errno,
+            with a message naming ``folder``. The staging folder is removed, ``folder`` and
+            ``folder.previous`` are as they were.
     """
     target = Path(folder)
     staging = target.with_name(target.name + ".staging")
     previous = target.with_name(target.name + ".previous")
     shutil.rmtree(staging, ignore_errors=True)
-    save(staging)
-    (staging / "COMPLETE").write_text("")
-    if target.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(target, previous)
-    os.replace(staging, target)
-    shutil.rmtree(previous, ignore_errors=True)
+    try:
+        save(staging)
+        _write_manifest(staging)
+        if target.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(target, previous)
+        os.replace(staging, target)  # nothing after this can fail: `staging` is gone only on success
+    except BaseException as error:
+        # A half-written staging folder is never swapped in; removing it also frees the space a
+        # disk-full error needs back. The checkpoints in place were not touched (a failed second
+        # rename leaves the last one at `previous`, where latest_checkpoint finds it).
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            message = (f"could not save the checkpoint {target} ({error}); its staging folder {staging} was "
+                       f"removed; the last good checkpoint is {latest_checkpoint(target) or 'none yet'}")
+            # OSError(errno, ...) gives the same subclass (PermissionError for EACCES, ...).
+            raise (OSError(message) if error.errno is None else OSError(error.errno, message)) from error
+        raise
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_manifest(checkpoint: Path) -> None:
+    """Write ``checkpoint/COMPLETE``: the size and sha256 of every file under ``checkpoint``."""
+    files = {
+        path.relative_to(checkpoint).as_posix(): {"size": path.stat().st_size, "sha256": _file_sha256(path)}
+        for path in sorted(checkpoint.rglob("*"))
+        if path.is_file() and path.relative_to(checkpoint).as_posix() != MANIFEST_FILE
+    }
+    manifest = json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1) + "\n"
+    (checkpoint / MANIFEST_FILE).write_text(manifest)
+
+
+def verify_checkpoint(checkpoint: str | Path) -> list[str]:
+    """What is wrong with ``checkpoint`` against its manifest, one line per bad file (each naming
+    the file, what the manifest expects and what was found); ``[]``: every file is intact.
+
+    Sizes are compared first, and only files of the right size are hashed (1 MiB at a time).
+    """
+    checkpoint = Path(checkpoint)
+    manifest_path = checkpoint / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}")
+        expected = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except FileNotFoundError:
+        return [f"{manifest_path}: missing (the manifest, written last, marks a complete checkpoint)"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # An empty file is also what saferl wrote before checkpoints had checksums.
+        return [f"{manifest_path}: not a readable checkpoint manifest ({type(error).__name__}: {error})"]
+    problems = []
+    for name, (size, sha256) in sorted(expected.items()):
+        path = checkpoint / name
+        try:
+            found_size = path.stat().st_size
+            if found_size != size:
+                problems.append(f"{path}: expected {size} bytes, found {found_size} (truncated or overwritten)")
+            elif (found_sha256 := _file_sha256(path)) != sha256:
+                problems.append(f"{path}: expected sha256 {sha256}, found {found_sha256} (corrupted)")
+        except FileNotFoundError:
+            problems.append(f"{path}: missing (expected {size} bytes)")
+        except OSError as error:
+            problems.append(f"{path}: unreadable ({error})")
+    return problems
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The complete checkpoint at ``folder`` (or the one being replaced), or ``None``."""
+    """The complete checkpoint at ``folder`` (or the previous one), or ``None``.
+
+    "Complete" means its manifest is there (cheap: nothing is hashed); :func:`resume_checkpoint`
+    also checks its files.
+    """
     target = Path(folder)
     for candidate in (target, target.with_name(target.name + ".previous")):
-        if (candidate / "COMPLETE").exists():
+        if (candidate / MANIFEST_FILE).exists():
             return candidate
     return None
+
+
+def resume_checkpoint(folder: str | Path, notice: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint of ``folder`` whose files match its manifest, for a resumed run.
+
+    ``folder`` is checked first, then ``folder.previous``. When ``folder`` is damaged and the
+    previous checkpoint is good, ``notice`` says which files are bad and which checkpoint is used,
+    and the damaged one is moved to ``folder.damaged`` (kept for a look; the next save then keeps
+    the good one as ``folder.previous`` instead of the damaged one).
+
+    Returns:
+        The checkpoint to load, or ``None`` when neither folder exists (nothing was ever saved).
+
+    Raises:
+        CorruptCheckpointError: every checkpoint that exists is damaged; the message names every
+            bad file and how to start over (it never starts from scratch on its own).
+    """
+    target = Path(folder)
+    previous = target.with_name(target.name + ".previous")
+    damaged: list[tuple[Path, list[str]]] = []
+    for candidate in (target, previous):
+        if not candidate.exists():  # a kill between the two renames of a save leaves no `target`
+            continue
+        problems = verify_checkpoint(candidate)
+        if not problems:
+            if candidate == previous and damaged:
+                kept = target.with_name(target.name + ".damaged")
+                shutil.rmtree(kept, ignore_errors=True)
+                os.replace(target, kept)
+                notice(
+                    f"the checkpoint {target} is damaged ({'; '.join(damaged[0][1])}); resuming from the "
+                    f"previous checkpoint {previous} instead (the damaged one is kept at {kept})"
+                )
+            return candidate
+        damaged.append((candidate, problems))
+    if not damaged:
+        return None
+    listing = "\n".join(f"  {problem}" for _, problems in damaged for problem in problems)
+    raise CorruptCheckpointError(
+        f"no good checkpoint to resume from in {target.parent}: "
+        + " and ".join(str(candidate) for candidate, _ in damaged)
+        + f" failed their manifest check:\n{listing}\n"
+        f"To start this learner over, delete {target} and {previous} and run again with resume=auto "
+        "(the run's finished stages are kept), or start a fresh run folder."
+    )
 
 
 def finished_stages(folder: str | Path) -> list[str]:
@@ -165,10 +302,10 @@ def saved_state(folder: str | Path) -> str:
     yet". Reads only the folder (no torch): the CLI says it when a run is interrupted."""
     folder = Path(folder)
     checkpoints = [found for candidate in sorted(folder.glob("**/checkpoints/*"))
-                   if not candidate.name.endswith((".staging", ".previous"))
+                   if not candidate.name.endswith((".staging", ".previous", ".damaged"))
                    and (found := latest_checkpoint(candidate)) is not None]
     if checkpoints:
-        newest = max(checkpoints, key=lambda path: (path / "COMPLETE").stat().st_mtime)
+        newest = max(checkpoints, key=lambda path: (path / MANIFEST_FILE).stat().st_mtime)
         try:
             iteration = len(json.loads((newest / "history.json").read_text()))
         except (FileNotFoundError, json.JSONDecodeError):

@@ -224,3 +224,32 @@ def test_an_interrupted_run_resumes_after_its_last_round_as_if_never_stopped(
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_round_and_says_so(whole_run, tmp_path):
+    """The whole run's checkpoints (round 2, and round 1 kept as ``cdpo.previous``) with one byte
+    of round 2's policy checkpoint flipped: resume=auto names that file, continues from round 1's
+    checkpoint and ends where the uninterrupted run ends."""
+    import shutil
+
+    setup, folder, whole = whole_run
+    checkpoints = tmp_path / "damaged" / "checkpoints"
+    shutil.copytree(folder / "checkpoints", checkpoints)
+    newest, previous = checkpoints / "cdpo", checkpoints / "cdpo.previous"
+    assert json.loads((previous / "state.json").read_text())["round"] == 1
+    damaged = max((path for path in (newest / "policy").rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    notices = []
+    resumed = cdpo.run(setup, SETTINGS, RESOURCES, RunOutput(tmp_path / "damaged", resume=True, notice=notices.append))
+    assert len(notices) == 2, notices
+    assert notices[0].startswith(f"the checkpoint {newest} is damaged ({damaged}: expected sha256 ")
+    assert f"resuming from the previous checkpoint {previous} instead" in notices[0]
+    assert notices[1] == f"resuming from round 1 of 2 (checkpoint {previous})"
+    assert resumed.multiplier == whole.multiplier and resumed.history == whole.history
+    # Round 2 saved anew; round 1's good checkpoint stays the previous one.
+    assert json.loads((newest / "state.json").read_text())["round"] == 2
+    assert json.loads((previous / "state.json").read_text())["round"] == 1
