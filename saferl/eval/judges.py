@@ -335,13 +335,18 @@ def build_judge(
     from transformers import AutoConfig, AutoTokenizer
 
     from saferl.models import ModelSpec
+    from saferl.models.untrusted import check_remote_code
     from saferl.runtime.judging import JudgeGroup, LocalJudgeModel
 
     path = str(settings.path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
     spec = ModelSpec(
-        name_or_path=path, dtype=settings.dtype, trust_remote_code=settings.trust_remote_code
+        name_or_path=path,
+        dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code,
+        trust_remote_code_key=f"job.judges[name={name}].trust_remote_code",
     )
+    check_remote_code(path, settings.trust_remote_code, key=spec.trust_remote_code_key)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
     kind = "causal_lm" if settings.kind == "llamaguard" else "classifier"
     id2label = None
     if kind == "classifier":  # checked before any rank starts

@@ -129,11 +129,14 @@ def start_lm_grader(settings, spec: RBRSpec, policy_tokenizer, resources) -> LMR
     from transformers import AutoTokenizer
 
     from saferl.models import ModelSpec
+    from saferl.models.untrusted import check_remote_code
     from saferl.runtime.judging import JudgeGroup
 
+    # No setting lets the grader run its own code: refuse such a grader before anything loads.
+    check_remote_code(settings.grader_model, False, key=None)
     grader_tokenizer = AutoTokenizer.from_pretrained(settings.grader_model)
     group = JudgeGroup(
-        ModelSpec(name_or_path=settings.grader_model),
+        ModelSpec(name_or_path=settings.grader_model, trust_remote_code_key=None),
         grader_tokenizer,
         resources.engine(0.0, resources.num_ranks),
         resources.group,

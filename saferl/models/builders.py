@@ -37,6 +37,7 @@ from saferl.models.metadata import set_score_metadata
 from saferl.models.safe_rlhf_format import is_safe_rlhf_score_config, load_safe_rlhf_score_model
 from saferl.models.scoring import score_head, unwrap_model
 from saferl.models.spec import LoraSpec, ModelSpec, TinyModelConfig
+from saferl.models.untrusted import check_remote_code
 
 __all__ = [
     "build_critic",
@@ -139,6 +140,11 @@ def _apply_lora(model: PreTrainedModel, lora: LoraSpec, task_type: str) -> nn.Mo
     return get_peft_model(model, config)
 
 
+def _refuse_untrusted_code(spec: ModelSpec, source: str, revision: str | None) -> None:
+    """Before ``source`` loads: refuse a checkpoint needing its own code (names the spec's key)."""
+    check_remote_code(source, spec.trust_remote_code, key=spec.trust_remote_code_key, revision=revision)
+
+
 def _pretrained_kwargs(spec: ModelSpec) -> dict[str, object]:
     return {
         "revision": spec.revision,
@@ -164,6 +170,7 @@ def build_policy(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Modu
         config = tiny_transformers_config(spec.tiny)
         model = AutoModelForCausalLM.from_config(config, dtype=spec.torch_dtype)
     else:
+        _refuse_untrusted_code(spec, spec.name_or_path, spec.revision)
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_pretrained_kwargs(spec))
     _match_tokenizer(model, tokenizer)
     if spec.lora is not None:
@@ -219,6 +226,7 @@ def _load_score_model(
 ) -> tuple[PreTrainedModel, bool]:
     """Load a sequence-classification model from ``source``; return it and whether its head
     came from the checkpoint (False: freshly initialised over a causal-LM backbone)."""
+    _refuse_untrusted_code(spec, source, revision)
     config = AutoConfig.from_pretrained(
         source, revision=revision, trust_remote_code=spec.trust_remote_code
     )

@@ -31,6 +31,7 @@ from saferl.models.metadata import score_model_kind, set_score_metadata
 from saferl.models.scoring import is_peft_model, score_head
 from saferl.models.spec import torch_dtype
 from saferl.models.tokenizers import load_tokenizer
+from saferl.models.untrusted import check_remote_code
 
 __all__ = [
     "ADAPTER_METADATA_FILE",
@@ -177,6 +178,8 @@ def _load_adapter(
 
     tokenizer = load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
     base_name = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
+    if base_name:  # the base the adapter names is a model input too
+        check_remote_code(base_name, trust_remote_code)
     base = auto_class.from_pretrained(
         base_name, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **extra_kwargs
     )
@@ -188,10 +191,12 @@ def _load_adapter(
     return PeftModel.from_pretrained(base, str(folder)), tokenizer
 
 
-def _existing_folder(path: str | Path) -> Path:
+def _existing_folder(path: str | Path, trust_remote_code: bool) -> Path:
+    """``path`` as a folder, refused when missing or when it needs its own code untrusted."""
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"no saved model at {str(folder)!r}: not a folder")
+    check_remote_code(folder, trust_remote_code)
     return folder
 
 
@@ -203,7 +208,7 @@ def load_policy(
     Returns:
         ``(model, tokenizer)``; the model is a ``PeftModel`` for an adapter-only folder.
     """
-    folder = _existing_folder(path)
+    folder = _existing_folder(path, trust_remote_code)
     if (folder / "adapter_config.json").exists():
         return _load_adapter(folder, AutoModelForCausalLM, dtype, trust_remote_code, {})
     model = AutoModelForCausalLM.from_pretrained(
@@ -223,7 +228,7 @@ def load_score_model(
     Returns:
         ``(model, tokenizer)``; the model is a ``PeftModel`` for an adapter-only folder.
     """
-    folder = _existing_folder(path)
+    folder = _existing_folder(path, trust_remote_code)
     if (folder / "adapter_config.json").exists():
         meta_path = folder / ADAPTER_METADATA_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -67,6 +67,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 from transformers.utils import cached_file
 
 from saferl.models.metadata import set_config_score_metadata
+from saferl.models.untrusted import check_remote_code, load_pickled_weights
 
 __all__ = [
     "SAFE_RLHF_CONFIG_KEYS",
@@ -243,9 +244,9 @@ def _read_head_tensors(source: str, revision: str | None) -> tuple[str, dict[str
                     tensors[key] = handle.get_tensor(key)
         else:
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = load_pickled_weights(path, mmap=True)
             except RuntimeError:  # legacy (non-zip) torch.save format cannot be memory-mapped
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_pickled_weights(path)
             for key in keys or [k for k in state if k.startswith(wanted)]:
                 tensors[key] = state[key].clone()
             del state
@@ -351,6 +352,7 @@ def load_safe_rlhf_score_model(
             naming the file.
     """
     source = str(source)
+    check_remote_code(source, trust_remote_code, revision=revision)
     if config is None:
         config = AutoConfig.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code

@@ -21,6 +21,7 @@ from saferl.runtime.specs import DTYPE_NAMES
 __all__ = [
     "DTYPES",
     "TINY_ARCHITECTURES",
+    "TRUST_REMOTE_CODE_KEY",
     "LoraSpec",
     "ModelSpec",
     "TinyModelConfig",
@@ -32,6 +33,9 @@ DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_N
 
 #: Architectures a :class:`TinyModelConfig` can build.
 TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2")
+
+#: The config key that lets the policy, reference, score models and critics run checkpoint code.
+TRUST_REMOTE_CODE_KEY = "model.trust_remote_code"
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -147,6 +151,9 @@ class ModelSpec:
             reproducible runs. Ignored for local folders and ``tiny``.
         trust_remote_code: allow the checkpoint's own Python code to run. Off by default:
             it executes code downloaded with the weights.
+        trust_remote_code_key: the config key that sets ``trust_remote_code``, named when a
+            checkpoint that needs its own code is refused (a judge's own key, for example);
+            None when no setting allows it.
         dtype: parameter dtype, one of ``"float32"``, ``"bfloat16"``, ``"float16"``.
         lora: wrap the model in LoRA adapters (only the adapters train) when set.
     """
@@ -157,6 +164,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     dtype: str = "float32"
     lora: LoraSpec | None = None
+    trust_remote_code_key: str | None = TRUST_REMOTE_CODE_KEY
 
     def __post_init__(self) -> None:
         if (self.name_or_path is None) == (self.tiny is None):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from saferl.models.spec import TRUST_REMOTE_CODE_KEY
+from saferl.models.untrusted import check_remote_code
+
 __all__ = ["PAD_TOKEN", "ensure_pad_token", "load_tokenizer"]
 
 #: The token :func:`ensure_pad_token` adds when a tokenizer has no usable pad token.
@@ -17,6 +20,7 @@ def load_tokenizer(
     revision: str | None = None,
     trust_remote_code: bool = False,
     padding_side: str = "right",
+    trust_remote_code_key: str | None = TRUST_REMOTE_CODE_KEY,
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer with ``AutoTokenizer`` from a hub name or a local folder.
 
@@ -26,6 +30,8 @@ def load_tokenizer(
         trust_remote_code: allow the tokenizer's own Python code to run; off by default.
         padding_side: ``"right"`` (default: training batches, score models read the last
             non-padding token) or ``"left"`` (batched generation prompts).
+        trust_remote_code_key: the config key named when a folder needing its own code is
+            refused (:func:`~saferl.models.untrusted.check_remote_code`).
 
     Returns:
         The tokenizer. Its pad token is left as found; call :func:`ensure_pad_token`.
@@ -34,6 +40,7 @@ def load_tokenizer(
         raise ValueError(
             f"padding_side must be one of {list(_PADDING_SIDES)}, got {padding_side!r}"
         )
+    check_remote_code(source, trust_remote_code, key=trust_remote_code_key, revision=revision)
     tokenizer = AutoTokenizer.from_pretrained(
         source, revision=revision, trust_remote_code=trust_remote_code
     )

@@ -53,6 +53,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from saferl.models import ModelSpec, tiny_transformers_config
+from saferl.models.untrusted import check_remote_code
 from saferl.runtime.batching import batch_to
 from saferl.runtime.cluster import PlacementPlan
 from saferl.runtime.engines import is_zero3
@@ -185,6 +186,8 @@ class JudgeHead:
         if spec.tiny is not None:
             model = auto.from_config(tiny_transformers_config(spec.tiny), dtype=spec.torch_dtype)
         else:
+            check_remote_code(spec.name_or_path, spec.trust_remote_code,
+                              key=spec.trust_remote_code_key, revision=spec.revision)
             model = auto.from_pretrained(
                 spec.name_or_path,
                 revision=spec.revision,

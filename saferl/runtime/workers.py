@@ -240,6 +240,11 @@ def _checkpoint_train_engine(engine: Any, directory: str, tag: str | None) -> st
 
 
 def _load_train_engine(engine: Any, directory: str, tag: str | None) -> None:
+    # DeepSpeed unpickles its optimizer-state files with torch.load(weights_only=False) and has
+    # no option to change that (load_checkpoint's custom_load_fn gets the already-unpickled state).
+    # That is safe only because ``directory`` is this run's own checkpoint folder, written by
+    # _checkpoint_train_engine; never point it at a checkpoint from elsewhere. Model inputs load
+    # through saferl.models (safetensors or weights_only=True, see saferl.models.untrusted).
     load_path, _ = engine.load_checkpoint(
         directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )

@@ -41,6 +41,7 @@ from saferl.models import (
     load_tokenizer,
     safe_rlhf_score_dim,
 )
+from saferl.models.untrusted import check_remote_code
 from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, ModelScorerSource, Needs, Setup
 from saferl.setups.settings import (  # light: config validation reads them
@@ -97,6 +98,8 @@ def require_score_model(key: str, spec: ModelSpec, tokenizer: PreTrainedTokenize
     checkpoint ships a tokenizer, every token of the policy's vocabulary (its pad token aside) must
     have the same id in it: the score model reads the policy's sequences as they are.
     """
+    check_remote_code(spec.name_or_path, spec.trust_remote_code, key=spec.trust_remote_code_key,
+                      revision=spec.revision)
     config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
                                         trust_remote_code=spec.trust_remote_code)
     architectures = list(config.architectures or [])
