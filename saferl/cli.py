@@ -133,6 +133,33 @@ def train(config: RunConfig, folder: Path, tracker):
     return summary
 
 
+def train_with_restarts(config: RunConfig, folder: Path, tracker):
+    """:func:`train`, started again by itself from the run folder's saved state when a rank
+    process or a node is lost (at most ``runtime.max_restarts`` times, :mod:`saferl.runtime.recovery`).
+    Each restart is said on the console and recorded under ``perf/restarts`` and in
+    ``run_metadata.json``."""
+    from dataclasses import replace
+
+    from saferl.learners.run_state import saved_state
+    from saferl.runtime.recovery import run_with_restarts
+    from saferl.tracking import record_restart, recorded_restarts
+
+    max_restarts = config.resources.runtime.max_restarts
+
+    def on_restart(restart) -> None:
+        print(f"saferl: {restart.role} rank {restart.rank} was lost during {restart.method!r}; automatic "
+              f"restart {restart.number} (runtime.max_restarts={max_restarts} per launch): going on from "
+              f"{restart.resumed_from}", file=sys.stderr, flush=True)
+        record_restart(folder, restart.to_dict())
+        tracker.log({"perf/restarts": restart.number}, step=restart.number)
+
+    return run_with_restarts(
+        lambda resume: train(replace(config, resume=resume), folder, tracker),
+        resume=config.resume, max_restarts=max_restarts, saved_state=lambda: saved_state(folder),
+        on_restart=on_restart, restarts_before=len(recorded_restarts(folder)),
+    )
+
+
 def _debug_option() -> str | None:
     """The ``debug`` option the run was started with (``tiny``), when Hydra started it."""
     if not HydraConfig.initialized():
@@ -249,7 +276,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
             (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             headline = float(summary["headline"])
         else:
-            run_summary = train(config, folder, tracker)
+            run_summary = train_with_restarts(config, folder, tracker)
             run_summary.write(folder)
             headline = run_summary.headline
     finally:
@@ -276,7 +303,7 @@ def _tracker(cfg: DictConfig, config: RunConfig, folder: Path):
         if logger.get("name") is None and hydra_cfg.job.override_dirname:
             logger["name"] = hydra_cfg.job.override_dirname
     resolved["logger"] = logger  # the effective settings (with the sweep's group and run name)
-    return tracking.build_tracker(logger, folder, resolved, tracking.run_metadata())
+    return tracking.build_tracker(logger, folder, resolved, tracking.run_metadata(), resume=config.resume)
 
 
 def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
@@ -406,9 +433,11 @@ def _wants_traceback() -> bool:
 
 def _fail(error: BaseException, verbose: bool) -> None:
     """Print a usage error's message alone (its traceback too when asked) and exit with 2."""
+    from saferl.tracking import redact_secrets
+
     if verbose:
         traceback.print_exception(error)
-    print(f"saferl: error: {error}", file=sys.stderr)
+    print(f"saferl: error: {redact_secrets(str(error))}", file=sys.stderr)  # an override may hold a key
     sys.exit(USAGE_EXIT)
 
 
@@ -478,7 +507,10 @@ def _hydra_task(cfg: DictConfig) -> float:
     folder = Path(hydra_cfg.runtime.output_dir)
     run_folder = Path(str(cfg.output_dir)) if cfg.get("output_dir") is not None else folder
     multirun = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
-    command = resume_command(list(hydra_cfg.overrides.task), run_folder, folder, multirun)
+    _redact_hydra_files(hydra_cfg)
+    from saferl.tracking import redact_secrets
+
+    command = redact_secrets(resume_command(list(hydra_cfg.overrides.task), run_folder, folder, multirun))
     _interrupt_line = lambda: interrupted_line(run_folder, command)  # noqa: E731
     _interrupted = False
     try:
@@ -499,6 +531,13 @@ def _hydra_task(cfg: DictConfig) -> float:
                 traceback.print_exception(error)
             print(_interrupt_line(), file=sys.stderr, flush=True)
             sys.exit(INTERRUPTED_EXIT)
+        from saferl.runtime.recovery import RestartsExhaustedError
+
+        if isinstance(error, RestartsExhaustedError):  # said in one line, with the command that goes on
+            if _wants_traceback():
+                traceback.print_exception(error)
+            print(f"saferl: error: {error.reason}; continue with: {command}", file=sys.stderr, flush=True)
+            sys.exit(1)
         # A mistake found only now (a job.run_dir without a run, a data file read by the job):
         # said as the preflight says it, not as a crash, and without the folder Hydra made for it.
         if isinstance(error, _usage_errors()):
@@ -509,6 +548,23 @@ def _hydra_task(cfg: DictConfig) -> float:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         _interrupt_line = None
+
+
+def _redact_hydra_files(hydra_cfg) -> None:
+    """Hydra writes the job's config and overrides (``.hydra/*.yaml``, a sweep's
+    ``multirun.yaml``) before the job starts: a credential given on the command line (e.g.
+    ``hydra.job.env_set.WANDB_API_KEY=...``) is taken out of them at once
+    (:func:`saferl.tracking.redact_secrets`)."""
+    from saferl.tracking import redact_secrets
+
+    files: list[Path] = []
+    if hydra_cfg.output_subdir is not None:
+        files += (Path(hydra_cfg.runtime.output_dir) / str(hydra_cfg.output_subdir)).glob("*.yaml")
+    if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        files.append(Path(str(hydra_cfg.sweep.dir)) / "multirun.yaml")
+    for path in files:
+        if path.is_file() and (text := path.read_text()) != (redacted := redact_secrets(text)):
+            path.write_text(redacted)
 
 
 def _remove_if_only_hydra(folder: Path) -> None:

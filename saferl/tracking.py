@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import socket
 import subprocess
@@ -41,6 +42,9 @@ __all__ = [
     "check_metric_names",
     "run_metadata",
     "build_tracker",
+    "record_restart",
+    "recorded_restarts",
+    "redact_secrets",
 ]
 
 #: The namespaces a metric name may start with (``<namespace>/<name>``).
@@ -120,18 +124,47 @@ class JsonlTracker:
     """One JSON object per ``log`` call, appended to ``path`` (``{"step": ..., **metrics}``).
 
     Non-finite floats are written as strings (``"nan"``, ``"inf"``) so each line is strict JSON.
+
+    A resumed run logs again what its killed predecessor logged after the checkpoint it goes on
+    from (the iterations after it, or a whole stage that had not finished). A row of ``step`` s
+    therefore supersedes the file's earlier rows that hold any of its metrics at a step ≥ s: they
+    are dropped (the file is rewritten once, atomically), so the file never holds an iteration
+    twice and its last rows are the ones the finished run computed.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # stages that run side by side log from their own threads
+        # The last step each metric was written at (the file may hold an earlier launch's rows).
+        self._last_step: dict[str, int] = {}
+        for row in self.read():
+            self._note(row)
+
+    def _note(self, row: Mapping[str, Any]) -> None:
+        for key in row:
+            if key != "step":
+                self._last_step[key] = max(self._last_step.get(key, row["step"]), row["step"])
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         check_metric_names(metrics)
         row = {"step": step, **{key: _json_value(value) for key, value in metrics.items()}}
-        with self._lock, self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        with self._lock:
+            if any(self._last_step.get(key, step - 1) >= step for key in metrics):
+                self._drop_superseded(set(metrics), step)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            self._note(row)
+
+    def _drop_superseded(self, keys: set[str], step: int) -> None:
+        """Rewrite the file without its rows holding one of ``keys`` at a step ≥ ``step``."""
+        kept = [row for row in self.read() if row["step"] < step or not keys.intersection(row)]
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        os.replace(temporary, self.path)
+        self._last_step = {}
+        for row in kept:
+            self._note(row)
 
     def finish(self) -> None:
         return None
@@ -158,6 +191,7 @@ class WandbTracker:
         directory: W&B writes its files under ``<directory>/wandb``.
         mode: ``"offline"``, ``"online"`` or ``"disabled"``.
         name: run name; tags: run tags; entity: W&B entity; group: W&B group.
+        run_id: continue the W&B run of this id (a resumed run); None: a new run.
     """
 
     def __init__(
@@ -170,6 +204,7 @@ class WandbTracker:
         tags: Sequence[str] = (),
         entity: str | None = None,
         group: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         import wandb
 
@@ -189,10 +224,17 @@ class WandbTracker:
             name=name,
             group=group,
             tags=list(tags),
+            # A resumed run continues its W&B run: the same id (an offline launch writes a new
+            # offline-run folder under it, and `wandb sync` uploads every folder into that run).
+            id=run_id,
+            resume="allow" if run_id is not None else None,
             settings=wandb.Settings(
                 silent=True,
                 console="off",  # no stdout capture: the run's terminal output stays the user's
                 x_disable_stats=True,  # no system-metrics sampler thread
+                # No W&B-collected metadata: it holds the raw command line, where a credential
+                # may have been given; the run's own metadata (config key "run") is redacted.
+                x_disable_meta=True,
                 save_code=False,
             ),
             reinit="create_new",
@@ -285,11 +327,48 @@ def run_metadata(cwd: str | Path | None = None) -> dict[str, Any]:
     }
 
 
+METADATA_FILE = "run_metadata.json"
+
+
+def _read_metadata(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / METADATA_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); move it away to write a new one") from error
+
+
+def _write_metadata(run_dir: Path, record: Mapping[str, Any]) -> None:
+    """``run_metadata.json``, swapped in whole (a kill mid-write leaves the previous file)."""
+    temporary = run_dir / (METADATA_FILE + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(temporary, run_dir / METADATA_FILE)
+
+
+def recorded_restarts(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The automatic restarts ``run_metadata.json`` records (every launch of the run; none: [])."""
+    record = _read_metadata(Path(run_dir)) or {}
+    return list(record.get("restarts", []))
+
+
+def record_restart(run_dir: str | Path, restart: Mapping[str, Any]) -> None:
+    """Append one automatic restart (:class:`saferl.runtime.recovery.Restart` as a dict) to
+    ``run_metadata.json``'s ``restarts``; nothing when the run writes no metadata
+    (``logger.kind: none``)."""
+    run_dir = Path(run_dir)
+    record = _read_metadata(run_dir)
+    if record is not None:
+        _write_metadata(run_dir, {**record, "restarts": [*record.get("restarts", []), dict(restart)]})
+
+
 def build_tracker(
     logger: Mapping[str, Any],
     run_dir: str | Path,
     config: Mapping[str, Any],
     metadata: Mapping[str, Any] | None = None,
+    resume: bool = False,
 ) -> Tracker:
     """The tracker that the ``logger`` config section asks for.
 
@@ -310,13 +389,17 @@ def build_tracker(
     - ``kind: none``: a :class:`NullTracker`; nothing is written.
 
     Every kind but ``none`` writes ``<run_dir>/run_metadata.json`` (``metadata`` and, under
-    ``config``, the resolved config).
+    ``config``, the resolved config; with W&B, ``wandb_run_id``). A resumed run (``resume``)
+    keeps the file's first launch as it is and appends its own ``metadata`` to ``resumes``; its
+    W&B run continues the recorded ``wandb_run_id``, and ``metrics.jsonl`` drops the rows it logs
+    again (:class:`JsonlTracker`).
 
     Args:
         logger: the ``logger`` section (a mapping; an OmegaConf ``DictConfig`` works).
         run_dir: the run's output folder.
         config: the run's resolved config (nested mappings/sequences).
         metadata: :func:`run_metadata` (None: computed here).
+        resume: the run continues the one in ``run_dir``.
 
     Raises:
         ValueError: an unknown key or a bad value, naming ``logger.<key>``, the value and what
@@ -327,7 +410,7 @@ def build_tracker(
         return NullTracker()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plain_config = _plain_container(config)
+    plain_config = redact_secrets(_plain_container(config))
     if not isinstance(plain_config, dict):
         raise ValueError(f"config must be a mapping, got {type(config).__name__}")
     if "run" in plain_config:
@@ -335,10 +418,13 @@ def build_tracker(
             "config has a top-level 'run' key, which build_tracker reserves for the run metadata "
             "(git revision, command, ...); rename that config section"
         )
-    meta = _plain_container(dict(metadata) if metadata is not None else run_metadata())
-    (run_dir / "run_metadata.json").write_text(
-        json.dumps({**meta, "config": plain_config}, indent=2, default=str) + "\n"
-    )
+    meta = redact_secrets(_plain_container(dict(metadata) if metadata is not None else run_metadata()))
+    first_launch = _read_metadata(run_dir) if resume else None
+    if first_launch is None:
+        record = {**meta, "config": plain_config}
+    else:  # what the first launch recorded stays; this launch is one more entry
+        record = {**first_launch, "resumes": [*first_launch.get("resumes", []), meta]}
+    _write_metadata(run_dir, record)
     if settings["kind"] == "jsonl":
         return JsonlTracker(run_dir / "metrics.jsonl")
     wandb_tracker = WandbTracker(
@@ -350,7 +436,10 @@ def build_tracker(
         tags=settings["tags"],
         entity=settings["entity"],
         group=settings["group"],
+        run_id=record.get("wandb_run_id"),
     )
+    if record.get("wandb_run_id") != wandb_tracker.run.id:
+        _write_metadata(run_dir, {**record, "wandb_run_id": wandb_tracker.run.id})
     if not settings["jsonl"]:
         return wandb_tracker
     return MultiTracker([wandb_tracker, JsonlTracker(run_dir / "metrics.jsonl")])
@@ -427,6 +516,53 @@ def _saferl_version() -> str | None:
     except ImportError:  # pragma: no cover - this module is part of saferl
         return _version("saferl")
     return __version__
+
+
+#: The last part of a setting's or environment variable's name that holds a credential
+#: (``WANDB_API_KEY``, ``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``, ``password``); a tokenizer's
+#: ``pad_token`` or ``max_new_tokens`` is not one.
+_SECRET_NAME = re.compile(r"(?:^|_)(?:api_?key|token|secret|secret_access_key|password)$", re.IGNORECASE)
+_SPECIAL_TOKEN = re.compile(r"(?:^|_)(?:pad|eos|bos|unk|sep|cls|mask)_token$", re.IGNORECASE)
+#: ``name=value`` in a command line or an override (``hydra.job.env_set.WANDB_API_KEY=...``).
+_ASSIGNMENT = re.compile(r"([\w.+~-]+)=([^\s'\"]+)")
+#: ``name: value`` in a YAML file (Hydra's ``.hydra/*.yaml``).
+_YAML_ENTRY = re.compile(r"^(\s*-?\s*[\w.+~-]+):[ \t]+(\S.*)$", re.MULTILINE)
+REDACTED = "<redacted>"
+
+
+def _is_secret_name(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1].lstrip("+~")
+    return bool(_SECRET_NAME.search(last)) and not _SPECIAL_TOKEN.search(last)
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` (a string, or nested mappings and sequences) with every credential replaced by
+    ``<redacted>``: the value of any environment variable named like one (``WANDB_API_KEY``,
+    ``HF_TOKEN``, ...) wherever it appears, a mapping entry whose key is named like one, and
+    ``name=value`` with such a name (e.g. ``hydra.job.env_set.WANDB_API_KEY=...`` on a command
+    line). What a run writes (``run_metadata.json``, the W&B config, Hydra's ``.hydra`` files, the
+    resume command it prints) goes through this, so a key given to the run is never stored."""
+    secrets = sorted((v for k, v in os.environ.items() if _is_secret_name(k) and len(v) >= 8), key=len, reverse=True)
+    return _redact(value, secrets)
+
+
+def _redact(value: Any, secrets: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        value = _YAML_ENTRY.sub(
+            lambda match: f"{match.group(1)}: {REDACTED}" if _is_secret_name(match.group(1).strip(" -")) else match.group(0),
+            value,
+        )
+        return _ASSIGNMENT.sub(
+            lambda match: f"{match.group(1)}={REDACTED}" if _is_secret_name(match.group(1)) else match.group(0), value
+        )
+    if isinstance(value, Mapping):
+        return {key: REDACTED if isinstance(key, str) and _is_secret_name(key) and isinstance(item, str)
+                else _redact(item, secrets) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(item, secrets) for item in value]
+    return value
 
 
 def _plain_container(value: Any) -> Any:

@@ -361,3 +361,123 @@ def test_offline_wandb_run_records_config_metadata_and_history(tmp_path, wandb_m
     metadata = json.loads((run_dir / "run_metadata.json").read_text())
     assert metadata["git_revision"] == config["run"]["git_revision"]
     assert metadata["config"]["world"] == {"beta": 0.5}
+
+
+# ------------------------------------------------------------------------------------------
+# Resumed runs: metrics.jsonl without repeated iterations, the first launch's metadata kept
+
+
+def test_a_resumed_runs_relogged_steps_replace_the_killed_runs_rows(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    killed = JsonlTracker(path)
+    killed.log({"sft/loss": 2.0}, step=1)
+    killed.log({"sft/loss": 1.0}, step=2)
+    for step in (1, 2, 3):  # iterations 1-3 logged; the checkpoint it resumes from holds 1
+        killed.log({"reward/score": float(step), "perf/rollout_s": 0.5}, step=step)
+    killed.log({"reward_model/heldout_accuracy": 0.75}, step=0)
+
+    resumed = JsonlTracker(path)  # a new launch on the same file
+    resumed.log({"reward/score": 20.0, "perf/rollout_s": 0.25}, step=2)
+    resumed.log({"reward/score": 30.0, "perf/rollout_s": 0.25}, step=3)
+    resumed.log({"perf/stage_ppo_lag_s": 9.0}, step=3)  # a new key at a step already logged: kept
+    rows = resumed.read()
+    assert rows == [
+        {"step": 1, "sft/loss": 2.0},
+        {"step": 2, "sft/loss": 1.0},  # another stage's rows at the same steps stay
+        {"step": 1, "reward/score": 1.0, "perf/rollout_s": 0.5},
+        {"step": 0, "reward_model/heldout_accuracy": 0.75},
+        {"step": 2, "reward/score": 20.0, "perf/rollout_s": 0.25},
+        {"step": 3, "reward/score": 30.0, "perf/rollout_s": 0.25},
+        {"step": 3, "perf/stage_ppo_lag_s": 9.0},
+    ]
+    # A stage run again from its start (it had not finished) replaces all its rows.
+    resumed.log({"sft/loss": 5.0}, step=1)
+    assert [row for row in resumed.read() if "sft/loss" in row] == [{"step": 1, "sft/loss": 5.0}]
+    assert not path.with_name("metrics.jsonl.tmp").exists()
+
+
+def test_a_resumed_run_keeps_its_first_launchs_metadata_and_records_restarts(tmp_path):
+    from saferl.tracking import record_restart, recorded_restarts
+
+    run_dir = tmp_path / "run"
+    first = {"git_revision": "abc", "command": "saferl seed=1"}
+    build_tracker({"kind": "jsonl"}, run_dir, {"seed": 1}, first).finish()
+    record_restart(run_dir, {"number": 1, "role": "policy", "rank": 0})
+    second = {"git_revision": "def", "command": "saferl seed=1 resume=auto"}
+    build_tracker({"kind": "jsonl"}, run_dir, {"seed": 1, "resume": "auto"}, second, resume=True).finish()
+    recorded = json.loads((run_dir / "run_metadata.json").read_text())
+    assert recorded["git_revision"] == "abc" and recorded["config"] == {"seed": 1}
+    assert recorded["resumes"] == [second]
+    assert recorded_restarts(run_dir) == [{"number": 1, "role": "policy", "rank": 0}]
+    # A fresh run (not resume) writes its own record: the CLI refuses a folder holding a run first.
+    build_tracker({"kind": "jsonl"}, tmp_path / "other", {"seed": 2}, first).finish()
+    assert "resumes" not in json.loads((tmp_path / "other" / "run_metadata.json").read_text())
+
+
+def test_credentials_are_redacted_by_name_and_by_value(monkeypatch):
+    from saferl.tracking import REDACTED, redact_secrets
+
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "t" * 30)
+    command = ("saferl hydra.job.env_set.WANDB_API_KEY=abcdefgh1234 +model.hub_token=xyz "
+               f"generation.max_new_tokens=64 note={'k' * 40}")
+    redacted = redact_secrets({"command": command, "api_key": "secret-value", "pad_token": "<pad>",
+                               "nested": [{"tokenizer": "gpt2", "path": f"/models/{'hf_' + 't' * 30}"}]})
+    assert redacted["command"] == (f"saferl hydra.job.env_set.WANDB_API_KEY={REDACTED} +model.hub_token={REDACTED} "
+                                   f"generation.max_new_tokens=64 note={REDACTED}")
+    assert redacted["api_key"] == REDACTED and redacted["pad_token"] == "<pad>"
+    assert redacted["nested"] == [{"tokenizer": "gpt2", "path": f"/models/{REDACTED}"}]
+    assert redact_secrets("env_set:\n  HF_TOKEN: abc\n  OMP_NUM_THREADS: 1\n") == (
+        f"env_set:\n  HF_TOKEN: {REDACTED}\n  OMP_NUM_THREADS: 1\n")
+
+
+_WANDB_RESUMED_RUN = """
+import sys
+from pathlib import Path
+from saferl.tracking import build_tracker, run_metadata
+
+resume = sys.argv[2] == "resume"
+config = {"seed": 3, "logger": {"kind": "wandb"}, "hub_token": "hf_" + "inconfig12345"}  # not in the command
+tracker = build_tracker({"kind": "wandb"}, Path(sys.argv[1]), config, run_metadata(), resume=resume)
+tracker.log({"reward/score": 1.0 if not resume else 2.0}, step=1 if not resume else 2)
+tracker.finish()
+print("ID", tracker.trackers[0].run.id)
+"""
+
+
+def test_a_resumed_run_continues_its_wandb_run_and_no_credential_is_written(tmp_path):
+    run_dir = tmp_path / "run"
+    api_key, hub_token = "0123456789abcdef" * 2 + "01234567", "hf_" + "Q" * 34
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+        WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"), WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"),
+        WANDB_DATA_DIR=str(tmp_path / "wandb_data"), WANDB_BASE_URL="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+        WANDB_API_KEY=api_key, HF_TOKEN=hub_token,
+    )
+    ids = []
+    for launch in ("first", "resume"):
+        result = subprocess.run(
+            [*_no_network_prefix(), sys.executable, "-c", _WANDB_RESUMED_RUN, str(run_dir), launch,
+             f"hydra.job.env_set.WANDB_API_KEY={api_key}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        ids += [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ID ")]
+    first_id, resumed_id = ids
+    assert resumed_id == first_id  # the resumed launch continues the same W&B run
+    folders = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all(folder.name.split("-")[-1] == first_id or
+                                     folder.name.split("-")[-2] == first_id for folder in folders)
+    metadata = json.loads((run_dir / "run_metadata.json").read_text())
+    assert metadata["wandb_run_id"] == first_id and len(metadata["resumes"]) == 1
+    assert JsonlTracker(run_dir / "metrics.jsonl").read() == [{"step": 1, "reward/score": 1.0},
+                                                              {"step": 2, "reward/score": 2.0}]
+    # Neither the key nor the token (from the environment, the command line or the config) is in
+    # any file the runs wrote: metadata, metrics, W&B's offline records and logs.
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert api_key.encode() not in content and hub_token.encode() not in content, path
+            assert b"hf_inconfig12345" not in content, path

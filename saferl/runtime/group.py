@@ -18,7 +18,8 @@ groups (:mod:`saferl.runtime.roles`) hold one and add their role's methods.
    :meth:`ActorGroup.wait_ready` (or the first call) waits for it.
 4. **Calls**: :meth:`call` sends the same arguments to every rank, :meth:`call_per_rank` one
    argument tuple per rank; results come back in rank order. A rank that raises, dies or runs
-   past the timeout raises a ``RuntimeError`` that names the role, the rank and the method;
+   past the timeout raises a ``RuntimeError`` that names the role, the rank and the method (a
+   lost process: :class:`RankLostError`, which the CLI recovers from);
    the group then shuts itself down and kills its processes, since its other ranks may be stuck
    in a collective waiting for the failed one.
 5. **Shutdown**: after a clean run the processes go back to the pool, or stay idle in their shared
@@ -42,9 +43,24 @@ from saferl.runtime.specs import GroupSpec, RuntimeSpec
 from saferl.runtime.types import RankInfo
 from saferl.runtime.workers import RankSetup
 
-__all__ = ["ActorGroup"]
+__all__ = ["ActorGroup", "RankLostError"]
 
 logger = logging.getLogger(__name__)
+
+class RankLostError(RuntimeError):
+    """A rank's process (or its node) went away mid-call: the run can go on from its last
+    checkpoint once the group is started again (:mod:`saferl.runtime.recovery`), unlike a rank
+    that raised, whose error would come back.
+
+    Attributes:
+        role: the group's role (``policy``, ``reward_critic``, ...); rank: the lost rank;
+        method: the call it was serving.
+    """
+
+    def __init__(self, message: str, role: str, rank: int, method: str) -> None:
+        super().__init__(message)
+        self.role, self.rank, self.method = role, rank, method
+
 
 #: Numbers the groups' worker slots (a rank process may hold the workers of several groups).
 _SLOT_NUMBERS = itertools.count()
@@ -296,11 +312,13 @@ class ActorGroup:
                         f"{self.role} rank {rank} raised in {method!r}: "
                         f"{type(cause).__name__}: {cause}; the group was shut down"
                     ) from error
-                except ray.exceptions.RayActorError as error:
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
+                    # The process, or the node holding it or its result, is gone.
                     self._fail()
-                    raise RuntimeError(
+                    raise RankLostError(
                         f"{self.role} rank {rank} died during {method!r} (its actor process "
-                        f"exited or was killed): {error}; the group was shut down"
+                        f"exited or was killed, or its node was lost): {error}; the group was shut down",
+                        self.role, rank, method,
                     ) from error
         return results
 

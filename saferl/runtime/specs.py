@@ -267,6 +267,9 @@ class RuntimeSpec:
             joined one; :func:`saferl.runtime.pool.shared_process_limit`); 0: no limit (one
             process per group). Groups of several ranks or with GPUs always get processes of
             their own. Needs ``reuse_workers``.
+        max_restarts: how many times one run starts its groups again by itself after a rank
+            process or a node was lost, going on from its last checkpoint
+            (:mod:`saferl.runtime.recovery`); 0 stops at the first loss.
     """
 
     address: str | None = None
@@ -281,8 +284,10 @@ class RuntimeSpec:
     env_vars: Mapping[str, str] = field(default_factory=dict)
     reuse_workers: bool = True
     max_single_rank_processes: int | None = None
+    max_restarts: int = 2
 
     def __post_init__(self) -> None:
+        _require_int("runtime.max_restarts", self.max_restarts, 0)
         if not isinstance(self.reuse_workers, bool):
             raise ValueError(
                 f"runtime.reuse_workers must be true or false, got {self.reuse_workers!r}"

@@ -77,6 +77,9 @@ def test_world_data_job_writes_loadable_datasets(tmp_path, capsys):
 
 
 def test_console_script_runs_the_exact_optimum_job(tmp_path):
+    """...and a W&B key given on the command line (Hydra's ``env_set``) is in none of the files
+    Hydra wrote for the job."""
+    api_key = "0123456789abcdef" * 2 + "89abcdef"
     result = subprocess.run(
         [
             sys.executable,
@@ -84,6 +87,7 @@ def test_console_script_runs_the_exact_optimum_job(tmp_path):
             "saferl.cli",
             "job=exact_optimum",
             f"hydra.run.dir={tmp_path}",
+            f"+hydra.job.env_set.WANDB_API_KEY={api_key}",
             *FAST_REFERENCE,
         ],
         capture_output=True,
@@ -94,6 +98,20 @@ def test_console_script_runs_the_exact_optimum_job(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "constrained optimum" in result.stdout and "strong duality" in result.stdout
     assert (tmp_path / ".hydra" / "config.yaml").exists()
+    hydra_file = (tmp_path / ".hydra" / "hydra.yaml").read_text()
+    assert "+hydra.job.env_set.WANDB_API_KEY=<redacted>" in hydra_file and "WANDB_API_KEY: <redacted>" in hydra_file
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or api_key.encode() not in path.read_bytes(), path
+
+
+def test_a_usage_error_never_prints_a_key_given_on_the_command_line(tmp_path):
+    api_key = "fedcba9876543210" * 2 + "76543210"
+    result = subprocess.run(  # without "+", env_set has no such key: refused, the override quoted
+        [sys.executable, "-m", "saferl.cli", f"hydra.job.env_set.WANDB_API_KEY={api_key}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 2 and "hydra.job.env_set.WANDB_API_KEY=<redacted>" in result.stderr
+    assert api_key not in result.stderr + result.stdout
 
 
 def test_a_bad_config_fails_before_any_actor_starts(tmp_path):

@@ -304,6 +304,18 @@ def _history_without_timings(result: dict) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in result["history"]]
 
 
+def assert_same_final_metrics(run: Path, uninterrupted: Path) -> None:
+    """``run`` ended with the uninterrupted run's two iterations' metrics, λ and exact scores."""
+    expected = json.loads((uninterrupted / "result.json").read_text())
+    found = json.loads((run / "result.json").read_text())
+    assert len(found["history"]) == len(expected["history"]) == 2
+    for found_row, expected_row in zip(_history_without_timings(found), _history_without_timings(expected), strict=True):
+        assert found_row == pytest.approx(expected_row, rel=1e-6, abs=1e-9)
+    assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
+    for key, value in expected["trained"].items():
+        assert found["trained"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
 def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_final_metrics(
     first_run, tmp_path, monkeypatch, capsys
 ):
@@ -357,17 +369,66 @@ def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_final_met
                                                    capsys=capsys)
     assert status == 0, resumed_err[-4000:]
     assert f"resuming from iteration 1 (checkpoint {checkpoint})" in resumed_out
-    expected = json.loads((folder / "result.json").read_text())
-    found = json.loads((killed / "result.json").read_text())
-    assert len(found["history"]) == len(expected["history"]) == 2
-    for found_row, expected_row in zip(_history_without_timings(found), _history_without_timings(expected), strict=True):
-        assert found_row == pytest.approx(expected_row, rel=1e-6, abs=1e-9)
-    assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
-    for key, value in expected["trained"].items():
-        assert found["trained"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert_same_final_metrics(killed, folder)
     # The original start's overrides stay in .hydra/; the resume's are in .hydra/resume-1/.
     assert "resume=auto" not in (killed / ".hydra" / "overrides.yaml").read_text()
     assert "- resume=auto" in (killed / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+
+
+def test_a_killed_rank_process_is_restarted_and_the_run_ends_as_if_uninterrupted(first_run, tmp_path):
+    """The first run's PPO stage (``model.from_run``, two iterations, a checkpoint after each)
+    loses its rank processes (SIGKILL, as the kernel's OOM killer or a pre-empted node does) once
+    the first iteration's checkpoint is written. The driver must start its groups again by itself,
+    go on from that checkpoint and end with the uninterrupted first run's history, λ and exact
+    scores; the restart is said on the console and recorded in run_metadata.json and under
+    ``perf/restarts``, and metrics.jsonl holds each iteration once."""
+    import psutil
+
+    folder, _ = first_run
+    run = tmp_path / "recovered"
+    history_file = run / "checkpoints" / "ppo_lag" / "history.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "saferl.cli", *TINY, f"model.from_run={folder}", "checkpoint_every=1",
+             "logger=jsonl", f"hydra.run.dir={run}"],
+            cwd=tmp_path, stdout=stdout, stderr=stderr, start_new_session=True, env=env,
+        )
+        killed: list[int] = []
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if len(json.loads(history_file.read_text())) >= 1:
+                        break
+                except (FileNotFoundError, json.JSONDecodeError):
+                    pass
+                time.sleep(0.01)
+            # The driver is held still while its rank processes (children of its local Ray
+            # cluster's raylet) are killed, so the loss lands inside the second iteration.
+            driver = psutil.Process(process.pid)
+            driver.suspend()
+            for child in driver.children(recursive=True):
+                if "RankHost" in " ".join(child.cmdline()):
+                    child.kill()
+                    killed.append(child.pid)
+            driver.resume()
+            process.wait(timeout=600)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    err = (tmp_path / "stderr").read_text()
+    assert killed, "no rank process was found to kill"
+    assert process.returncode == 0, err[-4000:]
+    said = [line for line in err.splitlines() if "was lost during" in line]
+    assert len(said) == 1 and "automatic restart 1" in said[0] and "going on from iteration 1" in said[0], err[-4000:]
+    (restart,) = json.loads((run / "run_metadata.json").read_text())["restarts"]
+    assert restart["number"] == 1 and restart["role"] and restart["resumed_from"].startswith("iteration 1")
+    assert_same_final_metrics(run, folder)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "reward/score" in row] == [1, 2]  # each iteration once
+    assert [row["perf/restarts"] for row in rows if "perf/restarts" in row] == [1]
 
 
 @pytest.mark.skipif(missing_launcher_plugin("ray") is not None, reason=str(missing_launcher_plugin("ray")))
