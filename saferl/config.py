@@ -501,7 +501,9 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
                 f"(pick it with learner={name})"
             )
     if learner in ("pecan", "preference", "cdpo"):
-        _unknown(learner_values, {"name", learner}, "learner", f" for learner={learner}")
+        # The preference learner guards its steps against NaN/inf (PPO's keys hold the flag too).
+        allowed = {"name", learner} | ({"skip_nonfinite_batches"} if learner == "preference" else set())
+        _unknown(learner_values, allowed, "learner", f" for learner={learner}")
         if learner not in learner_values:
             raise ConfigError(f"learner.{learner}: missing (the {learner} learner's section)")
     ppo = None
@@ -535,7 +537,7 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
         _divides(settings.dpo_pairs_per_step, "learner.pecan.dpo_pairs_per_step", num_ranks)
     else:
         settings = _build(learner_values["preference"], "learner.preference", PreferenceSettings, beta=beta,
-                          seed=seed)
+                          seed=seed, skip_nonfinite_batches=learner_values.get("skip_nonfinite_batches", False))
         _divides(settings.pairs_per_step, "learner.preference.pairs_per_step", num_ranks)
     _positive_rates(settings, f"learner.{learner}")
     return settings

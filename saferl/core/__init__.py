@@ -16,6 +16,7 @@ __all__ = [
     "dual",
     "dual_ascent",
     "dualized",
+    "finite",
     "kl",
     "logprobs",
     "masked",

@@ -23,6 +23,17 @@ Each iteration, in this order:
    the driver holds every rank's scores, so this is the average over ranks);
 8. log.
 
+Numerical guards (:mod:`saferl.learners.nonfinite`): the rollout's scores and log-probs (after
+step 2), the advantages and returns (after step 4), each loss in the ranks before its ``backward``
+(steps 5–6) and the multiplier (after step 7) must be finite. A NaN or ±inf stops the run with a
+``NonFiniteError`` naming the tensor, the iteration and the rank (or the driver) before the
+iteration's checkpoint, so the last checkpoint is the last good state. With
+``skip_nonfinite_batches`` the rollout is dropped instead, the iteration advances and
+``perf/skipped_batches`` counts it: a rollout refused after steps 2 or 4 updates nothing; a loss
+refused in steps 5–6 updates nothing in its group from that step on, and the multiplier is not
+updated (steps the other groups took side by side, or earlier minibatches, stand); a non-finite
+multiplier is restored to its value before step 7.
+
 Departures from the published code: the multiplier is updated after the PPO step of the same
 iteration with the costs of that iteration's rollout (the published code updates it before the
 actor step); the KL-in-cost-stream term can be switched off (``kl_in_cost_stream``, see
@@ -31,6 +42,7 @@ actor step); the KL-in-cost-stream term can be switched off (``kl_in_cost_stream
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -45,6 +57,7 @@ from saferl.core.multipliers import Multiplier, build_multiplier
 from saferl.core.ppo import explained_variance
 from saferl.core.targets import TiltTarget
 from saferl.learners.advantages import compute_advantages
+from saferl.learners.nonfinite import NonFiniteGuard, last_completed
 from saferl.learners.output import RunOutput
 from saferl.learners.ppo_update import minibatch_steps, sft_loss, update_critic, update_policy
 from saferl.learners.result import RunResult
@@ -150,6 +163,7 @@ class PPOLagrangian:
         self.ptx_batches = ptx_batches
         self.iteration = 0  # iterations completed
         self.history: list[dict[str, float]] = []  # metrics of every completed iteration
+        self.guard = NonFiniteGuard(settings.skip_nonfinite_batches)
 
     # ------------------------------------------------------------------------------------------
     def multiplier_value(self) -> torch.Tensor:
@@ -163,11 +177,20 @@ class PPOLagrangian:
         s = self.settings
         timings: dict[str, float] = {}
         clock = time.perf_counter()
+        iteration = self.iteration + 1  # 1-based, as logged and as the guards' messages say
 
         # 1–2. Rollout: generate, score, reference log-probs, critic values.
         prompts = self.schedule.batch(self.iteration)
         experience = self.maker.make(prompts, seed=s.seed * 1_000_003 + self.iteration)
         timings["perf/rollout_s"] = time.perf_counter() - clock
+        rollout = {
+            "reward scores": experience.reward_scores,
+            **{f"cost scores (cost {j})": experience.cost_scores[:, j] for j in range(experience.num_constraints)},
+            "old log-probs": experience.old_logprobs,
+            "reference log-probs": experience.ref_logprobs,
+        }
+        if not self.guard.inputs_finite(iteration, rollout):
+            return self._skip(timings)
 
         # 3–4. Per-token streams and GAE per stream; the combined advantage uses λ of this rollout.
         clock = time.perf_counter()
@@ -182,11 +205,18 @@ class PPOLagrangian:
             s.kl_in_cost_stream,
         )
         timings["perf/advantages_s"] = time.perf_counter() - clock
+        targets = {
+            "advantages": advantages.policy_advantages,
+            "reward returns": advantages.reward_returns,
+            "cost returns": advantages.cost_returns,
+        }
+        if not self.guard.inputs_finite(iteration, targets):
+            return self._skip(timings)
 
         # 5–6. The PPO update of the policy (optionally followed by the PTX step) and each critic's
         # update on its own stream's returns: different groups, issued side by side, each timed
         # on its own (so the two timings overlap).
-        def policy_update() -> tuple[dict[str, float], float]:
+        def policy_update() -> tuple[dict[str, float] | None, float]:
             started = time.perf_counter()
             metrics = update_policy(
                 self.maker.policy,
@@ -195,8 +225,9 @@ class PPOLagrangian:
                 s.clip_eps,
                 self.policy_rows_per_step,
                 s.ppo_epochs,
+                partial(self.guard.step_taken, loss_name="policy loss", iteration=iteration),
             )
-            if s.ptx_coeff > 0:
+            if metrics is not None and s.ptx_coeff > 0:
                 ptx_batch: SFTTrainBatch = self.ptx_batches(self.iteration)
                 metrics["ptx_loss"] = minibatch_steps(
                     self.maker.policy,
@@ -206,24 +237,29 @@ class PPOLagrangian:
                 )["loss"]
             return metrics, time.perf_counter() - started
 
-        def critic_update(critic, old_values: torch.Tensor, returns: torch.Tensor):
+        def critic_update(critic, old_values: torch.Tensor, returns: torch.Tensor, loss_name: str):
             started = time.perf_counter()
             metrics = update_critic(
-                critic, experience, old_values, returns, s.clip_eps_value, self.critic_rows_per_step, s.ppo_epochs
+                critic, experience, old_values, returns, s.clip_eps_value, self.critic_rows_per_step, s.ppo_epochs,
+                partial(self.guard.step_taken, loss_name=loss_name, iteration=iteration),
             )
             return metrics, time.perf_counter() - started
 
         updates = {
             "policy": policy_update,
-            "reward": partial(critic_update, self.reward_critic, experience.reward_values, advantages.reward_returns),
+            "reward": partial(critic_update, self.reward_critic, experience.reward_values, advantages.reward_returns,
+                              "reward critic loss"),
         }
         for j, critic in enumerate(self.cost_critics):
             updates[f"cost_{j}"] = partial(
-                critic_update, critic, experience.cost_values[..., j], advantages.cost_returns[..., j]
+                critic_update, critic, experience.cost_values[..., j], advantages.cost_returns[..., j],
+                f"cost critic {j} loss",
             )
         updated = side_by_side(updates)
         policy_metrics, timings["perf/policy_update_s"] = updated["policy"]
         timings["perf/critic_update_s"] = max(seconds for name, (_, seconds) in updated.items() if name != "policy")
+        if any(metrics is None for metrics, _ in updated.values()):  # a group refused a non-finite loss
+            return self._skip(timings)
         critic_metrics = {}
         critic_metrics["critic/reward_loss"] = updated["reward"][0]["loss"]
         critic_metrics["critic/reward_explained_variance"] = explained_variance(
@@ -240,7 +276,11 @@ class PPOLagrangian:
         # 7. Multiplier update from this rollout's raw cost scores (no KL, no clipping).
         constraint_metrics = {}
         if self.multiplier is not None:
+            before = copy.deepcopy(self.multiplier.state_dict())
             self.multiplier.update(experience.cost_scores.double())
+            if not self.guard.inputs_finite(iteration, {"multiplier": self.multiplier.value}):
+                self.multiplier.load_state_dict(before)
+                return self._skip(timings)
             estimate = self.multiplier.constraint_estimate
             for j in range(self.multiplier.num_constraints):
                 constraint_metrics[f"constraint/estimate_{j}"] = float(estimate[j])
@@ -268,7 +308,17 @@ class PPOLagrangian:
             **constraint_metrics,
             **timings,
             "perf/samples_per_s": experience.batch_size / max(1e-9, sum(timings.values())),
+            **self.guard.metrics(),
         }
+        self.tracker.log(metrics, step=self.iteration)
+        return metrics
+
+    def _skip(self, timings: dict[str, float]) -> dict[str, float]:
+        """End an iteration whose rollout held a NaN or ±inf (``skip_nonfinite_batches``): the
+        rollout is dropped, the iteration advances (the next one samples fresh prompts) and only
+        the timings and the running count of skipped batches are logged."""
+        self.iteration += 1
+        metrics = {**timings, **self.guard.skip_batch()}
         self.tracker.log(metrics, step=self.iteration)
         return metrics
 
@@ -281,6 +331,8 @@ class PPOLagrangian:
             checkpoint: called with no argument every ``checkpoint_every`` iterations and after
                 the last one (e.g. ``lambda: learner.save(folder)``).
         """
+        # The running count of skipped batches goes on from the history (a resumed run's included).
+        self.guard.skipped_batches = int(self.history[-1].get("perf/skipped_batches", 0)) if self.history else 0
         while self.iteration < self.settings.iterations:
             self.history.append(self.step())
             if progress is not None:
@@ -487,7 +539,7 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
     finally:
         for running in groups:
             running.shutdown()
-    last = history[-1]
+    last = last_completed(history, "reward/score")  # a skipped rollout has no scores
     calibration = {source.kind: source.calibration for source in (setup.reward, *cost_sources)
                    if getattr(source, "calibration", None) is not None}
     return RunResult(

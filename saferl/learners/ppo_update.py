@@ -23,6 +23,11 @@ from saferl.learners.types import (
     SFTTrainBatch,
 )
 from saferl.runtime.batching import batch_rows, slice_batch
+from saferl.runtime.types import TrainStepOutput
+
+#: Asked after each optimizer step whether it was taken (e.g. ``NonFiniteGuard.step_taken`` bound
+#: to a loss name and an iteration): False stops the update (a refused step, batch skipped).
+StepTaken = Callable[[TrainStepOutput], bool]
 
 __all__ = [
     "actor_loss",
@@ -67,10 +72,14 @@ def sft_loss(
 
 
 def minibatch_steps(
-    group, batch, loss_fn: Callable, rows_per_step: int, epochs: int = 1
-) -> dict[str, float]:
+    group, batch, loss_fn: Callable, rows_per_step: int, epochs: int = 1, step_taken: StepTaken | None = None
+) -> dict[str, float] | None:
     """``epochs`` passes over ``batch`` in contiguous minibatches of ``rows_per_step`` rows, one
-    optimizer step each; returns the loss and metrics averaged over every step."""
+    optimizer step each; returns the loss and metrics averaged over every step.
+
+    With ``step_taken`` each step is asked for with ``report_nonfinite=True`` (a non-finite loss
+    comes back refused instead of raising) and handed to it; when it says False no further step
+    runs and None is returned. Without it a refused step raises in ``train_step``."""
     rows = batch_rows(batch)
     if rows % rows_per_step:
         raise ValueError(
@@ -81,7 +90,13 @@ def minibatch_steps(
     steps = 0
     for _ in range(epochs):
         for start in range(0, rows, rows_per_step):
-            output = group.train_step(slice_batch(batch, start, start + rows_per_step), loss_fn)
+            minibatch = slice_batch(batch, start, start + rows_per_step)
+            if step_taken is None:
+                output = group.train_step(minibatch, loss_fn)
+            else:
+                output = group.train_step(minibatch, loss_fn, report_nonfinite=True)
+                if not step_taken(output):
+                    return None
             values = {"loss": output.loss, "learning_rate": output.learning_rate, **output.metrics}
             if output.grad_norm is not None:
                 values["grad_norm"] = output.grad_norm
@@ -98,8 +113,9 @@ def update_policy(
     clip_eps: float,
     rows_per_step: int,
     epochs: int = 1,
-) -> dict[str, float]:
-    """PPO actor update on one rollout."""
+    step_taken: StepTaken | None = None,
+) -> dict[str, float] | None:
+    """PPO actor update on one rollout (None: a step was refused, see :func:`minibatch_steps`)."""
     batch = PolicyTrainBatch(
         input_ids=experience.input_ids,
         attention_mask=experience.attention_mask,
@@ -108,7 +124,7 @@ def update_policy(
         advantages=advantages.policy_advantages,
     )
     return minibatch_steps(
-        policy, batch, partial(actor_loss, clip_eps=clip_eps), rows_per_step, epochs
+        policy, batch, partial(actor_loss, clip_eps=clip_eps), rows_per_step, epochs, step_taken
     )
 
 
@@ -120,8 +136,10 @@ def update_critic(
     clip_eps_value: float,
     rows_per_step: int,
     epochs: int = 1,
-) -> dict[str, float]:
-    """Clipped value update of one critic on one rollout (``old_values``/``returns`` ``(batch, seq_len)``)."""
+    step_taken: StepTaken | None = None,
+) -> dict[str, float] | None:
+    """Clipped value update of one critic on one rollout (``old_values``/``returns`` ``(batch, seq_len)``;
+    None: a step was refused, see :func:`minibatch_steps`)."""
     batch = CriticTrainBatch(
         input_ids=experience.input_ids,
         attention_mask=experience.attention_mask,
@@ -130,5 +148,5 @@ def update_critic(
         returns=returns,
     )
     return minibatch_steps(
-        critic, batch, partial(critic_loss, clip_eps_value=clip_eps_value), rows_per_step, epochs
+        critic, batch, partial(critic_loss, clip_eps_value=clip_eps_value), rows_per_step, epochs, step_taken
     )

@@ -21,6 +21,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from saferl.core.targets import TiltTarget
+from saferl.learners.nonfinite import last_completed
 from saferl.learners.output import RunOutput
 from saferl.learners.preference_update import (
     PreferenceTrainBatch,
@@ -57,6 +58,7 @@ def train_policy_on_pairs(
     policy_group: PolicyGroup | None = None,
     tracker: Tracker | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    skip_nonfinite_batches: bool = False,
 ) -> tuple[Path | None, list[dict[str, float]]]:
     """Step 3–4: the reference log-probs of ``data`` (when the loss needs them), ``steps``
     optimizer steps of a policy group started from ``policy`` on ``loss``, and the export.
@@ -71,6 +73,8 @@ def train_policy_on_pairs(
             trains on round after round; its engine must take ``2 * pairs_per_step`` rows per
             step); None: one is started from ``policy`` here and shut down after the export.
         progress: ``progress(step, metrics)`` after each step.
+        skip_nonfinite_batches: skip and count non-finite steps instead of raising
+            (:func:`~saferl.learners.preference_update.train_preference`).
 
     Returns:
         The exported policy folder (None without ``export_dir``) and every step's metrics.
@@ -93,7 +97,8 @@ def train_policy_on_pairs(
         if spec.needs_reference:
             data = attach_reference_logps(data, reference, rows_per_call=rows)
         history = train_preference(policy_group, data, loss, hyperparameters, steps=steps,
-                                   pairs_per_step=pairs_per_step, seed=seed, tracker=tracker, progress=progress)
+                                   pairs_per_step=pairs_per_step, seed=seed, tracker=tracker, progress=progress,
+                                   skip_nonfinite_batches=skip_nonfinite_batches)
         return (None if export_dir is None else policy_group.export_hf(export_dir)), history
     finally:
         for group in groups:
@@ -147,11 +152,12 @@ def run(setup: Setup, settings: PreferenceSettings, resources: Resources, output
         output.folder / "models" / f"policy_{settings.loss}", steps=settings.steps,
         pairs_per_step=settings.pairs_per_step, learning_rate=settings.learning_rate, seed=settings.seed,
         tracker=output.tracker, progress=output.stage_progress(settings.loss, settings.steps),
+        skip_nonfinite_batches=settings.skip_nonfinite_batches,
     )
     return RunResult(
         method=f"preference:{settings.loss}",
         target=target(setup, settings, ordering),
-        headline=float(history[-1]["preference/loss"]),
+        headline=float(last_completed(history, "preference/loss")["preference/loss"]),
         policy_dir=Path(policy_dir),
         folder=output.folder,
         history=history,

@@ -9,6 +9,12 @@ The policy group trains; the reference group only scores the data set, once
 3. one optimizer step of the policy group on :func:`preference_pair_loss`: the core loss
    (:mod:`saferl.core.preference_losses`) on the de-interleaved pairs, averaged over pairs.
 
+Numerical guards (:mod:`saferl.learners.nonfinite`, the same as PPO-Lagrangian's): the step's
+cached reference log-probs on the driver, and the loss in the ranks before ``backward`` (a NaN
+policy log-prob makes it NaN), must be finite; otherwise the run stops with a ``NonFiniteError``
+naming them, the step and the rank, or (``skip_nonfinite_batches``) the step is skipped without
+an optimizer step and counted under ``perf/skipped_batches``.
+
 Summed or length-averaged log-probs (the core losses take ``log π(y|x)`` as the masked sum over
 the response tokens and the lengths ``|y|`` separately):
 
@@ -54,6 +60,7 @@ from saferl.core.preference_losses import (
 )
 from saferl.data.collators import SequenceBatch, collate_sequences
 from saferl.data.records import PreferencePair, SafetyPreferencePair
+from saferl.learners.nonfinite import NonFiniteGuard
 from saferl.runtime.batching import batch_rows
 from saferl.tracking import NullTracker, Tracker
 
@@ -438,6 +445,7 @@ def train_preference(
     average_logps: bool = False,
     tracker: Tracker | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    skip_nonfinite_batches: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``policy_group`` (a ``PolicyGroup``) on preference pairs with a registered loss.
 
@@ -461,10 +469,13 @@ def train_preference(
         average_logps: length-average the log-probs (reference losses only, see the module doc).
         tracker: receives each step's metrics.
         progress: called as ``progress(step, metrics)`` after each step.
+        skip_nonfinite_batches: skip (and count) a step whose reference log-probs or loss hold
+            NaN or ±inf instead of raising ``NonFiniteError``.
 
     Returns:
         Each step's metrics: ``preference/loss``, ``preference/grad_norm``,
-        ``preference/learning_rate`` and ``preference/<metric>`` of :func:`preference_pair_loss`.
+        ``preference/learning_rate``, ``preference/<metric>`` of :func:`preference_pair_loss` and
+        ``perf/skipped_batches`` (a skipped step's metrics hold only that).
     """
     hyperparameters = dict(hyperparameters or {})
     tracker = tracker or NullTracker()
@@ -477,21 +488,30 @@ def train_preference(
         hyperparameters=hyperparameters,
         average_logps=average_logps,
     )
+    guard = NonFiniteGuard(skip_nonfinite_batches)
     history = []
     for step in range(steps):
         # 1. This step's pairs.
         pair_indices = _pair_indices(batch_with_ref.num_pairs, pairs_per_step, seed, step)
         # 2. Their interleaved rows, with the cached reference log-probs.
         batch = select_pairs(batch_with_ref, pair_indices)
-        # 3. One optimizer step on the preference loss.
-        output = policy_group.train_step(batch, loss_fn)
-        metrics = {
-            "preference/loss": output.loss,
-            **{f"preference/{key}": value for key, value in output.metrics.items()},
-            "preference/learning_rate": output.learning_rate,
-        }
-        if output.grad_norm is not None:
-            metrics["preference/grad_norm"] = output.grad_norm
+        references = {} if batch.ref_logps is None else {"reference log-probs": batch.ref_logps}
+        if not guard.inputs_finite(step + 1, references):
+            metrics = guard.skip_batch()
+        else:
+            # 3. One optimizer step on the preference loss (refused by the ranks if non-finite).
+            output = policy_group.train_step(batch, loss_fn, report_nonfinite=True)
+            if not guard.step_taken(output, "preference loss", step + 1):
+                metrics = guard.skip_batch()
+            else:
+                metrics = {
+                    "preference/loss": output.loss,
+                    **{f"preference/{key}": value for key, value in output.metrics.items()},
+                    "preference/learning_rate": output.learning_rate,
+                    **guard.metrics(),
+                }
+                if output.grad_norm is not None:
+                    metrics["preference/grad_norm"] = output.grad_norm
         history.append(metrics)
         tracker.log(metrics, step=step + 1)
         if progress is not None:

@@ -25,6 +25,16 @@ __all__ = [
     "RBRSettings",
 ]
 
+def check_skip_nonfinite(value: Any) -> None:
+    """``learner.skip_nonfinite_batches`` must be a boolean (a string such as ``"false"`` would be
+    truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"learner.skip_nonfinite_batches: expected true or false (skip and count batches holding "
+            f"NaN or inf, or stop the run at the first); found {value!r}"
+        )
+
+
 #: λ values of a dualized learner's predicted frontier.
 DEFAULT_FRONTIER_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -44,6 +54,9 @@ class PPOSettings:
         kl_in_cost_stream: the published ``+β kl`` in the cost streams [True].
         ptx_coeff: weight of the SFT loss on the PTX set after each actor step [0 by default].
         seed: seeds prompt order and sampling.
+        skip_nonfinite_batches: a rollout with a NaN or ±inf score, log-prob, advantage, loss or
+            multiplier is skipped and counted (``perf/skipped_batches``) instead of stopping the
+            run with ``NonFiniteError`` (the default, False).
     """
 
     iterations: int
@@ -58,8 +71,10 @@ class PPOSettings:
     kl_in_cost_stream: bool = True
     ptx_coeff: float = 0.0
     seed: int = 0
+    skip_nonfinite_batches: bool = False
 
     def __post_init__(self) -> None:
+        check_skip_nonfinite(self.skip_nonfinite_batches)
         for key in ("iterations", "prompts_per_iteration", "ppo_epochs"):
             if getattr(self, key) < 1:
                 raise ValueError(f"learner.{key} must be >= 1; found {getattr(self, key)}")
@@ -343,6 +358,8 @@ class PreferenceSettings:
         steps, pairs_per_step, learning_rate: the optimisation.
         beta: the root ``beta``, the loss's β unless ``hyperparameters`` sets it.
         seed: pair order (the root ``seed``).
+        skip_nonfinite_batches: ``learner.skip_nonfinite_batches`` (see :class:`PPOSettings`): a
+            step whose reference log-probs or loss hold NaN or ±inf is skipped and counted.
     """
 
     loss: str = "dpo"
@@ -353,8 +370,10 @@ class PreferenceSettings:
     learning_rate: float = 1e-3
     beta: float = 0.5
     seed: int = 0
+    skip_nonfinite_batches: bool = False
 
     def __post_init__(self) -> None:
+        check_skip_nonfinite(self.skip_nonfinite_batches)
         if self.ordering not in ("better", "safer"):
             raise ValueError(f"learner.preference.ordering must be 'better' or 'safer'; found {self.ordering!r}")
         from saferl.core.preference_losses import get_preference_loss

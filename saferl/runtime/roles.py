@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from saferl.core.finite import nonfinite_error
 from saferl.data.batches import PromptBatch
 from saferl.models import ModelSpec
 from saferl.runtime.batching import batch_rows, pad_and_concat, split_batch
@@ -58,6 +59,7 @@ def _reduce_steps(results: list[RankStepResult]) -> TrainStepOutput:
         learning_rate=results[0].learning_rate,
         num_rows=sum(r.num_rows for r in results),
         metrics={k: sum(r.metrics.get(k, 0.0) for r in results) / count for k in keys},
+        refused=results[0].refused,  # the ranks agreed on it
     )
 
 
@@ -147,7 +149,7 @@ class RoleGroup:
         name) is what a failure message calls it."""
         return torch.cat(self._sharded_call("forward", batch, label=label))
 
-    def _train_step(self, batch: Any, loss_fn: LossFn) -> TrainStepOutput:
+    def _train_step(self, batch: Any, loss_fn: LossFn, report_nonfinite: bool) -> TrainStepOutput:
         rows = batch_rows(batch)
         num_ranks = self.group.num_ranks
         spec = self.deepspeed_spec
@@ -159,7 +161,10 @@ class RoleGroup:
                 f"gradient_accumulation_steps={spec.gradient_accumulation_steps} x "
                 f"num_ranks={num_ranks}), got {rows}"
             )
-        return _reduce_steps(self._sharded_call("train_step", batch, loss_fn))
+        output = _reduce_steps(self._sharded_call("train_step", batch, loss_fn))
+        if output.refused is not None and not report_nonfinite:
+            raise nonfinite_error(f"{self.group.role} loss", output.refused.count, None, output.refused.where)
+        return output
 
     def _export_hf(self, directory: str | Path) -> Path:
         paths = [p for p in self.group.call("export_hf", str(directory)) if p is not None]
@@ -225,10 +230,14 @@ class PolicyGroup(RoleGroup):
         ``t``: ``log π(x_t | x_<t)``, 0 at padding)."""
         return self._forward(batch, "token_logprobs")
 
-    def train_step(self, batch: Any, loss_fn: LossFn) -> TrainStepOutput:
+    def train_step(self, batch: Any, loss_fn: LossFn, report_nonfinite: bool = False) -> TrainStepOutput:
         """One optimizer step on a global batch of ``deepspeed_spec.train_batch_size(num_ranks)``
-        rows; ``loss_fn(token_logprobs (micro, seq_len), micro_batch)`` (see ``LossFn``)."""
-        return self._train_step(batch, loss_fn)
+        rows; ``loss_fn(token_logprobs (micro, seq_len), micro_batch)`` (see ``LossFn``).
+
+        A NaN or ±inf loss on any rank is refused before ``backward`` (nothing is updated): this
+        raises ``NonFiniteError``, or with ``report_nonfinite`` returns the output with
+        ``refused`` set (a learner's guard then stops or skips the batch)."""
+        return self._train_step(batch, loss_fn, report_nonfinite)
 
     def export_hf(self, directory: str | Path) -> Path:
         """Hugging Face folder (model + tokenizer) loadable with ``AutoModelForCausalLM``."""
@@ -340,9 +349,10 @@ class CriticGroup(RoleGroup):
         """``(batch, seq_len)`` values ``V_t`` (no grad)."""
         return self._forward(batch, "values")
 
-    def train_step(self, batch: Any, loss_fn: LossFn) -> TrainStepOutput:
-        """One optimizer step; ``loss_fn(values (micro, seq_len), micro_batch)``."""
-        return self._train_step(batch, loss_fn)
+    def train_step(self, batch: Any, loss_fn: LossFn, report_nonfinite: bool = False) -> TrainStepOutput:
+        """One optimizer step; ``loss_fn(values (micro, seq_len), micro_batch)``; a non-finite loss
+        as :meth:`PolicyGroup.train_step`."""
+        return self._train_step(batch, loss_fn, report_nonfinite)
 
     def export_hf(self, directory: str | Path) -> Path:
         """Hugging Face folder loadable with ``AutoModelForSequenceClassification``."""

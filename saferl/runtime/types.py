@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 
+from saferl.core.finite import NonFiniteCount
 from saferl.data.batches import SequenceBatch
 
 __all__ = [
     "GenerationOutput",
     "LossFn",
     "RankInfo",
+    "RefusedStep",
     "TrainStepOutput",
     "response_mask_from_eos",
 ]
@@ -114,16 +116,32 @@ class GenerationOutput:
 
 
 @dataclass(frozen=True)
+class RefusedStep:
+    """An optimizer step every rank of a group refused because a rank's loss was NaN or ±inf
+    (before ``backward``: the weights, optimizer and scheduler are as they were).
+
+    Attributes:
+        where: the first rank whose loss was non-finite, e.g. ``"policy rank 1"``.
+        count: that loss's non-finite entries.
+    """
+
+    where: str
+    count: NonFiniteCount
+
+
+@dataclass(frozen=True)
 class TrainStepOutput:
     """The result of one optimizer step of a group (reduced over micro-batches and ranks).
 
     Attributes:
         loss: mean of the loss over micro-batches and ranks (= the global-batch loss for a loss
-            that is a mean over rows).
+            that is a mean over rows); NaN for a refused step.
         grad_norm: global gradient norm before clipping (None when DeepSpeed does not report it).
         learning_rate: learning rate used by this step.
         num_rows: rows of the global batch.
         metrics: the loss function's extra metrics, averaged like ``loss``.
+        refused: set when the ranks refused the step on a non-finite loss (nothing was updated);
+            only a caller that asked for it (``train_step(..., report_nonfinite=True)``) sees it.
     """
 
     loss: float
@@ -131,6 +149,7 @@ class TrainStepOutput:
     learning_rate: float
     num_rows: int
     metrics: dict[str, float] = field(default_factory=dict)
+    refused: RefusedStep | None = None
 
 
 @dataclass(frozen=True)

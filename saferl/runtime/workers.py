@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saferl.core.finite import NonFiniteCount, count_nonfinite, nonfinite_error
 from saferl.data.batches import PromptBatch
 from saferl.runtime import distributed
 from saferl.runtime.batching import batch_rows, batch_to, model_inputs, slice_batch
@@ -56,7 +57,7 @@ from saferl.runtime.engines import (
 from saferl.runtime.generation import generate_sequences
 from saferl.runtime.heads import Head, PolicyHead
 from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec
-from saferl.runtime.types import GenerationOutput, LossFn, RankInfo
+from saferl.runtime.types import GenerationOutput, LossFn, RankInfo, RefusedStep
 
 __all__ = [
     "CriticWorker",
@@ -101,13 +102,15 @@ class RankSetup:
 
 @dataclass(frozen=True)
 class RankStepResult:
-    """One rank's view of a train step (the group reduces these into a ``TrainStepOutput``)."""
+    """One rank's view of a train step (the group reduces these into a ``TrainStepOutput``);
+    ``refused`` is the same on every rank (they agree on it, see :func:`refused_step`)."""
 
     loss: float
     grad_norm: float | None
     learning_rate: float
     num_rows: int
     metrics: dict[str, float]
+    refused: RefusedStep | None = None
 
 
 class RankContext:
@@ -172,8 +175,35 @@ def _to_float(value: Any) -> float | None:
     return float(value)
 
 
+def refused_step(loss: torch.Tensor, setup: RankSetup, device: torch.device) -> RefusedStep | None:
+    """Whether the group must refuse this step: None when every rank's loss is finite, else the
+    first rank whose loss is NaN or ±inf.
+
+    Every rank must reach the same answer: a rank that skipped ``backward`` while another went
+    on would leave the other alone in ZeRO's gradient reduction, which then hangs. So with
+    several ranks each one's count is all-reduced (a ``(world_size, 3)`` table, one row per rank).
+    """
+    own = count_nonfinite(loss)
+    if setup.world_size == 1:
+        counts = [own]
+    else:
+        table = torch.zeros(setup.world_size, 3, dtype=torch.int64, device=device)
+        table[setup.rank] = torch.tensor([own.nan, own.inf, own.total], device=device)
+        torch.distributed.all_reduce(table)
+        counts = [NonFiniteCount(*(int(v) for v in row)) for row in table.cpu()]
+    for rank, count in enumerate(counts):
+        if not count.finite:
+            return RefusedStep(f"{setup.role} rank {rank}", count)
+    return None
+
+
 def run_train_step(
-    engine: Any, spec: DeepSpeedSpec, batch: Any, loss_fn: LossFn, device: torch.device
+    engine: Any,
+    spec: DeepSpeedSpec,
+    batch: Any,
+    loss_fn: LossFn,
+    device: torch.device,
+    setup: RankSetup,
 ) -> RankStepResult:
     """One optimizer step on this rank's shard: ``gradient_accumulation_steps`` micro-batches of
     ``micro_batch_size_per_rank`` rows, each ``loss_fn(engine(ids, mask), micro_batch)``.
@@ -182,9 +212,15 @@ def run_train_step(
     ranks, so with equal shards and a per-row-mean loss the gradient is that of the global-batch
     mean.
 
+    A NaN or ±inf loss on any rank never reaches ``backward``: every rank refuses the step
+    (:func:`refused_step`) and returns ``refused``, weights, optimizer and scheduler untouched;
+    the driver then stops the run or skips the batch.
+
     Raises:
         ValueError: the shard does not have ``micro_batch_size_per_rank *
             gradient_accumulation_steps`` rows, or ``loss_fn`` returns a non-scalar.
+        NonFiniteError: a non-finite loss after an earlier micro-batch of the step went through
+            ``backward`` (its gradients cannot be taken back out of ZeRO's buffers).
     """
     rows = batch_rows(batch)
     expected = spec.rows_per_rank()
@@ -210,6 +246,16 @@ def run_train_step(
                 f"loss_fn must return a scalar tensor (or (loss, metrics)), got {type(loss).__name__}"
                 f"{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}"
             )
+        refused = refused_step(loss.detach(), setup, device)
+        if refused is not None:
+            if index > 0:
+                raise nonfinite_error(
+                    f"loss (micro-batch {index}, after {index} micro-batch(es) already went through "
+                    "backward: with deepspeed.gradient_accumulation_steps > 1 a step can be refused "
+                    "only on its first micro-batch)",
+                    refused.count, None, refused.where,
+                )
+            return RankStepResult(float("nan"), None, learning_rate, rows, {}, refused)
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach().float().item()))
@@ -389,7 +435,7 @@ class TrainableWorker(EngineWorker):
         )
 
     def train_step(self, batch: Any, loss_fn: LossFn) -> RankStepResult:
-        return run_train_step(self.engine, self.spec, batch, loss_fn, self.ctx.device)
+        return run_train_step(self.engine, self.spec, batch, loss_fn, self.ctx.device, self.ctx.setup)
 
     def save_checkpoint(self, directory: str, tag: str | None) -> str:
         return _checkpoint_train_engine(self.engine, directory, tag)

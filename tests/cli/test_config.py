@@ -849,3 +849,15 @@ def test_the_actor_schedule_reaches_the_settings_and_a_bad_one_is_refused():
                                                                       "fraction of the steps in [0, 1); found 1.0")):
         with pytest.raises(ConfigError, match=re.escape(fragment)):
             validate(composed(override))
+
+
+def test_skip_nonfinite_batches_reaches_the_ppo_and_preference_settings_and_a_bad_one_is_refused():
+    """``learner.skip_nonfinite_batches``: off by default (a NaN stops the run), on when set, for
+    the PPO learners and the preference learner; a string is refused with the key named."""
+    assert validate(composed()).settings.ppo.skip_nonfinite_batches is False
+    assert validate(composed("learner.skip_nonfinite_batches=true")).settings.ppo.skip_nonfinite_batches is True
+    preference = validate(composed("learner=preference", "learner.skip_nonfinite_batches=true")).settings
+    assert preference.skip_nonfinite_batches is True
+    for learner in ("ppo_lag", "preference"):
+        with pytest.raises(ConfigError, match=re.escape("learner.skip_nonfinite_batches: expected true or false")):
+            validate(composed(f"learner={learner}", "learner.skip_nonfinite_batches=sometimes"))

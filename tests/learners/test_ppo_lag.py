@@ -365,3 +365,109 @@ def test_ptx_step_runs_after_the_actor_step(groups, tokenizer):
     assert math.isfinite(metrics["policy/ptx_loss"]) and metrics["policy/ptx_loss"] > 0
     with pytest.raises(ValueError, match="ptx_coeff > 0 needs a PTX data set"):
         groups.learner(LogGradientAscentMultiplier(-0.8), settings(ptx_coeff=1.0))
+
+
+# --------------------------------------------------------------------------- numerical guards
+class NaNAtIteration:
+    """The world's reward, but NaN for every response of the ``bad``-th rollout (1-based)."""
+
+    num_outputs = 1
+
+    def __init__(self, tokenizer, bad: int) -> None:
+        self.oracle = WorldOracleScorer("reward", tokenizer)
+        self.bad = bad
+        self.calls = 0
+
+    def score(self, batch, prompts):
+        self.calls += 1
+        scores = self.oracle.score(batch, prompts)
+        return torch.full_like(scores, math.nan) if self.calls == self.bad else scores
+
+
+def policy_weights(groups) -> dict[str, torch.Tensor]:
+    return groups.policy.state_dicts()[0]
+
+
+def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_a_nan_score_stops_the_run_and_keeps_the_last_good_checkpoint(groups, tmp_path):
+    from saferl.core.finite import NonFiniteError
+    from saferl.learners.run_state import latest_checkpoint, save_checkpoint_atomically
+
+    groups.restore(groups.initial)
+    learner = groups.learner(
+        LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3),
+        reward_scorer=NaNAtIteration(groups.tokenizer, bad=2),
+    )
+    folder = tmp_path / "checkpoints"
+    good: list[dict[str, torch.Tensor]] = []
+    with pytest.raises(NonFiniteError, match=r"non-finite reward scores at iteration 2 on the driver: 32 NaN"):
+        learner.run(
+            progress=lambda iteration, metrics: good.append(policy_weights(groups)),
+            checkpoint=lambda: save_checkpoint_atomically(learner.save, folder),
+            checkpoint_every=1,
+        )
+    # Iteration 1 completed and was checkpointed; iteration 2 raised before any update.
+    assert len(good) == 1 and learner.iteration == 1
+    assert_same_weights(policy_weights(groups), good[0])
+    checkpoint = latest_checkpoint(folder)
+    assert torch.load(checkpoint / "learner_state.pt", weights_only=True)["iteration"] == 1
+    groups.restore(checkpoint)
+    assert_same_weights(policy_weights(groups), good[0])
+
+
+def test_skip_nonfinite_batches_drops_the_rollout_and_counts_it(groups):
+    class Recorder:
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+
+        def log(self, metrics, step):
+            self.rows.append(dict(metrics))
+
+    groups.restore(groups.initial)
+    initial = policy_weights(groups)
+    multiplier = LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS)
+    learner = groups.learner(
+        multiplier, settings(iterations=2, skip_nonfinite_batches=True),
+        reward_scorer=NaNAtIteration(groups.tokenizer, bad=1),
+    )
+    learner.tracker = recorder = Recorder()
+    after: list[dict[str, torch.Tensor]] = []
+    history = learner.run(progress=lambda iteration, metrics: after.append(policy_weights(groups)))
+    assert learner.iteration == 2
+    # Iteration 1 (NaN rewards) changed neither the weights nor the multiplier; iteration 2 trained.
+    assert_same_weights(after[0], initial)
+    assert not all(torch.equal(after[1][key], initial[key]) for key in initial)
+    assert multiplier.state_dict()["num_updates"] == 1
+    assert [row["perf/skipped_batches"] for row in recorder.rows] == [1.0, 1.0]
+    assert "reward/score" not in history[0] and math.isfinite(history[1]["policy/loss"])
+
+
+def test_a_nan_loss_in_the_rank_is_refused_before_backward(groups):
+    from functools import partial
+
+    from saferl.core.finite import NonFiniteError
+    from saferl.learners.nonfinite import NonFiniteGuard
+    from saferl.learners.ppo_update import actor_loss
+    from saferl.learners.types import PolicyTrainBatch
+
+    groups.restore(groups.initial)
+    before = policy_weights(groups)
+    learner = groups.learner(None, settings(iterations=1), with_cost=False)
+    experience = learner.maker.make(learner.schedule.batch(0), seed=3)
+    advantages = torch.zeros_like(experience.old_logprobs)
+    advantages[5, :] = math.nan  # one row: the mean loss is NaN (the driver's own check is bypassed)
+    batch = PolicyTrainBatch(experience.input_ids, experience.attention_mask, experience.response_mask,
+                             experience.old_logprobs, advantages)
+    loss_fn = partial(actor_loss, clip_eps=0.2)
+    with pytest.raises(NonFiniteError, match=r"non-finite policy1 loss on policy1 rank 0: 1 NaN and 0 inf among 1"):
+        groups.policy.train_step(batch, loss_fn)
+    output = groups.policy.train_step(batch, loss_fn, report_nonfinite=True)
+    assert output.refused is not None and math.isnan(output.loss)
+    with pytest.raises(NonFiniteError, match="non-finite policy loss at iteration 4 on policy1 rank 0"):
+        NonFiniteGuard(skip=False).step_taken(output, "policy loss", 4)
+    assert_same_weights(policy_weights(groups), before)  # no step, and the group still serves

@@ -415,3 +415,43 @@ def test_each_loss_lowers_itself_through_two_zero2_ranks(groups, datasets, loss_
         assert history[0]["preference/reward_margin"] == pytest.approx(0.0, abs=1e-3)
     for key in ("preference/reward_margin", "preference/chosen_logps", "preference/grad_norm"):
         assert math.isfinite(history[-1][key]), key
+
+
+def test_a_nan_on_one_rank_is_refused_by_both_and_the_guard_stops_or_skips(groups, datasets):
+    from functools import partial
+
+    from saferl.core.finite import NonFiniteError
+
+    def weights() -> list[dict[str, torch.Tensor]]:
+        return groups.policy.state_dicts()  # one full copy per rank
+
+    def assert_unchanged(before: list[dict[str, torch.Tensor]]) -> None:
+        for got, expected in zip(weights(), before, strict=True):
+            assert all(torch.equal(got[key], expected[key]) for key in expected)
+
+    groups.policy.load_checkpoint(groups.initial)
+    before = weights()
+    batch = datasets["better"]  # 16 rows: rank 1 holds rows 8-15, its first micro-batch rows 8-11
+    ref_logps = batch.ref_logps.clone()
+    ref_logps[9] = math.nan  # pair 4's rejected row: only rank 1's loss is NaN
+    poisoned = replace(batch, ref_logps=ref_logps)
+
+    # In the ranks: rank 0's loss is finite, yet it refuses too (or it would wait alone in ZeRO-2's
+    # gradient reduction); nothing is updated on either rank.
+    loss_fn = partial(preference_pair_loss, loss_name="dpo", hyperparameters={}, average_logps=False)
+    output = groups.policy.train_step(poisoned, loss_fn, report_nonfinite=True)
+    assert output.refused is not None and output.refused.where == "preference_policy rank 1"
+    assert_unchanged(before)
+
+    # On the driver, before the ranks: stop (naming the tensor and the step), or skip and count.
+    with pytest.raises(NonFiniteError, match="non-finite reference log-probs at iteration 1 on the driver: 1 NaN"):
+        train_preference(groups.policy, poisoned, "dpo", {}, steps=1, pairs_per_step=PAIRS, seed=0)
+    skipped = train_preference(
+        groups.policy, poisoned, "dpo", {}, steps=2, pairs_per_step=PAIRS, seed=0, skip_nonfinite_batches=True
+    )
+    assert skipped == [{"perf/skipped_batches": 1.0}, {"perf/skipped_batches": 2.0}]
+    assert_unchanged(before)
+
+    # The group still trains on clean pairs.
+    clean = train_preference(groups.policy, batch, "dpo", {}, steps=1, pairs_per_step=PAIRS, seed=0)
+    assert math.isfinite(clean[0]["preference/loss"]) and clean[0]["perf/skipped_batches"] == 0.0
