@@ -445,9 +445,9 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     """The exceptions whose message says all: config, data and command-line mistakes."""
     from saferl.config import ConfigError
     from saferl.data.errors import DataError
-    from saferl.learners.run_state import RunFolderInUseError
+    from saferl.learners.run_state import CorruptCheckpointError, RunFolderInUseError
 
-    return (UsageError, ConfigError, DataError, RunFolderInUseError)
+    return (UsageError, ConfigError, DataError, RunFolderInUseError, CorruptCheckpointError)
 
 
 def resume_command(task_overrides: list[str], run_folder: Path, hydra_folder: Path, multirun: bool) -> str:

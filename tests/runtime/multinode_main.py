@@ -8,8 +8,15 @@ after the other (the cluster's start is most of the cost, so they share it):
    the world's pieces with one rank of 1 CPU per role, so the six roles (policy, reference, reward
    and cost score models, both critics) cannot fit on one node and are spread over both.
 
-Prints one JSON line: ``{"worker_node_ids": ..., "spread": {...}, "ppo_lag": {...}}``; the second
-part's rank processes are told apart from the first's by their Ray actor ids."""
+3. **A lost node**: a third worker raylet joins; the same PPO-Lagrangian stage runs two iterations
+   uninterrupted, then again with a checkpoint after each iteration, and once its second iteration
+   is done (before that checkpoint) a worker node holding its rank processes is removed from the
+   cluster. The run goes on by itself (:func:`saferl.runtime.recovery.run_with_restarts`, as the
+   CLI runs every job) from the first iteration's checkpoint on the nodes left.
+
+Prints one JSON line: ``{"worker_node_ids": ..., "spread": {...}, "ppo_lag": {...},
+"recovered": {...}}``; the second part's rank processes are told apart from the first's by their
+Ray actor ids."""
 
 from __future__ import annotations
 
@@ -116,6 +123,47 @@ def spread_groups(address: str) -> dict:
     return result
 
 
+def recovered_from_a_lost_node(cluster: Cluster, setup: Setup, resources: Resources, folder: Path) -> dict:
+    """Part 3: the uninterrupted run and the run that loses a node, side by side in the result."""
+    from dataclasses import replace
+
+    from saferl.learners.run_state import saved_state
+    from saferl.runtime.recovery import run_with_restarts
+
+    cluster.add_node(num_cpus=3)
+    cluster.wait_for_nodes()
+    settings = PPOLagSettings(
+        PPOSettings(iterations=2, prompts_per_iteration=16, kl_coeff=0.5),
+        {"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 16}, -0.8,
+    )
+    uninterrupted = ppo_lag.run(setup, settings, resources, RunOutput(folder / "uninterrupted", checkpoint_every=1))
+    removed: list[str] = []
+
+    def remove_a_node_after_iteration_2(stage: str, step: int, total: int, metrics: dict) -> None:
+        # Called on the driver after each iteration, before its checkpoint: the checkpoint's save
+        # then meets the lost ranks, and the run goes on from iteration 1's checkpoint.
+        if step != 2 or removed:
+            return
+        busy = {a.node_id for a in list_actors(detail=True, limit=1000)
+                if a.class_name == "RankHost" and a.state == "ALIVE"}
+        node = next(node for node in cluster.worker_nodes if node.node_id in busy)
+        removed.append(node.node_id)
+        cluster.remove_node(node)
+
+    output = RunOutput(folder / "recovered", progress=remove_a_node_after_iteration_2, checkpoint_every=1)
+    restarts: list = []
+    recovered = run_with_restarts(
+        lambda resume: ppo_lag.run(setup, settings, resources, replace(output, resume=resume)),
+        resume=False, max_restarts=2, saved_state=lambda: saved_state(output.folder), on_restart=restarts.append,
+    )
+    return {
+        "removed_node": removed,
+        "restarts": [restart.to_dict() for restart in restarts],
+        "uninterrupted": {"history": uninterrupted.history, "multiplier": uninterrupted.multiplier},
+        "recovered": {"history": recovered.history, "multiplier": recovered.multiplier},
+    }
+
+
 def main() -> int:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     folder = Path(tempfile.mkdtemp(prefix="multinode_ppo_lag_"))
@@ -161,10 +209,12 @@ def main() -> int:
         )
         resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=1.0), runtime, DeepSpeedSpec(), seed=0)
         run = ppo_lag.run(setup, settings, resources, RunOutput(folder / "run"))
+        part_2_hosts = rank_host_ids() - earlier_hosts
         # The node of each of this part's rank processes (saferl.runtime.pool.RankHost; one per
         # role here, since the six groups start at once and none is reused).
         nodes = [a.node_id for a in list_actors(detail=True, limit=1000)
-                 if a.class_name == "RankHost" and a.actor_id not in earlier_hosts]
+                 if a.class_name == "RankHost" and a.actor_id in part_2_hosts]
+        recovered = recovered_from_a_lost_node(cluster, setup, resources, folder)
         result = {
             "worker_node_ids": sorted(node.node_id for node in worker_nodes),
             "spread": spread,
@@ -174,6 +224,7 @@ def main() -> int:
                 "multiplier": run.multiplier,
                 "policy_exported": (run.policy_dir / "config.json").is_file(),
             },
+            "recovered": recovered,
         }
         print("RESULT " + json.dumps(result), flush=True)
         return 0

@@ -1,8 +1,9 @@
 """Multi-node: Ray's own multi-node test cluster (several raylets on loopback) in a subprocess,
 so it never meets the session's local cluster (tests/runtime/multinode_main.py, run once for both
 tests). Groups are spread over nodes by placement, colocated roles follow their root role's
-bundles, a train step and a generation complete, and one PPO-Lagrangian iteration runs with its six
-roles over two nodes."""
+bundles, a train step and a generation complete, one PPO-Lagrangian iteration runs with its six
+roles over two nodes, and a PPO-Lagrangian run that loses a node goes on by itself to the
+uninterrupted run's numbers."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ def test_one_ppo_lag_iteration_with_every_role_spread_over_nodes(multinode) -> N
     assert all(value == value for value in metrics.values())  # finite (no NaN)
     assert metrics["multiplier/value_0"] == result["multiplier"][0] > 0
     assert result["policy_exported"]
+
+
+def test_a_run_that_loses_a_node_goes_on_by_itself_to_the_uninterrupted_runs_numbers(multinode) -> None:
+    """A worker node holding PPO-Lagrangian ranks is removed after the second iteration (before its
+    checkpoint): one automatic restart names a lost role, goes on from iteration 1's checkpoint on
+    the nodes left, and the history and λ equal those of the uninterrupted run."""
+    result = multinode["recovered"]
+    assert len(result["removed_node"]) == 1
+    (restart,) = result["restarts"]
+    assert restart["number"] == 1 and restart["role"] and "died" in restart["error"]
+    assert restart["resumed_from"].startswith("iteration 1 ")
+
+    def without_timings(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in history]
+
+    expected, found = result["uninterrupted"], result["recovered"]
+    assert len(found["history"]) == len(expected["history"]) == 2
+    for found_row, expected_row in zip(without_timings(found["history"]), without_timings(expected["history"]), strict=True):
+        assert found_row == pytest.approx(expected_row, rel=1e-6, abs=1e-9)
+    assert found["multiplier"] == pytest.approx(expected["multiplier"], rel=1e-9)
