@@ -98,8 +98,11 @@ def check_data(config) -> None:
     needs = import_module(f"saferl.learners.{config.learner}").needs(config.settings)
     if isinstance(setup, hub.HubSettings) and config.job == "train":
         hub.preflight(setup, needs, config.learner)
-    if not looks_like_local_path(setup.path):
-        return  # a hub dataset: its loader names what is wrong when the setup reads it
+    elif needs.ptx and config.job == "train":
+        hub.check_ptx_path(setup, config.learner)
+    local_ptx = needs.ptx and config.job == "train" and looks_like_local_path(setup.ptx_path)
+    if not looks_like_local_path(setup.path) and not local_ptx:
+        return  # hub datasets: their loaders name what is wrong when the setup reads them
     import datasets
 
     # The error is ours to say: not datasets' progress bar and its own log line about the parse.
@@ -112,10 +115,15 @@ def check_data(config) -> None:
 
 
 def _load_data(config, needs) -> None:
-    from saferl.data import load_preference_dataset, load_prompt_dataset
+    from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
+    from saferl.data.local_paths import looks_like_local_path
     from saferl.setups.tiny import TinySettings
 
     setup = config.setup
+    if needs.ptx and config.job == "train" and looks_like_local_path(setup.ptx_path):
+        load_sft_dataset(setup.ptx_path, split=setup.ptx_split)
+    if not looks_like_local_path(setup.path):
+        return
     if config.job == "evaluate":
         load_prompt_dataset(setup.path, split=setup.test_split, revision=setup.data_revision)
         return

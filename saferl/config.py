@@ -241,7 +241,7 @@ def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: in
 
     model, data = _container(cfg.model, "model"), _container(cfg.data, "data")
     model_keys = {"source", "policy", "reward_model", "cost_model", "revision", "dtype", "trust_remote_code"}
-    data_keys = {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}
+    data_keys = {"source", "path", "revision", "train_split", "test_split", "template", "max_length", *PTX_KEYS}
     for section, values, allowed in (("model", model, model_keys), ("data", data, data_keys)):
         _unknown(values, allowed, section, " for source=hub")
         if values.get("source") != "hub":
@@ -279,6 +279,74 @@ def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: in
         max_length=data["max_length"],
         generation=generation,
         rows_per_call=rows_per_call,
+        **_ptx_data(data),
+    )
+
+
+#: The hub data group's PTX set (``data.ptx_*``), read by a PPO stage with ``learner.ptx_coeff > 0``.
+PTX_KEYS = ("ptx_path", "ptx_split", "ptx_revision")
+
+
+def _ptx_data(data: dict) -> dict:
+    """``data.ptx_path``, ``data.ptx_split`` and ``data.ptx_revision`` as the setups' settings
+    fields (null or absent: no PTX set)."""
+    path, split, revision = data.get("ptx_path"), data.get("ptx_split", "train"), data.get("ptx_revision")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise ConfigError(f"data.ptx_path: expected null (no PTX set) or a hub dataset name or local "
+                          f".json/.jsonl/.parquet file of SFT demonstrations; found {path!r}")
+    if not isinstance(split, str) or not split.strip():
+        raise ConfigError(f"data.ptx_split: expected the split of data.ptx_path to read (e.g. train); found {split!r}")
+    if revision is not None and not isinstance(revision, str):
+        raise ConfigError(f"data.ptx_revision: expected null or a hub revision (commit, tag or branch); "
+                          f"found {revision!r}")
+    return {"ptx_path": path, "ptx_split": split, "ptx_revision": revision}
+
+
+#: DeepSpeedSpec fields each engine sets for itself, and the keys that set them: the ``deepspeed``
+#: group holds what every engine shares, and one key sets one thing.
+_PER_ENGINE_KEYS = {
+    "learning_rate": "learner.policy_learning_rate, learner.critic_learning_rate and the stages' learning_rate",
+    "scheduler": "learner.policy_lr_schedule (the actor's; every other engine runs at a constant rate)",
+    "warmup_steps": "learner.policy_lr_warmup_ratio (a share of the run's actor steps)",
+    "total_steps": "learner.iterations × learner.ppo_epochs (the actor's schedule runs over the whole run)",
+    "micro_batch_size_per_rank": "the stage's rows per step (e.g. learner.prompts_per_iteration) over runtime.num_ranks",
+    "gradient_accumulation_steps": "the stage's rows per step (one optimizer step each, no accumulation)",
+}
+
+
+def _deepspeed_section(cfg: DictConfig) -> dict:
+    """The ``deepspeed`` section; a per-engine key in it is refused, naming the key that sets it."""
+    values = _container(cfg.deepspeed, "deepspeed")
+    for key, where in _PER_ENGINE_KEYS.items():
+        if key in values:
+            raise ConfigError(f"deepspeed.{key}: set per engine, not in the deepspeed group (which every engine "
+                              f"shares); found {values[key]!r}; use {where}")
+    return values
+
+
+def _ppo_stage(settings) -> PPOLagSettings | None:
+    """The PPO loop a learner runs (ppo_lag itself, MoCAN's PPO stage, RBR's), or None."""
+    from saferl.learners.settings import MocanSettings, PPOLagSettings, RBRSettings
+
+    if isinstance(settings, PPOLagSettings):
+        return settings
+    if isinstance(settings, MocanSettings) and settings.stage == "ppo" or isinstance(settings, RBRSettings):
+        return settings.ppo
+    return None
+
+
+def _ptx_set(settings, setup) -> None:
+    """A PPO stage with ``learner.ptx_coeff > 0`` needs a PTX set: the built-in world's SFT
+    demonstrations, or ``data.ptx_path`` on a hub or tiny setup."""
+    from saferl.setups.settings import WorldSettings
+
+    stage = _ppo_stage(settings)
+    if stage is None or stage.ppo.ptx_coeff == 0 or isinstance(setup, WorldSettings) or setup.ptx_path:
+        return
+    raise ConfigError(
+        f"learner.ptx_coeff={stage.ppo.ptx_coeff!r}: the PTX loss needs a supervised data set, and data.ptx_path is "
+        f"{setup.ptx_path!r}; set data.ptx_path (a hub name such as tatsu-lab/alpaca, or a local .json/.jsonl/"
+        ".parquet file of prompt/response or Alpaca instruction/input/output records), or learner.ptx_coeff=0"
     )
 
 
@@ -418,11 +486,7 @@ def _rbr_sources(settings, on_world: bool) -> None:
 def _same_kl_coefficient(settings, beta: float) -> None:
     """On the world, a PPO stage's KL coefficient is the problem's β: the exact optimum the run is
     scored against is solved at β, so another coefficient would optimise a different problem."""
-    from saferl.learners.settings import MocanSettings, PPOLagSettings, RBRSettings
-
-    stage = settings if isinstance(settings, PPOLagSettings) else (
-        settings.ppo if isinstance(settings, MocanSettings) and settings.stage == "ppo"
-        or isinstance(settings, RBRSettings) else None)
+    stage = _ppo_stage(settings)
     if stage is None:
         return
     kl_coeff = stage.ppo.kl_coeff
@@ -441,8 +505,8 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
 
     model, data, scorers = _container(cfg.model, "model"), _container(cfg.data, "data"), _container(cfg.scorers, "scorers")
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
-    _unknown(data, {"source", "path", "revision", "train_split", "test_split", "template", "max_length"}, "data",
-             " for source=hub")
+    _unknown(data, {"source", "path", "revision", "train_split", "test_split", "template", "max_length", *PTX_KEYS},
+             "data", " for source=hub")
     _unknown(scorers, {"kind", "calibrate", "regularization", "sign_weight", "reward_model", "cost_model"}, "scorers")
     if model.get("from_run") is not None:
         raise ConfigError(f"model.from_run: reuses a built-in-world run's stages; with data.path the stages train on "
@@ -465,7 +529,7 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
          "template": data.get("template"), "max_length": data["max_length"], "sft": stages["model.sft"],
          "reward_model": stages["scorers.reward_model"], "cost_model": stages["scorers.cost_model"],
          "regularization": float(scorers["regularization"]), "sign_weight": _sign_weight(cfg),
-         "generation": generation, "seed": seed},
+         "generation": generation, "seed": seed, **_ptx_data(data)},
         "config", TinySettings,
     )
 
@@ -613,7 +677,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     group = GroupSpec(num_ranks=num_ranks, cpus_per_rank=_number(cfg, "runtime.cpus_per_rank", minimum=0.0),
                       gpus_per_rank=_number(cfg, "runtime.gpus_per_rank", minimum=0.0))
     runtime = _build(runtime_values, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "gpus_per_rank"))
-    deepspeed = _build(_container(cfg.deepspeed, "deepspeed"), "deepspeed", DeepSpeedSpec)
+    deepspeed = _build(_deepspeed_section(cfg), "deepspeed", DeepSpeedSpec)
     resources = Resources(group=group, runtime=runtime, deepspeed=deepspeed, seed=seed)
     generation = _build(_container(cfg.generation, "generation"), "generation", GenerationSpec, seed=seed)
     _job(cfg, job, num_ranks)
@@ -658,6 +722,7 @@ def validate(cfg: DictConfig) -> RunConfig:
                 f"learner={learner} with scorers.kind=pretrained needs model.reward_model and "
                 f"model.cost_model; found {setup.reward_model!r} and {setup.cost_model!r}"
             )
+    _ptx_set(settings, setup)
     _multiplier(cfg, cost_limit)
     return RunConfig(
         job=job,

@@ -17,6 +17,7 @@ __all__ = [
     "approx_kl",
     "clip_fraction",
     "explained_variance",
+    "token_mean_nll",
 ]
 
 
@@ -187,6 +188,26 @@ def explained_variance(
     residual_variance = _masked_population_var(residuals, mask)
     nan = torch.full((), float("nan"), dtype=values.dtype, device=values.device)
     return torch.where(returns_variance > 0, 1.0 - residual_variance / returns_variance, nan)
+
+
+def token_mean_nll(logprobs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over every supervised token of the batch (Safe RLHF's PTX loss
+    before its coefficient, i.e. a causal LM's ``model(..., labels=...).loss``):
+
+    ``L = Σ_{b,t} mask_bt · (−log π_θ(y_bt)) / Σ_{b,t} mask_bt``.
+
+    Each token weighs the same, so a long response counts for more than a short one (unlike the
+    per-sequence mean of :func:`ppo_policy_loss`). Without a valid token the loss is 0.
+
+    Args:
+        logprobs: ``(batch, seq_len)`` ``log π_θ`` of the demonstrated tokens.
+        response_mask: ``(batch, seq_len)``, True on the supervised (response) tokens.
+
+    Returns:
+        A 0-dim tensor, dtype of ``logprobs``.
+    """
+    _require_same_shape(logprobs=logprobs, response_mask=response_mask)
+    return masked_mean(-logprobs, response_mask)
 
 
 def _masked_population_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -200,6 +200,18 @@ def load_records(
     dataset, label = open_source(
         source, split=split, revision=revision, name=name, cache_dir=cache_dir
     )
+    return _validated(record_type, dataset, label, field_map, strict, deduplicate)
+
+
+def _validated(
+    record_type: type[RecordT],
+    dataset: datasets.Dataset,
+    label: str,
+    field_map: Mapping[str, str] | None,
+    strict: bool,
+    deduplicate: bool = False,
+) -> LoadedDataset[RecordT]:
+    """The records of an opened split (see :func:`load_records`)."""
     columns = resolve_field_map(record_type, field_map, label)
     column_names = _check_columns(dataset, record_type, columns, label)
     records, report = validate_records(
@@ -281,19 +293,36 @@ def load_sft_dataset(
 ) -> SFTDataset:
     """Load (prompt, response) demonstrations for SFT.
 
-    A chosen/rejected set serves with ``field_map={"response": "chosen"}``. See
-    :func:`load_records` for the arguments.
+    A chosen/rejected set serves with ``field_map={"response": "chosen"}``. A set in Alpaca's
+    format (columns ``instruction``, ``input``, ``output`` and no ``prompt`` or ``response``, e.g.
+    ``tatsu-lab/alpaca``, Safe RLHF's PTX set) is read as Safe RLHF's Alpaca reader reads it:
+    the prompt is the instruction, followed by a space and the input when the input is not empty,
+    and the response is the output. See :func:`load_records` for the arguments.
     """
-    return load_records(
-        SFTExample,
-        source,
-        split,
-        revision,
-        field_map,
-        strict,
-        name=name,
-        cache_dir=cache_dir,
-    )
+    dataset, label = open_source(source, split=split, revision=revision, name=name, cache_dir=cache_dir)
+    if field_map is None and _is_alpaca(dataset.column_names):
+        dataset = _alpaca_as_sft(dataset)
+    return _validated(SFTExample, dataset, label, field_map, strict)
+
+
+_ALPACA_COLUMNS = ("instruction", "input", "output")
+
+
+def _is_alpaca(column_names: Sequence[str]) -> bool:
+    present = set(column_names)
+    return present.issuperset(_ALPACA_COLUMNS) and not present & {"prompt", "response"}
+
+
+def _alpaca_as_sft(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Alpaca's rows as ``prompt``/``response`` columns (safe_rlhf/datasets/raw/alpaca.py). A
+    non-string instruction or output is left as it is for validation to name."""
+    table = dataset.select_columns(list(_ALPACA_COLUMNS)).with_format(None)
+    prompts = [
+        " ".join((instruction, extra)) if isinstance(instruction, str) and isinstance(extra, str) and extra
+        else instruction
+        for instruction, extra in zip(table["instruction"], table["input"], strict=True)
+    ]
+    return datasets.Dataset.from_dict({"prompt": prompts, "response": list(table["output"])})
 
 
 def load_prompt_dataset(

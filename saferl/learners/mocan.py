@@ -85,7 +85,8 @@ def needs(settings: MocanSettings) -> Needs:
     """The reward and cost scorers; critic starts only for the PPO stage."""
     ppo = settings.stage == "ppo" and not settings.predict_only
     # the sampler, then policy and reference (DPO) or PPO's policy, reference and critics
-    return Needs(scorers=True, critics=ppo, groups=4 if ppo else 2)
+    return Needs(scorers=True, critics=ppo, groups=4 if ppo else 2,
+                 ptx=ppo and settings.ppo is not None and settings.ppo.ppo.ptx_coeff > 0)
 
 
 def choose_prompts(prompts: Sequence[str], limit: int | None, seed: int) -> list[str]:

@@ -18,6 +18,8 @@ Each iteration, in this order:
 3. build the per-token reward and cost streams (KL penalty + end scores, clipped);
 4. GAE per stream, each with its own critic;
 5. PPO update of the policy with the combined advantage ``(A_r − Σ λ_j A_cj)/(1 + Σ λ_j)``;
+   with ``ptx_coeff > 0``, then one PTX step: ``ptx_coeff`` × the token-mean NLL of the
+   iteration's rows of the setup's PTX set (seeded by ``(seed, iteration)``);
 6. update each critic (clipped value loss), side by side with step 5 (different groups);
 7. update the multiplier from the raw cost scores of this rollout (its window averages them;
    the driver holds every rank's scores, so this is the average over ranks);
@@ -46,7 +48,7 @@ import copy
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -59,7 +61,7 @@ from saferl.core.targets import TiltTarget
 from saferl.learners.advantages import compute_advantages
 from saferl.learners.nonfinite import NonFiniteGuard, last_completed
 from saferl.learners.output import RunOutput
-from saferl.learners.ppo_update import minibatch_steps, sft_loss, update_critic, update_policy
+from saferl.learners.ppo_update import minibatch_steps, ptx_loss, update_critic, update_policy
 from saferl.learners.result import RunResult
 from saferl.learners.rollout import ExperienceMaker
 from saferl.learners.run_state import (
@@ -69,6 +71,7 @@ from saferl.learners.run_state import (
     save_checkpoint_atomically,
 )
 from saferl.learners.settings import PPOLagSettings, PPOSettings
+from saferl.learners.sft import PTXBatches
 from saferl.learners.types import SFTTrainBatch
 from saferl.models import ModelSpec
 from saferl.runtime import CriticGroup, PolicyGroup, ReferenceGroup, ScoreGroup, init_ray
@@ -122,8 +125,9 @@ class PPOLagrangian:
         policy_rows_per_step: rows of one actor optimizer step (the policy's DeepSpeed train batch).
         critic_rows_per_step: rows of one critic optimizer step.
         tracker: where metrics go.
-        ptx_batches: an optional callable ``iteration -> SFTTrainBatch`` of supervised rows for the
-            PTX loss (used when ``settings.ptx_coeff > 0``).
+        ptx_batches: ``iteration -> SFTTrainBatch``, the supervised rows of the PTX step (e.g.
+            :class:`~saferl.learners.sft.PTXBatches`; needed when ``settings.ptx_coeff > 0``). It must
+            depend on the iteration alone, so that a resumed run trains on the same rows.
     """
 
     def __init__(
@@ -137,7 +141,7 @@ class PPOLagrangian:
         policy_rows_per_step: int,
         critic_rows_per_step: int,
         tracker: Tracker | None = None,
-        ptx_batches=None,
+        ptx_batches: Callable[[int], SFTTrainBatch] | None = None,
     ) -> None:
         num_costs = sum(scorer.num_outputs for scorer in maker.cost_scorers)
         if num_costs > 0 and multiplier is None:
@@ -150,7 +154,7 @@ class PPOLagrangian:
                 f"scorers give {num_costs} cost column(s)"
             )
         if settings.ptx_coeff > 0 and ptx_batches is None:
-            raise ValueError("ppo_lag: learner.ptx_coeff > 0 needs a PTX data set")
+            raise ValueError("ppo_lag: learner.ptx_coeff > 0 needs a PTX data set (ptx_batches)")
         self.maker = maker
         self.reward_critic = reward_critic
         self.cost_critics = list(cost_critics)
@@ -228,13 +232,17 @@ class PPOLagrangian:
                 partial(self.guard.step_taken, loss_name="policy loss", iteration=iteration),
             )
             if metrics is not None and s.ptx_coeff > 0:
-                ptx_batch: SFTTrainBatch = self.ptx_batches(self.iteration)
-                metrics["ptx_loss"] = minibatch_steps(
+                # The PTX step: ptx_coeff × the token-mean NLL of this iteration's demonstrations.
+                ptx = minibatch_steps(
                     self.maker.policy,
-                    ptx_batch,
-                    partial(sft_loss, coefficient=s.ptx_coeff),
+                    self.ptx_batches(self.iteration),
+                    partial(ptx_loss, coefficient=s.ptx_coeff),
                     self.policy_rows_per_step,
-                )["loss"]
+                    step_taken=partial(self.guard.step_taken, loss_name="PTX loss", iteration=iteration),
+                )
+                if ptx is None:  # refused as non-finite and skipped: the iteration is skipped
+                    return None, time.perf_counter() - started
+                metrics["ptx_loss"] = ptx["loss"]
             return metrics, time.perf_counter() - started
 
         def critic_update(critic, old_values: torch.Tensor, returns: torch.Tensor, loss_name: str):
@@ -392,7 +400,7 @@ def needs(settings: PPOLagSettings) -> Needs:
     """What the loop reads from its setup: scorers and critic starts (and prompts)."""
     limits = settings.cost_limit if isinstance(settings.cost_limit, (list, tuple)) else [settings.cost_limit]
     # policy, reference, reward critic and one critic per cost (learned scorers add their own)
-    return Needs(scorers=True, critics=True, groups=3 + len(limits))
+    return Needs(scorers=True, critics=True, groups=3 + len(limits), ptx=settings.ppo.ptx_coeff > 0)
 
 
 def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:
@@ -444,7 +452,7 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
         cost scores and the scorers' calibration (learned world scorers).
     """
     with_costs = settings.multiplier is not None
-    setup.require(Needs(scorers=with_costs, critics=True), "ppo_lag")
+    setup.require(Needs(scorers=with_costs, critics=True, ptx=settings.ppo.ptx_coeff > 0), "ppo_lag")
     if setup.reward is None or setup.reward_critic is None:
         raise ValueError("ppo_lag needs a reward scorer and a reward critic start")
     ppo, name = settings.ppo, settings.name
@@ -516,9 +524,13 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
         if with_costs:
             options = dict(settings.multiplier)
             lagrange = build_multiplier(options.pop("kind"), settings.cost_limit, **options)
+        # The PTX rows: one actor step's worth of the setup's demonstrations per iteration.
+        ptx_batches = PTXBatches(setup.ptx, rows, resources.seed, setup.tokenizer, setup.max_length,
+                                 setup.template) if ppo.ptx_coeff > 0 else None
         learner = PPOLagrangian(
             maker, reward_critic, cost_critics, lagrange, PromptSchedule(list(setup.prompts), rows, resources.seed),
             ppo, policy_rows_per_step=rows, critic_rows_per_step=rows, tracker=output.tracker,
+            ptx_batches=ptx_batches,
         )
         progress = output.stage_progress(name, ppo.iterations)
         # 4. Resume.

@@ -13,7 +13,13 @@ from functools import partial
 import torch
 
 from saferl.core.masked import masked_mean
-from saferl.core.ppo import approx_kl, clip_fraction, ppo_policy_loss, ppo_value_loss
+from saferl.core.ppo import (
+    approx_kl,
+    clip_fraction,
+    ppo_policy_loss,
+    ppo_value_loss,
+    token_mean_nll,
+)
 from saferl.learners.rollout import values_before_tokens
 from saferl.learners.types import (
     Advantages,
@@ -33,6 +39,7 @@ __all__ = [
     "actor_loss",
     "critic_loss",
     "sft_loss",
+    "ptx_loss",
     "minibatch_steps",
     "update_policy",
     "update_critic",
@@ -69,6 +76,15 @@ def sft_loss(
     (prompt tokens masked out); scaled by ``coefficient`` (the PTX coefficient in PPO)."""
     per_sequence = masked_mean(-logprobs, batch.response_mask, dim=-1)  # (batch,)
     return coefficient * per_sequence.mean()
+
+
+def ptx_loss(logprobs: torch.Tensor, batch: SFTTrainBatch, coefficient: float) -> torch.Tensor:
+    """Safe RLHF's PTX loss: ``coefficient`` × the mean NLL over every response token of the
+    micro-batch (:func:`saferl.core.ppo.token_mean_nll`), as the published code's
+    ``ptx_coeff * actor(..., labels=...).loss``. Like the published code, DeepSpeed then averages
+    the micro-batches' token means over micro-batches and ranks (equal to the global token mean
+    when every micro-batch holds as many response tokens)."""
+    return coefficient * token_mean_nll(logprobs, batch.response_mask)
 
 
 def minibatch_steps(

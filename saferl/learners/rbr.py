@@ -93,7 +93,7 @@ def needs(settings: RBRSettings) -> Needs:
     """ppo_lag's needs (scorers and critics; its groups), the reward scorer also for the fit."""
     stage = ppo_lag.needs(ppo_settings(settings))
     groups = stage.groups if settings.variant == "ppo_lag" else 3  # no cost critic without the cost
-    return Needs(scorers=True, critics=True, groups=groups)
+    return Needs(scorers=True, critics=True, groups=groups, ptx=stage.ptx)
 
 
 # ---------------------------------------------------------------------------------------------

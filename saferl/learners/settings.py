@@ -52,7 +52,8 @@ class PPOSettings:
         clip_eps: PPO ratio clip ε [0.2]; clip_eps_value: critic clip ε_v [5].
         ppo_epochs: passes over each rollout [1].
         kl_in_cost_stream: the published ``+β kl`` in the cost streams [True].
-        ptx_coeff: weight of the SFT loss on the PTX set after each actor step [0 by default].
+        ptx_coeff: weight of the PTX loss (the token-mean NLL of the setup's PTX set, one step
+            after each actor update) [16 in the published scripts; 0, off, by default].
         seed: seeds prompt order and sampling.
         skip_nonfinite_batches: a rollout with a NaN or ±inf score, log-prob, advantage, loss or
             multiplier is skipped and counted (``perf/skipped_batches``) instead of stopping the
@@ -90,8 +91,10 @@ class PPOSettings:
             raise ValueError(
                 f"learner.gamma and learner.gae_lambda must be in [0, 1]; found {self.gamma}, {self.gae_lambda}"
             )
-        if self.ptx_coeff < 0:
-            raise ValueError(f"learner.ptx_coeff must be >= 0; found {self.ptx_coeff}")
+        ptx = self.ptx_coeff
+        if isinstance(ptx, bool) or not isinstance(ptx, (int, float)) or not (math.isfinite(ptx) and ptx >= 0):
+            raise ValueError(f"learner.ptx_coeff must be a finite number >= 0 (the weight of the PTX loss; 0: off); "
+                             f"found {self.ptx_coeff!r}")
 
 
 
@@ -135,11 +138,6 @@ class PPOLagSettings:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
             raise ValueError(f"learner.policy_lr_warmup_ratio: expected a fraction of the steps in [0, 1); "
                              f"found {ratio!r}")
-        if self.ppo.ptx_coeff > 0:
-            raise ValueError(
-                f"learner.ptx_coeff={self.ppo.ptx_coeff}: the PTX loss needs a supervised data set, and no "
-                "setup provides one yet; use 0 (the default)"
-            )
 
     def policy_schedule_steps(self) -> tuple[int, int]:
         """``(warmup_steps, total_steps)`` of the actor's schedule: one optimizer step per rollout

@@ -20,7 +20,7 @@ from saferl.learners.ppo_update import sft_loss
 from saferl.learners.types import SFTTrainBatch
 from saferl.tracking import NullTracker, Tracker
 
-__all__ = ["sft_batch", "SFTSchedule", "run_sft"]
+__all__ = ["sft_batch", "PTXBatches", "SFTSchedule", "run_sft"]
 
 
 def sft_batch(
@@ -63,6 +63,25 @@ class SFTSchedule:
             take = order[offset : offset + self.rows_per_step - len(picked)]
             picked.extend(self.examples[i] for i in take)
         return picked
+
+
+class PTXBatches:
+    """The PTX rows of a PPO iteration (``iteration -> SFTTrainBatch``): ``rows_per_step``
+    demonstrations drawn by :class:`SFTSchedule`, tokenised as the SFT stage does.
+
+    Stateless given ``(seed, iteration)``, so a resumed run trains on the PTX rows the
+    uninterrupted run would have.
+    """
+
+    def __init__(self, examples: Sequence[SFTExample], rows_per_step: int, seed: int,
+                 tokenizer: PreTrainedTokenizerBase, max_length: int, template: str) -> None:
+        self.schedule = SFTSchedule(examples, rows_per_step, seed)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.template = template
+
+    def __call__(self, iteration: int) -> SFTTrainBatch:
+        return sft_batch(self.schedule.rows(iteration), self.tokenizer, self.max_length, self.template)
 
 
 def run_sft(

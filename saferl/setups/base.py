@@ -17,7 +17,7 @@ from typing import Protocol
 from transformers import PreTrainedTokenizerBase
 
 from saferl.core.targets import TiltTarget
-from saferl.data.records import SafetyPreferencePair
+from saferl.data.records import SafetyPreferencePair, SFTExample
 from saferl.data.world import PolicyScore
 from saferl.learners.scorers import ModelScorer, Scorer, ShapedRewardScorer
 from saferl.models import ModelSpec
@@ -143,6 +143,7 @@ class Needs:
         critics: where the critics start (``Setup.reward_critic``, ``Setup.cost_critics``).
         pairs: the training preference pairs (``Setup.pairs``).
         prompts: the training prompts (``Setup.prompts``).
+        ptx: the PTX demonstrations (``Setup.ptx``), read by a PPO loop with ``learner.ptx_coeff > 0``.
         groups: the rank groups the learner runs at once (at least); a setup that trains models
             first starts their processes in the background (``runtime.reuse_workers``), so the
             learner's groups find them up.
@@ -153,6 +154,7 @@ class Needs:
     pairs: bool = False
     prompts: bool = True
     groups: int = 0
+    ptx: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,10 @@ class Setup:
         pairs: the training pairs (``Needs.pairs``; empty otherwise).
         num_dropped_pairs: pairs left out because their formatted prompt fills ``max_length``.
         pairs_source: names the pairs' data in errors.
+        ptx: the PTX set (``Needs.ptx``; empty otherwise): supervised demonstrations whose
+            token-mean NLL the PPO loop adds after each actor step (the world's SFT
+            demonstrations; ``data.ptx_path`` on a hub or tiny setup).
+        ptx_source: names the PTX set in errors and logs.
         reward, costs: where the reward and each cost come from (``Needs.scorers``).
         reward_critic, cost_critics: where the critics start (``Needs.critics``).
         evaluator: scores a trained policy (None: the setup has no ground truth).
@@ -197,6 +203,8 @@ class Setup:
     pairs: Sequence[SafetyPreferencePair] = ()
     num_dropped_pairs: int = 0
     pairs_source: str = "the training pairs"
+    ptx: Sequence[SFTExample] = ()
+    ptx_source: str = "the PTX set"
     reward: ScorerSource | None = None
     costs: Sequence[ScorerSource] = ()
     reward_critic: CriticStart | None = None
@@ -216,3 +224,9 @@ class Setup:
             raise ValueError(f"{learner} needs critic starts; the {self.name} setup has none")
         if needs.pairs and not self.pairs:
             raise ValueError(f"{learner} trains on preference pairs; {self.pairs_source} holds none")
+        if needs.ptx and not self.ptx:
+            raise ValueError(
+                f"{learner} with learner.ptx_coeff > 0 needs a PTX set of supervised demonstrations; the "
+                f"{self.name} setup has none ({self.ptx_source}): set data.ptx_path (a hub name or a local "
+                "file of prompt/response records), or learner.ptx_coeff=0"
+            )

@@ -15,7 +15,9 @@ the arena (``job=evaluate``) compares a trained policy with its reference.
    one output that read the policy's token ids (same vocabulary);
 4. the distinct training prompts of ``data.path`` (``data.train_split``), and the training pairs
    whose formatted prompt leaves room for a response in ``data.max_length`` tokens (those dropped
-   are counted, not a failure).
+   are counted, not a failure);
+5. with ``learner.ptx_coeff > 0``, the PTX demonstrations of ``data.ptx_path``
+   (``data.ptx_split``) whose formatted prompt leaves room for a response, in the same way.
 
 Departures from the published code: the response budget is ``generation.max_new_tokens`` and
 prompts are cut from the left to ``data.max_length − max_new_tokens`` tokens (the published code
@@ -29,8 +31,13 @@ from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from saferl.data import format_prompt, load_preference_dataset, load_prompt_dataset
-from saferl.data.records import SafetyPreferencePair
+from saferl.data import (
+    format_prompt,
+    load_preference_dataset,
+    load_prompt_dataset,
+    load_sft_dataset,
+)
+from saferl.data.records import SafetyPreferencePair, SFTExample
 from saferl.data.sources import looks_like_local_path
 from saferl.learners.output import RunOutput
 from saferl.models import (
@@ -46,10 +53,12 @@ from saferl.runtime.resources import Resources
 from saferl.setups.base import CriticStart, ModelScorerSource, Needs, Setup
 from saferl.setups.settings import (  # light: config validation reads them
     HubSettings,
+    TinySettings,
     max_prompt_length,
 )
 
-__all__ = ["HubSettings", "build", "max_prompt_length", "preflight", "require_score_model", "training_pairs"]
+__all__ = ["HubSettings", "build", "check_ptx_path", "max_prompt_length", "preflight", "ptx_examples",
+           "require_score_model", "training_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +95,19 @@ def preflight(hub: HubSettings, needs: Needs, learner: str) -> int:
             _require_existing(key, value, folder=True)
     _require_existing("model.policy", hub.policy, folder=True)
     _require_existing("data.path", hub.path, folder=False)
+    if needs.ptx:
+        check_ptx_path(hub, learner)
     return budget
+
+
+def check_ptx_path(settings: HubSettings | TinySettings, learner: str) -> None:
+    """``data.ptx_path`` is set, and exists where it is a local path (a hub or tiny setup whose PPO
+    stage has ``learner.ptx_coeff > 0``)."""
+    if not settings.ptx_path:
+        raise ValueError(f"data.ptx_path: {learner} with learner.ptx_coeff > 0 needs a PTX set of supervised "
+                         f"demonstrations (a hub name such as tatsu-lab/alpaca, or a local file); found "
+                         f"{settings.ptx_path!r}")
+    _require_existing("data.ptx_path", settings.ptx_path, folder=False)
 
 
 def require_score_model(key: str, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, learner: str = "ppo_lag") -> None:
@@ -168,10 +189,7 @@ def training_pairs(
     pairs = load_training_pairs(hub) if pairs is None else pairs
     if not pairs:
         raise ValueError(f"data.path: {hub.path!r} (split {hub.train_split!r}) holds no pairs")
-    distinct = sorted({pair.prompt for pair in pairs})
-    formatted = [format_prompt(prompt, tokenizer, hub.template) for prompt in distinct]
-    encoded = tokenizer(formatted, add_special_tokens=hub.template != "chat", return_attention_mask=False)
-    fits = {prompt: len(ids) < hub.max_length for prompt, ids in zip(distinct, encoded["input_ids"], strict=True)}
+    fits = _prompts_that_fit([pair.prompt for pair in pairs], hub, tokenizer)
     kept = [pair for pair in pairs if fits[pair.prompt]]
     if not kept:
         raise ValueError(
@@ -182,6 +200,39 @@ def training_pairs(
         logger.warning("%d of %d pairs dropped: their formatted prompt fills data.max_length=%d tokens",
                        len(pairs) - len(kept), len(pairs), hub.max_length)
     return kept, len(pairs) - len(kept)
+
+
+def _prompts_that_fit(
+    prompts: list[str], hub: HubSettings | TinySettings, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, bool]:
+    """Whether each distinct prompt, formatted, leaves room for a response in ``data.max_length``."""
+    distinct = sorted(set(prompts))
+    formatted = [format_prompt(prompt, tokenizer, hub.template) for prompt in distinct]
+    encoded = tokenizer(formatted, add_special_tokens=hub.template != "chat", return_attention_mask=False)
+    return {prompt: len(ids) < hub.max_length for prompt, ids in zip(distinct, encoded["input_ids"], strict=True)}
+
+
+def ptx_examples(hub: HubSettings | TinySettings, tokenizer: PreTrainedTokenizerBase) -> list[SFTExample]:
+    """Step 5: the demonstrations of ``data.ptx_path`` (``data.ptx_split``, ``data.ptx_revision``)
+    through the SFT loader (prompt/response columns, or Alpaca's), less those whose formatted
+    prompt fills ``data.max_length`` (counted in a warning)."""
+    if not hub.ptx_path:
+        raise ValueError(f"data.ptx_path: learner.ptx_coeff > 0 needs a PTX set of supervised demonstrations; "
+                         f"found {hub.ptx_path!r}")
+    loaded = load_sft_dataset(hub.ptx_path, split=hub.ptx_split, revision=hub.ptx_revision)
+    examples = list(loaded.records)
+    if not examples:
+        raise ValueError(f"data.ptx_path: {hub.ptx_path!r} (split {hub.ptx_split!r}) holds no demonstrations")
+    fits = _prompts_that_fit([example.prompt for example in examples], hub, tokenizer)
+    kept = [example for example in examples if fits[example.prompt]]
+    if not kept:
+        raise ValueError(f"data.max_length={hub.max_length}: every formatted prompt of data.ptx_path={hub.ptx_path!r} "
+                         "fills it (no room for a response); raise data.max_length")
+    if len(kept) < len(examples):
+        logger.warning("%d of %d PTX demonstrations dropped: their formatted prompt fills data.max_length=%d tokens",
+                       len(examples) - len(kept), len(examples), hub.max_length)
+    logger.info("%d PTX demonstrations from %s (%s)", len(kept), loaded.source, hub.ptx_split)
+    return kept
 
 
 def training_prompts(hub: HubSettings) -> list[str]:
@@ -195,7 +246,7 @@ def training_prompts(hub: HubSettings) -> list[str]:
 
 
 def build(hub: HubSettings, resources: Resources, output: RunOutput, needs: Needs, learner: str) -> Setup:
-    """Steps 1–4 of the module docstring (only what ``needs`` asks for); returns the hub setup.
+    """Steps 1–5 of the module docstring (only what ``needs`` asks for); returns the hub setup.
 
     ``resources`` and ``output`` are unused (a hub setup trains nothing of its own); they keep the
     signature every setup shares.
@@ -212,8 +263,9 @@ def build(hub: HubSettings, resources: Resources, output: RunOutput, needs: Need
         reward, cost = hub.model_spec(hub.reward_model), hub.model_spec(hub.cost_model)
         require_score_model("model.reward_model", reward, tokenizer, learner=learner)
         require_score_model("model.cost_model", cost, tokenizer, learner=learner)
-    # 4. Prompts and pairs.
+    # 4. Prompts and pairs; 5. the PTX set.
     pairs, dropped = training_pairs(hub, tokenizer) if needs.pairs else ([], 0)
+    ptx = ptx_examples(hub, tokenizer) if needs.ptx else []
     return Setup(
         name="hub",
         policy=policy,
@@ -226,6 +278,8 @@ def build(hub: HubSettings, resources: Resources, output: RunOutput, needs: Need
         pairs=pairs,
         num_dropped_pairs=dropped,
         pairs_source=f"data.path={hub.path!r}",
+        ptx=ptx,
+        ptx_source=f"data.ptx_path={hub.ptx_path!r}",
         reward=ModelScorerSource(reward, "reward") if needs.scorers else None,
         costs=(ModelScorerSource(cost, "cost"),) if needs.scorers else (),
         # The critics load the score models as their weights, so the hub revision applies to them too.

@@ -179,6 +179,9 @@ class HubSettings:
         generation: rollout sampling (``generation.*``).
         rows_per_call: rows per sampling or scoring call of the dualized learners (a DPO step's
             rows; None: one call).
+        ptx_path, ptx_split, ptx_revision: the PTX set of a PPO stage with ``learner.ptx_coeff >
+            0`` (``data.ptx_path``, ``data.ptx_split``, ``data.ptx_revision``): SFT demonstrations,
+            a hub name or a local file in the loaders' formats; None: no PTX set.
     """
 
     policy: str
@@ -195,6 +198,9 @@ class HubSettings:
     max_length: int
     generation: GenerationSpec
     rows_per_call: int | None = None
+    ptx_path: str | None = None
+    ptx_split: str = "train"
+    ptx_revision: str | None = None
 
     def model_spec(self, name: str) -> ModelSpec:
         """A hub model as the groups load it (the setup's revision, dtype and remote-code setting)."""
@@ -231,6 +237,9 @@ class TinySettings:
         regularization: ``scorers.regularization``; sign_weight: ``scorers.sign_weight`` (the cost loss).
         generation: rollout sampling (``generation.*``).
         seed: the root ``seed``.
+        ptx_path, ptx_split, ptx_revision: the PTX set (``data.ptx_*``, as :class:`HubSettings`);
+            it is tokenised with the word-level tokenizer of the training data, so its words outside
+            that vocabulary read as ``<unk>``.
     """
 
     reference: ReferenceConfig
@@ -247,6 +256,9 @@ class TinySettings:
     generation: GenerationSpec
     seed: int = 0
     sign_weight: float = 1.0
+    ptx_path: str | None = None
+    ptx_split: str = "train"
+    ptx_revision: str | None = None
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATE_NAMES or self.template == "chat":

@@ -16,6 +16,9 @@ are independent.
 4. train the reward and 5. the cost model on the pairs (held-out pairwise and sign accuracies),
    when the learner's scorers or critics use them.
 
+With ``learner.ptx_coeff > 0``, step 1 also loads the PTX demonstrations of ``data.ptx_path`` (as the
+hub setup does; their words outside the training data's vocabulary read as ``<unk>``).
+
 The scorers are the trained models in their own units (``scorers.kind=learned``,
 ``scorers.calibrate=false``): there is no ground truth to calibrate against or to evaluate with,
 so the setup has no evaluator (``job=evaluate`` runs the arena on the result).
@@ -42,6 +45,7 @@ from saferl.setups.base import CriticStart, ModelScorerSource, Needs, Setup
 from saferl.setups.hub import (
     load_training_pairs,
     max_prompt_length,
+    ptx_examples,
     training_pairs,
     training_prompts,
 )
@@ -102,6 +106,7 @@ def build(settings: TinySettings, resources: Resources, output: RunOutput, needs
     test_pairs = list(load_preference_dataset(settings.path, split=settings.test_split,
                                               revision=settings.data_revision).records)
     prompts = training_prompts(settings)
+    ptx = ptx_examples(settings, tokenizer) if needs.ptx else []  # before any stage: a bad path fails early
     seconds["data"] = time.perf_counter() - clock
 
     # 3. SFT of the tiny policy on the pairs' safe demonstrations.
@@ -153,6 +158,8 @@ def build(settings: TinySettings, resources: Resources, output: RunOutput, needs
         pairs=pairs if needs.pairs else [],
         num_dropped_pairs=dropped,
         pairs_source=f"data.path={settings.path!r}",
+        ptx=ptx,
+        ptx_source=f"data.ptx_path={settings.ptx_path!r}",
         reward=ModelScorerSource(score["reward"], "reward") if needs.scorers else None,
         costs=(ModelScorerSource(score["cost"], "cost"),) if needs.scorers else (),
         reward_critic=CriticStart(sft_spec, init_from=str(score_dirs["reward"])) if needs.critics else None,

@@ -17,6 +17,9 @@ hosting DeepSpeed engines), each recorded in ``<run>/stages.json`` so that ``res
 6. the exact evaluator: every response of the reference and of a trained policy is enumerated and
    compared with the exact constrained optimum ``π_λ*`` of the same problem.
 
+With ``learner.ptx_coeff > 0`` the PTX set is the world's own SFT demonstrations (stage 1's
+``data.num_sft`` set, loaded back with the SFT loader).
+
 ``model.from_run`` reuses another run's stages 1–4 in place (their settings must match); a run with
 several costs may reuse a harm-only run, and then makes the other costs' pairs and models itself.
 """
@@ -288,6 +291,7 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
     paths = world_dataset_paths(folder / "data")
     prompts = [record.prompt for record in load_prompt_dataset(str(paths.prompts)).records]
     pairs = list(load_preference_dataset(str(paths.preferences_train)).records) if needs.pairs else []
+    ptx = list(load_sft_dataset(str(paths.sft)).records) if needs.ptx else []
     sft_dir = folder / "models" / "sft"
     sft_spec = ModelSpec(name_or_path=str(sft_dir))
     models = folder / "models"
@@ -318,6 +322,8 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         prompts=prompts,
         pairs=pairs,
         pairs_source=str(paths.preferences_train),
+        ptx=ptx,
+        ptx_source=f"the world's SFT demonstrations ({paths.sft})",
         reward=sources[0] if sources else None,
         costs=sources[1:] if sources else (),
         reward_critic=CriticStart(sft_spec, init_from=str(models / "reward_model")) if needs.critics else None,

@@ -388,7 +388,20 @@ ERRORS = [
     # Unknown names.
     ("unknown-learner", ("learner.name=foo",), ["learner.name", "'foo'"]),
     ("unknown-loss", ("learner=preference", "learner.preference.loss=foo"), ["learner.preference.loss", "'foo'"]),
-    ("ptx-without-data", ("learner.ptx_coeff=16",), ["learner.ptx_coeff", "16"]),
+    # PTX on a hub setup needs data.ptx_path (the world's own demonstrations serve on the world).
+    ("ptx-without-data", ("experiment=beaver_v1", "data.ptx_path=null"), ["learner.ptx_coeff", "16.0", "data.ptx_path"]),
+    ("ptx-without-data-tiny", ("data=pku_saferlhf", "data.path=/d/pairs.jsonl", "scorers.calibrate=false",
+                               "learner.ptx_coeff=1"), ["learner.ptx_coeff", "1", "data.ptx_path"]),
+    ("ptx-empty-path", ("experiment=beaver_v1", "data.ptx_path=''"), ["data.ptx_path", "''"]),
+    ("ptx-negative", ("learner.ptx_coeff=-1",), ["learner.ptx_coeff", "-1"]),
+    ("ptx-key-on-world", ("+data.ptx_path=x.jsonl",), ["data", "ptx_path"]),
+    # The deepspeed group holds what every engine shares; the actor's schedule is the learner's key.
+    ("deepspeed-scheduler", ("+deepspeed.scheduler=cosine",), ["deepspeed.scheduler", "'cosine'",
+                                                               "learner.policy_lr_schedule"]),
+    ("deepspeed-warmup", ("+deepspeed.warmup_steps=10",), ["deepspeed.warmup_steps", "10",
+                                                           "learner.policy_lr_warmup_ratio"]),
+    ("deepspeed-learning-rate", ("+deepspeed.learning_rate=0.1",), ["deepspeed.learning_rate", "0.1",
+                                                                    "learner.policy_learning_rate"]),
     ("unknown-multiplier", ("multiplier.kind=foo",), ["multiplier.kind", "'foo'"]),
     # Checked whichever the learner, even one that does not read it.
     ("unknown-multiplier-pecan", ("learner=pecan", "multiplier.kind=foo"), ["multiplier.kind", "'foo'"]),
@@ -521,9 +534,8 @@ DATACLASS_ERRORS = [
      lambda: PPOLagSettings(ppo=PPOSettings(iterations=1, prompts_per_iteration=1), multiplier=None, cost_limit=0.0,
                             policy_learning_rate=-0.5),
      ["learner.policy_learning_rate", "-0.5"]),
-    ("ppo-lag-ptx", lambda: PPOLagSettings(ppo=PPOSettings(iterations=1, prompts_per_iteration=1, ptx_coeff=16.0),
-                                           multiplier=None, cost_limit=0.0),
-     ["learner.ptx_coeff", "16.0"]),
+    ("ppo-ptx-not-a-number", lambda: PPOSettings(iterations=1, prompts_per_iteration=1, ptx_coeff=float("inf")),
+     ["learner.ptx_coeff", "inf"]),
     ("preference-negative-beta", lambda: PreferenceSettings(loss="dpo", hyperparameters={"beta": -1}),
      ["learner.preference.hyperparameters.beta", "-1"]),
     ("preference-unknown-ordering", lambda: PreferenceSettings(ordering="foo"),
@@ -849,6 +861,30 @@ def test_the_actor_schedule_reaches_the_settings_and_a_bad_one_is_refused():
                                                                       "fraction of the steps in [0, 1); found 1.0")):
         with pytest.raises(ConfigError, match=re.escape(fragment)):
             validate(composed(override))
+
+
+def test_beaver_v1_has_the_published_ptx_term_and_cosine_schedule():
+    """PTX at 16 on Alpaca (Safe RLHF's ``--ptx_datasets alpaca --ptx_coeff 16``), the actor's cosine
+    schedule after a 3 % warmup; composed without the hub (nothing is loaded)."""
+    from saferl.learners import ppo_lag
+
+    run = validate(composed("experiment=beaver_v1"))
+    assert run.settings.ppo.ptx_coeff == 16.0 and ppo_lag.needs(run.settings).ptx
+    assert (run.setup.ptx_path, run.setup.ptx_split, run.setup.ptx_revision) == ("tatsu-lab/alpaca", "train", None)
+    assert (run.settings.policy_lr_schedule, run.settings.policy_lr_warmup_ratio) == ("cosine", 0.03)
+    # No PTX set by default, and none needed at ptx_coeff 0.
+    default = validate(composed(*HUB))
+    assert default.setup.ptx_path is None and default.settings.ppo.ptx_coeff == 0.0
+    assert not ppo_lag.needs(default.settings).ptx
+    # On the world the world's SFT demonstrations are the PTX set: no data key needed.
+    world = validate(composed("learner.ptx_coeff=2")).settings
+    assert world.ppo.ptx_coeff == 2.0 and ppo_lag.needs(world).ptx
+    # MoCAN's and RBR's PPO stages read it too.
+    from saferl.learners import mocan, rbr
+
+    assert mocan.needs(validate(composed("experiment=world_mocan", "learner.mocan.stage=ppo",
+                                         "learner.ptx_coeff=1")).settings).ptx
+    assert rbr.needs(validate(composed("experiment=world_rbr", "learner.ptx_coeff=1")).settings).ptx
 
 
 def test_skip_nonfinite_batches_reaches_the_ppo_and_preference_settings_and_a_bad_one_is_refused():

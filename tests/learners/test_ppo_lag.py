@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -349,22 +350,49 @@ def test_score_models_reach_ninety_percent_on_held_out_pairs(ray_cluster, sft_di
         assert metrics["sign_accuracy"] >= 0.9
 
 
-def test_ptx_step_runs_after_the_actor_step(groups, tokenizer):
-    from saferl.learners.sft import sft_batch
+def test_ptx_runs_every_iteration_on_rows_fixed_by_seed_and_iteration(ray_cluster, sft_dir, tokenizer, tmp_path,
+                                                                     monkeypatch):
+    """``ppo_lag.run`` on a world setup (oracle scorers) whose PTX set is the world's demonstrations:
+    each iteration logs a finite PTX loss, and trains on the rows that (seed, iteration) fix."""
+    from saferl.learners import ppo_lag
+    from saferl.learners.output import RunOutput
+    from saferl.learners.sft import PTXBatches
+    from saferl.runtime.resources import Resources
+    from saferl.setups.base import CriticStart, Setup
+    from saferl.setups.world import WorldScorerSource
 
-    groups.restore(groups.initial)
-    demonstrations = make_sft_examples(ROWS, seed=3)
-    batch = sft_batch(demonstrations, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE)
-    learner = groups.learner(
-        LogGradientAscentMultiplier(-0.8, window=ROWS),
-        settings(iterations=1, ptx_coeff=2.0),
-        ptx_batches=lambda iteration: batch,
+    spec = ModelSpec(name_or_path=str(sft_dir))
+    demonstrations = make_sft_examples(64, seed=3)
+    setup = Setup(
+        name="world", policy=spec, tokenizer=tokenizer, template=WORLD_TEMPLATE, max_length=MAX_SEQUENCE_LENGTH,
+        max_prompt_length=MAX_SEQUENCE_LENGTH, generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
+        prompts=[prompt.text for prompt in world_prompts()], reward=WorldScorerSource.oracle("reward", tokenizer),
+        costs=(WorldScorerSource.oracle("cost", tokenizer),), reward_critic=CriticStart(spec),
+        cost_critics=(CriticStart(spec),), ptx=demonstrations,
     )
-    metrics = learner.run()[0]
-    # The PTX loss is ptx_coeff × the demonstrations' mean NLL: positive and finite.
-    assert math.isfinite(metrics["policy/ptx_loss"]) and metrics["policy/ptx_loss"] > 0
+    seen: dict[int, list[list[int]]] = {}
+
+    class RecordedPTXBatches(PTXBatches):
+        def __call__(self, iteration):
+            batch = super().__call__(iteration)
+            seen[iteration] = batch.input_ids.tolist()
+            return batch
+
+    monkeypatch.setattr(ppo_lag, "PTXBatches", RecordedPTXBatches)
+    resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=0.25), RUNTIME, DeepSpeedSpec(zero_stage=2), seed=5)
+    loop = PPOSettings(iterations=2, prompts_per_iteration=16, kl_coeff=0.5, kl_in_cost_stream=False, ptx_coeff=2.0,
+                       seed=5)
+    result = ppo_lag.run(setup, ppo_lag.PPOLagSettings(loop, {"kind": "log_gradient_ascent"}, -0.8), resources,
+                         RunOutput(tmp_path))
+    # ptx_coeff × a token-mean NLL: finite and positive, every iteration.
+    assert [math.isfinite(m["policy/ptx_loss"]) and m["policy/ptx_loss"] > 0 for m in result.history] == [True, True]
+    # The rows of iteration k are those a fresh schedule of the same seed gives (a resumed run's).
+    fresh = PTXBatches(demonstrations, 16, 5, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE)
+    assert sorted(seen) == [0, 1] and all(seen[k] == fresh(k).input_ids.tolist() for k in seen)
+    assert seen[0] != seen[1]
     with pytest.raises(ValueError, match="ptx_coeff > 0 needs a PTX data set"):
-        groups.learner(LogGradientAscentMultiplier(-0.8), settings(ptx_coeff=1.0))
+        ppo_lag.PPOLagrangian(SimpleNamespace(cost_scorers=[]), None, [], None, None, settings(ptx_coeff=1.0), ROWS,
+                              ROWS)
 
 
 # --------------------------------------------------------------------------- numerical guards
