@@ -269,6 +269,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
 
     claim_run_folder(folder, config.resume)  # a fresh run never overwrites another run's outputs
     folder.mkdir(parents=True, exist_ok=True)
+    if config.job == "train":
+        _start_rank_processes(config)
     tracker = _tracker(cfg, config, folder)
     try:
         if config.job == "evaluate":
@@ -287,6 +289,28 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     for offline in offline_run_folders(tracker):
         print(f"W&B offline run: {offline} (upload it with `wandb sync {offline}`)")
     return headline
+
+
+def _start_rank_processes(config: RunConfig) -> None:
+    """Start Ray and the rank processes that one-rank CPU groups share, before the driver's own
+    start-up (the tracker, torch, transformers and DeepSpeed imports: seconds): each rank process
+    spends seconds importing the same libraries, and started here it does so alongside the driver
+    instead of after it. Only for the world and tiny setups, which start Ray and prestart their
+    learner's processes themselves a little later (finding these); the hub's setup loads its
+    models onto whatever ranks its groups ask for.
+
+    Two at most: every learner runs a policy and a reference group (the learner's module, which
+    says how many groups it needs, is one of the imports this overlaps)."""
+    from saferl.runtime.cluster import init_ray
+    from saferl.runtime.pool import prestart_workers, shared_process_limit
+    from saferl.setups.settings import TinySettings, WorldSettings
+
+    resources = config.resources
+    if not isinstance(config.setup, WorldSettings | TinySettings):
+        return
+    init_ray(resources.runtime)
+    if count := min(shared_process_limit(resources.runtime, resources.group), 2):
+        prestart_workers(resources.runtime, resources.group, count)
 
 
 def _tracker(cfg: DictConfig, config: RunConfig, folder: Path):
