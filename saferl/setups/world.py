@@ -38,6 +38,7 @@ from saferl.core.dual import DualProblem, InfeasibleConstraintError, solve
 from saferl.core.targets import TiltTarget, target_logprobs
 from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
 from saferl.data.world import (
+    EOS,
     build_exact_world,
     build_world_tokenizer,
     enumerate_policy_logprobs,
@@ -132,27 +133,81 @@ class WorldScorerSource:
 def enumerate_end_scores(model, tokenizer, prompts, responses, batch_size: int = 4096) -> torch.Tensor:
     """A score model's end score of every enumerated response of every prompt, ``(num_prompts,
     num_responses)`` float64, read as the rollouts are: prompt tokens, then the response's tokens
-    (EOS included when it finished), right-padded, at the last real token."""
-    from saferl.models import end_scores
+    (EOS included when it finished), at the last real token.
 
-    pad = int(tokenizer.pad_token_id)
-    # The responses, right-padded once (K, width); each prompt's rows put its ids in front.
-    width = max(len(ids) for ids in responses.token_ids)
-    response_ids = torch.full((len(responses), width), pad, dtype=torch.long)
-    response_mask = torch.zeros((len(responses), width), dtype=torch.bool)
-    for i, ids in enumerate(responses.token_ids):
-        response_ids[i, : len(ids)] = torch.tensor(ids)
-        response_mask[i, : len(ids)] = True
-    rows = []
-    for prompt in prompts:
-        prompt_ids = torch.tensor(tokenizer(prompt.text, add_special_tokens=False)["input_ids"])
-        input_ids = torch.cat([prompt_ids.expand(len(responses), -1), response_ids], dim=1)
-        attention_mask = torch.cat([torch.ones((len(responses), prompt_ids.numel()), dtype=torch.bool),
-                                    response_mask], dim=1)
-        scores = [end_scores(model, input_ids[start : start + batch_size], attention_mask[start : start + batch_size])
-                  for start in range(0, len(responses), batch_size)]
-        rows.append(torch.cat(scores)[:, 0].double())
-    return torch.stack(rows)
+    The responses form a tree of depth 3 over the vocabulary, and a causal model's hidden state
+    at a token depends only on the tokens up to it; so the prompt is read once, then each level
+    of the tree one token per node, from the key/value cache of its parent: every
+    ``prompt x₁``, ``prompt a x₂``, ``prompt a b x₃`` (a, b non-EOS), about one token per response
+    instead of the whole sequence. The same numbers as one full forward pass per response up to
+    float rounding (float64: 1e-12, tests/setups/test_world_evaluator.py).
+
+    Args:
+        model: a score model (optionally LoRA-wrapped), with a key/value cache.
+        prompts: the world's prompts; responses: :func:`enumerate_responses` of ``tokenizer``.
+        batch_size: the most tree nodes read in one forward pass.
+    """
+    import inspect
+
+    from transformers import DynamicCache
+
+    from saferl.models.scoring import score_backbone, score_head
+
+    backbone, head = score_backbone(model), score_head(model)
+    # The cache's keyword: ``cache`` from transformers 5, ``past_key_values`` before.
+    cache_keyword = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    vocab = torch.arange(len(tokenizer))  # every next token, EOS included
+    others = vocab[vocab != eos]
+    n, v = others.numel(), vocab.numel()
+    # The response each tree node ends, by level (enumerate_responses' order: EOS; a EOS; a b EOS; a b c).
+    index = {ids: i for i, ids in enumerate(responses.token_ids)}
+    others_list = others.tolist()
+    eos_row = index[(eos,)]
+    a_eos_rows = torch.tensor([index[(a, eos)] for a in others_list])  # (n,)
+    a_b_x_rows = torch.tensor([index[(a, b, x)] for a in others_list for b in others_list
+                               for x in vocab.tolist()])  # (n·n·v,), rows (a, b, x₃)
+
+    def read(cache, tokens: torch.Tensor):
+        """Score and cache after one more token per row; ``tokens`` ``(rows,)``."""
+        rows = tokens.numel()
+        past = cache.get_seq_length()
+        outputs = backbone(input_ids=tokens[:, None], attention_mask=torch.ones((rows, past + 1), dtype=torch.long),
+                           use_cache=True, **{cache_keyword: cache})
+        return head(outputs.last_hidden_state[:, -1]).double()[:, 0], cache  # (rows,); the cache grew in place
+
+    def chunked(cache, tokens: torch.Tensor) -> torch.Tensor:
+        """:func:`read` over row chunks of one level (the cache's rows pair with ``tokens``)."""
+        import copy
+
+        if tokens.numel() <= batch_size:
+            return read(cache, tokens)[0]
+        scores = []
+        for start in range(0, tokens.numel(), batch_size):
+            part = copy.deepcopy(cache)
+            part.batch_select_indices(torch.arange(start, min(start + batch_size, tokens.numel())))
+            scores.append(read(part, tokens[start : start + batch_size])[0])
+        return torch.cat(scores)
+
+    table = torch.empty((len(prompts), len(responses)), dtype=torch.float64)
+    for p, prompt in enumerate(prompts):
+        prompt_ids = torch.tensor(tokenizer(prompt.text, add_special_tokens=False)["input_ids"])[None]
+        cache = DynamicCache()
+        backbone(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), use_cache=True, **{cache_keyword: cache})
+        # Level 1: prompt x₁ for every token (EOS ends the response "EOS").
+        cache.batch_repeat_interleave(v)
+        level_1, cache = read(cache, vocab)  # (v,), rows x₁
+        table[p, eos_row] = level_1[eos]
+        # Level 2: prompt a x₂ for a non-EOS; x₂ = EOS ends "a EOS".
+        cache.batch_select_indices(others)
+        cache.batch_repeat_interleave(v)
+        level_2, cache = read(cache, vocab.repeat(n))  # (n·v,), rows (a, x₂)
+        table[p, a_eos_rows] = level_2.reshape(n, v)[:, eos]
+        # Level 3: prompt a b x₃ for a, b non-EOS: "a b EOS" and "a b c".
+        cache.batch_select_indices((torch.arange(n)[:, None] * v + others[None, :]).flatten())  # rows (a, b)
+        cache.batch_repeat_interleave(v)
+        table[p, a_b_x_rows] = chunked(cache, vocab.repeat(n * n))  # rows (a, b, x₃)
+    return table
 
 
 @dataclass(frozen=True)
