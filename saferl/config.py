@@ -565,8 +565,8 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
                 f"(pick it with learner={name})"
             )
     if learner in ("pecan", "preference", "cdpo"):
-        # The preference learner guards its steps against NaN/inf (PPO's keys hold the flag too).
-        allowed = {"name", learner} | ({"skip_nonfinite_batches"} if learner == "preference" else set())
+        # The learner-level guard against NaN/inf (PPO's keys hold the flag for the PPO learners).
+        allowed = {"name", learner, "skip_nonfinite_batches"}
         _unknown(learner_values, allowed, "learner", f" for learner={learner}")
         if learner not in learner_values:
             raise ConfigError(f"learner.{learner}: missing (the {learner} learner's section)")
@@ -586,7 +586,7 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
         if "mocan" not in learner_values:
             raise ConfigError("learner.mocan: missing (the mocan learner's section)")
         settings = _build(learner_values["mocan"], "learner.mocan", MocanSettings, beta=beta, cost_limit=cost_limit,
-                          ppo=ppo, seed=seed)
+                          ppo=ppo, seed=seed, skip_nonfinite_batches=ppo.ppo.skip_nonfinite_batches)
         _divides(settings.dpo_pairs_per_step, "learner.mocan.dpo_pairs_per_step", num_ranks)
     elif learner == "rbr":
         if "rbr" not in learner_values:
@@ -594,10 +594,11 @@ def _learner_settings(cfg: DictConfig, learner: str, learner_values: dict, *, be
         settings = _build(learner_values["rbr"], "learner.rbr", RBRSettings, ppo=ppo, seed=seed)
     elif learner == "cdpo":
         settings = _build(learner_values["cdpo"], "learner.cdpo", CDPOSettings, beta=beta, cost_limit=cost_limit,
-                          seed=seed)
+                          seed=seed, skip_nonfinite_batches=learner_values.get("skip_nonfinite_batches", False))
         _divides(settings.dpo_pairs_per_step, "learner.cdpo.dpo_pairs_per_step", num_ranks)
     elif learner == "pecan":
-        settings = _build(learner_values["pecan"], "learner.pecan", PecanSettings, beta=beta, seed=seed)
+        settings = _build(learner_values["pecan"], "learner.pecan", PecanSettings, beta=beta, seed=seed,
+                          skip_nonfinite_batches=learner_values.get("skip_nonfinite_batches", False))
         _divides(settings.dpo_pairs_per_step, "learner.pecan.dpo_pairs_per_step", num_ranks)
     else:
         settings = _build(learner_values["preference"], "learner.preference", PreferenceSettings, beta=beta,

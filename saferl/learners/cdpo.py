@@ -280,6 +280,7 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
                 policy_group=policy,
                 tracker=_OffsetTracker(output.tracker, len(history), round_metrics),
                 progress=output.stage_progress(f"cdpo_round{round_number}", settings.dpo_steps),
+                skip_nonfinite_batches=settings.skip_nonfinite_batches,
             )
             history.extend({**step, **round_metrics} for step in steps)
             policy_dir = Path(exported) if exported is not None else policy_dir

@@ -356,6 +356,7 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
             folder / "models" / "policy_dpo", steps=settings.dpo_steps, pairs_per_step=settings.dpo_pairs_per_step,
             learning_rate=settings.dpo_learning_rate, seed=settings.seed, tracker=output.tracker,
             progress=output.stage_progress("mocan_dpo", settings.dpo_steps),
+            skip_nonfinite_batches=settings.skip_nonfinite_batches,
         )
     seconds["align"] = time.perf_counter() - clock
     return replace(result, policy_dir=Path(policy_dir), history=history)

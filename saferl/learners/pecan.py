@@ -125,6 +125,7 @@ def run(setup: Setup, settings: PecanSettings, resources: Resources, output: Run
             steps=settings.dpo_steps, pairs_per_step=settings.dpo_pairs_per_step,
             learning_rate=settings.dpo_learning_rate, seed=settings.seed, reference=reference,
             tracker=output.tracker, progress=output.stage_progress(stage, settings.dpo_steps),
+            skip_nonfinite_batches=settings.skip_nonfinite_batches,
         )
         history.extend(steps)
         return policy_dir

@@ -166,6 +166,8 @@ class MocanSettings:
         ppo: ``stage="ppo"``'s loop (the ``learner.*`` PPO keys; its multiplier is replaced by
             λ̂ fixed).
         seed: sampling and label seed (the root ``seed``).
+        skip_nonfinite_batches: ``learner.skip_nonfinite_batches`` for the DPO stage too (a step
+            with NaN/inf reference log-probs or loss is skipped and counted instead of stopping).
     """
 
     beta: float = 0.5
@@ -182,8 +184,10 @@ class MocanSettings:
     num_prompts: int | None = None
     ppo: PPOLagSettings | None = None
     seed: int = 0
+    skip_nonfinite_batches: bool = False
 
     def __post_init__(self) -> None:
+        check_skip_nonfinite(self.skip_nonfinite_batches)
         if self.stage not in ("dpo", "ppo"):
             raise ValueError(f"learner.mocan.stage must be 'dpo' or 'ppo'; found {self.stage!r}")
         if self.num_samples < 2 or self.num_samples % 2:
@@ -229,6 +233,7 @@ class CDPOSettings:
         evaluate_rounds: score each round's policy with the setup's evaluator where it has one (the
             world's exact yardsticks per round; their seconds are kept apart from the rounds').
         seed: sampling and label seed (the root ``seed``).
+        skip_nonfinite_batches: ``learner.skip_nonfinite_batches`` for every round's DPO.
     """
 
     beta: float = 0.5
@@ -244,8 +249,11 @@ class CDPOSettings:
     dpo_learning_rate: float = 1e-3
     evaluate_rounds: bool = False
     seed: int = 0
+    skip_nonfinite_batches: bool = False
 
     def __post_init__(self) -> None:
+        check_skip_nonfinite(self.skip_nonfinite_batches)
+
         def integer(key: str, minimum: int) -> int:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -302,6 +310,7 @@ class PecanSettings:
         num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
             in data order; None: all of them).
         seed: sampling and pair-order seed (the root ``seed``).
+        skip_nonfinite_batches: ``learner.skip_nonfinite_batches`` for every DPO run.
     """
 
     beta: float = 0.5
@@ -315,8 +324,10 @@ class PecanSettings:
     predict_only: bool = False
     num_prompts: int | None = None
     seed: int = 0
+    skip_nonfinite_batches: bool = False
 
     def __post_init__(self) -> None:
+        check_skip_nonfinite(self.skip_nonfinite_batches)
         if not isinstance(self.num_samples, int) or self.num_samples < 2 or self.num_samples % 2:
             raise ValueError(f"learner.pecan.num_samples must be an even integer >= 2; found {self.num_samples!r}")
         if self.margin is None or not float(self.margin) >= 0:

@@ -889,11 +889,14 @@ def test_beaver_v1_has_the_published_ptx_term_and_cosine_schedule():
 
 def test_skip_nonfinite_batches_reaches_the_ppo_and_preference_settings_and_a_bad_one_is_refused():
     """``learner.skip_nonfinite_batches``: off by default (a NaN stops the run), on when set, for
-    the PPO learners and the preference learner; a string is refused with the key named."""
+    the PPO learners and every learner's DPO steps (preference, PeCAN, C-DPO, MoCAN); a string is
+    refused with the key named."""
     assert validate(composed()).settings.ppo.skip_nonfinite_batches is False
     assert validate(composed("learner.skip_nonfinite_batches=true")).settings.ppo.skip_nonfinite_batches is True
-    preference = validate(composed("learner=preference", "learner.skip_nonfinite_batches=true")).settings
-    assert preference.skip_nonfinite_batches is True
-    for learner in ("ppo_lag", "preference"):
+    for learner in ("preference", "pecan", "cdpo", "mocan"):  # their DPO steps: the same guard
+        assert validate(composed(f"learner={learner}")).settings.skip_nonfinite_batches is False
+        on = validate(composed(f"learner={learner}", "learner.skip_nonfinite_batches=true")).settings
+        assert on.skip_nonfinite_batches is True, learner
+    for learner in ("ppo_lag", "preference", "pecan", "cdpo"):
         with pytest.raises(ConfigError, match=re.escape("learner.skip_nonfinite_batches: expected true or false")):
             validate(composed(f"learner={learner}", "learner.skip_nonfinite_batches=sometimes"))
