@@ -20,9 +20,11 @@ What cannot be made the same (the table says so too):
   critic next to the policy (plus the ground-truth harm cost and a Lagrange multiplier); TRL's RLOO
   and GRPO have no critic and no cost: they sample ``--generations`` completions per prompt (so
   ``--batch / --generations`` prompts per update) and use the group's rewards as the baseline;
-* saferl runs every model in its own Ray actor (one rank each, CPU, ZeRO-2 DeepSpeed engines for
-  the policy and the critics): policy, reference, reward critic and cost critic, 4 processes. TRL
-  runs one process (accelerate on CPU, no DeepSpeed), with the reference model in it.
+* saferl runs its 4 models (policy, reference, reward critic and cost critic) as one-rank Ray actor
+  groups (CPU, ZeRO-2 DeepSpeed engines for the policy and the critics) in rank processes they
+  share, as many as the machine has cores (``runtime.max_single_rank_processes``, default: 2 on a
+  2-core machine); the policy's and the critics' updates run side by side. TRL runs one process
+  (accelerate on CPU, no DeepSpeed), with the reference model in it.
 
 A sample is one completion scored. Each side's rate is its steady state: the wall time from the end
 of update 1 to the end of the last update (so one-off model builds, process and actor starts and the
@@ -428,10 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ray.shutdown()  # the ranks' buffered log lines arrive before the table, not after it
     k = settings.generations
+    from saferl.runtime import GroupSpec, RuntimeSpec
+    from saferl.runtime.pool import shared_process_limit
+
+    processes = min(4, shared_process_limit(RuntimeSpec(), GroupSpec(num_ranks=1, cpus_per_rank=1.0))) or 4
     notes = {
-        SIDES[
-            0
-        ]: "1 completion/prompt; policy, reference, reward + cost critics: 4 Ray actors, ZeRO-2",
+        SIDES[0]: f"1 completion/prompt; policy, reference, reward + cost critics: 4 one-rank groups in "
+                  f"{processes} Ray processes, ZeRO-2",
         SIDES[1]: f"{k} completions/prompt, no critic; one process, reference in it",
         SIDES[2]: f"{k} completions/prompt, no critic; one process, reference in it",
     }

@@ -8,7 +8,9 @@ any load and refuses a folder that needs its own code (an ``auto_map`` for a ``m
 ``tokenizer_class`` transformers has no class of), naming the file, the key found and the config
 key that allows it. Every load path calls it first (builders, :mod:`saferl.models.io`, tokenizers,
 the safe-rlhf reader, the hub setup's checks, judges and graders), so the refusal comes before
-transformers' own (whose message does not name saferl's key) and before any actor starts. An
+transformers' own (whose message does not name saferl's key) and before any actor starts. A hub
+repo is read from the local cache only (never downloaded for the check): one not downloaded yet
+meets transformers' own refusal instead, whose message names its ``trust_remote_code``. An
 ``auto_map`` next to a ``model_type`` transformers knows is not refused: with
 ``trust_remote_code=False`` transformers loads its own class and runs none of the folder's code
 (refusing would push users to turn on code execution for a model that needs none).
@@ -55,11 +57,15 @@ def _read_json(source: str, filename: str, revision: str | None) -> tuple[str, d
     else:
         from transformers.utils import cached_file
 
-        try:  # the cached snapshot, or the same download transformers would make a moment later
+        # The cached snapshot only: no network here (an offline node would wait on connection
+        # timeouts, tens of seconds per file). A repo not yet downloaded is checked by
+        # transformers itself, which refuses its code without trust_remote_code as well.
+        try:
             resolved = cached_file(
                 source,
                 filename,
                 revision=revision,
+                local_files_only=True,
                 _raise_exceptions_for_missing_entries=False,
                 _raise_exceptions_for_connection_errors=False,
                 _raise_exceptions_for_gated_repo=False,

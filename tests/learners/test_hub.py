@@ -182,7 +182,8 @@ def test_settings_that_cannot_run_name_their_key(hub_folder, tmp_path, changes, 
 @pytest.mark.slow
 def test_the_beaver_v1_preset_trains_through_the_cli_on_hub_format_files(ray_cluster, hub_folder, tmp_path):
     """``saferl experiment=beaver_v1`` with the models and data pointed at local hub-format files
-    (and shrunk to a CPU): the published preset's code path, end to end."""
+    (and shrunk to a CPU): the published preset's code path, end to end, its PTX term (16) on a
+    local file in Alpaca's format (instruction, input, output) instead of tatsu-lab/alpaca."""
     import json
 
     from hydra import compose, initialize_config_dir
@@ -190,6 +191,12 @@ def test_the_beaver_v1_preset_trains_through_the_cli_on_hub_format_files(ray_clu
     from saferl.cli import CONFIG_DIR
     from saferl.cli import run as run_cli
 
+    # Alpaca's columns, on the world's words (the pairs' prompts and preferred responses).
+    pairs = [json.loads(line) for line in (hub_folder / "pku" / "train.jsonl").read_text().splitlines()][:16]
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text("".join(json.dumps({"instruction": pair["prompt"], "input": "", "output": pair["response_0"]}) + "\n"
+                              for pair in pairs))
+    output_dir = tmp_path / "run"
     overrides = [
         "experiment=beaver_v1",
         f"model.policy={hub_folder / 'policy'}",
@@ -204,18 +211,21 @@ def test_the_beaver_v1_preset_trains_through_the_cli_on_hub_format_files(ray_clu
         "deepspeed.precision=fp32",
         "learner.iterations=1",
         f"learner.prompts_per_iteration={ROWS}",
+        f"data.ptx_path={alpaca}",
         "logger=jsonl",
-        f"output_dir={tmp_path}",
+        f"output_dir={output_dir}",
     ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     assert cfg.learner.policy_learning_rate == 1e-5 and cfg.cost_limit == 0.0  # still the preset's
+    assert cfg.learner.ptx_coeff == 16 and cfg.learner.policy_lr_schedule == "cosine"
     run_cli(cfg)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    result = json.loads((tmp_path / "result.json").read_text())
+    summary = json.loads((output_dir / "summary.json").read_text())
+    result = json.loads((output_dir / "result.json").read_text())
     assert summary["method"] == "ppo_lag" and summary["cost_limit"] == 0.0 and summary["beta"] == 0.01
     assert len(result["history"]) == 1 and summary["multiplier"] == result["multiplier"]
-    assert (tmp_path / summary["policy_dir"] / "config.json").is_file()
+    assert result["history"][0]["policy/ptx_loss"] > 0  # the PTX step ran on the demonstrations
+    assert (output_dir / summary["policy_dir"] / "config.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
