@@ -4,15 +4,16 @@ after the other (the cluster's start is most of the cost, so they share it):
 
 1. **Spread groups**: a 2-rank policy group spread over the two workers with STRICT_SPREAD and a
    reference group colocated with it; one train step, one generation and one reference forward.
-2. **PPO-Lagrangian**: one iteration of the ``ppo_lag`` learner (``saferl.learners.ppo_lag.run``) on
+2. **PPO-Lagrangian**: two iterations of the ``ppo_lag`` learner (``saferl.learners.ppo_lag.run``) on
    the world's pieces with one rank of 1 CPU per role, so the six roles (policy, reference, reward
    and cost score models, both critics) cannot fit on one node and are spread over both.
 
-3. **A lost node**: a third worker raylet joins; the same PPO-Lagrangian stage runs two iterations
-   uninterrupted, then again with a checkpoint after each iteration, and once its second iteration
-   is done (before that checkpoint) a worker node holding its rank processes is removed from the
-   cluster. The run goes on by itself (:func:`saferl.runtime.recovery.run_with_restarts`, as the
-   CLI runs every job) from the first iteration's checkpoint on the nodes left.
+3. **A lost node**: a third worker raylet joins; part 2's PPO-Lagrangian stage runs again with a
+   checkpoint after each iteration, and once its second iteration is done (before that checkpoint)
+   a worker node holding its rank processes is removed from the cluster. The run goes on by itself
+   (:func:`saferl.runtime.recovery.run_with_restarts`, as the CLI runs every job) from the first
+   iteration's checkpoint on the nodes left; part 2 is the uninterrupted run it is compared with
+   (the same settings and seed: where the ranks run does not change the numbers).
 
 Prints one JSON line: ``{"worker_node_ids": ..., "spread": {...}, "ppo_lag": {...},
 "recovered": {...}}``; the second part's rank processes are told apart from the first's by their
@@ -123,8 +124,9 @@ def spread_groups(address: str) -> dict:
     return result
 
 
-def recovered_from_a_lost_node(cluster: Cluster, setup: Setup, resources: Resources, folder: Path) -> dict:
-    """Part 3: the uninterrupted run and the run that loses a node, side by side in the result."""
+def recovered_from_a_lost_node(cluster: Cluster, setup: Setup, settings: PPOLagSettings, resources: Resources,
+                               folder: Path) -> dict:
+    """Part 3: the run that loses a node (part 2 is its uninterrupted twin)."""
     from dataclasses import replace
 
     from saferl.learners.run_state import saved_state
@@ -132,11 +134,6 @@ def recovered_from_a_lost_node(cluster: Cluster, setup: Setup, resources: Resour
 
     cluster.add_node(num_cpus=3)
     cluster.wait_for_nodes()
-    settings = PPOLagSettings(
-        PPOSettings(iterations=2, prompts_per_iteration=16, kl_coeff=0.5),
-        {"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 16}, -0.8,
-    )
-    uninterrupted = ppo_lag.run(setup, settings, resources, RunOutput(folder / "uninterrupted", checkpoint_every=1))
     removed: list[str] = []
 
     def remove_a_node_after_iteration_2(stage: str, step: int, total: int, metrics: dict) -> None:
@@ -159,7 +156,6 @@ def recovered_from_a_lost_node(cluster: Cluster, setup: Setup, resources: Resour
     return {
         "removed_node": removed,
         "restarts": [restart.to_dict() for restart in restarts],
-        "uninterrupted": {"history": uninterrupted.history, "multiplier": uninterrupted.multiplier},
         "recovered": {"history": recovered.history, "multiplier": recovered.multiplier},
     }
 
@@ -204,7 +200,7 @@ def main() -> int:
             cost_critics=(CriticStart(sft, init_from=str(folder / "cost")),),
         )
         settings = PPOLagSettings(
-            PPOSettings(iterations=1, prompts_per_iteration=16, kl_coeff=0.5),
+            PPOSettings(iterations=2, prompts_per_iteration=16, kl_coeff=0.5),
             {"kind": "log_gradient_ascent", "initial_value": 1.0, "lr": 0.1, "window": 16}, -0.8,
         )
         resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=1.0), runtime, DeepSpeedSpec(), seed=0)
@@ -214,7 +210,7 @@ def main() -> int:
         # role here, since the six groups start at once and none is reused).
         nodes = [a.node_id for a in list_actors(detail=True, limit=1000)
                  if a.class_name == "RankHost" and a.actor_id in part_2_hosts]
-        recovered = recovered_from_a_lost_node(cluster, setup, resources, folder)
+        recovered = recovered_from_a_lost_node(cluster, setup, settings, resources, folder)
         result = {
             "worker_node_ids": sorted(node.node_id for node in worker_nodes),
             "spread": spread,
