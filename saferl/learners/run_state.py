@@ -264,6 +264,13 @@ def resume_checkpoint(folder: str | Path, notice: Callable[[str], None]) -> Path
     for candidate in (target, previous):
         if not candidate.exists():  # a kill between the two renames of a save leaves no `target`
             continue
+        marker = candidate / MANIFEST_FILE
+        if not damaged and marker.is_file() and marker.stat().st_size == 0:
+            # saferl wrote an empty marker, last, before checkpoints had checksums: complete, but
+            # there is nothing to check its files against. A run saved then still resumes.
+            notice(f"the checkpoint {candidate} was written before checkpoints had checksums: its files "
+                   "are not verified")
+            return candidate
         problems = verify_checkpoint(candidate)
         if not problems:
             if candidate == previous and damaged:

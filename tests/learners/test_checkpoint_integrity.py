@@ -128,6 +128,21 @@ def test_an_unreadable_manifest_is_named(two_checkpoints):
     assert problem.startswith(f"{newest / 'COMPLETE'}: not a readable checkpoint manifest (JSONDecodeError")
 
 
+def test_a_checkpoint_from_before_checksums_still_resumes_and_says_it_is_unverified(tmp_path):
+    """saferl wrote an empty ``COMPLETE`` last before checkpoints had manifests: a run saved then
+    resumes from it (nothing to verify), saying so, rather than being refused as corrupt."""
+    folder = tmp_path / "checkpoints" / "ppo_lag"
+    save_iteration(3)(folder)
+    (folder / "COMPLETE").write_text("")
+    notices: list[str] = []
+    assert resume_checkpoint(folder, notices.append) == folder and loaded_iteration(folder) == 3
+    assert notices == [f"the checkpoint {folder} was written before checkpoints had checksums: its files are not verified"]
+    # A non-empty manifest that does not parse is damage, not an old checkpoint.
+    (folder / "COMPLETE").write_text("{trunc")
+    with pytest.raises(CorruptCheckpointError, match="not a readable checkpoint manifest"):
+        resume_checkpoint(folder, notices.append)
+
+
 def test_no_good_checkpoint_left_is_an_error_naming_every_bad_file(two_checkpoints):
     newest, previous = two_checkpoints
     with open(newest / "state.pt", "r+b") as stream:
