@@ -149,8 +149,11 @@ def recovered_from_a_lost_node(cluster: Cluster, setup: Setup, settings: PPOLagS
 
     output = RunOutput(folder / "recovered", progress=remove_a_node_after_iteration_2, checkpoint_every=1)
     restarts: list = []
+    # After the loss every rank process is started anew; two shared ones (rather than one per
+    # role) start sooner and compute the same numbers (tests/runtime/test_pool.py).
+    restarted = replace(resources, runtime=replace(resources.runtime, max_single_rank_processes=2))
     recovered = run_with_restarts(
-        lambda resume: ppo_lag.run(setup, settings, resources, replace(output, resume=resume)),
+        lambda resume: ppo_lag.run(setup, settings, restarted, replace(output, resume=resume)),
         resume=False, max_restarts=2, saved_state=lambda: saved_state(output.folder), on_restart=restarts.append,
     )
     return {
