@@ -17,8 +17,9 @@ from saferl.runtime.group import RankLostError
 
 
 @pytest.fixture
-def losing_job(monkeypatch) -> list[bool]:
-    """``train`` loses reward_critic rank 0 at every attempt; records each attempt's ``resume``."""
+def losing_job(monkeypatch) -> list:
+    """``train`` loses reward_critic rank 0 at every attempt; records each attempt's ``resume`` and
+    each closing of the worker pool, in order."""
     attempts: list[bool] = []
 
     def train(config, folder, tracker):
@@ -28,6 +29,8 @@ def losing_job(monkeypatch) -> list[bool]:
 
     monkeypatch.setattr(cli, "train", train)
     monkeypatch.setattr(cli, "_start_rank_processes", lambda config: None)  # no Ray for a stub job
+    # The pool is the test session's: its idle rank processes serve the next tests.
+    monkeypatch.setattr("saferl.runtime.recovery.close_worker_pool", lambda: attempts.append("pool closed"))
     return attempts
 
 
@@ -52,7 +55,8 @@ def test_used_up_restarts_stop_in_one_line_naming_the_lost_rank_and_the_resume_c
     status, err = run_main(monkeypatch, capsys, "debug=tiny", "runtime.max_restarts=2", "logger=jsonl",
                            "hydra.run.dir=lost")
     assert status == 1 and "Traceback" not in err
-    assert losing_job == [False, True, True]  # the first attempt as asked, then two restarts resumed
+    # The first attempt as asked; after each loss the rank processes go, then a resumed attempt.
+    assert losing_job == [False, "pool closed", True, "pool closed", True, "pool closed"]
     restarts = [line for line in err.splitlines() if line.startswith("saferl: reward_critic rank 0 was lost")]
     assert len(restarts) == 2 and "automatic restart 1 " in restarts[0] and "automatic restart 2 " in restarts[1]
     (final,) = [line for line in err.splitlines() if line.startswith("saferl: error:")]
@@ -72,6 +76,6 @@ def test_no_restart_allowed_stops_at_the_first_loss(losing_job, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     status, err = run_main(monkeypatch, capsys, "debug=tiny", "runtime.max_restarts=0", "logger=jsonl",
                            "hydra.run.dir=lost")
-    assert status == 1 and losing_job == [False]
+    assert status == 1 and losing_job == [False, "pool closed"]
     assert not any(line.startswith("saferl: reward_critic") for line in err.splitlines())  # no restart said
     assert "used its 0 automatic restart(s)" in err
