@@ -20,7 +20,7 @@ from saferl.runtime.group import RankLostError
 def losing_job(monkeypatch) -> list:
     """``train`` loses reward_critic rank 0 at every attempt; records each attempt's ``resume`` and
     each closing of the worker pool, in order."""
-    attempts: list[bool] = []
+    attempts: list = []
 
     def train(config, folder, tracker):
         attempts.append(config.resume)
