@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from saferl.atomic_files import write_text_atomically
+
 __all__ = [
     "METRIC_NAMESPACES",
     "LOGGER_DEFAULTS",
@@ -159,9 +161,7 @@ class JsonlTracker:
     def _drop_superseded(self, keys: set[str], step: int) -> None:
         """Rewrite the file without its rows holding one of ``keys`` at a step ≥ ``step``."""
         kept = [row for row in self.read() if row["step"] < step or not keys.intersection(row)]
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         self._last_step = {}
         for row in kept:
             self._note(row)
@@ -342,9 +342,7 @@ def _read_metadata(run_dir: Path) -> dict[str, Any] | None:
 
 def _write_metadata(run_dir: Path, record: Mapping[str, Any]) -> None:
     """``run_metadata.json``, swapped in whole (a kill mid-write leaves the previous file)."""
-    temporary = run_dir / (METADATA_FILE + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(temporary, run_dir / METADATA_FILE)
+    write_text_atomically(run_dir / METADATA_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def recorded_restarts(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from saferl.atomic_files import write_text_atomically
+
 __all__ = [
     "StageRecords",
     "RunFolderInUseError",
@@ -120,9 +122,7 @@ class StageRecords:
         """Record ``stage`` as finished with ``settings`` (written atomically)."""
         self._records[stage] = {**record, "settings": settings}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(self._records, indent=2) + "\n")
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, json.dumps(self._records, indent=2) + "\n")
 
 
 def _require_same_settings(stage: str, recorded: Any, wanted: dict[str, Any], path: Path) -> None:

@@ -47,6 +47,7 @@ __all__ = ["ActorGroup", "RankLostError"]
 
 logger = logging.getLogger(__name__)
 
+
 class RankLostError(RuntimeError):
     """A rank's process (or its node) went away mid-call: the run can go on from its last
     checkpoint once the group is started again (:mod:`saferl.runtime.recovery`), unlike a rank

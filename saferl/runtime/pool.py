@@ -262,8 +262,7 @@ class WorkerPool:
             entry = min(serving, key=lambda e: len(e.users))  # the first of the least busy
             entry.users.add(slot)
             return entry
-        entry.users = {slot}
-        self._shared.append(entry)
+        self.add_shared(entry, slot)
         return entry
 
     def add_shared(self, entry: HostSet, slot: str) -> None:
@@ -277,16 +276,17 @@ class WorkerPool:
         groups in them fail at their next call, as they would if a process died)."""
         entry.users.discard(slot)
         if not clean:
-            if entry in self._shared:
-                self._shared.remove(entry)
             entry.users.clear()
-            entry.kill()
+        else:
+            entry.release(slot)
+        if entry.users:  # other groups still use it
             return
-        entry.release(slot)
-        if not entry.users:
-            if entry in self._shared:
-                self._shared.remove(entry)
+        if entry in self._shared:
+            self._shared.remove(entry)
+        if clean:
             self.give_back(entry, released=True)
+        else:
+            entry.kill()
 
     def give_back(self, entry: HostSet, released: bool = False) -> None:
         """Release ``entry``'s workers (asynchronously; ``released``: already asked) and keep it

@@ -168,25 +168,26 @@ def enumerate_end_scores(model, tokenizer, prompts, responses, batch_size: int =
     a_b_x_rows = torch.tensor([index[(a, b, x)] for a in others_list for b in others_list
                                for x in vocab.tolist()])  # (n·n·v,), rows (a, b, x₃)
 
-    def read(cache, tokens: torch.Tensor):
-        """Score and cache after one more token per row; ``tokens`` ``(rows,)``."""
+    def read(cache, tokens: torch.Tensor) -> torch.Tensor:
+        """Scores ``(rows,)`` after one more token per row (``tokens`` ``(rows,)``); the cache
+        grows by that token in place."""
         rows = tokens.numel()
         past = cache.get_seq_length()
         outputs = backbone(input_ids=tokens[:, None], attention_mask=torch.ones((rows, past + 1), dtype=torch.long),
                            use_cache=True, **{cache_keyword: cache})
-        return head(outputs.last_hidden_state[:, -1]).double()[:, 0], cache  # (rows,); the cache grew in place
+        return head(outputs.last_hidden_state[:, -1]).double()[:, 0]
 
     def chunked(cache, tokens: torch.Tensor) -> torch.Tensor:
         """:func:`read` over row chunks of one level (the cache's rows pair with ``tokens``)."""
         import copy
 
         if tokens.numel() <= batch_size:
-            return read(cache, tokens)[0]
+            return read(cache, tokens)
         scores = []
         for start in range(0, tokens.numel(), batch_size):
             part = copy.deepcopy(cache)
             part.batch_select_indices(torch.arange(start, min(start + batch_size, tokens.numel())))
-            scores.append(read(part, tokens[start : start + batch_size])[0])
+            scores.append(read(part, tokens[start : start + batch_size]))
         return torch.cat(scores)
 
     table = torch.empty((len(prompts), len(responses)), dtype=torch.float64)
@@ -196,12 +197,12 @@ def enumerate_end_scores(model, tokenizer, prompts, responses, batch_size: int =
         backbone(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), use_cache=True, **{cache_keyword: cache})
         # Level 1: prompt x₁ for every token (EOS ends the response "EOS").
         cache.batch_repeat_interleave(v)
-        level_1, cache = read(cache, vocab)  # (v,), rows x₁
+        level_1 = read(cache, vocab)  # (v,), rows x₁
         table[p, eos_row] = level_1[eos]
         # Level 2: prompt a x₂ for a non-EOS; x₂ = EOS ends "a EOS".
         cache.batch_select_indices(others)
         cache.batch_repeat_interleave(v)
-        level_2, cache = read(cache, vocab.repeat(n))  # (n·v,), rows (a, x₂)
+        level_2 = read(cache, vocab.repeat(n))  # (n·v,), rows (a, x₂)
         table[p, a_eos_rows] = level_2.reshape(n, v)[:, eos]
         # Level 3: prompt a b x₃ for a, b non-EOS: "a b EOS" and "a b c".
         cache.batch_select_indices((torch.arange(n)[:, None] * v + others[None, :]).flatten())  # rows (a, b)
