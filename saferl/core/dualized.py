@@ -21,6 +21,17 @@ Departure from the published PeCAN code: it fed the raw log-ratios (no factor β
 which makes DPO at β reach ``π ∝ π_ref exp(s/β²)`` instead of ``π_λ*``. The consistent labelling
 (β inside the score) is the default here; the published one is ``consistent=False``.
 
+Why DPO alone misses ``π_λ*`` on finite samples, and the anchor that fixes it
+(:func:`sample_target_weights`): the pairs only fix log-ratio *differences* between the sampled
+responses of a prompt, so the mass DPO leaves on the responses never sampled is free, and in
+practice it grows (likelihood displacement). On the exact world with K = 256 reference samples
+per prompt, which hold 99.7 % of ``π_λ*``'s mass, DPO run to convergence on every pair put up to
+26 % of a prompt's mass outside the sample and ended at normalised Lagrangian gap 0.55. The
+sample-target cross-entropy ``−Σ_{y∈S} q(y) log π(y|x)``, with ``q = π_λ(·|S)`` computed exactly
+from the reference log-probs and the scores, is minimised by ``π_λ(·|S)`` itself, which also
+minimises the DPO loss on those pairs: adding it leaves the target unchanged and pins the mass
+outside the sample (gap 0.003 in the same experiment).
+
 Pure functions of tensors and floats; float64 is recommended for the dual.
 """
 
@@ -36,6 +47,7 @@ __all__ = [
     "pseudo_preference_prob",
     "pecan_scores",
     "mocan_dual",
+    "sample_target_weights",
 ]
 
 
@@ -192,3 +204,58 @@ def mocan_dual(
             margin = torch.as_tensor(margin, dtype=torch.float64)
         cost_limit = limit_from_margin(reference_expected_cost, margin)
     return solve_from_samples(rewards, costs, beta, cost_limit)
+
+
+def sample_target_weights(
+    prompt_index: torch.Tensor,
+    response_index: torch.Tensor,
+    reference_logps: torch.Tensor,
+    scores: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Per-row weights ``w`` of the sample-target cross-entropy (see the module docstring).
+
+    With ``S_x`` the distinct responses among prompt ``x``'s rows, ``n(x, y)`` the rows holding
+    ``y`` and ``P`` the number of prompts, the target on the sample is
+    ``q(y|x) = π_ref(y|x) e^{s(x,y)/β} / Σ_{y'∈S_x} π_ref(y'|x) e^{s(x,y')/β} = π_λ(y | x, S_x)``
+    and the row weight is ``w = q(y|x) / (n(x, y) · P)``, so that
+
+        ``Σ_rows w · (−log π(y|x)) = (1/P) Σ_x Σ_{y∈S_x} q(y|x) · (−log π(y|x))``,
+
+    the mean over prompts of the cross-entropy from ``π_λ(·|x, S_x)`` to ``π``. Its minimiser over
+    ``π`` is ``π_λ(·|x, S_x)`` (no mass outside the sample), which is also a minimiser of DPO on
+    any pairs of ``S_x`` labelled ``σ(s_0 − s_1)``.
+
+    Args:
+        prompt_index: ``(R,)`` int, the prompt of each row.
+        response_index: ``(R,)`` int, equal on two rows of the same prompt exactly when they hold
+            the same response (e.g. ``torch.unique(input_ids, dim=0, return_inverse=True)``).
+        reference_logps: ``(R,)`` ``log π_ref(y|x)`` (summed over the response's tokens).
+        scores: ``(R,)`` the composite score ``s(x, y)``, e.g. ``r − λ·c``.
+        beta: the KL weight β > 0.
+
+    Returns:
+        ``(R,)`` float64 weights, ≥ 0, summing to 1.
+
+    Example (worked, one prompt, β = 1): rows ``y_a, y_a, y_b`` with ``log π_ref = log 0.5,
+    log 0.5, log 0.25`` and ``s = 0, 0, log 2``: ``q(y_a) = 0.5 / (0.5 + 0.5) = 0.5``, ``q(y_b) =
+    0.5``, so ``w = 0.25, 0.25, 0.5``.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0; found {beta}")
+    shapes = {tuple(t.shape) for t in (prompt_index, response_index, reference_logps, scores)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"prompt_index, response_index, reference_logps and scores must be one (R,) shape each; "
+                         f"found {[tuple(t.shape) for t in (prompt_index, response_index, reference_logps, scores)]}")
+    keys = torch.stack([prompt_index.long(), response_index.long()], dim=1)
+    distinct, row_to_distinct, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
+    logits = (reference_logps.double() + scores.double() / beta)
+    # One logit per distinct (prompt, response): the rows' mean (equal up to rounding).
+    distinct_logits = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, row_to_distinct, logits)
+    distinct_logits = distinct_logits / counts
+    prompts, distinct_prompt = torch.unique(distinct[:, 0], return_inverse=True)
+    q = torch.empty_like(distinct_logits)
+    for p in range(len(prompts)):  # a softmax over each prompt's distinct responses
+        members = distinct_prompt == p
+        q[members] = torch.softmax(distinct_logits[members], dim=0)
+    return q[row_to_distinct] / counts[row_to_distinct] / len(prompts)

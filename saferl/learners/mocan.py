@@ -10,7 +10,10 @@
 
    a. ``stage="dpo"``: the K samples of each prompt are paired (0–1, 2–3, ...), labelled with
       ``P(y_0 ≻ y_1) = σ(s_0 − s_1)`` (soft labels, or Bernoulli draws with ``soft_labels=False``)
-      and DPO runs at the dual's β — its population optimum is ``π_λ̂``;
+      and DPO runs at the dual's β — its population optimum is ``π_λ̂``. With ``anchor_weight``
+      α > 0 the loss adds α times the sample-target cross-entropy
+      (:func:`saferl.core.dualized.sample_target_weights`): DPO on a finite sample leaves the mass
+      outside it free, and the anchor pins it without moving the target;
    b. ``stage="ppo"``: :func:`saferl.learners.ppo_lag.run` with the multiplier fixed at λ̂ (the
       same rollout, advantage and update code as ``ppo_lag``; only the multiplier differs), in
       ``<run>/mocan``.
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from saferl.core.dual import DualProblem, predict_frontier
-from saferl.core.dualized import composite_score, mocan_dual, pseudo_preference_prob
+from saferl.core.dualized import (
+    composite_score,
+    mocan_dual,
+    pseudo_preference_prob,
+    sample_target_weights,
+)
 from saferl.core.targets import TiltTarget
 from saferl.data.batches import SequenceBatch
 from saferl.data.collators import collate_prompts
@@ -53,6 +61,7 @@ from saferl.setups.base import Needs, Setup
 __all__ = [
     "MocanSettings",
     "ScoredSamples",
+    "anchor_weights",
     "build_scorers",
     "choose_prompts",
     "dualize",
@@ -269,11 +278,14 @@ def dualize(
     return DualPrediction(solution, frontier, units, title, heading)
 
 
-def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, soft_labels: bool, seed: int) -> PreferenceTrainBatch:
+def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, soft_labels: bool, seed: int,
+                            keep_identical: bool = False) -> PreferenceTrainBatch:
     """Step 3a's data: samples paired 0–1, 2–3, ... per prompt, labelled ``σ(s_0 − s_1)``.
 
     Rows are interleaved as the preference learner expects (first response of a pair, then its
-    second); pairs of identical responses carry no signal and are dropped.
+    second). Pairs of identical responses carry no DPO signal and are dropped, unless
+    ``keep_identical`` (the anchor term learns from every sample): the rows are then the samples
+    in their own order.
     """
     scores = composite_score(samples.rewards, samples.costs, multiplier)  # (P, K)
     flat = scores.reshape(-1)
@@ -282,7 +294,7 @@ def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, so
         generator = torch.Generator().manual_seed(seed)
         probs = (torch.rand(probs.shape, generator=generator) < probs).float()
     first, second = samples.input_ids[0::2], samples.input_ids[1::2]
-    keep = torch.nonzero((first != second).any(dim=-1)).flatten()  # same padding: same ids = same response
+    keep = torch.arange(len(first)) if keep_identical else torch.nonzero((first != second).any(dim=-1)).flatten()  # same padding: same ids = same response
     rows = torch.stack([2 * keep, 2 * keep + 1], dim=1).flatten()  # interleaved row indices
     response_mask = samples.response_mask[rows]
     label = probs[keep].repeat_interleave(2)
@@ -291,6 +303,29 @@ def pseudo_preference_batch(samples: ScoredSamples, multiplier: torch.Tensor, so
         response_lengths=response_mask.sum(-1).float(), preference_prob=label, chosen_is_safe=None,
         rejected_is_safe=None, ordering="chosen",
     )
+
+
+def anchor_weights(samples: ScoredSamples, multiplier: torch.Tensor, beta: float,
+                   anchor_weight: float) -> Callable[[PreferenceTrainBatch], torch.Tensor]:
+    """Step 3a's anchor: the rows' ``likelihood_weight`` as a function of the batch of
+    ``pseudo_preference_batch(..., keep_identical=True)`` (rows = samples, in order) once its
+    reference log-probs are attached: ``α · (number of pairs) ·`` :func:`sample_target_weights`,
+    so that the per-step mean over pairs estimates α times the sample-target cross-entropy.
+
+    The samples may come from any policy (C-DPO samples its current one): the target on them is
+    ``π_ref·e^{s/β}`` restricted to the sample, whatever drew it."""
+    scores = composite_score(samples.rewards, samples.costs, multiplier).reshape(-1)  # (P·K,)
+    prompt_index = torch.arange(len(scores)) // samples.rewards.shape[1]
+    # Rows are prompt + response, right-padded to one width: equal rows hold the same response.
+    response_index = torch.unique(samples.input_ids, dim=0, return_inverse=True)[1]
+
+    def weights(batch: PreferenceTrainBatch) -> torch.Tensor:
+        if batch.ref_logps is None or len(batch.ref_logps) != len(scores):
+            raise ValueError(f"the anchor needs the reference log-probs of all {len(scores)} samples, in order")
+        row_weights = sample_target_weights(prompt_index, response_index, batch.ref_logps, scores, beta)
+        return anchor_weight * batch.num_pairs * row_weights
+
+    return weights
 
 
 def run(setup: Setup, settings: MocanSettings, resources: Resources, output: RunOutput) -> RunResult:
@@ -350,13 +385,17 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
         aligned = ppo_lag.run(setup, fixed, resources, output.under("mocan"))
         policy_dir, history = aligned.policy_dir, aligned.history
     else:
-        data = pseudo_preference_batch(samples, dual.solution.multiplier, settings.soft_labels, settings.seed)
+        anchored = settings.anchor_weight > 0
+        data = pseudo_preference_batch(samples, dual.solution.multiplier, settings.soft_labels, settings.seed,
+                                       keep_identical=anchored)
         policy_dir, history = train_policy_on_pairs(
             setup.policy, setup.tokenizer, data, "dpo", {"beta": settings.beta}, resources,
             folder / "models" / "policy_dpo", steps=settings.dpo_steps, pairs_per_step=settings.dpo_pairs_per_step,
             learning_rate=settings.dpo_learning_rate, seed=settings.seed, tracker=output.tracker,
             progress=output.stage_progress("mocan_dpo", settings.dpo_steps),
             skip_nonfinite_batches=settings.skip_nonfinite_batches,
+            likelihood_weights=(anchor_weights(samples, dual.solution.multiplier, settings.beta, settings.anchor_weight)
+                                if anchored else None),
         )
     seconds["align"] = time.perf_counter() - clock
     return replace(result, policy_dir=Path(policy_dir), history=history)

@@ -13,11 +13,13 @@ Step 3 alone (reference log-probs, training, export on a ready batch) is
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from saferl.core.targets import TiltTarget
@@ -59,6 +61,7 @@ def train_policy_on_pairs(
     tracker: Tracker | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
     skip_nonfinite_batches: bool = False,
+    likelihood_weights: Callable[[PreferenceTrainBatch], torch.Tensor] | None = None,
 ) -> tuple[Path | None, list[dict[str, float]]]:
     """Step 3–4: the reference log-probs of ``data`` (when the loss needs them), ``steps``
     optimizer steps of a policy group started from ``policy`` on ``loss``, and the export.
@@ -75,6 +78,9 @@ def train_policy_on_pairs(
         progress: ``progress(step, metrics)`` after each step.
         skip_nonfinite_batches: skip and count non-finite steps instead of raising
             (:func:`~saferl.learners.preference_update.train_preference`).
+        likelihood_weights: the rows' ``likelihood_weight`` ``(2P,)`` as a function of ``data``
+            with its reference log-probs attached (MoCAN's sample-target anchor needs them);
+            None: no likelihood term.
 
     Returns:
         The exported policy folder (None without ``export_dir``) and every step's metrics.
@@ -96,6 +102,8 @@ def train_policy_on_pairs(
             groups.append(policy_group)
         if spec.needs_reference:
             data = attach_reference_logps(data, reference, rows_per_call=rows)
+        if likelihood_weights is not None:
+            data = dataclasses.replace(data, likelihood_weight=likelihood_weights(data).float())
         history = train_preference(policy_group, data, loss, hyperparameters, steps=steps,
                                    pairs_per_step=pairs_per_step, seed=seed, tracker=tracker, progress=progress,
                                    skip_nonfinite_batches=skip_nonfinite_batches)

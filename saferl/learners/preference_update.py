@@ -101,6 +101,11 @@ class PreferenceTrainBatch:
             tokens), or ``None`` until :func:`attach_reference_logps` fills it.
         ordering: what "chosen" means: ``"better"`` (more helpful), ``"safer"``, or ``"chosen"``
             (a generic ``PreferencePair``'s own order). Not a tensor: kept by every split.
+        likelihood_weight: ``(2P,)`` float32 weight ``b`` of each row's ``−log π(y|x)`` (summed over
+            its tokens), added to its pair's loss: ``loss_pair + b_w·(−log π(y_w|x)) +
+            b_l·(−log π(y_l|x))``; ``None`` (the default): no such term. MoCAN's sample-target
+            anchor (:func:`saferl.core.dualized.sample_target_weights`, scaled by the number of
+            pairs so that the per-step mean over pairs estimates it without bias).
     """
 
     input_ids: torch.Tensor
@@ -112,6 +117,7 @@ class PreferenceTrainBatch:
     rejected_is_safe: torch.Tensor | None
     ref_logps: torch.Tensor | None = None
     ordering: str = "better"
+    likelihood_weight: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -353,8 +359,10 @@ def preference_pair_loss(
         average_logps: length-average the log-probs of reference losses.
 
     Returns:
-        ``(loss, metrics)``: the mean per-pair loss ``()``, and detached scalars
+        ``(loss, metrics)``: the mean per-pair loss ``()`` (with the batch's
+        ``likelihood_weight`` term, when it has one), and detached scalars
         ``chosen_logps``/``rejected_logps`` (mean policy log-probs as fed to the loss),
+        ``likelihood_term`` (that term's mean, when there is one),
         ``reward_margin`` (mean ``scale · (r_w − r_l)``) and, except for bfpo, ``reward_accuracy``
         (fraction of pairs with ``r_w > r_l``). The implicit reward ``r`` is the log-ratio ``u``
         for reference losses (``scale`` = ``beta``; bfpo: ``tau``, since it fits ``τh`` to ``g``)
@@ -365,6 +373,7 @@ def preference_pair_loss(
     _check_averaging(spec, average_logps)
     lengths = batch.response_lengths.to(token_logprobs.dtype)
     logps = sequence_logprobs(token_logprobs, batch.response_mask)  # (2P,) masked sums
+    summed_logps = logps
     ref_logps = None if batch.ref_logps is None else batch.ref_logps.to(logps.dtype)
     if average_logps:
         logps = logps / lengths
@@ -394,6 +403,12 @@ def preference_pair_loss(
         "chosen_logps": pair.chosen_logps.mean().detach(),
         "rejected_logps": pair.rejected_logps.mean().detach(),
     }
+    if batch.likelihood_weight is not None:
+        # Per pair b_w·(−log π(y_w)) + b_l·(−log π(y_l)) on the summed log-probs, averaged like the loss.
+        weighted_nll = -(batch.likelihood_weight.to(summed_logps.dtype) * summed_logps).reshape(-1, 2).sum(-1)
+        likelihood_term = weighted_nll.mean()
+        loss = loss + likelihood_term
+        metrics["likelihood_term"] = likelihood_term.detach()
     scale = float(hyperparameters.get(_scale_name(spec), spec.defaults.get(_scale_name(spec), 1.0)))
     if spec.needs_reference:
         metrics["reward_margin"] = implicit_reward_margin(pair, beta=scale)

@@ -159,6 +159,8 @@ class MocanSettings:
         stage: ``"dpo"`` (pseudo-preference DPO) or ``"ppo"`` (PPO with λ fixed at λ̂).
         soft_labels: DPO on the probabilities themselves (lower variance) or on Bernoulli draws.
         dpo_steps, dpo_pairs_per_step, dpo_learning_rate: the DPO stage.
+        anchor_weight: α ≥ 0 of the sample-target anchor added to the DPO stage's loss
+            (:func:`saferl.core.dualized.sample_target_weights`; 0: the published DPO alone).
         frontier_grid: λ values of the predicted frontier.
         predict_only: stop after step 2.
         num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
@@ -176,9 +178,10 @@ class MocanSettings:
     margin: float | None = None
     stage: str = "dpo"
     soft_labels: bool = True
-    dpo_steps: int = 200
-    dpo_pairs_per_step: int = 32
+    dpo_steps: int = 400
+    dpo_pairs_per_step: int = 256
     dpo_learning_rate: float = 1e-3
+    anchor_weight: float = 1.0
     frontier_grid: tuple[float, ...] = DEFAULT_FRONTIER_GRID
     predict_only: bool = False
     num_prompts: int | None = None
@@ -200,6 +203,10 @@ class MocanSettings:
                 f"learner.mocan.margin: must be a number >= 0 (be safer than the reference by b) or null; "
                 f"found {self.margin!r}"
             )
+        if isinstance(self.anchor_weight, bool) or not isinstance(self.anchor_weight, (int, float)) \
+                or not self.anchor_weight >= 0:
+            raise ValueError(f"learner.mocan.anchor_weight: expected a number >= 0 (0: DPO alone); "
+                             f"found {self.anchor_weight!r}")
         if self.stage == "ppo" and self.ppo is None:
             raise ValueError("learner.mocan.stage=ppo needs the learner's PPO keys (learner.iterations, ...)")
         if self.stage == "ppo" and self.ppo.ppo.kl_in_cost_stream:

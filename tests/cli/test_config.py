@@ -272,6 +272,8 @@ def test_mocan_preset_is_the_published_mocan():
     assert cfg.beta == 0.1 and run.settings.beta == 0.1  # β = 0.1 [§4]
     assert run.settings.num_samples == 128  # K = 128 [§4]
     assert run.settings.stage == "dpo" and run.settings.soft_labels is False  # Bernoulli relabelling + DPO
+    assert run.settings.anchor_weight == 0.0  # the published DPO alone, without saferl's anchor
+    assert validate(composed("learner=mocan")).settings.anchor_weight == 1.0  # saferl's default has it
     assert run.settings.frontier_grid == (0.10, 0.35, 0.50, 0.75, 1.13, 2.0, 3.0)  # the published λ grid
     assert cfg.scorers.kind == "pretrained"
     assert isinstance(run.setup, HubSettings)

@@ -13,6 +13,7 @@ from saferl.core.dualized import (
     mocan_dual,
     pecan_scores,
     pseudo_preference_prob,
+    sample_target_weights,
 )
 from saferl.core.preference_losses import PreferenceLogps, dpo_loss
 
@@ -198,3 +199,84 @@ def test_mocan_dual_infeasible_request_says_what_is_achievable():
     with pytest.raises(InfeasibleConstraintError) as caught:
         mocan_dual(TWO_REWARDS, TWO_COSTS, beta=1.0, margin=0.5)
     torch.testing.assert_close(caught.value.min_achievable_cost, t([0.0]))
+
+
+# --------------------------------------------------------------------------------------------
+# sample_target_weights: MoCAN's sample-target anchor
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_target_weights_worked_value():
+    # One prompt, β = 1: rows y_a, y_a, y_b with π_ref 0.5, 0.5, 0.25 and s = 0, 0, log 2:
+    # q(y_a) = 0.5 / (0.5 + 0.25·2) = ½ = q(y_b); y_a is on two rows, so w = ¼, ¼, ½.
+    weights = sample_target_weights(torch.tensor([0, 0, 0]), torch.tensor([7, 7, 3]),
+                                    t([math.log(0.5), math.log(0.5), math.log(0.25)]), t([0.0, 0.0, math.log(2)]), 1.0)
+    assert torch.allclose(weights, t([0.25, 0.25, 0.5]), atol=1e-15, rtol=0)
+
+
+def test_sample_target_weights_give_each_prompt_the_tilt_on_its_distinct_responses():
+    generator = torch.Generator().manual_seed(0)
+    prompt_index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    response_index = torch.tensor([0, 1, 0, 2, 0, 0, 5, 1, 1])  # distinct per prompt, reused across prompts
+    table = torch.randn(3, 6, generator=generator, dtype=F64)  # log π_ref(y|x) of each (x, y)
+    scores_table = torch.randn(3, 6, generator=generator, dtype=F64)
+    ref, scores = table[prompt_index, response_index], scores_table[prompt_index, response_index]
+    beta = 0.7
+    weights = sample_target_weights(prompt_index, response_index, ref, scores, beta)
+    assert bool((weights >= 0).all()) and float(weights.sum()) == pytest.approx(1.0, abs=1e-15)
+    for x in range(3):
+        rows = prompt_index == x
+        distinct = sorted(set(response_index[rows].tolist()))
+        logits = torch.stack([table[x, y] + scores_table[x, y] / beta for y in distinct])
+        q = torch.softmax(logits, 0)  # π_λ(·|x, S_x) with λ folded into s
+        for y, q_y in zip(distinct, q, strict=True):
+            holding = rows & (response_index == y)
+            assert float(weights[holding].sum()) == pytest.approx(float(q_y) / 3, abs=1e-15)
+            assert torch.allclose(weights[holding], weights[holding][0].expand(int(holding.sum())))
+
+
+def test_anchor_pins_the_mass_dpo_leaves_free_and_keeps_the_target():
+    # A tabular policy over 6 responses of one prompt; the sample S holds the first 4. DPO on every
+    # pair of S with soft labels σ(s_i − s_j) only fixes differences of log-ratios on S, so the mass
+    # outside S is left free; with the anchor the optimum is π_λ(·|S), with nothing outside.
+    beta = 0.5
+    ref_logps = torch.log_softmax(t([0.3, -0.2, 0.1, -1.0, 0.4, 0.0]), 0)
+    scores = t([1.0, -0.5, 0.25, 2.0, 3.0, -1.0])  # the unsampled y_4 scores highest
+    sample = torch.arange(4)
+    pairs = torch.combinations(sample, 2)
+    labels = pseudo_preference_prob(scores[pairs[:, 0]], scores[pairs[:, 1]])
+    weights = sample_target_weights(torch.zeros(4, dtype=torch.long), sample, ref_logps[sample], scores[sample], beta)
+    target = torch.softmax(ref_logps[sample] + scores[sample] / beta, 0)
+    assert torch.allclose(weights, target, atol=1e-15)  # one row per response: w = q
+
+    def fit(anchor: float) -> torch.Tensor:
+        logits = ref_logps.clone().requires_grad_(True)  # start at π_ref
+        optimizer = torch.optim.LBFGS([logits], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                      line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            logps = torch.log_softmax(logits, 0)
+            u = logps - ref_logps
+            pair = PreferenceLogps(chosen_logps=logps[pairs[:, 0]], rejected_logps=logps[pairs[:, 1]],
+                                   ref_chosen_logps=ref_logps[pairs[:, 0]], ref_rejected_logps=ref_logps[pairs[:, 1]],
+                                   chosen_lengths=torch.ones(len(pairs), dtype=F64),
+                                   rejected_lengths=torch.ones(len(pairs), dtype=F64), preference_prob=labels)
+            loss = dpo_loss(pair, beta=beta).mean() - anchor * (weights * logps[sample]).sum()
+            assert torch.isfinite(u).all()
+            loss.backward()
+            return loss
+
+        for _ in range(5):
+            optimizer.step(closure)
+        return logits.detach()
+
+    dpo_alone_logits, anchored_logits = fit(0.0), fit(1.0)
+    dpo_alone, anchored = torch.softmax(dpo_alone_logits, 0), torch.softmax(anchored_logits, 0)
+    # DPO alone never moves the unsampled responses' logits (zero gradient), so their mass is
+    # whatever the level of S's logits leaves them (here a fifth of the policy or more).
+    assert torch.equal(dpo_alone_logits[4:], ref_logps[4:]) and float(dpo_alone[4:].sum()) > 0.2
+    # On S, DPO alone gets the tilt's shape right; only the level against the outside is free.
+    assert torch.allclose(dpo_alone[:4] / dpo_alone[:4].sum(), target, atol=1e-6)
+    assert float(anchored[4:].sum()) < 1e-3  # the anchor removes the mass outside S ...
+    assert torch.allclose(anchored[:4] / anchored[:4].sum(), target, atol=1e-6)  # ... and keeps the target on S

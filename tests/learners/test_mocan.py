@@ -116,7 +116,35 @@ def test_pseudo_preference_labels_are_the_composite_score_sigmoid():
     assert batch.input_ids.tolist() == ids.tolist()
 
 
+def test_anchor_keeps_every_sample_and_weighs_it_by_the_tilt_on_its_prompts_distinct_samples():
+    # Two prompts, K = 4. Prompt 0 sampled y_a twice (rows 0 and 1, an identical pair kept for the
+    # anchor), prompt 1 four distinct responses. Weights: α · (number of pairs) · q/(n·P).
+    rewards = torch.tensor([[1.0, 1.0, 0.0, 2.0], [0.0, 0.5, 1.0, -1.0]], dtype=torch.float64)
+    costs = torch.tensor([[[1.0], [1.0], [0.0], [2.0]], [[0.0], [0.0], [1.0], [0.0]]], dtype=torch.float64)
+    ids = torch.tensor([[1, 2], [1, 2], [1, 3], [1, 4], [5, 2], [5, 3], [5, 4], [5, 6]])
+    samples = mocan.ScoredSamples(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool),
+                                  rewards, costs)
+    multiplier = torch.tensor([0.5], dtype=torch.float64)
+    dropped = pseudo_preference_batch(samples, multiplier, soft_labels=True, seed=0)
+    assert dropped.num_pairs == 3  # the identical pair (rows 0, 1) carries no DPO signal
+    batch = pseudo_preference_batch(samples, multiplier, soft_labels=True, seed=0, keep_identical=True)
+    assert batch.input_ids.tolist() == ids.tolist() and batch.num_pairs == 4
+    ref_logps = torch.tensor([-1.0, -1.0, -2.0, -0.5, -1.5, -1.0, -2.5, -3.0])
+    weights = mocan.anchor_weights(samples, multiplier, 0.5, 2.0)(replace(batch, ref_logps=ref_logps))
+    s = (rewards - 0.5 * costs[..., 0]).reshape(-1)
+    logits = ref_logps.double() + s / 0.5
+    q0 = torch.softmax(logits[[0, 2, 3]], 0)  # prompt 0's distinct responses y_a, y_b, y_c
+    q1 = torch.softmax(logits[4:], 0)
+    expected = 2.0 * 4 * torch.cat([q0[:1] / 2 / 2, q0[:1] / 2 / 2, q0[1:] / 2, q1 / 2])
+    assert torch.allclose(weights, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="reference log-probs of all 8 samples"):
+        mocan.anchor_weights(samples, multiplier, 0.5, 2.0)(batch)
+
+
 def test_mocan_settings_name_their_keys():
+    for bad in (-1.0, True, "x"):
+        with pytest.raises(ValueError, match="learner.mocan.anchor_weight"):
+            MocanSettings(anchor_weight=bad)
     with pytest.raises(ValueError, match="learner.mocan.stage"):
         MocanSettings(stage="foo")
     with pytest.raises(ValueError, match="learner.mocan.stage=ppo needs"):

@@ -255,6 +255,31 @@ def test_pair_loss_worked_values_and_soft_labels():
         preference_pair_loss(token_logprobs, soft, "kto", {}, False)
 
 
+def test_likelihood_weight_adds_the_weighted_negative_log_likelihood_per_pair():
+    # Two pairs, one response token each; policy sums −1, −3 (pair 0) and −0.5, −2 (pair 1).
+    # With weights b = 0.2, 0, 1, 0.4 the term is the mean over pairs of b_w·(−log π_w) + b_l·(−log π_l):
+    # ((0.2·1 + 0) + (1·0.5 + 0.4·2)) / 2 = 0.75, added to DPO's mean; average_logps leaves it on the sums.
+    mask = torch.tensor([[False, True, False], [False, True, True], [False, True, False], [False, True, False]])
+    batch = PreferenceTrainBatch(
+        input_ids=torch.zeros(4, 3, dtype=torch.long), attention_mask=torch.ones(4, 3, dtype=torch.bool),
+        response_mask=mask, response_lengths=mask.sum(-1).float(), preference_prob=torch.ones(4),
+        chosen_is_safe=None, rejected_is_safe=None, ref_logps=torch.tensor([-3.0, -2.0, -1.0, -1.0]),
+    )
+    token_logprobs = torch.tensor([[0.0, -1.0, 0.0], [0.0, -1.0, -2.0], [0.0, -0.5, 0.0], [0.0, -2.0, 0.0]])
+    weighted = replace(batch, likelihood_weight=torch.tensor([0.2, 0.0, 1.0, 0.4]))
+    for average_logps in (False, True):
+        plain, _ = preference_pair_loss(token_logprobs, batch, "dpo", {}, average_logps)
+        anchored, metrics = preference_pair_loss(token_logprobs, weighted, "dpo", {}, average_logps)
+        assert anchored.item() == pytest.approx(plain.item() + 0.75, abs=1e-6)
+        assert metrics["likelihood_term"].item() == pytest.approx(0.75, abs=1e-6)
+    # Its gradient reaches the policy's token log-probs: d/dℓ of b·(−ℓ)/2 on the weighted rows.
+    leaf = token_logprobs.clone().requires_grad_(True)
+    term = preference_pair_loss(leaf, weighted, "dpo", {}, False)[0] - preference_pair_loss(leaf, batch, "dpo", {}, False)[0]
+    term.backward()
+    assert torch.allclose(leaf.grad[:, 1], torch.tensor([-0.1, 0.0, -0.5, -0.2]), atol=1e-7)
+    assert leaf.grad[1, 2].item() == pytest.approx(0.0, abs=1e-7)  # b = 0 on row 1
+
+
 def test_train_preference_rejects_misconfiguration_before_any_step(tokenizer):
     pairs = make_preference_pairs(8, seed=3)
     batch = build_preference_batch(pairs, tokenizer, MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE)
