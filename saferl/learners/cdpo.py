@@ -14,6 +14,9 @@ up for the whole run, with the setup's reward scorer and its ``m`` cost scorers.
    — and ``dpo_steps`` DPO steps at β against ``π_ref``, continuing the policy group (the shared
    preference update, :func:`saferl.learners.preference.train_policy_on_pairs`). DPO's population
    optimum on these labels is ``π_λ ∝ π_ref exp((r − λ·c)/β)`` whatever policy sampled the pairs.
+   With ``anchor_weight`` α > 0 the round adds MoCAN's sample-target anchor
+   (:func:`saferl.learners.mocan.anchor_weights`): the target ``π_ref·e^{s/β}`` restricted to the
+   round's samples, which pins the mass DPO leaves free outside them.
 
 With ``evaluate_rounds`` and a setup that has an evaluator (the world's exact one), each round's
 policy is exported and scored (normalised Lagrangian gap, violation), outside the rounds' timings.
@@ -46,6 +49,7 @@ import torch
 from saferl.core.dual_ascent import projected_dual_step
 from saferl.core.targets import TiltTarget
 from saferl.learners.mocan import (
+    anchor_weights,
     build_scorers,
     choose_prompts,
     pseudo_preference_batch,
@@ -250,8 +254,9 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
             seconds["dual"] += stepped - sampled
 
             # 4. One DPO round on the samples relabelled with s = r − λ·c, continuing the policy.
+            anchored = settings.anchor_weight > 0
             data = pseudo_preference_batch(
-                samples, multiplier, settings.soft_labels, settings.seed + index
+                samples, multiplier, settings.soft_labels, settings.seed + index, keep_identical=anchored
             )
             last = round_number == settings.rounds
             export = (
@@ -281,6 +286,8 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
                 tracker=_OffsetTracker(output.tracker, len(history), round_metrics),
                 progress=output.stage_progress(f"cdpo_round{round_number}", settings.dpo_steps),
                 skip_nonfinite_batches=settings.skip_nonfinite_batches,
+                likelihood_weights=(anchor_weights(samples, multiplier, settings.beta, settings.anchor_weight)
+                                    if anchored else None),
             )
             history.extend({**step, **round_metrics} for step in steps)
             policy_dir = Path(exported) if exported is not None else policy_dir

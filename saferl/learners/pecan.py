@@ -47,6 +47,7 @@ from saferl.core.dualized import pecan_scores
 from saferl.core.targets import TiltTarget
 from saferl.learners.mocan import (
     ScoredSamples,
+    anchor_weights,
     choose_prompts,
     dualize,
     pseudo_preference_batch,
@@ -118,14 +119,14 @@ def run(setup: Setup, settings: PecanSettings, resources: Resources, output: Run
     rows = 2 * settings.dpo_pairs_per_step
     history: list[dict[str, float]] = []
 
-    def dpo(data, export_dir: Path, stage: str) -> Path:
+    def dpo(data, export_dir: Path, stage: str, likelihood_weights=None) -> Path:
         """DPO at β from π_ref on ``data``, with the shared reference group; its steps are logged."""
         policy_dir, steps = train_policy_on_pairs(
             setup.policy, tokenizer, data, "dpo", {"beta": beta}, resources, export_dir,
             steps=settings.dpo_steps, pairs_per_step=settings.dpo_pairs_per_step,
             learning_rate=settings.dpo_learning_rate, seed=settings.seed, reference=reference,
             tracker=output.tracker, progress=output.stage_progress(stage, settings.dpo_steps),
-            skip_nonfinite_batches=settings.skip_nonfinite_batches,
+            skip_nonfinite_batches=settings.skip_nonfinite_batches, likelihood_weights=likelihood_weights,
         )
         history.extend(steps)
         return policy_dir
@@ -200,8 +201,12 @@ def run(setup: Setup, settings: PecanSettings, resources: Resources, output: Run
 
         # 4. Relabel the sample pairs with σ(s_0 − s_1), s = r − λ*·c, and run DPO at β from π_ref.
         clock = time.perf_counter()
-        data = pseudo_preference_batch(samples, dual.solution.multiplier, soft_labels=True, seed=settings.seed)
-        policy_dir = dpo(data, folder / "models" / "policy_dpo", "pecan_dpo")
+        anchored = settings.anchor_weight > 0
+        data = pseudo_preference_batch(samples, dual.solution.multiplier, soft_labels=True, seed=settings.seed,
+                                       keep_identical=anchored)
+        weights = (anchor_weights(samples, dual.solution.multiplier, beta, settings.anchor_weight)
+                   if anchored else None)
+        policy_dir = dpo(data, folder / "models" / "policy_dpo", "pecan_dpo", weights)
         seconds["align"] = time.perf_counter() - clock
     finally:
         for group in groups:

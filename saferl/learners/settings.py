@@ -35,6 +35,12 @@ def check_skip_nonfinite(value: Any) -> None:
         )
 
 
+def check_anchor_weight(value: Any, learner: str) -> None:
+    """``learner.<learner>.anchor_weight``, the sample-target anchor's α, must be a number ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"learner.{learner}.anchor_weight: expected a number >= 0 (0: DPO alone); found {value!r}")
+
+
 #: λ values of a dualized learner's predicted frontier.
 DEFAULT_FRONTIER_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -203,10 +209,7 @@ class MocanSettings:
                 f"learner.mocan.margin: must be a number >= 0 (be safer than the reference by b) or null; "
                 f"found {self.margin!r}"
             )
-        if isinstance(self.anchor_weight, bool) or not isinstance(self.anchor_weight, (int, float)) \
-                or not self.anchor_weight >= 0:
-            raise ValueError(f"learner.mocan.anchor_weight: expected a number >= 0 (0: DPO alone); "
-                             f"found {self.anchor_weight!r}")
+        check_anchor_weight(self.anchor_weight, "mocan")
         if self.stage == "ppo" and self.ppo is None:
             raise ValueError("learner.mocan.stage=ppo needs the learner's PPO keys (learner.iterations, ...)")
         if self.stage == "ppo" and self.ppo.ppo.kl_in_cost_stream:
@@ -237,6 +240,7 @@ class CDPOSettings:
         initial_multiplier: λ before the first step (>= 0; one value, or one per cost).
         soft_labels: DPO on ``σ(s_0 − s_1)`` itself (True) or on Bernoulli draws of it.
         dpo_steps, dpo_pairs_per_step, dpo_learning_rate: each round's DPO.
+        anchor_weight: α ≥ 0 of MoCAN's sample-target anchor in each round's DPO (0: DPO alone).
         evaluate_rounds: score each round's policy with the setup's evaluator where it has one (the
             world's exact yardsticks per round; their seconds are kept apart from the rounds').
         seed: sampling and label seed (the root ``seed``).
@@ -254,6 +258,7 @@ class CDPOSettings:
     dpo_steps: int = 40
     dpo_pairs_per_step: int = 32
     dpo_learning_rate: float = 1e-3
+    anchor_weight: float = 1.0
     evaluate_rounds: bool = False
     seed: int = 0
     skip_nonfinite_batches: bool = False
@@ -296,6 +301,7 @@ class CDPOSettings:
         rate = self.dpo_learning_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
             raise ValueError(f"learner.cdpo.dpo_learning_rate: expected a number > 0; found {rate!r}")
+        check_anchor_weight(self.anchor_weight, "cdpo")
 
 
 @dataclass(frozen=True)
@@ -312,6 +318,7 @@ class PecanSettings:
             published raw log-ratios (targets ``π ∝ π_ref exp(s/β²)``).
         dpo_steps, dpo_pairs_per_step, dpo_learning_rate: every DPO run (``π_r``, ``π_g`` and the
             final alignment).
+        anchor_weight: α ≥ 0 of MoCAN's sample-target anchor in the final alignment (0: DPO alone).
         frontier_grid: λ values of the predicted frontier.
         predict_only: stop after step 3.
         num_prompts: the dual's prompts are this many of the setup's prompts (a seeded choice kept
@@ -327,6 +334,7 @@ class PecanSettings:
     dpo_steps: int = 200
     dpo_pairs_per_step: int = 32
     dpo_learning_rate: float = 1e-3
+    anchor_weight: float = 1.0
     frontier_grid: tuple[float, ...] = DEFAULT_FRONTIER_GRID
     predict_only: bool = False
     num_prompts: int | None = None
@@ -335,6 +343,7 @@ class PecanSettings:
 
     def __post_init__(self) -> None:
         check_skip_nonfinite(self.skip_nonfinite_batches)
+        check_anchor_weight(self.anchor_weight, "pecan")
         if not isinstance(self.num_samples, int) or self.num_samples < 2 or self.num_samples % 2:
             raise ValueError(f"learner.pecan.num_samples must be an even integer >= 2; found {self.num_samples!r}")
         if self.margin is None or not float(self.margin) >= 0:

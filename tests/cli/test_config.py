@@ -291,6 +291,7 @@ def test_pecan_preset_is_the_published_pecan():
     assert cfg.beta == 0.1 and run.settings.num_samples == 128  # β = 0.1, K = 128 [§4]
     assert run.settings.beta == 0.1
     assert run.settings.consistent is True  # saferl's consistent labels (documented departure)
+    assert run.settings.anchor_weight == 0.0  # the published final DPO alone, without saferl's anchor
     assert isinstance(run.setup, HubSettings)
     assert run.setup.policy == ALPACA
     assert run.setup.reward_model is None and run.setup.cost_model is None  # preferences only

@@ -88,6 +88,7 @@ def test_a_round_at_zero_multiplier_is_dpo_on_the_reward():
         ({"multiplier_step_size": [1.0, 1.0]}, "learner.cdpo.multiplier_step_size"),
         ({"initial_multiplier": -0.5}, "learner.cdpo.initial_multiplier"),
         ({"dpo_learning_rate": 0}, "learner.cdpo.dpo_learning_rate"),
+        ({"anchor_weight": -1.0}, "learner.cdpo.anchor_weight"),
         ({"num_prompts": 0}, "learner.cdpo.num_prompts"),
         ({"soft_labels": "yes"}, "learner.cdpo.soft_labels"),
     ],

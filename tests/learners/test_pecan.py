@@ -39,6 +39,7 @@ def test_pecan_reads_pairs_and_prompts_and_no_scorer():
         ({"margin": -0.1}, r"learner\.pecan\.margin"),
         ({"frontier_grid": (-1.0,)}, r"learner\.pecan\.frontier_grid"),
         ({"num_prompts": 0}, r"learner\.pecan\.num_prompts"),
+        ({"anchor_weight": -0.5}, r"learner\.pecan\.anchor_weight"),
     ],
 )
 def test_settings_that_cannot_run_name_their_key(changes, pattern):
