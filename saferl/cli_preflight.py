@@ -115,13 +115,14 @@ def check_data(config) -> None:
 
 
 def _load_data(config, needs) -> None:
-    from saferl.data import load_preference_dataset, load_prompt_dataset, load_sft_dataset
+    from saferl.data import load_preference_dataset, load_prompt_dataset
     from saferl.data.local_paths import looks_like_local_path
+    from saferl.setups.hub import load_ptx_dataset
     from saferl.setups.tiny import TinySettings
 
     setup = config.setup
     if needs.ptx and config.job == "train" and looks_like_local_path(setup.ptx_path):
-        load_sft_dataset(setup.ptx_path, split=setup.ptx_split)
+        load_ptx_dataset(setup)
     if not looks_like_local_path(setup.path):
         return
     if config.job == "evaluate":

@@ -37,6 +37,7 @@ from saferl.data import (
     load_prompt_dataset,
     load_sft_dataset,
 )
+from saferl.data.errors import DataError
 from saferl.data.records import SafetyPreferencePair, SFTExample
 from saferl.data.sources import looks_like_local_path
 from saferl.learners.output import RunOutput
@@ -57,7 +58,8 @@ from saferl.setups.settings import (  # light: config validation reads them
     max_prompt_length,
 )
 
-__all__ = ["HubSettings", "build", "check_ptx_path", "max_prompt_length", "preflight", "ptx_examples",
+__all__ = ["HubSettings", "build", "check_ptx_path", "load_ptx_dataset", "max_prompt_length", "preflight",
+           "ptx_examples",
            "require_score_model", "training_pairs"]
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,14 @@ def check_ptx_path(settings: HubSettings | TinySettings, learner: str) -> None:
                          f"demonstrations (a hub name such as tatsu-lab/alpaca, or a local file); found "
                          f"{settings.ptx_path!r}")
     _require_existing("data.ptx_path", settings.ptx_path, folder=False)
+
+
+def load_ptx_dataset(settings: HubSettings | TinySettings):
+    """``data.ptx_path`` through the SFT loader; bad records or columns name the key too."""
+    try:
+        return load_sft_dataset(settings.ptx_path, split=settings.ptx_split, revision=settings.ptx_revision)
+    except DataError as error:
+        raise ValueError(f"data.ptx_path: {error}") from error
 
 
 def require_score_model(key: str, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, learner: str = "ppo_lag") -> None:
@@ -216,10 +226,8 @@ def ptx_examples(hub: HubSettings | TinySettings, tokenizer: PreTrainedTokenizer
     """Step 5: the demonstrations of ``data.ptx_path`` (``data.ptx_split``, ``data.ptx_revision``)
     through the SFT loader (prompt/response columns, or Alpaca's), less those whose formatted
     prompt fills ``data.max_length`` (counted in a warning)."""
-    if not hub.ptx_path:
-        raise ValueError(f"data.ptx_path: learner.ptx_coeff > 0 needs a PTX set of supervised demonstrations; "
-                         f"found {hub.ptx_path!r}")
-    loaded = load_sft_dataset(hub.ptx_path, split=hub.ptx_split, revision=hub.ptx_revision)
+    check_ptx_path(hub, "the PPO stage")
+    loaded = load_ptx_dataset(hub)
     examples = list(loaded.records)
     if not examples:
         raise ValueError(f"data.ptx_path: {hub.ptx_path!r} (split {hub.ptx_split!r}) holds no demonstrations")

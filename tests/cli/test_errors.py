@@ -136,6 +136,11 @@ def test_the_data_files_are_checked_before_the_run(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in _pairs(4)))
     preflight([*TINY_DATA, f"data.path={good}"])
+    # A PTX file without demonstration columns: the key, the file and the missing column.
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": "bake bread?", "answer": "knead"}) + "\n")
+    with pytest.raises(UsageError, match=r"data\.ptx_path: .*questions\.jsonl.*'prompt'"):
+        preflight([*TINY_DATA, f"data.path={good}", "learner.ptx_coeff=1", f"data.ptx_path={questions}"])
 
 
 def test_a_mistake_found_by_the_job_itself_leaves_no_folder_either(tmp_path):

@@ -106,6 +106,12 @@ def test_a_hub_setups_ptx_set_is_loaded_and_prompts_that_fill_max_length_are_dro
     assert "1 of 2 PTX demonstrations dropped" in caplog.text
     with pytest.raises(ValueError, match="data.ptx_path"):
         ptx_examples(SimpleNamespace(**{**vars(settings), "ptx_path": None}), tokenizer)
+    # A file without prompt/response (or Alpaca's) columns: the error names the key, the file and the columns.
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"question": "say hi", "answer": "hi"}) + "\n")
+    with pytest.raises(ValueError, match=r"data\.ptx_path: .*wrong\.jsonl") as raised:
+        ptx_examples(SimpleNamespace(**{**vars(settings), "ptx_path": str(wrong)}), tokenizer)
+    assert "prompt" in str(raised.value)
 
 
 def test_a_setup_without_a_ptx_set_is_refused_naming_the_keys():
