@@ -258,7 +258,7 @@ class CDPOSettings:
     dpo_steps: int = 40
     dpo_pairs_per_step: int = 32
     dpo_learning_rate: float = 1e-3
-    anchor_weight: float = 1.0
+    anchor_weight: float = 0.0
     evaluate_rounds: bool = False
     seed: int = 0
     skip_nonfinite_batches: bool = False
