@@ -140,17 +140,19 @@ def train_member(folder: Path, member_dir: Path, seed: int, bootstrap: bool, sta
     return record
 
 
-def calibrated_scores(model_dir: Path, kind: str, test_pairs: list, world, tokenizer) -> torch.Tensor:
+def calibrated_scores(model_dir: Path, kind: str, test_pairs: list, world, tokenizer,
+                      calibration: str = "isotonic") -> torch.Tensor:
     """One score model's calibrated score of every enumerated response ``(N, K)``, calibrated as a
     run calibrates it (the pieces of :func:`saferl.eval.learned_problem.calibrated_learned_scores`)."""
     from saferl.eval.learned_problem import _InProcessScores
+    from saferl.learners.scorers import apply_calibration
     from saferl.models import load_score_model
     from saferl.setups.world import calibrate, enumerate_end_scores, world_truth
 
     model, _ = load_score_model(model_dir)
     group = _InProcessScores(model)
-    scale, shift = calibrate(group, test_pairs, world_truth(kind), tokenizer, 1)
-    return scale * enumerate_end_scores(group.model, tokenizer, world.prompts, world.responses) + shift
+    fitted = calibrate(group, test_pairs, world_truth(kind), tokenizer, 1, calibration)
+    return apply_calibration(fitted, enumerate_end_scores(group.model, tokenizer, world.prompts, world.responses))
 
 
 def combinations(members: torch.Tensor, kappas: Sequence[float]) -> dict[str, torch.Tensor]:

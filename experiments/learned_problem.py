@@ -3,7 +3,8 @@
 For each world run (or scoreboard stage) folder given, with its SFT reference, reward and cost
 models and held-out pairs (saferl.eval.learned_problem):
 
-1. calibrate the score models as a run does (affine, on the held-out responses' ground truth) and
+1. calibrate the score models as a run does (``--calibration``: isotonic, the default job's, or
+   affine; on the held-out responses' ground truth) and
    score every enumerated response;
 2. solve, exactly at the limit d, the learned problem, the true reward with the learned costs, the
    learned reward with the true costs, and the true problem (π*); score each optimum on the
@@ -33,7 +34,7 @@ def _format(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def table(folders: Sequence[Path], beta: float, cost_limit: float) -> list[str]:
+def table(folders: Sequence[Path], beta: float, cost_limit: float, calibration: str = "isotonic") -> list[str]:
     """The printed lines: a header, then per folder the four optima and the margin row."""
     from saferl.data.world import build_world_tokenizer
     from saferl.data.world.exact import build_exact_world
@@ -48,7 +49,8 @@ def table(folders: Sequence[Path], beta: float, cost_limit: float) -> list[str]:
     lines = [
         f"The learned problem's optimum, scored on the ground truth: β = {beta}, d = {cost_limit}; every "
         f"row is the exact optimum of its problem (a perfect optimiser), π_ref each folder's SFT policy; "
-        f"violation = max(0, E[c] − d); feasible within {FEASIBILITY_TOLERANCE:g}",
+        f"violation = max(0, E[c] − d); feasible within {FEASIBILITY_TOLERANCE:g}; score models calibrated "
+        f"{calibration}",
         "",
         "| folder | problem | λ | E reward | E cost | violation | norm. Lagr. gap |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -59,7 +61,7 @@ def table(folders: Sequence[Path], beta: float, cost_limit: float) -> list[str]:
             raise SystemExit(f"{folder}: expected a world run or stage folder with models/sft; it is missing")
         reference, _ = load_policy(sft)
         world = build_exact_world(reference.eval(), tokenizer, beta, cost_limit)
-        rewards, costs = calibrated_learned_scores(folder, world, tokenizer)
+        rewards, costs = calibrated_learned_scores(folder, world, tokenizer, calibration)
         for row in learned_problem_rows(world, rewards, costs):
             score = row.score
             lines.append(
@@ -85,8 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="world run or scoreboard stage folders")
     parser.add_argument("--beta", type=float, default=0.5, help="β of the runs (the default job's 0.5)")
     parser.add_argument("--cost-limit", type=float, default=-0.8, help="d of the runs (the default job's -0.8)")
+    parser.add_argument("--calibration", choices=("isotonic", "affine"), default="isotonic",
+                        help="the scorers.calibration map (the default job's isotonic)")
     args = parser.parse_args(argv)
-    print("\n".join(table(args.folders, args.beta, args.cost_limit)))
+    print("\n".join(table(args.folders, args.beta, args.cost_limit, args.calibration)))
     return 0
 
 

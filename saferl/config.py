@@ -422,7 +422,8 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
     for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
         _integer(cfg, f"data.{key}", 1)
     _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
-    _unknown(scorers, {"kind", "calibrate", "regularization", "sign_weight", "reward_model", "cost_model"}, "scorers")
+    _unknown(scorers, {"kind", "calibrate", "calibration", "regularization", "sign_weight", "reward_model", "cost_model"},
+             "scorers")
     stages = _training_stages(model, scorers, num_ranks)
     return _build(
         {
@@ -438,6 +439,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
             "cost_model": stages["scorers.cost_model"],
             "scorers": scorer_kind,
             "calibrate": bool(scorers["calibrate"]),
+            "calibration": scorers.get("calibration", "isotonic"),
             "regularization": float(scorers["regularization"]),
             "sign_weight": _sign_weight(cfg),
             "generation": generation,
@@ -507,7 +509,8 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
     _unknown(data, {"source", "path", "revision", "train_split", "test_split", "template", "max_length", *PTX_KEYS},
              "data", " for source=hub")
-    _unknown(scorers, {"kind", "calibrate", "regularization", "sign_weight", "reward_model", "cost_model"}, "scorers")
+    _unknown(scorers, {"kind", "calibrate", "calibration", "regularization", "sign_weight", "reward_model", "cost_model"},
+             "scorers")
     if model.get("from_run") is not None:
         raise ConfigError(f"model.from_run: reuses a built-in-world run's stages; with data.path the stages train on "
                           f"your data (use resume=auto to continue a run); found {model['from_run']!r}")

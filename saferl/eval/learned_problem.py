@@ -138,14 +138,15 @@ class _InProcessScores:
         return end_scores(self.model, batch.input_ids, batch.attention_mask)
 
 
-def calibrated_learned_scores(folder: str | Path, world: ExactWorld,
-                              tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+def calibrated_learned_scores(folder: str | Path, world: ExactWorld, tokenizer,
+                              calibration: str = "isotonic") -> tuple[torch.Tensor, torch.Tensor]:
     """The calibrated learned reward ``(N, K)`` and costs ``(N, K, m)`` of every enumerated response,
     from a run or stage folder's ``models/reward_model``, ``models/<cost>_model`` and held-out pairs
-    ``data/preferences_test*.jsonl``, calibrated as a run calibrates them (affine, on the held-out
-    responses' ground truth)."""
+    ``data/preferences_test*.jsonl``, calibrated as a run calibrates them (``calibration``, the
+    ``scorers.calibration`` map, fitted on the held-out responses' ground truth)."""
     from saferl.data.loading import load_preference_dataset
     from saferl.data.world import world_dataset_paths
+    from saferl.learners.scorers import apply_calibration
     from saferl.models import load_score_model
     from saferl.setups.settings import cost_model_name
     from saferl.setups.world import calibrate, enumerate_end_scores, world_truth
@@ -164,7 +165,7 @@ def calibrated_learned_scores(folder: str | Path, world: ExactWorld,
         model, _ = load_score_model(model_dir)
         group = _InProcessScores(model)
         pairs = list(load_preference_dataset(str(test_path)).records)
-        scale, shift = calibrate(group, pairs, world_truth(kind, cost), tokenizer, 1)
+        fitted = calibrate(group, pairs, world_truth(kind, cost), tokenizer, 1, calibration)
         raw = enumerate_end_scores(group.model, tokenizer, world.prompts, world.responses)
-        scores.append(scale * raw + shift)
+        scores.append(apply_calibration(fitted, raw))
     return scores[0], torch.stack(scores[1:], dim=-1)

@@ -7,17 +7,18 @@ Three kinds:
   :class:`~saferl.runtime.ScoreGroup` (the normal case);
 * :class:`WorldOracleScorer` — the built-in world's ground-truth reward or cost, so an optimiser
   can be judged apart from its score models;
-* :class:`AffineScorer` — ``scale · s + shift`` of another scorer: on the built-in world, a learned
-  model mapped into ground-truth units (:func:`fit_affine`), so that β and the cost limit mean the
-  same as in the exact optimum;
+* :class:`CalibratedScorer` — another scorer's outputs through a fitted calibration
+  (:func:`fit_calibration`: affine, :func:`fit_affine`, or monotone, :func:`fit_isotonic`): on the
+  built-in world, a learned model mapped into ground-truth units, so that β and the cost limit mean
+  the same as in the exact optimum;
 * :class:`ShapedRewardScorer` — ``r − Σ_j λ_j c_j`` with a constant λ (the fixed-λ reward-shaping
   baseline is plain PPO with this scorer as its reward).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -30,8 +31,11 @@ __all__ = [
     "ModelScorer",
     "WorldOracleScorer",
     "ShapedRewardScorer",
-    "AffineScorer",
+    "CalibratedScorer",
+    "apply_calibration",
     "fit_affine",
+    "fit_calibration",
+    "fit_isotonic",
     "response_words",
 ]
 
@@ -138,17 +142,47 @@ class ShapedRewardScorer:
         return reward - (costs * self.multiplier).sum(-1, keepdim=True)
 
 
-class AffineScorer:
-    """``scale · s + shift`` of another scorer's outputs (same ``num_outputs``)."""
+class CalibratedScorer:
+    """Another scorer's outputs through a calibration of :func:`fit_calibration` (same
+    ``num_outputs``; the map applies to every output)."""
 
-    def __init__(self, scorer: Scorer, scale: float, shift: float) -> None:
+    def __init__(self, scorer: Scorer, calibration: Mapping[str, Any]) -> None:
         self.scorer = scorer
-        self.scale = float(scale)
-        self.shift = float(shift)
+        self.calibration = dict(calibration)
         self.num_outputs = scorer.num_outputs
 
     def score(self, batch: SequenceBatch, prompts: Sequence[str]) -> torch.Tensor:
-        return self.scale * self.scorer.score(batch, prompts) + self.shift
+        return apply_calibration(self.calibration, self.scorer.score(batch, prompts))
+
+
+def fit_calibration(kind: str, model_scores: torch.Tensor, true_scores: torch.Tensor) -> dict[str, Any]:
+    """The ``kind`` map (``"isotonic"`` or ``"affine"``, ``scorers.calibration``) of model scores onto paired true scores ``(n,)``, as a
+    JSON-ready mapping for :func:`apply_calibration`: ``{"kind": "affine", "scale", "shift"}`` or
+    ``{"kind": "isotonic", "knots_x", "knots_y"}``."""
+    if kind == "affine":
+        scale, shift = fit_affine(model_scores, true_scores)
+        return {"kind": "affine", "scale": scale, "shift": shift}
+    if kind == "isotonic":
+        knots_x, knots_y = fit_isotonic(model_scores, true_scores)
+        return {"kind": "isotonic", "knots_x": knots_x, "knots_y": knots_y}
+    raise ValueError(f"scorers.calibration: expected isotonic or affine; found {kind!r}")
+
+
+def apply_calibration(calibration: Mapping[str, Any], scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` (any shape) through ``calibration`` (:func:`fit_calibration`; a mapping with only
+    ``scale`` and ``shift``, as runs before isotonic calibration recorded, is affine), in their dtype."""
+    if calibration.get("kind", "affine") == "affine":
+        return calibration["scale"] * scores + calibration["shift"]
+    knots_x = torch.tensor(calibration["knots_x"], dtype=torch.float64)
+    knots_y = torch.tensor(calibration["knots_y"], dtype=torch.float64)
+    values = scores.to(torch.float64)
+    if knots_x.numel() == 1:
+        return torch.full_like(values, float(knots_y[0])).to(scores.dtype)
+    # Piecewise linear between the knots, constant beyond the end knots (no extrapolated trend).
+    right = torch.searchsorted(knots_x, values.contiguous()).clamp(1, knots_x.numel() - 1)
+    x0, x1, y0, y1 = knots_x[right - 1], knots_x[right], knots_y[right - 1], knots_y[right]
+    fraction = ((values - x0) / (x1 - x0)).clamp(0.0, 1.0)
+    return (y0 + fraction * (y1 - y0)).to(scores.dtype)
 
 
 def fit_affine(model_scores: torch.Tensor, true_scores: torch.Tensor) -> tuple[float, float]:
@@ -165,3 +199,28 @@ def fit_affine(model_scores: torch.Tensor, true_scores: torch.Tensor) -> tuple[f
     scale = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
     shift = y.mean() - scale * x.mean()
     return float(scale), float(shift)
+
+
+def fit_isotonic(model_scores: torch.Tensor, true_scores: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The least-squares non-decreasing map ``true ≈ f(model)`` over paired scores ``(n,)``
+    (scipy's isotonic regression, pool adjacent violators), as the knots of a piecewise-linear
+    ``f``: one knot per distinct model score, its value the fit there (equal model scores pooled,
+    weighted by their count).
+
+    Why not only affine: a Bradley–Terry cost model trained with safety labels separates safe from
+    unsafe responses by far more than it separates responses within each class, so one affine map
+    fitted over all responses squeezes each class (README, "What learned scorers cost"). A monotone
+    map keeps the model's ranking and fits each region's size.
+    """
+    from scipy.optimize import isotonic_regression
+
+    x = model_scores.double().flatten()
+    y = true_scores.double().flatten()
+    if x.numel() != y.numel():
+        raise ValueError(f"fit_isotonic needs paired scores; found {x.numel()} model and {y.numel()} true scores")
+    knots_x, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)  # sorted
+    if knots_x.numel() < 2:
+        raise ValueError("fit_isotonic needs at least two distinct model scores")
+    means = torch.zeros_like(knots_x).index_add_(0, inverse, y) / counts
+    fitted = isotonic_regression(means.numpy(), weights=counts.double().numpy(), increasing=True).x
+    return knots_x.tolist(), [float(v) for v in fitted]

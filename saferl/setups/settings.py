@@ -20,6 +20,9 @@ from saferl.data.world.settings import (
 )
 from saferl.runtime.specs import GenerationSpec
 
+#: The maps ``scorers.calibration`` may fit onto the world's held-out ground truth.
+CALIBRATIONS = ("isotonic", "affine")
+
 if TYPE_CHECKING:
     from saferl.models import ModelSpec
 
@@ -78,6 +81,9 @@ class WorldSettings:
         calibrate: ``scorers.calibrate``: map each learned model affinely into ground-truth units
             (fitted on the held-out responses), so that β and the limit mean what they mean in the
             exact optimum.
+        calibration: ``scorers.calibration``: the map ``scorers.calibrate`` fits, ``"isotonic"``
+            (monotone, piecewise linear) or ``"affine"`` (:data:`CALIBRATIONS`;
+            :func:`saferl.learners.scorers.fit_calibration`).
         regularization: ``scorers.regularization``, η of the score losses.
         sign_weight: ``scorers.sign_weight``, the weight of the cost loss's safety-sign terms
             (1: Safe RLHF's loss; 0: Bradley–Terry alone).
@@ -98,6 +104,7 @@ class WorldSettings:
     cost_model: StageSettings
     scorers: str = "learned"
     calibrate: bool = True
+    calibration: str = "isotonic"
     regularization: float = 0.001
     sign_weight: float = 1.0
     generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS))
@@ -123,6 +130,9 @@ class WorldSettings:
                 f"evaluation enumerates every response of at most {MAX_RESPONSE_TOKENS} tokens); "
                 f"found {self.generation.max_new_tokens}"
             )
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"scorers.calibration: expected one of {', '.join(CALIBRATIONS)} (the map fitted onto the "
+                             f"held-out ground truth); found {self.calibration!r}")
         if self.scorers == "learned" and not self.calibrate:
             raise ValueError(
                 "scorers.calibrate=false: on the built-in world the limit d and the exact evaluation are in "

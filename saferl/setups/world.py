@@ -12,8 +12,8 @@ hosting DeepSpeed engines), each recorded in ``<run>/stages.json`` so that ``res
    the critics' start; MoCAN's DPO stage with oracle scorers, PeCAN and the preference losses
    never read them, so they are skipped);
 5. the scorers, one reward and one per cost: the world's ground truth (``scorers.kind=oracle``) or
-   the learned models, mapped affinely into ground-truth units on the held-out responses
-   (``scorers.calibrate``);
+   the learned models, mapped into ground-truth units on the held-out responses
+   (``scorers.calibrate``; by a monotone or an affine map, ``scorers.calibration``);
 6. the exact evaluator: every response of the reference and of a trained policy is enumerated and
    compared with the exact constrained optimum ``π_λ*`` of the same problem.
 
@@ -49,7 +49,14 @@ from saferl.data.world import (
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.learners.output import RunOutput
 from saferl.learners.run_state import StageRecords
-from saferl.learners.scorers import AffineScorer, ModelScorer, Scorer, WorldOracleScorer, fit_affine
+from saferl.learners.scorers import (
+    CalibratedScorer,
+    ModelScorer,
+    Scorer,
+    WorldOracleScorer,
+    apply_calibration,
+    fit_calibration,
+)
 from saferl.models import ModelSpec, load_policy
 from saferl.rbr.world import behaviour_record, exact_world_grades, world_behaviour_metrics
 from saferl.runtime import init_ray
@@ -82,8 +89,9 @@ def world_truth(kind: str, cost: str = "harm") -> Callable[[str, str], float]:
     return lambda prompt, response: function(prompts[prompt], response.split())
 
 
-def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int) -> tuple[float, float]:
-    """Fit the affine map of a score group's outputs to the ground truth on held-out responses."""
+def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int, kind: str = "isotonic") -> dict:
+    """Fit the ``kind`` map (``scorers.calibration``: isotonic or affine) of a score group's outputs
+    to the ground truth on held-out responses (:func:`saferl.learners.scorers.fit_calibration`)."""
     from saferl.data.collators import collate_sequences
 
     unique = sorted({(pair.prompt, response) for pair in pairs for response in (pair.response_0, pair.response_1)})
@@ -93,7 +101,7 @@ def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int) -> tuple[flo
     )
     model_scores = score_group.end_scores(batch)[:, 0]
     true_scores = torch.tensor([truth(p, r) for p, r in unique])
-    return fit_affine(model_scores, true_scores)
+    return fit_calibration(kind, model_scores, true_scores)
 
 
 @dataclass
@@ -109,8 +117,9 @@ class WorldScorerSource:
     test_pairs: list
     tokenizer: object
     num_ranks: int
-    calibration: dict[str, float] | None = None
+    calibration: dict | None = None
     cost: str = "harm"
+    calibration_map: str = "isotonic"
 
     @classmethod
     def oracle(cls, kind: str, tokenizer, cost: str = "harm") -> WorldScorerSource:
@@ -123,10 +132,9 @@ class WorldScorerSource:
         score_group = start_group(ModelSpec(name_or_path=str(self.model_dir)), self.kind)
         if not self.calibrate:
             return ModelScorer(score_group)
-        scale, shift = calibrate(score_group, self.test_pairs, world_truth(self.kind, self.cost), self.tokenizer,
-                                 self.num_ranks)
-        self.calibration = {"scale": scale, "shift": shift}
-        return AffineScorer(ModelScorer(score_group), scale, shift)
+        self.calibration = calibrate(score_group, self.test_pairs, world_truth(self.kind, self.cost), self.tokenizer,
+                                     self.num_ranks, self.calibration_map)
+        return CalibratedScorer(ModelScorer(score_group), self.calibration)
 
 
 @torch.no_grad()
@@ -298,7 +306,7 @@ class WorldEvaluator:
                 if len(_ENUMERATED_SCORES) >= 8:  # a few runs' models at a time
                     _ENUMERATED_SCORES.clear()
                 _ENUMERATED_SCORES[key] = raw
-            scores.append(source.calibration["scale"] * raw + source.calibration["shift"])
+            scores.append(apply_calibration(source.calibration, raw))
         return scores[0], torch.stack(scores[1:], dim=-1)
 
 
@@ -359,7 +367,7 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         test_path = world_dataset_paths(home(cost) / "data").preferences("test", cost)
         test_pairs = list(load_preference_dataset(str(test_path)).records)
         return WorldScorerSource(kind, settings.scorers, model_dir, settings.calibrate, test_pairs, tokenizer,
-                                 resources.num_ranks, cost=cost)
+                                 resources.num_ranks, cost=cost, calibration_map=settings.calibration)
 
     sources = None
     if needs.scorers:

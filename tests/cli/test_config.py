@@ -847,6 +847,13 @@ def test_the_cost_sign_weight_reaches_the_cost_stage_only_and_a_negative_one_is_
         validate(composed("scorers.sign_weight=-1"))
 
 
+def test_the_calibration_map_is_isotonic_by_default_and_a_bad_one_is_refused():
+    assert validate(composed()).setup.calibration == "isotonic"
+    assert validate(composed("scorers.calibration=affine")).setup.calibration == "affine"
+    with pytest.raises(ConfigError, match=named("scorers.calibration", "isotonic, affine", "'spline'")):
+        validate(composed("scorers.calibration=spline"))
+
+
 def test_the_actor_schedule_reaches_the_settings_and_a_bad_one_is_refused():
     """``learner.policy_lr_schedule`` and ``learner.policy_lr_warmup_ratio``: linear with no warmup
     on the world, the published cosine after a 3 % warmup in beaver_v1; the steps they span are

@@ -22,7 +22,7 @@ from saferl.eval.learned_problem import (
     learned_problem_rows,
     margin_needed,
 )
-from saferl.learners.scorers import fit_affine
+from saferl.learners.scorers import apply_calibration, fit_calibration
 from saferl.models import (
     ModelSpec,
     TinyModelConfig,
@@ -105,8 +105,8 @@ def test_costs_no_policy_can_meet_give_no_optimum_and_shapes_are_checked(world):
 
 
 def test_a_folder_is_calibrated_as_a_run_calibrates(tmp_path, tokenizer, world):
-    """The reader fits the affine map on the held-out responses' ground truth and applies it to
-    every enumerated response's end score; a missing model is named."""
+    """The reader fits the run's map (isotonic by default, or affine) on the held-out responses'
+    ground truth and applies it to every enumerated response's end score; a missing model is named."""
     spec = ModelSpec(tiny=TinyModelConfig(vocab_size=len(tokenizer), max_position_embeddings=32))
     models = {}
     for seed, name in enumerate(("reward_model", "cost_model")):
@@ -117,8 +117,10 @@ def test_a_folder_is_calibrated_as_a_run_calibrates(tmp_path, tokenizer, world):
     pairs = [pair for pair in make_preference_pairs(200, seed=3, temperature=1.0) if pair.prompt in texts]
     write_records(pairs, world_dataset_paths(tmp_path / "data").preferences("test"))
 
-    rewards, costs = calibrated_learned_scores(tmp_path, world, tokenizer)
+    calibrated = {kind: calibrated_learned_scores(tmp_path, world, tokenizer, kind) for kind in ("isotonic", "affine")}
+    rewards, costs = calibrated["isotonic"]
     assert rewards.shape == world.rewards.shape and costs.shape == world.costs.shape
+    assert not torch.allclose(costs, calibrated["affine"][1])  # the two maps differ on these models
     # By hand: the held-out responses are among the enumerated ones, so their end scores are
     # the enumerated scores' entries.
     responses = world.responses
@@ -126,12 +128,13 @@ def test_a_folder_is_calibrated_as_a_run_calibrates(tmp_path, tokenizer, world):
              for k, (words, done) in enumerate(zip(responses.words, responses.finished.tolist(), strict=True))}
     rows = {prompt.text: p for p, prompt in enumerate(world.prompts)}
     unique = sorted({(pair.prompt, response) for pair in pairs for response in (pair.response_0, pair.response_1)})
-    for kind, name, learned in (("reward", "reward_model", rewards), ("cost", "cost_model", costs[..., 0])):
-        raw = enumerate_end_scores(models[name], tokenizer, world.prompts, responses)
-        held_out = torch.stack([raw[rows[p], index[r]] for p, r in unique])
-        truth = world_truth(kind)
-        scale, shift = fit_affine(held_out, torch.tensor([truth(p, r) for p, r in unique]))
-        torch.testing.assert_close(learned, scale * raw + shift, rtol=0, atol=1e-5)
+    for map_kind, (map_rewards, map_costs) in calibrated.items():
+        for kind, name, learned in (("reward", "reward_model", map_rewards), ("cost", "cost_model", map_costs[..., 0])):
+            raw = enumerate_end_scores(models[name], tokenizer, world.prompts, responses)
+            held_out = torch.stack([raw[rows[p], index[r]] for p, r in unique])
+            truth = world_truth(kind)
+            fitted = fit_calibration(map_kind, held_out, torch.tensor([truth(p, r) for p, r in unique]))
+            torch.testing.assert_close(learned, apply_calibration(fitted, raw), rtol=0, atol=1e-5)
 
     (tmp_path / "models" / "cost_model" / "config.json").rename(tmp_path / "elsewhere.json")
     (tmp_path / "models" / "cost_model").rename(tmp_path / "models" / "moved")

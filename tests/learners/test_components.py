@@ -46,10 +46,13 @@ from saferl.learners.score_model import (
     score_pair_loss,
 )
 from saferl.learners.scorers import (
-    AffineScorer,
+    CalibratedScorer,
     ShapedRewardScorer,
     WorldOracleScorer,
+    apply_calibration,
     fit_affine,
+    fit_calibration,
+    fit_isotonic,
 )
 from saferl.learners.sft import SFTSchedule
 from saferl.learners.types import (
@@ -633,18 +636,56 @@ def test_shaped_reward_scorer() -> None:
         ShapedRewardScorer(reward, costs, [0.5, -1.0, 0.25])
 
 
-def test_affine_scorer_and_fit_affine() -> None:
-    affine = AffineScorer(FixedScorer([[1.0], [2.5], [-1.0]]), scale=2.0, shift=-1.0)
+def test_calibrated_scorer_affine_and_fit_affine() -> None:
+    affine = CalibratedScorer(FixedScorer([[1.0], [2.5], [-1.0]]), {"kind": "affine", "scale": 2.0, "shift": -1.0})
     assert affine.num_outputs == 1
     assert torch.equal(affine.score(None, []), torch.tensor([[1.0], [4.0], [-3.0]]))
+    # A calibration recorded before isotonic maps existed (scale and shift only) is affine.
+    assert torch.equal(apply_calibration({"scale": 2.0, "shift": -1.0}, torch.tensor([1.0])), torch.tensor([1.0]))
 
     model = torch.tensor([0.0, 1.0, 2.0, 3.0, -4.5])
     scale, shift = fit_affine(model, 3.0 * model.double() - 2.0)  # true = 3·model − 2
     assert scale == pytest.approx(3.0, abs=1e-12) and shift == pytest.approx(-2.0, abs=1e-12)
+    assert fit_calibration("affine", model, 3.0 * model.double() - 2.0) == {
+        "kind": "affine", "scale": pytest.approx(3.0, abs=1e-12), "shift": pytest.approx(-2.0, abs=1e-12)}
     with pytest.raises(ValueError, match="two distinct"):
         fit_affine(torch.full((5,), 0.1), torch.arange(5.0))
     with pytest.raises(ValueError, match="two distinct"):
         fit_affine(torch.tensor([1.0]), torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="scorers.calibration"):
+        fit_calibration("spline", model, model)
+
+
+def test_isotonic_calibration_worked_values_pooling_and_interpolation() -> None:
+    # Model scores 0, 1, 1, 2, 3 with truths 0, 3, 1, 1, 4: the tie at 1 pools to 2 (weight 2), then
+    # 2 > 1 violates order and pools with it: (2·2 + 1)/3 = 5/3 at both knots 1 and 2.
+    model = torch.tensor([1.0, 0.0, 3.0, 1.0, 2.0])
+    truth = torch.tensor([3.0, 0.0, 4.0, 1.0, 1.0], dtype=torch.float64)
+    knots_x, knots_y = fit_isotonic(model, truth)
+    assert knots_x == [0.0, 1.0, 2.0, 3.0]
+    assert knots_y == pytest.approx([0.0, 5 / 3, 5 / 3, 4.0], abs=1e-12)
+    calibration = fit_calibration("isotonic", model, truth)
+    assert calibration == {"kind": "isotonic", "knots_x": knots_x, "knots_y": knots_y}
+    # Linear between knots, constant beyond them; the dtype is kept.
+    points = torch.tensor([[-5.0, 0.5], [2.5, 10.0]])
+    mapped = apply_calibration(calibration, points)
+    assert mapped.dtype == torch.float32
+    torch.testing.assert_close(mapped, torch.tensor([[0.0, 5 / 6], [(5 / 3 + 4.0) / 2, 4.0]]), rtol=0, atol=1e-6)
+    # It is the least-squares monotone fit: no non-decreasing step function on the knots does
+    # better (a grid of candidates around it).
+    def loss(values):
+        at = dict(zip(knots_x, values, strict=True))
+        return sum((float(t) - at[float(m)]) ** 2 for m, t in zip(model, truth, strict=True))
+    best = loss(knots_y)
+    grid = [k / 6 for k in range(0, 25)]
+    for a in grid:
+        for b in grid:
+            if a <= b <= 4.0:
+                assert loss([0.0, a, b, 4.0]) >= best - 1e-12
+    scorer = CalibratedScorer(FixedScorer([[0.5], [9.0]]), calibration)
+    torch.testing.assert_close(scorer.score(None, []), torch.tensor([[5 / 6], [4.0]]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="two distinct"):
+        fit_isotonic(torch.ones(3), torch.arange(3.0))
 
 
 # ----------------------------------------------------------------------------------- score model
