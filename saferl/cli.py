@@ -335,6 +335,7 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
     ``conf/job/evaluate.yaml``); returns the summary (headline: the policy's reward win rate)."""
 
     from saferl.config import ConfigError
+    from saferl.data.local_paths import looks_like_local_path
     from saferl.eval.arena import TRUTH_JUDGE, print_arena, write_arena
     from saferl.eval.arena_run import ArenaSettings, run_arena, world_arena_prompts
     from saferl.eval.judge_settings import parse_judges
@@ -353,6 +354,10 @@ def evaluate(cfg: DictConfig, config: RunConfig, folder: Path) -> dict:
             value = from_model
         if value is None:
             raise ConfigError(f"job.{key}: required (give job.{key}=<folder or hub name>, or job.run_dir=<run folder>)")
+        if looks_like_local_path(str(value)) and not Path(value).expanduser().exists():
+            # Said here, before any model loads, rather than by a rank's hub client after start-up.
+            raise ConfigError(f"job.{key}: the local path {str(value)!r} does not exist; give a model folder "
+                              "written by save_pretrained, or a hub name (owner/name)")
         return str(value)
 
     policy_dir = None

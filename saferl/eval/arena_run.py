@@ -279,6 +279,11 @@ def run_arena(
             f"arena.rows_per_call={settings.rows_per_call} must be a multiple of "
             f"group.num_ranks={group.num_ranks} (each call is split evenly over the ranks)"
         )
+    from saferl.eval.judges import check_judge
+
+    for entry in judges:  # a bad judge folder fails now, not after the generation
+        if isinstance(entry, JudgeSettings) and entry.kind != "ground_truth":
+            check_judge(entry)
     num_prompts, k = len(prompts), settings.responses_per_prompt
     rows = [prompt for prompt in prompts for _ in range(k)]  # row i·K + k: sample k of prompt i
 

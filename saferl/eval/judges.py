@@ -45,6 +45,7 @@ __all__ = [
     "UNSAFE_SPELLINGS",
     "answer_first_tokens",
     "build_judge",
+    "check_judge",
     "parse_llamaguard_output",
     "unsafe_label_index",
     "whitespace_token_ids",
@@ -311,6 +312,38 @@ class GroundTruthJudge:
         """Nothing to stop."""
 
 
+def check_judge(settings: JudgeSettings) -> tuple[Any, Any, dict | None]:
+    """The driver-side checks of a model judge, before any rank starts (the arena runs them for
+    every judge before it generates, so a bad judge folder fails in seconds, not after the
+    generation): the folder needs no code of its own unless trusted, its tokenizer loads, and a
+    classifier names its unsafe label.
+
+    Returns:
+        The judge's ``ModelSpec``, its tokenizer, and a classifier's ``id2label`` (None for a
+        LlamaGuard-style judge).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from saferl.models import ModelSpec
+    from saferl.models.untrusted import check_remote_code
+
+    path = str(settings.path)
+    spec = ModelSpec(
+        name_or_path=path,
+        dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code,
+        trust_remote_code_key=f"job.judges[name={settings.display_name}].trust_remote_code",
+    )
+    check_remote_code(path, settings.trust_remote_code, key=spec.trust_remote_code_key)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    id2label = None
+    if settings.kind != "llamaguard":
+        config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+        id2label = dict(config.id2label or {})
+        unsafe_label_index(id2label, path, settings.unsafe_label)
+    return spec, tokenizer, id2label
+
+
 def build_judge(
     settings: JudgeSettings,
     *,
@@ -332,27 +365,11 @@ def build_judge(
     name = settings.display_name
     if settings.kind == "ground_truth":
         return GroundTruthJudge(name=name)
-    from transformers import AutoConfig, AutoTokenizer
-
-    from saferl.models import ModelSpec
-    from saferl.models.untrusted import check_remote_code
     from saferl.runtime.judging import JudgeGroup, LocalJudgeModel
 
     path = str(settings.path)
-    spec = ModelSpec(
-        name_or_path=path,
-        dtype=settings.dtype,
-        trust_remote_code=settings.trust_remote_code,
-        trust_remote_code_key=f"job.judges[name={name}].trust_remote_code",
-    )
-    check_remote_code(path, settings.trust_remote_code, key=spec.trust_remote_code_key)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    spec, tokenizer, id2label = check_judge(settings)
     kind = "causal_lm" if settings.kind == "llamaguard" else "classifier"
-    id2label = None
-    if kind == "classifier":  # checked before any rank starts
-        config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
-        id2label = dict(config.id2label or {})
-        unsafe_label_index(id2label, path, settings.unsafe_label)
     if local:
         reader: Any = LocalJudgeModel.load(
             spec, tokenizer, kind, micro_batch_size=settings.micro_batch_size

@@ -148,3 +148,10 @@ def test_a_sweep_job_runs_through_submitit(tmp_path):
     (log,) = list((sweep_dir / ".submitit").glob("*/*_log.out"))
     text = log.read_text()
     assert "strong duality" in text and "-0.9000" in text and "Job completed successfully" in text
+
+
+def test_evaluate_names_a_model_path_that_does_not_exist_before_anything_loads(tmp_path):
+    missing = tmp_path / "no_policy"
+    with pytest.raises(ConfigError, match=rf"job.policy: the local path '{missing}' does not exist"):
+        run(composed("job=evaluate", f"job.policy={missing}", f"job.reference={tmp_path}",
+                     f"output_dir={tmp_path / 'out'}", "logger=none"))

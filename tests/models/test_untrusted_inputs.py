@@ -132,6 +132,22 @@ def test_a_judge_needing_its_own_code_is_refused_with_the_judge_s_key(llama_dir,
     assert not (tmp_path / "code_ran").exists()
 
 
+def test_the_arena_refuses_such_a_judge_before_it_generates(llama_dir, tmp_path) -> None:
+    """run_arena checks every model judge first: the policy folder does not even exist, and the
+    refusal is still the judge's (it came before anything was loaded or generated)."""
+    from saferl.data.world import build_world_tokenizer
+    from saferl.eval.arena_run import run_arena
+    from saferl.eval.judge_settings import JudgeSettings
+
+    folder = _custom_code_folder(llama_dir, "saferl_custom_llama", tmp_path / "code_ran")
+    judges = [JudgeSettings(kind="classifier", path=str(folder), name="harm")]
+    with pytest.raises(ValueError, match=r"job\.judges\[name=harm\]\.trust_remote_code=true"):
+        run_arena(str(tmp_path / "no_policy"), str(tmp_path / "no_reference"), ["explain bread"],
+                  build_world_tokenizer(), {"reward": str(tmp_path / "no_rm"), "cost": str(tmp_path / "no_cm")},
+                  judges=judges)
+    assert not (tmp_path / "code_ran").exists()
+
+
 def test_a_tokenizer_needing_its_own_code_is_refused(tokenizer_dir, tmp_path) -> None:
     folder = tmp_path / "tokenizer"
     folder.mkdir()
