@@ -125,19 +125,6 @@ def margin_needed(world: ExactWorld, learned_rewards: torch.Tensor, learned_cost
     return MarginNeeded(None, None, grid[-1])
 
 
-class _InProcessScores:
-    """A score model in this process, read as a score group is (``end_scores(batch) → (rows, m)``)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
-
-    @torch.no_grad()
-    def end_scores(self, batch) -> torch.Tensor:
-        from saferl.models import end_scores
-
-        return end_scores(self.model, batch.input_ids, batch.attention_mask)
-
-
 def calibrated_learned_scores(folder: str | Path, world: ExactWorld, tokenizer,
                               calibration: str = "isotonic") -> tuple[torch.Tensor, torch.Tensor]:
     """The calibrated learned reward ``(N, K)`` and costs ``(N, K, m)`` of every enumerated response,
@@ -149,7 +136,7 @@ def calibrated_learned_scores(folder: str | Path, world: ExactWorld, tokenizer,
     from saferl.learners.scorers import apply_calibration
     from saferl.models import load_score_model
     from saferl.setups.settings import cost_model_name
-    from saferl.setups.world import calibrate, enumerate_end_scores, world_truth
+    from saferl.setups.world import InProcessScores, calibrate, enumerate_end_scores, world_truth
 
     folder = Path(folder)
     paths = world_dataset_paths(folder / "data")
@@ -163,7 +150,7 @@ def calibrated_learned_scores(folder: str | Path, world: ExactWorld, tokenizer,
                 raise FileNotFoundError(f"{folder}: the learned problem needs {path} (a world run's or stage "
                                         f"folder's {kind} model and held-out pairs); it is missing")
         model, _ = load_score_model(model_dir)
-        group = _InProcessScores(model)
+        group = InProcessScores(model)
         pairs = list(load_preference_dataset(str(test_path)).records)
         fitted = calibrate(group, pairs, world_truth(kind, cost), tokenizer, 1, calibration)
         raw = enumerate_end_scores(group.model, tokenizer, world.prompts, world.responses)

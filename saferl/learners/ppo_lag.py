@@ -491,6 +491,7 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
     def start_critic(critic: CriticStart, kind: str) -> CriticGroup:
         return start(CriticGroup(critic.spec, setup.tokenizer, resources.engine(settings.critic_learning_rate, rows),
                                  resources.group, resources.runtime, init_from=critic.init_from,
+                                 value_scale=critic.value_scale,
                                  role=role(f"{kind}_critic"), seed=resources.seed, wait=False))
 
     cost_sources = list(setup.costs) if with_costs else []

@@ -327,6 +327,7 @@ def build_critic(
     tokenizer: PreTrainedTokenizerBase,
     init_from: str | None = None,
     init_output_index: int | None = None,
+    value_scale: float = 1.0,
 ) -> nn.Module:
     """A value model: a one-output score model read at every position.
 
@@ -344,6 +345,10 @@ def build_critic(
             weights replace the spec's source.
         init_output_index: for an ``m > 1`` score model, which output row the critic keeps
             (e.g. the cost index this critic estimates). Required when ``m > 1``.
+        value_scale: multiplies the loaded head's weights (with ``init_from``), so that the
+            critic's first values are ``value_scale`` times the score model's: the scale of a
+            calibration that maps the score model into the units of the rewards the critic will
+            predict (the world's ground-truth units).
 
     Returns:
         A one-output ``AutoModelForSequenceClassification`` model (or LoRA ``PeftModel``),
@@ -372,6 +377,9 @@ def build_critic(
         raise ValueError(
             f"init_from={init_from!r} has one output; got init_output_index={init_output_index}"
         )
+    if value_scale != 1.0:
+        with torch.no_grad():
+            score_head(unwrap_model(model)).weight.mul_(float(value_scale))
     set_score_metadata(model, "critic", 1)
     _match_tokenizer(model, tokenizer)
     if spec.lora is not None:

@@ -117,12 +117,15 @@ class CriticHead:
         tokenizer: with a pad token distinct from EOS.
         init_from: a saved score model to initialise from (Safe RLHF: the reward/cost model).
         init_output_index: which output of an ``m > 1`` score model this critic keeps.
+        value_scale: multiplies the loaded head (``build_critic``): the critic starts in the
+            calibrated units of the rewards it predicts.
     """
 
     model_spec: ModelSpec
     tokenizer: PreTrainedTokenizerBase
     init_from: str | None = None
     init_output_index: int | None = None
+    value_scale: float = 1.0
 
     def build(self) -> nn.Module:
         return build_critic(
@@ -130,6 +133,7 @@ class CriticHead:
             self.tokenizer,
             init_from=self.init_from,
             init_output_index=self.init_output_index,
+            value_scale=self.value_scale,
         )
 
     def wrap(self, model: nn.Module) -> nn.Module:

@@ -320,6 +320,8 @@ class CriticGroup(RoleGroup):
     Args (beyond :class:`PolicyGroup`'s):
         init_from: a saved score model to initialise from (Safe RLHF: the reward/cost model).
         init_output_index: which output of an ``m > 1`` score model this critic keeps.
+        value_scale: multiplies the loaded head, so the critic starts in the calibrated units of
+            the rewards it predicts (``build_critic``).
     """
 
     def __init__(
@@ -332,13 +334,15 @@ class CriticGroup(RoleGroup):
         *,
         init_from: str | None = None,
         init_output_index: int | None = None,
+        value_scale: float = 1.0,
         placement: PlacementPlan | None = None,
         role: str = "reward_critic",
         seed: int = 0,
         wait: bool = True,
     ) -> None:
         head = CriticHead(
-            model_spec, tokenizer, init_from=init_from, init_output_index=init_output_index
+            model_spec, tokenizer, init_from=init_from, init_output_index=init_output_index,
+            value_scale=value_scale,
         )
         super().__init__(
             role, CriticWorker, head, deepspeed_spec, group_spec, runtime_spec,

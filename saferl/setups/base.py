@@ -87,10 +87,13 @@ class CriticStart:
             (a score model's backbone and head) when ``init_from`` is None.
         init_from: a saved score model (folder) whose backbone and head replace ``spec``'s
             weights; it must have a trained head (see :func:`saferl.models.build_critic`).
+        value_scale: multiplies that head, so the critic starts in the units of the rewards it
+            will predict (the world: the scale of the score model's affine fit to the ground truth).
     """
 
     spec: ModelSpec
     init_from: str | None = None
+    value_scale: float = 1.0
 
 
 @dataclass(frozen=True)

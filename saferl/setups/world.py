@@ -73,7 +73,9 @@ __all__ = [
     "WorldScorerSource",
     "WorldSettings",
     "build",
+    "InProcessScores",
     "calibrate",
+    "critic_value_scale",
     "world_truth",
 ]
 
@@ -102,6 +104,31 @@ def calibrate(score_group, pairs, truth, tokenizer, num_ranks: int, kind: str = 
     model_scores = score_group.end_scores(batch)[:, 0]
     true_scores = torch.tensor([truth(p, r) for p, r in unique])
     return fit_calibration(kind, model_scores, true_scores)
+
+
+class InProcessScores:
+    """A score model in this process, read as a score group is (``end_scores(batch) → (rows, m)``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def end_scores(self, batch) -> torch.Tensor:
+        from saferl.models import end_scores
+
+        return end_scores(self.model, batch.input_ids, batch.attention_mask)
+
+
+def critic_value_scale(model_dir: Path, pairs, truth, tokenizer) -> float:
+    """The scale of a score model's least-squares affine fit to the ground truth on held-out
+    responses (read in this process): a critic started from that model is multiplied by it, so
+    that its first values are in the ground-truth units of the rewards it will predict. Learned
+    cost models come out about 5× the ground truth's size (scale ≈ 0.2 on the default job's
+    stages). The fit's shift stays out: Llama's score head has no bias to hold it."""
+    from saferl.models import load_score_model
+
+    model, _ = load_score_model(model_dir)
+    return float(calibrate(InProcessScores(model), pairs, truth, tokenizer, 1, "affine")["scale"])
 
 
 @dataclass
@@ -374,7 +401,13 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         sources = (source("reward", models / "reward_model"),
                    *(source("cost", path, cost) for cost, path in zip(settings.costs, cost_dirs, strict=True)))
 
-    # Critics start from the score models (docs/algorithms.md §2).
+    # Critics start from the score models (docs/algorithms.md §2), scaled into ground-truth units.
+    def critic(kind: str, model_dir: Path, cost: str = "harm") -> CriticStart:
+        test_path = world_dataset_paths(home(cost) / "data").preferences("test", cost)
+        scale = critic_value_scale(model_dir, list(load_preference_dataset(str(test_path)).records),
+                                   world_truth(kind, cost), tokenizer)
+        return CriticStart(sft_spec, init_from=str(model_dir), value_scale=scale)
+
     return Setup(
         name="world",
         policy=sft_spec,
@@ -390,9 +423,10 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         ptx_source=f"the world's SFT demonstrations ({paths.sft})",
         reward=sources[0] if sources else None,
         costs=sources[1:] if sources else (),
-        reward_critic=CriticStart(sft_spec, init_from=str(models / "reward_model")) if needs.critics else None,
+        reward_critic=critic("reward", models / "reward_model") if needs.critics else None,
         # One cost critic per cost, each from its own cost model (docs/algorithms.md §2).
-        cost_critics=tuple(CriticStart(sft_spec, init_from=str(path)) for path in cost_dirs) if needs.critics else (),
+        cost_critics=tuple(critic("cost", path, cost) for cost, path in zip(settings.costs, cost_dirs, strict=True))
+        if needs.critics else (),
         # 6. The exact evaluator.
         evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers, sources,
                                  settings.costs),

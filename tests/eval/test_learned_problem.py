@@ -30,7 +30,7 @@ from saferl.models import (
     build_score_model,
     save_score_model,
 )
-from saferl.setups.world import enumerate_end_scores, world_truth
+from saferl.setups.world import critic_value_scale, enumerate_end_scores, world_truth
 
 BETA, LIMIT = 0.5, -0.8
 
@@ -135,6 +135,9 @@ def test_a_folder_is_calibrated_as_a_run_calibrates(tmp_path, tokenizer, world):
             truth = world_truth(kind)
             fitted = fit_calibration(map_kind, held_out, torch.tensor([truth(p, r) for p, r in unique]))
             torch.testing.assert_close(learned, apply_calibration(fitted, raw), rtol=0, atol=1e-5)
+            if map_kind == "affine":  # a critic started from this model is scaled by the same fit's scale
+                scale = critic_value_scale(tmp_path / "models" / name, pairs, truth, tokenizer)
+                assert scale == pytest.approx(fitted["scale"], rel=1e-4)
 
     (tmp_path / "models" / "cost_model" / "config.json").rename(tmp_path / "elsewhere.json")
     (tmp_path / "models" / "cost_model").rename(tmp_path / "models" / "moved")

@@ -110,6 +110,18 @@ def test_critic_init_from_saved_score_model(tokenizer, tiny_spec, batch, tmp_pat
         torch.testing.assert_close(end_scores(critic, **inputs), end_scores(reward_model, **inputs))
 
 
+def test_a_critic_value_scale_multiplies_its_first_values(tokenizer, tiny_spec, batch, tmp_path) -> None:
+    """The head is linear without a bias, so scaling its weights scales every value exactly."""
+    cost_model = build_score_model(tiny_spec, tokenizer).eval()
+    path = save_score_model(cost_model, tokenizer, tmp_path / "cost", kind="cost")
+    critic = build_critic(tiny_spec, tokenizer, init_from=str(path), value_scale=0.2).eval()
+    assert torch.equal(score_head(critic).weight, score_head(cost_model).weight * 0.2)
+    inputs = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(end_scores(critic, **inputs), 0.2 * end_scores(cost_model, **inputs),
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_critic_init_from_multi_output_cost_model(tokenizer, tiny_spec, tmp_path) -> None:
     cost_model = build_score_model(tiny_spec, tokenizer, 3)
     path = save_score_model(cost_model, tokenizer, tmp_path / "cost", kind="cost")

@@ -123,7 +123,7 @@ def test_role_group_constructors_keep_their_arguments_and_default_roles() -> Non
         PolicyGroup: ([], "policy"),
         ReferenceGroup: ([], "reference"),
         ScoreGroup: (["num_outputs", "kind"], "reward"),
-        CriticGroup: (["init_from", "init_output_index"], "reward_critic"),
+        CriticGroup: (["init_from", "init_output_index", "value_scale"], "reward_critic"),
     }
     for cls, (extra, role) in expected.items():
         parameters = inspect.signature(cls).parameters
