@@ -78,7 +78,7 @@ class WorldSettings:
             (every cost's model is trained with ``cost_model``'s settings).
         scorers: ``scorers.kind``: ``"learned"`` (the trained models) or ``"oracle"`` (the ground
             truth).
-        calibrate: ``scorers.calibrate``: map each learned model affinely into ground-truth units
+        calibrate: ``scorers.calibrate``: map each learned model into ground-truth units (by ``calibration``)
             (fitted on the held-out responses), so that β and the limit mean what they mean in the
             exact optimum.
         calibration: ``scorers.calibration``: the map ``scorers.calibrate`` fits, ``"isotonic"``
