@@ -253,9 +253,11 @@ def sample_target_weights(
     # One logit per distinct (prompt, response): the rows' mean (equal up to rounding).
     distinct_logits = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, row_to_distinct, logits)
     distinct_logits = distinct_logits / counts
+    # A softmax over each prompt's distinct responses (its max subtracted first, for stability).
     prompts, distinct_prompt = torch.unique(distinct[:, 0], return_inverse=True)
-    q = torch.empty_like(distinct_logits)
-    for p in range(len(prompts)):  # a softmax over each prompt's distinct responses
-        members = distinct_prompt == p
-        q[members] = torch.softmax(distinct_logits[members], dim=0)
+    prompt_max = torch.full((len(prompts),), -torch.inf, dtype=torch.float64).scatter_reduce(
+        0, distinct_prompt, distinct_logits, "amax")
+    unnormalised = torch.exp(distinct_logits - prompt_max[distinct_prompt])
+    totals = torch.zeros(len(prompts), dtype=torch.float64).index_add_(0, distinct_prompt, unnormalised)
+    q = unnormalised / totals[distinct_prompt]
     return q[row_to_distinct] / counts[row_to_distinct] / len(prompts)
