@@ -388,12 +388,20 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
     models = folder / "models"
     cost_dirs = [home(cost) / "models" / cost_model_name(cost) for cost in settings.costs]
 
+    held_out: dict[str, list] = {}
+
+    def held_out_pairs(cost: str) -> list:
+        """The held-out pairs labelled by ``cost``, read once (the scorers' calibration and the
+        critics' scale both fit on them; the reward shares harm's file)."""
+        if cost not in held_out:
+            test_path = world_dataset_paths(home(cost) / "data").preferences("test", cost)
+            held_out[cost] = list(load_preference_dataset(str(test_path)).records)
+        return held_out[cost]
+
     # 5. The scorers (the evaluator reads their calibration once the learner has built them); each
     # is calibrated on the held-out pairs of its own labels.
     def source(kind: str, model_dir: Path, cost: str = "harm") -> WorldScorerSource:
-        test_path = world_dataset_paths(home(cost) / "data").preferences("test", cost)
-        test_pairs = list(load_preference_dataset(str(test_path)).records)
-        return WorldScorerSource(kind, settings.scorers, model_dir, settings.calibrate, test_pairs, tokenizer,
+        return WorldScorerSource(kind, settings.scorers, model_dir, settings.calibrate, held_out_pairs(cost), tokenizer,
                                  resources.num_ranks, cost=cost, calibration_map=settings.calibration)
 
     sources = None
@@ -403,9 +411,7 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
 
     # Critics start from the score models (docs/algorithms.md §2), scaled into ground-truth units.
     def critic(kind: str, model_dir: Path, cost: str = "harm") -> CriticStart:
-        test_path = world_dataset_paths(home(cost) / "data").preferences("test", cost)
-        scale = critic_value_scale(model_dir, list(load_preference_dataset(str(test_path)).records),
-                                   world_truth(kind, cost), tokenizer)
+        scale = critic_value_scale(model_dir, held_out_pairs(cost), world_truth(kind, cost), tokenizer)
         return CriticStart(sft_spec, init_from=str(model_dir), value_scale=scale)
 
     return Setup(
