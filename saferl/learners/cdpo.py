@@ -49,10 +49,9 @@ import torch
 from saferl.core.dual_ascent import projected_dual_step
 from saferl.core.targets import TiltTarget
 from saferl.learners.mocan import (
-    anchor_weights,
+    anchored_pairs,
     build_scorers,
     choose_prompts,
-    pseudo_preference_batch,
     sample_responses,
     score_samples,
 )
@@ -254,10 +253,9 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
             seconds["dual"] += stepped - sampled
 
             # 4. One DPO round on the samples relabelled with s = r − λ·c, continuing the policy.
-            anchored = settings.anchor_weight > 0
-            data = pseudo_preference_batch(
-                samples, multiplier, settings.soft_labels, settings.seed + index, keep_identical=anchored
-            )
+            data, weights = anchored_pairs(samples, multiplier, soft_labels=settings.soft_labels,
+                                           seed=settings.seed + index, beta=settings.beta,
+                                           anchor_weight=settings.anchor_weight)
             last = round_number == settings.rounds
             export = (
                 folder / "models" / f"policy_round{round_number}"
@@ -286,8 +284,7 @@ def run(setup: Setup, settings: CDPOSettings, resources: Resources, output: RunO
                 tracker=_OffsetTracker(output.tracker, len(history), round_metrics),
                 progress=output.stage_progress(f"cdpo_round{round_number}", settings.dpo_steps),
                 skip_nonfinite_batches=settings.skip_nonfinite_batches,
-                likelihood_weights=(anchor_weights(samples, multiplier, settings.beta, settings.anchor_weight)
-                                    if anchored else None),
+                likelihood_weights=weights,
             )
             history.extend({**step, **round_metrics} for step in steps)
             policy_dir = Path(exported) if exported is not None else policy_dir

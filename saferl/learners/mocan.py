@@ -62,6 +62,7 @@ __all__ = [
     "MocanSettings",
     "ScoredSamples",
     "anchor_weights",
+    "anchored_pairs",
     "build_scorers",
     "choose_prompts",
     "dualize",
@@ -328,6 +329,16 @@ def anchor_weights(samples: ScoredSamples, multiplier: torch.Tensor, beta: float
     return weights
 
 
+def anchored_pairs(samples: ScoredSamples, multiplier: torch.Tensor, *, soft_labels: bool, seed: int, beta: float,
+                   anchor_weight: float) -> tuple[PreferenceTrainBatch, Callable | None]:
+    """Step 3a's data as MoCAN, PeCAN and C-DPO train on it: the relabelled pairs
+    (:func:`pseudo_preference_batch`, every sample kept when anchored) and, for ``anchor_weight``
+    α > 0, the :func:`anchor_weights` function ``train_policy_on_pairs`` takes (None: DPO alone)."""
+    anchored = anchor_weight > 0
+    data = pseudo_preference_batch(samples, multiplier, soft_labels, seed, keep_identical=anchored)
+    return data, (anchor_weights(samples, multiplier, beta, anchor_weight) if anchored else None)
+
+
 def run(setup: Setup, settings: MocanSettings, resources: Resources, output: RunOutput) -> RunResult:
     """Steps 1–3 of the module docstring on ``setup``; writes into ``<output>/mocan``."""
     setup.require(needs(settings), "mocan")
@@ -385,17 +396,15 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
         aligned = ppo_lag.run(setup, fixed, resources, output.under("mocan"))
         policy_dir, history = aligned.policy_dir, aligned.history
     else:
-        anchored = settings.anchor_weight > 0
-        data = pseudo_preference_batch(samples, dual.solution.multiplier, settings.soft_labels, settings.seed,
-                                       keep_identical=anchored)
+        data, weights = anchored_pairs(samples, dual.solution.multiplier, soft_labels=settings.soft_labels,
+                                       seed=settings.seed, beta=settings.beta, anchor_weight=settings.anchor_weight)
         policy_dir, history = train_policy_on_pairs(
             setup.policy, setup.tokenizer, data, "dpo", {"beta": settings.beta}, resources,
             folder / "models" / "policy_dpo", steps=settings.dpo_steps, pairs_per_step=settings.dpo_pairs_per_step,
             learning_rate=settings.dpo_learning_rate, seed=settings.seed, tracker=output.tracker,
             progress=output.stage_progress("mocan_dpo", settings.dpo_steps),
             skip_nonfinite_batches=settings.skip_nonfinite_batches,
-            likelihood_weights=(anchor_weights(samples, dual.solution.multiplier, settings.beta, settings.anchor_weight)
-                                if anchored else None),
+            likelihood_weights=weights,
         )
     seconds["align"] = time.perf_counter() - clock
     return replace(result, policy_dir=Path(policy_dir), history=history)

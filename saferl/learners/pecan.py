@@ -47,10 +47,9 @@ from saferl.core.dualized import pecan_scores
 from saferl.core.targets import TiltTarget
 from saferl.learners.mocan import (
     ScoredSamples,
-    anchor_weights,
+    anchored_pairs,
     choose_prompts,
     dualize,
-    pseudo_preference_batch,
     sample_responses,
 )
 from saferl.learners.output import RunOutput
@@ -201,11 +200,8 @@ def run(setup: Setup, settings: PecanSettings, resources: Resources, output: Run
 
         # 4. Relabel the sample pairs with σ(s_0 − s_1), s = r − λ*·c, and run DPO at β from π_ref.
         clock = time.perf_counter()
-        anchored = settings.anchor_weight > 0
-        data = pseudo_preference_batch(samples, dual.solution.multiplier, soft_labels=True, seed=settings.seed,
-                                       keep_identical=anchored)
-        weights = (anchor_weights(samples, dual.solution.multiplier, beta, settings.anchor_weight)
-                   if anchored else None)
+        data, weights = anchored_pairs(samples, dual.solution.multiplier, soft_labels=True, seed=settings.seed,
+                                       beta=beta, anchor_weight=settings.anchor_weight)
         policy_dir = dpo(data, folder / "models" / "policy_dpo", "pecan_dpo", weights)
         seconds["align"] = time.perf_counter() - clock
     finally:

@@ -50,10 +50,11 @@ def scored_samples(seed: int = 0, prompts: int = 3, k: int = 4, m: int = 1) -> m
 
 def test_the_relabelling_is_mocans():
     # C-DPO imports MoCAN's relabelling (not a copy): the same function, so the same labels.
-    assert cdpo.pseudo_preference_batch is mocan.pseudo_preference_batch
+    assert cdpo.anchored_pairs is mocan.anchored_pairs
     samples = scored_samples(m=2)
     multiplier = torch.tensor([0.7, 0.2], dtype=torch.float64)
-    batch = cdpo.pseudo_preference_batch(samples, multiplier, soft_labels=True, seed=0)
+    batch, weights = cdpo.anchored_pairs(samples, multiplier, soft_labels=True, seed=0, beta=BETA, anchor_weight=0.0)
+    assert weights is None  # C-DPO's default: DPO alone
     scores = composite_score(samples.rewards, samples.costs, multiplier).reshape(-1)
     expected = pseudo_preference_prob(scores[0::2], scores[1::2]).float().repeat_interleave(2)
     assert torch.equal(batch.preference_prob, expected)
@@ -62,8 +63,8 @@ def test_the_relabelling_is_mocans():
 def test_a_round_at_zero_multiplier_is_dpo_on_the_reward():
     # λ = 0: the labels are σ(r_0 − r_1) whatever the costs ...
     samples = scored_samples(seed=1)
-    batch = cdpo.pseudo_preference_batch(
-        samples, torch.zeros(1, dtype=torch.float64), soft_labels=True, seed=0
+    batch, _ = cdpo.anchored_pairs(
+        samples, torch.zeros(1, dtype=torch.float64), soft_labels=True, seed=0, beta=BETA, anchor_weight=0.0
     )
     rewards = samples.rewards.reshape(-1)
     expected = torch.sigmoid(rewards[0::2] - rewards[1::2]).float().repeat_interleave(2)
