@@ -283,6 +283,10 @@ def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: in
     )
 
 
+#: The ``scorers`` group's keys on the setups that train their own score models (world and tiny).
+SCORER_KEYS = {"kind", "calibrate", "calibration", "regularization", "sign_weight", "reward_model", "cost_model"}
+
+
 #: The hub data group's PTX set (``data.ptx_*``), read by a PPO stage with ``learner.ptx_coeff > 0``.
 PTX_KEYS = ("ptx_path", "ptx_split", "ptx_revision")
 
@@ -422,8 +426,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
     for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
         _integer(cfg, f"data.{key}", 1)
     _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
-    _unknown(scorers, {"kind", "calibrate", "calibration", "regularization", "sign_weight", "reward_model", "cost_model"},
-             "scorers")
+    _unknown(scorers, SCORER_KEYS, "scorers")
     stages = _training_stages(model, scorers, num_ranks)
     return _build(
         {
@@ -509,8 +512,7 @@ def _tiny_settings(cfg: DictConfig, generation: GenerationSpec, reference: Refer
     _unknown(model, {"source", "sft", "from_run"}, "model", " for source=world")
     _unknown(data, {"source", "path", "revision", "train_split", "test_split", "template", "max_length", *PTX_KEYS},
              "data", " for source=hub")
-    _unknown(scorers, {"kind", "calibrate", "calibration", "regularization", "sign_weight", "reward_model", "cost_model"},
-             "scorers")
+    _unknown(scorers, SCORER_KEYS, "scorers")
     if model.get("from_run") is not None:
         raise ConfigError(f"model.from_run: reuses a built-in-world run's stages; with data.path the stages train on "
                           f"your data (use resume=auto to continue a run); found {model['from_run']!r}")
