@@ -143,15 +143,11 @@ def train_member(folder: Path, member_dir: Path, seed: int, bootstrap: bool, sta
 def calibrated_scores(model_dir: Path, kind: str, test_pairs: list, world, tokenizer,
                       calibration: str = "isotonic") -> torch.Tensor:
     """One score model's calibrated score of every enumerated response ``(N, K)``, calibrated as a
-    run calibrates it (the pieces of :func:`saferl.eval.learned_problem.calibrated_learned_scores`)."""
-    from saferl.learners.scorers import apply_calibration
-    from saferl.models import load_score_model
-    from saferl.setups.world import InProcessScores, calibrate, enumerate_end_scores, world_truth
+    run calibrates it (:func:`saferl.eval.learned_problem.calibrated_model_scores`)."""
+    from saferl.eval.learned_problem import calibrated_model_scores
+    from saferl.setups.world import world_truth
 
-    model, _ = load_score_model(model_dir)
-    group = InProcessScores(model)
-    fitted = calibrate(group, test_pairs, world_truth(kind), tokenizer, 1, calibration)
-    return apply_calibration(fitted, enumerate_end_scores(group.model, tokenizer, world.prompts, world.responses))
+    return calibrated_model_scores(model_dir, test_pairs, world_truth(kind), world, tokenizer, calibration)
 
 
 def combinations(members: torch.Tensor, kappas: Sequence[float]) -> dict[str, torch.Tensor]:

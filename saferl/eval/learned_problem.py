@@ -35,6 +35,7 @@ __all__ = [
     "LearnedProblemRow",
     "MarginNeeded",
     "calibrated_learned_scores",
+    "calibrated_model_scores",
     "learned_problem_rows",
     "margin_needed",
 ]
@@ -133,10 +134,8 @@ def calibrated_learned_scores(folder: str | Path, world: ExactWorld, tokenizer,
     ``scorers.calibration`` map, fitted on the held-out responses' ground truth)."""
     from saferl.data.loading import load_preference_dataset
     from saferl.data.world import world_dataset_paths
-    from saferl.learners.scorers import apply_calibration
-    from saferl.models import load_score_model
     from saferl.setups.settings import cost_model_name
-    from saferl.setups.world import InProcessScores, calibrate, enumerate_end_scores, world_truth
+    from saferl.setups.world import world_truth
 
     folder = Path(folder)
     paths = world_dataset_paths(folder / "data")
@@ -149,10 +148,21 @@ def calibrated_learned_scores(folder: str | Path, world: ExactWorld, tokenizer,
             if not path.exists():
                 raise FileNotFoundError(f"{folder}: the learned problem needs {path} (a world run's or stage "
                                         f"folder's {kind} model and held-out pairs); it is missing")
-        model, _ = load_score_model(model_dir)
-        group = InProcessScores(model)
         pairs = list(load_preference_dataset(str(test_path)).records)
-        fitted = calibrate(group, pairs, world_truth(kind, cost), tokenizer, 1, calibration)
-        raw = enumerate_end_scores(group.model, tokenizer, world.prompts, world.responses)
-        scores.append(apply_calibration(fitted, raw))
+        scores.append(calibrated_model_scores(model_dir, pairs, world_truth(kind, cost), world, tokenizer, calibration))
     return scores[0], torch.stack(scores[1:], dim=-1)
+
+
+def calibrated_model_scores(model_dir: str | Path, pairs, truth, world: ExactWorld, tokenizer,
+                            calibration: str = "isotonic") -> torch.Tensor:
+    """One score model's calibrated end score of every enumerated response ``(N, K)``: the
+    ``calibration`` map fitted on ``pairs``' responses against ``truth(prompt, response)``, as a run
+    calibrates it, applied to the enumeration."""
+    from saferl.learners.scorers import apply_calibration
+    from saferl.models import load_score_model
+    from saferl.setups.world import InProcessScores, calibrate, enumerate_end_scores
+
+    model, _ = load_score_model(model_dir)
+    group = InProcessScores(model)
+    fitted = calibrate(group, pairs, truth, tokenizer, 1, calibration)
+    return apply_calibration(fitted, enumerate_end_scores(group.model, tokenizer, world.prompts, world.responses))
