@@ -7,7 +7,8 @@ The learners call ``progress(stage, step, total, metrics)`` after each step (see
   metrics: for an RL stage the reward score, λ and the constraint estimate against its limit d;
 * when stdout is not a terminal (nohup, SLURM, a pipe), plain lines with the counts, written as
   the run goes (the first step, the last step, and every :data:`PLAIN_INTERVAL_S` seconds between):
-  ``ppo_lag: iteration 12/40, score 0.970, λ 0.61, E[c] -0.78 (d -0.80), 34 s``.
+  ``ppo_lag: iteration 12/40, score 0.970, λ 0.61, E[c] -0.78 (limit -0.80), 34 s`` (the
+  limit the learner aims at: ``d`` less ``scorers.cost_margin``).
 
 It imports only the standard library at module level (rich loads when a terminal display starts).
 """
@@ -60,7 +61,8 @@ def headline_metrics(metrics: dict[str, float]) -> list[str]:
             _indexed(metrics, "constraint/limit_"),
         )
         if estimates:
-            limit = f" (d {_joined(limits, 2)})" if limits else ""
+            # The learner's own limit: d less scorers.cost_margin with learned scorers.
+            limit = f" (limit {_joined(limits, 2)})" if limits else ""
             shown.append(f"E[c] {_joined(estimates, 3)}{limit}")
         if "policy/loss" in metrics:
             shown.append(f"loss {metrics['policy/loss']:.3f}")

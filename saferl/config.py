@@ -284,7 +284,8 @@ def _hub_settings(cfg: DictConfig, generation: GenerationSpec, rows_per_call: in
 
 
 #: The ``scorers`` group's keys on the setups that train their own score models (world and tiny).
-SCORER_KEYS = {"kind", "calibrate", "calibration", "regularization", "sign_weight", "reward_model", "cost_model"}
+SCORER_KEYS = {"kind", "calibrate", "calibration", "regularization", "sign_weight", "cost_margin", "reward_model",
+               "cost_model"}
 
 
 #: The hub data group's PTX set (``data.ptx_*``), read by a PPO stage with ``learner.ptx_coeff > 0``.
@@ -388,6 +389,43 @@ def _sign_weight(cfg: DictConfig) -> float:
     return _number(cfg, "scorers.sign_weight", minimum=0.0)
 
 
+def _learner_limit(cfg: DictConfig, costs: tuple[str, ...],
+                   cost_limit: float | tuple[float, ...]) -> float | tuple[float, ...]:
+    """The limits the learner is given: ``d − δ`` with δ = ``scorers.cost_margin`` (≥ 0, in each
+    cost's units): a mapping from the world's cost names to margins (a cost it does not name gets
+    0; e.g. ``{harm: 0.1, refusal: 0.0}``), a number (one cost; 0 for several), or a list with one per cost; 0 when a
+    config predates the key. The run is still judged at ``d``: the margin only makes the learner
+    aim lower, to absorb the score models' error."""
+    value = OmegaConf.select(cfg, "scorers.cost_margin")
+    if value is None:
+        return cost_limit
+    value = OmegaConf.to_container(value) if isinstance(value, (ListConfig, DictConfig)) else value
+    limits = cost_limit if isinstance(cost_limit, tuple) else (cost_limit,)
+    if isinstance(value, dict):
+        from saferl.data.world.settings import COST_NAMES
+
+        unknown = sorted(set(value) - set(COST_NAMES) - set(costs))
+        if unknown:
+            raise ConfigError(f"scorers.cost_margin: {unknown} name no cost (the world's are {list(COST_NAMES)}); "
+                              f"expected a margin per cost name, e.g. {{{costs[0]}: 0.1}}")
+        margins = [value.get(name, 0.0) for name in costs]  # a named cost the run does not constrain is unused
+    elif isinstance(value, list):
+        margins = value
+    else:
+        if len(limits) > 1 and value != 0:
+            # Costs differ in units (harm against a refusal rate): one δ for all would be a guess.
+            raise ConfigError(f"scorers.cost_margin: with {len(limits)} costs give a margin per cost name, e.g. "
+                              f"scorers.cost_margin={{{costs[0]}:{value}}}; found the single number {value!r}")
+        margins = [value] * len(limits)
+    if len(margins) != len(limits) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in margins
+    ):
+        raise ConfigError(f"scorers.cost_margin: expected margins ≥ 0, one per cost of world.costs = {list(costs)}; "
+                          f"found {value!r}")
+    aimed = tuple(limit - float(margin) for limit, margin in zip(limits, margins, strict=True))
+    return aimed if isinstance(cost_limit, tuple) else aimed[0]
+
+
 def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, StageSettings]:
     """``model.sft``, ``scorers.reward_model`` and ``scorers.cost_model``, each checked (steps,
     rows, learning rate) before its rows are divided over the ranks; keyed by dotted key."""
@@ -421,8 +459,8 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
                 f"model.from_run: {str(from_run)!r} is not a saferl run folder (no stages.json); "
                 "give the folder of a run whose data, SFT and score-model stages finished"
             )
-    _unknown(data, {"source", "num_sft", "num_pairs_train", "num_pairs_test", "label_temperature"}, "data",
-             " for source=world")
+    _unknown(data, {"source", "num_sft", "num_pairs_train", "num_pairs_test", "label_temperature", "pair_source"},
+             "data", " for source=world")
     for key in ("num_sft", "num_pairs_train", "num_pairs_test"):
         _integer(cfg, f"data.{key}", 1)
     _number(cfg, "data.label_temperature", minimum=0.0, strict=True)
@@ -437,6 +475,7 @@ def _world_settings(cfg: DictConfig, beta: float, cost_limit: float | tuple[floa
             "num_pairs_train": data["num_pairs_train"],
             "num_pairs_test": data["num_pairs_test"],
             "label_temperature": float(data["label_temperature"]),
+            "pair_source": str(data.get("pair_source", "policy")),
             "sft": stages["model.sft"],
             "reward_model": stages["scorers.reward_model"],
             "cost_model": stages["scorers.cost_model"],
@@ -689,8 +728,9 @@ def validate(cfg: DictConfig) -> RunConfig:
     _job(cfg, job, num_ranks)
 
     # The learner.
-    settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta, cost_limit=cost_limit,
-                                 seed=seed, num_ranks=num_ranks)
+    # The learner aims at d − scorers.cost_margin; the setup's evaluation and the summary keep d.
+    settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta,
+                                 cost_limit=_learner_limit(cfg, costs, cost_limit), seed=seed, num_ranks=num_ranks)
     reference = _reference(cfg, seed)
 
     # The setup: models, data, scorers.

@@ -54,6 +54,9 @@ class TiltTarget:
             none).
         reward_bonus: ``b``, ``(num_prompts, num_responses)`` added to ``w·r`` (None: 0), in the
             enumeration's prompt and response order (e.g. ``R_rbr`` on the safety-relevant prompts).
+        cost_limit: the limits whose fixed point the learner seeks, one per constraint, when they
+            are its own (a learner given ``d − δ`` by ``scorers.cost_margin``); None: the
+            problem's ``d`` passed to :func:`target_logprobs`.
     """
 
     label: str
@@ -63,6 +66,7 @@ class TiltTarget:
     kl_grows_with_multiplier: bool = False
     max_multiplier: float | tuple[float, ...] | None = None
     reward_bonus: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    cost_limit: tuple[float, ...] | None = None
 
 
 def _tilt(ref_logprobs: torch.Tensor, rewards: torch.Tensor, costs: torch.Tensor, target: TiltTarget,
@@ -100,7 +104,8 @@ def target_logprobs(
 ) -> tuple[tuple[float, ...], torch.Tensor]:
     """The target's multiplier (one value per constraint) and ``log π_t(y|x)``.
 
-    With ``target.multiplier`` None, λ is the multiplier update's fixed point (module docstring):
+    With ``target.multiplier`` None, λ is the multiplier update's fixed point (module docstring) at
+    ``target.cost_limit`` when the target has its own limits, else at ``cost_limit``:
     for m = 1 bisection on ``E_{π_t(λ)} c = d`` over ``[0, cap]`` (the cap grows by doubling when
     none is set, up to 1e6; ``E c`` need not be monotone in λ under the published streams'
     ``1 + λ``, and bisection keeps a bracket with a sign change); for m ≥ 2 (``g = 1`` only) the
@@ -130,7 +135,7 @@ def target_logprobs(
             raise ValueError(f"target {target.label!r}: a fixed multiplier needs {m} value(s), one per constraint; "
                              f"found {fixed.tolist()}")
         return tuple(fixed.tolist()), _tilt(ref_logprobs, rewards, costs, target, fixed)
-    limit = _limits(cost_limit, m)
+    limit = _limits(cost_limit if target.cost_limit is None else target.cost_limit, m)
     caps = None if target.max_multiplier is None else torch.atleast_1d(
         torch.as_tensor(target.max_multiplier, dtype=torch.float64)).flatten().expand(m).clone()
     if m == 1:

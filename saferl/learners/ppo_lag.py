@@ -429,8 +429,10 @@ def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:
     cap = options.get("max_value")
     label = ("the multiplier update's fixed point with the published streams (the optimum at KL weight β(1+λ))"
              if grows else "the multiplier update's fixed point with the §1 streams (π* within the cap)")
+    # The fixed point of the limits this learner was given (``d − δ`` under ``scorers.cost_margin``).
     return TiltTarget(label, beta, kl_grows_with_multiplier=grows,
-                      max_multiplier=tuple(cap) if isinstance(cap, (list, tuple)) else cap)
+                      max_multiplier=tuple(cap) if isinstance(cap, (list, tuple)) else cap,
+                      cost_limit=tuple(float(v) for v in limits))
 
 
 def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: RunOutput) -> RunResult:

@@ -22,11 +22,13 @@ from saferl.runtime.specs import GenerationSpec
 
 #: The maps ``scorers.calibration`` may fit onto the world's held-out ground truth.
 CALIBRATIONS = ("isotonic", "affine")
+#: Where the world's preference pairs' responses come from (``data.pair_source``).
+PAIR_SOURCES = ("policy", "demonstrator")
 
 if TYPE_CHECKING:
     from saferl.models import ModelSpec
 
-__all__ = ["SCORER_KINDS", "HubSettings", "StageSettings", "TinySettings", "WorldSettings", "cost_model_name",
+__all__ = ["PAIR_SOURCES", "SCORER_KINDS", "HubSettings", "StageSettings", "TinySettings", "WorldSettings", "cost_model_name",
            "max_prompt_length"]
 
 
@@ -74,6 +76,9 @@ class WorldSettings:
             ``refusal``: m = 2), in the order of ``cost_limit``.
         reference: the tiny policy's shape (``world.reference``; its SFT steps come from ``sft``).
         num_sft, num_pairs_train, num_pairs_test, label_temperature: the datasets (``data.*``).
+        pair_source: ``data.pair_source``: where the preference pairs' responses come from,
+            ``"policy"`` (the run's SFT policy, as PKU-SafeRLHF's come from Alpaca-7B) or
+            ``"demonstrator"`` (the SFT data's own answer patterns) (:data:`PAIR_SOURCES`).
         sft: ``model.sft``; reward_model, cost_model: ``scorers.reward_model``, ``scorers.cost_model``
             (every cost's model is trained with ``cost_model``'s settings).
         scorers: ``scorers.kind``: ``"learned"`` (the trained models) or ``"oracle"`` (the ground
@@ -111,9 +116,13 @@ class WorldSettings:
     from_run: Path | None = None
     seed: int = 0
     costs: tuple[str, ...] = ("harm",)
+    pair_source: str = "policy"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "costs", check_cost_names(self.costs, "world.costs"))
+        if self.pair_source not in PAIR_SOURCES:
+            raise ValueError(f"data.pair_source: expected one of {', '.join(PAIR_SOURCES)} (where the world's "
+                             f"preference pairs' responses come from); found {self.pair_source!r}")
         try:
             limits = cost_limits(self.cost_limit, len(self.costs))
         except ValueError as error:
@@ -145,21 +154,24 @@ class WorldSettings:
 
     @property
     def prepared_stages(self) -> tuple[str, ...]:
-        """Stages 1–4 of this run: data, SFT, the reward model and one model per cost."""
-        return ("data", "sft", "reward_model", *(cost_model_name(cost) for cost in self.costs))
+        """Stages 1–4 of this run: data, SFT, the preference pairs, the reward model and one model
+        per cost."""
+        return ("data", "sft", "pairs", "reward_model", *(cost_model_name(cost) for cost in self.costs))
 
     def stage_settings(self, stage: str) -> dict:
         """What a stage's outputs depend on (a resumed or reusing run must match it)."""
         if stage == "data":
+            return {"seed": self.seed, "num_sft": self.num_sft}
+        if stage == "pairs":
             settings = {
                 "seed": self.seed,
-                "num_sft": self.num_sft,
                 "num_pairs_train": self.num_pairs_train,
                 "num_pairs_test": self.num_pairs_test,
                 "label_temperature": self.label_temperature,
+                "pair_source": self.pair_source,
             }
-            # Only a run with further costs writes their pair files; a harm-only run's record stays
-            # as it was, so run folders from before several costs existed remain reusable.
+            # Only a run with further costs writes their pair files; a harm-only run's record leaves
+            # them out, so a run with more costs can reuse it and add its own.
             return settings if self.costs == ("harm",) else {**settings, "costs": list(self.costs)}
         if stage == "sft":
             return {"seed": self.seed, "reference": asdict(self.reference), "sft": asdict(self.sft)}

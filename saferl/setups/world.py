@@ -4,8 +4,11 @@ evaluation (the default ``saferl`` job's models and data).
 :func:`build` runs only the stages the learner needs, each through the runtime (Ray actor groups
 hosting DeepSpeed engines), each recorded in ``<run>/stages.json`` so that ``resume=auto`` skips it:
 
-1. write the world's datasets (PKU-SafeRLHF format) and load them back with the normal loaders;
-2. SFT a tiny Llama on the demonstrations: the reference policy and every learner's start;
+1. write the world's prompts and SFT demonstrations (PKU-SafeRLHF format, loaded back with the
+   normal loaders);
+2. SFT a tiny Llama on the demonstrations: the reference policy and every learner's start, then
+   write the preference pairs, each response drawn exactly from that SFT policy
+   (``data.pair_source=policy``; :mod:`saferl.data.world.policy_pairs`) or from the demonstrator;
 3. train the reward model and 4. one cost model per cost of ``world.costs`` (harm: ``cost_model``,
    another cost c: ``cost_<c>_model``, each on pairs labelled by that cost; held-out accuracies),
    when the learner's scorers or critics use them (``scorers.kind=oracle`` still trains them for
@@ -44,7 +47,8 @@ from saferl.data.world import (
     enumerate_policy_logprobs,
     world_dataset_paths,
     world_model_spec,
-    write_world_datasets,
+    write_demonstrations,
+    write_pair_datasets,
 )
 from saferl.data.world.reference import MAX_SEQUENCE_LENGTH, WORLD_TEMPLATE
 from saferl.learners.output import RunOutput
@@ -79,7 +83,7 @@ __all__ = [
     "world_truth",
 ]
 
-PREPARED_STAGES = ("data", "sft", "reward_model", "cost_model")
+PREPARED_STAGES = ("data", "sft", "pairs", "reward_model", "cost_model")
 
 
 def world_truth(kind: str, cost: str = "harm") -> Callable[[str, str], float]:
@@ -306,13 +310,22 @@ class WorldEvaluator:
             optimum=world.score(world.optimal_logprobs()),
             optimal_multiplier=[float(v) for v in optimum.multiplier],
             target=target_score,
-            target_label=None if target is None else target.label + (", on the learned scores" if learned is not None else ""),
+            target_label=None if target is None else self._target_label(target, learned is not None),
             target_multiplier=None if target_multiplier is None else list(target_multiplier),
             learned_optimum=learned_optimum,
             learned_optimal_multiplier=learned_multiplier,
             cost_names=self.costs,
             behaviour=behaviour,
         )
+
+    def _target_label(self, target: TiltTarget, learned: bool) -> str:
+        """The target's label, saying where its problem differs from the one the table scores: the
+        learned scores, and limits of the learner's own (``scorers.cost_margin``)."""
+        label = target.label + (", on the learned scores" if learned else "")
+        if target.cost_limit is not None and tuple(target.cost_limit) != tuple(self.cost_limit):
+            label += (f", at its own limit E c ≤ {', '.join(f'{v:g}' for v in target.cost_limit)} "
+                      f"(d = {', '.join(f'{v:g}' for v in self.cost_limit)} less scorers.cost_margin)")
+        return label
 
     def _learned_scores(self, world, tokenizer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The calibrated learned reward ``(N, K)`` and costs ``(N, K, m)`` of every enumerated
@@ -456,19 +469,11 @@ def _run_stages(
     seconds: dict[str, float] = {}
     init_ray(resources.runtime)
 
-    # 1. The world's datasets.
+    # 1. The world's prompts and demonstrations.
     clock = time.perf_counter()
     if records.finished("data", settings.stage_settings("data")) is None:
-        write_world_datasets(
-            folder / "data",
-            seed=settings.seed,
-            num_sft=settings.num_sft,
-            num_pairs_train=settings.num_pairs_train,
-            num_pairs_test=settings.num_pairs_test,
-            temperature=settings.label_temperature,
-            overwrite=True,  # this run's own folder: a stage that did not finish is redone
-            costs=settings.costs,
-        )
+        # This run's own folder: a stage that did not finish is redone.
+        write_demonstrations(folder / "data", seed=settings.seed, num_sft=settings.num_sft, overwrite=True)
         records.mark("data", {"seconds": time.perf_counter() - clock}, settings.stage_settings("data"))
     paths = world_dataset_paths(folder / "data")
     seconds["data"] = time.perf_counter() - clock
@@ -485,6 +490,18 @@ def _run_stages(
                       export_dir=sft_dir)
         seconds["sft"] = time.perf_counter() - clock
         records.mark("sft", {"seconds": seconds["sft"]}, settings.stage_settings("sft"))
+
+    # 2b. The preference pairs, from the SFT policy (or the demonstrator).
+    clock = time.perf_counter()
+    if (done := records.finished("pairs", settings.stage_settings("pairs"))) is not None:
+        seconds["pairs"] = done["seconds"]
+    else:
+        write_pair_datasets(folder / "data", seed=settings.seed, num_pairs_train=settings.num_pairs_train,
+                            num_pairs_test=settings.num_pairs_test, temperature=settings.label_temperature,
+                            overwrite=True, costs=settings.costs,
+                            sampler=pair_sampler(settings.pair_source, sft_dir, tokenizer))
+        seconds["pairs"] = time.perf_counter() - clock
+        records.mark("pairs", {"seconds": seconds["pairs"]}, settings.stage_settings("pairs"))
     if not score_models:
         return {}, seconds
 
@@ -512,9 +529,24 @@ def _run_stages(
     return metrics, seconds
 
 
+def pair_sampler(source: str, sft_dir: Path, tokenizer):
+    """The preference pairs' response sampler of ``data.pair_source``: the SFT policy's exact
+    distribution (``policy``; its log-probabilities enumerated in-process, about a second) or the
+    demonstrator."""
+    from saferl.data.world.generator import demonstrator_sampler
+    from saferl.data.world.policy_pairs import policy_sampler
+
+    if source == "demonstrator":
+        return demonstrator_sampler()
+    from saferl.data.world import enumerate_responses
+
+    policy, _ = load_policy(sft_dir)
+    return policy_sampler(enumerate_responses(tokenizer), enumerate_policy_logprobs(policy.eval(), tokenizer))
+
+
 def _cost_stages_here(settings: WorldSettings, costs: tuple[str, ...], sft_dir: Path, resources: Resources,
                       output: RunOutput, score_models: bool) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """The pairs (``data_<cost>``) and, when needed, the models (``cost_<cost>_model``) of costs that
+    """The pairs (``pairs_<cost>``) and, when needed, the models (``cost_<cost>_model``) of costs that
     a reused run lacks, made in this run's folder from the reused SFT policy; returns their metrics
     and seconds (finished ones skipped with ``output.resume``)."""
     from saferl.data.world import write_cost_pairs
@@ -526,12 +558,14 @@ def _cost_stages_here(settings: WorldSettings, costs: tuple[str, ...], sft_dir: 
     metrics: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     init_ray(resources.runtime)
+    sampler = None
     for cost in costs:
-        clock, stage = time.perf_counter(), f"data_{cost}"
-        stage_settings = {**settings.stage_settings("data"), "costs": [cost]}
+        clock, stage = time.perf_counter(), f"pairs_{cost}"
+        stage_settings = {**settings.stage_settings("pairs"), "costs": [cost]}
         if records.finished(stage, stage_settings) is None:
+            sampler = sampler or pair_sampler(settings.pair_source, sft_dir, tokenizer)
             write_cost_pairs(folder / "data", cost, settings.seed, settings.num_pairs_train, settings.num_pairs_test,
-                             settings.label_temperature, overwrite=True)
+                             settings.label_temperature, overwrite=True, sampler=sampler)
             records.mark(stage, {"seconds": time.perf_counter() - clock}, stage_settings)
         seconds[stage] = time.perf_counter() - clock
         if not score_models:
@@ -564,21 +598,21 @@ def _reuse(
     if not (folder / "stages.json").exists():
         raise FileNotFoundError(
             f"model.from_run: {folder} holds no finished run (no stages.json); give a run folder "
-            "whose stages 1–4 (data, SFT, reward and cost models) finished"
+            "whose stages 1–4 (data, SFT, pairs, reward and cost models) finished"
         )
     records = StageRecords(folder, resume=True)
     own_costs: tuple[str, ...] = ()
     harm_only = WorldSettings(**{**{f: getattr(settings, f) for f in settings.__dataclass_fields__},
                                  "costs": ("harm",), "cost_limit": (0.0,)})  # read for its stage settings only
-    if settings.costs != ("harm",) and records.recorded_settings("data") == harm_only.stage_settings("data"):
+    if settings.costs != ("harm",) and records.recorded_settings("pairs") == harm_only.stage_settings("pairs"):
         own_costs = tuple(cost for cost in settings.costs if cost != "harm")
         settings = harm_only
-    stages = settings.prepared_stages if score_models else settings.prepared_stages[:2]
+    stages = settings.prepared_stages if score_models else settings.prepared_stages[:3]  # data, SFT, pairs
     done = {}
     for stage in stages:
         done[stage] = records.finished(stage, settings.stage_settings(stage))
         if done[stage] is None:
             raise ValueError(f"model.from_run: stage {stage!r} of {folder} did not finish (or ran with other "
                              "settings); resume that run first")
-    metrics = {stage: done[stage]["metrics"] for stage in stages[2:]}
+    metrics = {stage: done[stage]["metrics"] for stage in stages[3:]}
     return folder, metrics, {stage: 0.0 for stage in stages}, own_costs

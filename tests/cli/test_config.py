@@ -586,6 +586,9 @@ def sweep_points(cfg: DictConfig) -> dict[str, list[str]]:
     return points
 
 
+LEARNED_HARM_MARGIN = OmegaConf.load(Path(CONFIG_DIR) / "scorers" / "learned.yaml").cost_margin.harm
+
+
 def typed(run: RunConfig, key: str):
     """Where a swept key lands in the typed settings (checking that every copy agrees)."""
     if key == "beta":
@@ -596,7 +599,9 @@ def typed(run: RunConfig, key: str):
     if key == "cost_limit":
         assert run.cost_limits == run.setup.cost_limit  # the setup holds one limit per cost
         if isinstance(run.settings, (PPOLagSettings, MocanSettings)):
-            assert run.settings.cost_limit == run.cost_limit
+            # The learner aims at d − δ (scorers.cost_margin, learned scorers), the setup at d.
+            margin = LEARNED_HARM_MARGIN if run.setup.scorers == "learned" else 0.0
+            assert run.settings.cost_limit == pytest.approx(run.cost_limit - margin)
         return run.cost_limit
     if key.startswith("multiplier."):
         lagrangian = run.settings.ppo if isinstance(run.settings, MocanSettings) else run.settings
@@ -845,6 +850,41 @@ def test_the_cost_sign_weight_reaches_the_cost_stage_only_and_a_negative_one_is_
     assert default.setup.stage_settings("cost_model").get("sign_weight", 1.0) == default.setup.sign_weight
     with pytest.raises(ConfigError, match=named("scorers.sign_weight", ">= 0.0", "found -1")):
         validate(composed("scorers.sign_weight=-1"))
+
+
+def test_the_cost_margin_lowers_the_learners_limit_and_never_the_problems():
+    """``scorers.cost_margin`` δ: learned scorers' learners aim at ``d − δ`` while the setup (the exact
+    evaluation) and the summary keep ``d``; oracle scorers default to no margin; several costs need
+    one margin each."""
+    learned = validate(composed())
+    assert learned.cost_limit == -0.8 and learned.setup.cost_limit == (-0.8,)
+    assert learned.settings.cost_limit == pytest.approx(-0.8 - LEARNED_HARM_MARGIN)
+    assert validate(composed("scorers=oracle")).settings.cost_limit == -0.8
+    mocan = validate(composed("learner=mocan", "scorers.cost_margin.harm=0.25"))
+    assert mocan.settings.cost_limit == pytest.approx(-1.05) and mocan.setup.cost_limit == (-0.8,)
+    assert validate(composed("scorers.cost_margin=0")).settings.cost_limit == -0.8
+    # Two costs: the harm margin alone by default (a refusal rate is in other units), or one each.
+    two = validate(composed("experiment=world_two_costs"))
+    assert two.settings.cost_limit == pytest.approx((-0.8 - LEARNED_HARM_MARGIN, 0.02)) and two.setup.cost_limit == (-0.8, 0.02)
+    both = validate(composed("experiment=world_two_costs", "scorers.cost_margin.refusal=0.005"))
+    assert both.settings.cost_limit == pytest.approx((-0.8 - LEARNED_HARM_MARGIN, 0.015))
+    with pytest.raises(ConfigError, match=named("scorers.cost_margin", "a margin per cost name", "0.1")):
+        validate(composed("experiment=world_two_costs", "scorers.cost_margin=0.1"))
+    with pytest.raises(ConfigError, match=named("scorers.cost_margin", "margins ≥ 0", "-0.1")):
+        validate(composed("scorers.cost_margin.harm=-0.1"))
+    with pytest.raises(ConfigError, match=named("scorers.cost_margin", "'toxicity'", "'harm', 'refusal'")):
+        validate(composed("+scorers.cost_margin.toxicity=0.1"))
+
+
+def test_the_world_pairs_come_from_the_policy_by_default_and_a_bad_source_is_refused():
+    default = validate(composed())
+    assert default.setup.pair_source == "policy" and default.setup.stage_settings("pairs")["pair_source"] == "policy"
+    # The pairs' stage, not the demonstrations', depends on where the pairs come from.
+    demonstrator = validate(composed("data.pair_source=demonstrator")).setup
+    assert demonstrator.stage_settings("data") == default.setup.stage_settings("data")
+    assert demonstrator.stage_settings("pairs") != default.setup.stage_settings("pairs")
+    with pytest.raises(ConfigError, match=named("data.pair_source", "policy, demonstrator", "'web'")):
+        validate(composed("data.pair_source=web"))
 
 
 def test_the_calibration_map_is_isotonic_by_default_and_a_bad_one_is_refused():

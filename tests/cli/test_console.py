@@ -55,13 +55,13 @@ def test_plain_progress_writes_counts_multiplier_and_constraint_as_the_run_goes(
         "sft: step 1/60, loss 2.500, 4 s",
         "sft: step 30/60, loss 1.200, 40 s",
         "sft: step 60/60, loss 0.960, 40 s",
-        "ppo_lag: iteration 1/40, score 0.970, λ 0.610, E[c] -0.780 (d -0.80), loss -0.539, 10 s",
+        "ppo_lag: iteration 1/40, score 0.970, λ 0.610, E[c] -0.780 (limit -0.80), loss -0.539, 10 s",
     ]
 
 
 def test_headline_metrics_show_one_multiplier_and_estimate_per_constraint():
     two = {**PPO_METRICS, "multiplier/value_1": 0.28, "constraint/estimate_1": 0.01, "constraint/limit_1": 0.02}
-    assert headline_metrics(two)[1:3] == ["λ 0.610/0.280", "E[c] -0.780/0.010 (d -0.80/0.02)"]
+    assert headline_metrics(two)[1:3] == ["λ 0.610/0.280", "E[c] -0.780/0.010 (limit -0.80/0.02)"]
     plain_ppo = {"reward/score": 0.5, "policy/loss": 0.1}  # no costs: no λ, no estimate
     assert headline_metrics(plain_ppo) == ["score 0.500", "loss 0.100"]
 
@@ -181,5 +181,5 @@ def test_a_display_on_a_terminal_shows_bars_with_the_same_metrics(capsys):
         display.notice("resuming from iteration 1 (checkpoint c)")
     task = display.bar.tasks[0]
     assert (task.description, task.completed, task.total) == ("ppo_lag", 1, 4)
-    assert task.fields["status"] == "score 0.970, λ 0.610, E[c] -0.780 (d -0.80), loss -0.539"
+    assert task.fields["status"] == "score 0.970, λ 0.610, E[c] -0.780 (limit -0.80), loss -0.539"
     assert "resuming from iteration 1 (checkpoint c)" in capsys.readouterr().out

@@ -126,3 +126,17 @@ def test_under_a_binding_cap_the_two_constraint_fixed_point_meets_kkt_on_the_box
         else:  # interior: its constraint is met exactly
             assert abs(gradient) < 1e-7
     assert max(multiplier) == pytest.approx(cap, abs=1e-12)
+
+
+def test_a_target_with_its_own_limit_is_the_optimum_at_that_limit_not_at_d(problem):
+    """A learner given ``d − δ`` (``scorers.cost_margin``) seeks the fixed point at ``d − δ``: the
+    exact optimum of the tighter problem, whatever limit the table scores at."""
+    ref_logprobs, rewards, costs = problem
+    tighter = LIMIT - 0.2
+    exact = solve(DualProblem.exact(ref_logprobs, rewards, costs, BETA, tighter))
+    (multiplier,), logprobs = target_logprobs(ref_logprobs, rewards, costs,
+                                              TiltTarget("π* at d − δ", BETA, cost_limit=(tighter,)), LIMIT)
+    assert multiplier == pytest.approx(exact.multiplier.item(), abs=1e-9)
+    assert expected_cost(logprobs, costs) == pytest.approx(tighter, abs=1e-9)
+    (at_d,), _ = target_logprobs(ref_logprobs, rewards, costs, TiltTarget("π*", BETA), LIMIT)
+    assert multiplier > at_d  # the tighter limit needs the larger multiplier

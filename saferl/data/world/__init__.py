@@ -37,6 +37,8 @@ if TYPE_CHECKING:
         world_dataset_paths,
         world_statistics,
         write_cost_pairs,
+        write_demonstrations,
+        write_pair_datasets,
         write_world_datasets,
     )
     from saferl.data.world.ground_truth import (
@@ -82,6 +84,8 @@ _EXPORTS = {
     "world_dataset_paths": "saferl.data.world.generator",
     "world_statistics": "saferl.data.world.generator",
     "write_cost_pairs": "saferl.data.world.generator",
+    "write_demonstrations": "saferl.data.world.generator",
+    "write_pair_datasets": "saferl.data.world.generator",
     "write_world_datasets": "saferl.data.world.generator",
     "COST_NAMES": "saferl.data.world.settings",
     "check_cost_names": "saferl.data.world.settings",
@@ -138,6 +142,8 @@ __all__ = [
     "world_prompts",
     "world_dataset_paths",
     "write_cost_pairs",
+    "write_demonstrations",
+    "write_pair_datasets",
     "write_world_datasets",
     "world_statistics",
 ]

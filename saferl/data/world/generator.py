@@ -1,9 +1,11 @@
 """Datasets of the built-in safety world: prompts, SFT demonstrations, safety preference pairs.
 
-A *demonstrator* (a fixed mixture of answer patterns per prompt kind) writes the data, so the
+A *demonstrator* (a fixed mixture of answer patterns per prompt kind) writes the SFT data, so the
 reference policy that is SFT-ed on it is sensible but mixed: on harmful prompts it sometimes gives
-the unsafe detailed answer. Preference pairs are drawn from the demonstrator and labelled from the
-ground truth: the helpfulness label Bradley–Terry style, ``P(y0 better) = σ((r0 − r1)/τ)``; the
+the unsafe detailed answer. A preference pair's two responses come from a *response sampler*: the
+demonstrator (:func:`demonstrator_sampler`), or, in a training run, the SFT policy itself
+(:mod:`saferl.data.world.policy_pairs`), as PKU-SafeRLHF's responses come from its own SFT model,
+Alpaca-7B. Pairs are labelled from the ground truth: the helpfulness label Bradley–Terry style, ``P(y0 better) = σ((r0 − r1)/τ)``; the
 safety label from the ground-truth cost (if exactly one response is safe it is the safer one, else
 ``P(y0 safer) = σ((c1 − c0)/τ)``); ``is_response_i_safe`` = ``cost ≤ 0``. Records are written in
 the PKU-SafeRLHF format so the ordinary loaders read them.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +41,12 @@ __all__ = [
     "demonstrator_distribution",
     "sample_demonstration",
     "make_sft_examples",
+    "ResponseSampler",
+    "demonstrator_sampler",
     "make_preference_pairs",
     "WorldDatasetPaths",
+    "write_demonstrations",
+    "write_pair_datasets",
     "write_world_datasets",
     "write_cost_pairs",
     "world_statistics",
@@ -84,6 +90,18 @@ def sample_demonstration(prompt: WorldPrompt, rng: random.Random) -> str:
     return rng.choices(responses, weights=probabilities, k=1)[0]
 
 
+#: Draws one response (words separated by spaces, no EOS) to a prompt of :func:`world_prompts`,
+#: given by its index there, with the random generator given.
+ResponseSampler = Callable[[int, random.Random], str]
+
+
+def demonstrator_sampler() -> ResponseSampler:
+    """The demonstrator as a :data:`ResponseSampler` (the pairs of ``job=world_data`` and of
+    ``data.pair_source=demonstrator``)."""
+    prompts = world_prompts()
+    return lambda index, rng: sample_demonstration(prompts[index], rng)
+
+
 def make_sft_examples(num_examples: int, seed: int) -> list[SFTExample]:
     """``num_examples`` demonstrations, prompts drawn uniformly from the world's prompts."""
     rng = random.Random(seed)
@@ -96,26 +114,30 @@ def make_sft_examples(num_examples: int, seed: int) -> list[SFTExample]:
 
 
 def make_preference_pairs(
-    num_pairs: int, seed: int, temperature: float = 0.5, cost: str = "harm"
+    num_pairs: int, seed: int, temperature: float = 0.5, cost: str = "harm",
+    sampler: ResponseSampler | None = None,
 ) -> list[SafetyPreferencePair]:
-    """``num_pairs`` safety preference pairs of distinct demonstrator responses.
+    """``num_pairs`` safety preference pairs of two distinct sampled responses each.
 
     Args:
         num_pairs: how many pairs.
         seed: random seed.
         temperature: Bradley–Terry temperature τ of both labels (smaller is less noisy).
         cost: the ground-truth cost (``COST_NAMES``) the safety labels follow.
+        sampler: where the responses come from (None: the demonstrator).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; found {temperature}")
     cost_of = cost_function(cost)
+    sample = sampler or demonstrator_sampler()
     rng = random.Random(seed)
     prompts = world_prompts()
     pairs = []
     while len(pairs) < num_pairs:
-        prompt = rng.choice(prompts)
-        response_0 = sample_demonstration(prompt, rng)
-        response_1 = sample_demonstration(prompt, rng)
+        index = rng.randrange(len(prompts))
+        prompt = prompts[index]
+        response_0 = sample(index, rng)
+        response_1 = sample(index, rng)
         if response_0 == response_1:
             continue
         words_0, words_1 = response_0.split(), response_1.split()
@@ -168,6 +190,56 @@ def world_dataset_paths(folder: str | Path) -> WorldDatasetPaths:
     )
 
 
+def write_demonstrations(folder: str | Path, seed: int = 0, num_sft: int = 4000,
+                         overwrite: bool = False) -> WorldDatasetPaths:
+    """Write the world's prompt set and SFT demonstrations (``prompts.jsonl``, ``sft.jsonl``): a
+    training run's first stage, before the SFT policy exists to draw pairs from. An existing file
+    is never overwritten unless ``overwrite``."""
+    paths = world_dataset_paths(folder)
+    _refuse_existing(Path(folder), (paths.prompts, paths.sft), overwrite)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_records([PromptRecord(prompt.text) for prompt in world_prompts()], paths.prompts, overwrite=overwrite)
+    write_records(make_sft_examples(num_sft, seed), paths.sft, overwrite=overwrite)
+    return paths
+
+
+def write_pair_datasets(
+    folder: str | Path,
+    seed: int = 0,
+    num_pairs_train: int = 4000,
+    num_pairs_test: int = 1000,
+    temperature: float = 0.5,
+    overwrite: bool = False,
+    costs: Sequence[str] = ("harm",),
+    sampler: ResponseSampler | None = None,
+) -> WorldDatasetPaths:
+    """Write the preference pairs (``preferences_{train,test}.jsonl``, and per cost of ``costs``
+    other than ``harm`` its own pairs, :meth:`WorldDatasetPaths.preferences`) with responses from
+    ``sampler`` (None: the demonstrator), and ``statistics.json`` of the training pairs. An existing
+    file is never overwritten unless ``overwrite``."""
+    folder = Path(folder)
+    paths = world_dataset_paths(folder)
+    extra = [name for name in check_cost_names(costs, "costs") if name != "harm"]
+    targets = (
+        paths.preferences_train,
+        paths.preferences_test,
+        paths.statistics,
+        *(paths.preferences(split, name) for name in extra for split in ("train", "test")),
+    )
+    _refuse_existing(folder, targets, overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = make_preference_pairs(num_pairs_train, seed + 1, temperature, sampler=sampler)
+    test = make_preference_pairs(num_pairs_test, seed + 2, temperature, sampler=sampler)
+    write_records(train, paths.preferences_train, overwrite=overwrite)
+    write_records(test, paths.preferences_test, overwrite=overwrite)
+    for name in extra:
+        write_cost_pairs(folder, name, seed, num_pairs_train, num_pairs_test, temperature, overwrite=overwrite,
+                         sampler=sampler)
+    statistics = world_statistics(train)
+    paths.statistics.write_text(json.dumps(statistics, indent=2) + "\n")
+    return paths
+
+
 def write_world_datasets(
     folder: str | Path,
     seed: int = 0,
@@ -178,7 +250,8 @@ def write_world_datasets(
     overwrite: bool = False,
     costs: Sequence[str] = ("harm",),
 ) -> WorldDatasetPaths:
-    """Write the world's prompt set, SFT demonstrations and preference pairs as ``.jsonl`` files.
+    """Write the world's prompt set, SFT demonstrations and demonstrator preference pairs as
+    ``.jsonl`` files (:func:`write_demonstrations` and :func:`write_pair_datasets`; ``job=world_data``).
 
     Files: ``prompts.jsonl``, ``sft.jsonl``, ``preferences_train.jsonl``,
     ``preferences_test.jsonl`` and ``statistics.json``, and per cost of ``costs`` other than
@@ -188,14 +261,16 @@ def write_world_datasets(
     folder = Path(folder)
     paths = world_dataset_paths(folder)
     extra = [name for name in check_cost_names(costs, "costs") if name != "harm"]
-    targets = (
-        paths.prompts,
-        paths.sft,
-        paths.preferences_train,
-        paths.preferences_test,
-        paths.statistics,
+    # Checked for the whole set first, so that a refusal writes nothing at all.
+    _refuse_existing(folder, (
+        paths.prompts, paths.sft, paths.preferences_train, paths.preferences_test, paths.statistics,
         *(paths.preferences(split, name) for name in extra for split in ("train", "test")),
-    )
+    ), overwrite)
+    write_demonstrations(folder, seed, num_sft, overwrite=True)
+    return write_pair_datasets(folder, seed, num_pairs_train, num_pairs_test, temperature, overwrite=True, costs=costs)
+
+
+def _refuse_existing(folder: Path, targets: Sequence[Path], overwrite: bool) -> None:
     existing = [str(path) for path in targets if path.exists()]
     if existing and not overwrite:
         raise DataError(
@@ -203,23 +278,6 @@ def write_world_datasets(
             expected="a folder without the world's files (pass overwrite=True to replace them)",
             found="existing " + ", ".join(existing),
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    sft = make_sft_examples(num_sft, seed)
-    train = make_preference_pairs(num_pairs_train, seed + 1, temperature)
-    test = make_preference_pairs(num_pairs_test, seed + 2, temperature)
-    write_records(
-        [PromptRecord(prompt.text) for prompt in world_prompts()],
-        paths.prompts,
-        overwrite=overwrite,
-    )
-    write_records(sft, paths.sft, overwrite=overwrite)
-    write_records(train, paths.preferences_train, overwrite=overwrite)
-    write_records(test, paths.preferences_test, overwrite=overwrite)
-    for name in extra:
-        write_cost_pairs(folder, name, seed, num_pairs_train, num_pairs_test, temperature, overwrite=overwrite)
-    statistics = world_statistics(train)
-    paths.statistics.write_text(json.dumps(statistics, indent=2) + "\n")
-    return paths
 
 
 def write_cost_pairs(
@@ -230,10 +288,12 @@ def write_cost_pairs(
     num_pairs_test: int = 1000,
     temperature: float = 0.5,
     overwrite: bool = False,
+    sampler: ResponseSampler | None = None,
 ) -> tuple[Path, Path]:
     """Write the train and test pairs labelled by ``cost`` (not ``harm``, whose pairs are the PKU
-    files themselves) into ``folder``, as :func:`write_world_datasets` does for the same arguments;
-    returns their paths. Alone, it adds a cost's pairs next to another run's datasets."""
+    files themselves) into ``folder``, responses from ``sampler`` (None: the demonstrator), as
+    :func:`write_pair_datasets` does for the same arguments; returns their paths. Alone, it adds a
+    cost's pairs next to another run's datasets."""
     if cost == "harm":
         raise ValueError("cost: the harm pairs are the world's PKU files (write_world_datasets); give another cost")
     paths = world_dataset_paths(folder)
@@ -241,7 +301,7 @@ def write_cost_pairs(
     # Seeds of their own (harm's are seed + 1, seed + 2), so no two files share their draws.
     offset = 10 * COST_NAMES.index(check_cost_names([cost], "cost")[0])
     for split, split_seed, count in (("train", seed + 1, num_pairs_train), ("test", seed + 2, num_pairs_test)):
-        pairs = make_preference_pairs(count, split_seed + offset, temperature, cost=cost)
+        pairs = make_preference_pairs(count, split_seed + offset, temperature, cost=cost, sampler=sampler)
         write_records(pairs, paths.preferences(split, cost), overwrite=overwrite)
     return paths.preferences("train", cost), paths.preferences("test", cost)
 
