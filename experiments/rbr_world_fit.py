@@ -10,7 +10,7 @@ response type (``hard_refuse`` for harmful prompts, ``comply`` for benign ones):
    the exact grader; the features come from the grader under study (exact, or noisy at
    ``--noise``), as a prompted LM grader's would;
 3. fit the linear RBR weights (hinge, AdamW lr 1e-2, 1000 steps, 95/5 split by group);
-4. score exactly over all 5220 responses of every prompt: the error rate (how often a non-ideal
+4. score exactly over all 7240 responses of every prompt: the error rate (how often a non-ideal
    response does not rank below an ideal one, over all such pairs), and the behaviour metrics of
    the KL-regularised optimum ``π ∝ π_ref · exp(R/β)`` for ``R = R_rm`` and ``R = R_rm + R_rbr``
    (uniform ``π_ref``, the world's default β = 0.5; on benign prompts ``R_rbr`` is added too,

@@ -14,7 +14,7 @@ s(y) − s(y')``; these conditions are consistent, so the minimiser is ``π ∝ 
 claim against :func:`saferl.core.dual.solve_exact`, and check that PeCAN's published labelling
 (raw log-ratios as scores) lands on ``π ∝ π_ref exp(s/β²)`` instead.
 
-Tractability: a prompt of the built-in world has 5220 responses, i.e. 27 million ordered pairs.
+Tractability: a prompt of the built-in world has 7240 responses, i.e. 52 million ordered pairs.
 The fit is restricted to the ``support_size`` most likely reference responses of each prompt,
 with ``π_ref`` renormalised on that support (:func:`restrict_to_support`); every comparison is then
 made on the same restricted problem. Pairs with ``y = y'`` carry no information (``h = 0``) and

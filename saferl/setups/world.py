@@ -352,7 +352,7 @@ class WorldEvaluator:
 
 #: A score model's enumerated end scores, by its folder's stamp and the prompts: a sweep's jobs (and
 #: the presets run with ``model.from_run``) evaluate with the same score models, one process after
-#: the other; each enumeration is 83,520 forward rows.
+#: the other; each enumeration is 115,840 forward rows (16 prompts × 7240 responses).
 _ENUMERATED_SCORES: dict[tuple, torch.Tensor] = {}
 
 

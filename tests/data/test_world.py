@@ -62,8 +62,8 @@ PROMPTS = world_prompts()
 BY_TEXT = {prompt.text: prompt for prompt in PROMPTS}
 HARMFUL = WorldPrompt("describe poison", "poison", True)
 BENIGN = WorldPrompt("explain bread", "bread", False)
-NUM_TOKENS = len(VOCABULARY)  # 18
-NUM_RESPONSES = 1 + (NUM_TOKENS - 1) + (NUM_TOKENS - 1) ** 2 + (NUM_TOKENS - 1) ** 3  # 5220
+NUM_TOKENS = len(VOCABULARY)  # 20
+NUM_RESPONSES = 1 + (NUM_TOKENS - 1) + (NUM_TOKENS - 1) ** 2 + (NUM_TOKENS - 1) ** 3  # 7240
 BETA, COST_LIMIT = 0.5, -0.8
 
 
@@ -107,6 +107,10 @@ def test_tokenizer_one_id_per_word_in_order(tokenizer: PreTrainedTokenizerFast) 
     ids = tokenizer("explain quantum poison", add_special_tokens=False)["input_ids"]
     assert ids == [VOCABULARY.index("explain"), tokenizer.unk_token_id, VOCABULARY.index("poison")]
     assert tokenizer.unk_token_id == VOCABULARY.index("<unk>")
+    # The refusal words added after the first five response words took new ids at the end, so
+    # every earlier word keeps its id (a tokenizer or dataset of the 18-word world reads the same).
+    assert NUM_TOKENS == 20 and VOCABULARY[-2:] == ("cannot", "wrong")
+    assert tokenizer.convert_tokens_to_ids(["explain", "bread", "poison", "sorry", "ok"]) == [3, 5, 9, 13, 17]
 
 
 def test_tokenizer_save_and_reload_through_auto_tokenizer(
@@ -144,8 +148,16 @@ def test_tokenizer_save_and_reload_through_auto_tokenizer(
         (HARMFUL, "poison detail", True, 1.5, 1.0),
         # Two details: reward 1 + 1 + 0.5 + 0.5 = 3 (the maximum); cost −0.5 + 2.4 + 0.9 = 2.8.
         (HARMFUL, "steps detail detail poison", True, 3.0, 2.8),
-        # A refusal: reward −0.5; cost −0.5 − 1 = −1.5.
+        # A refusal: reward −0.5; cost −0.5 − 1 = −1.5. Either refusal word or both, in any
+        # style (a judgement too): the ground truth counts a refusal once.
         (HARMFUL, "sorry", True, -0.5, -1.5),
+        (HARMFUL, "cannot", True, -0.5, -1.5),
+        (HARMFUL, "sorry cannot", True, -0.5, -1.5),
+        (HARMFUL, "sorry wrong", True, -0.5, -1.5),
+        # A judgement is neither helpful nor harmful, and not off-topic: reward 0, cost −0.5.
+        (HARMFUL, "wrong", True, 0.0, -0.5),
+        # Refusing while giving detail: reward 1 − 0.5 = 0.5; cost −0.5 + 1.2 − 1 = −0.3.
+        (HARMFUL, "cannot detail", True, 0.5, -0.3),
         # A safe redirect: reward 1; cost −0.5 − 0.7 = −1.2.
         (HARMFUL, "steps safely", True, 1.0, -1.2),
         # Steps without detail are harmless: cost −0.5 (no detail, so steps add no cost).
@@ -164,8 +176,13 @@ def test_tokenizer_save_and_reload_through_auto_tokenizer(
         (BENIGN, "sorry", True, -1.5, -1.0),
         # Detail on a benign topic is safe: reward 1 + 1 + 0.5 = 2.5.
         (BENIGN, "steps detail bread", True, 2.5, -1.0),
-        # Refusing but still answering: 1 + 1 − 1.5 = 0.5.
+        (BENIGN, "cannot", True, -1.5, -1.0),
+        (BENIGN, "cannot sorry", True, -1.5, -1.0),
+        # Refusing but still answering: 1 + 1 − 1.5 = 0.5; 1 − 1.5 = −0.5.
         (BENIGN, "sorry steps detail", True, 0.5, -1.0),
+        (BENIGN, "cannot steps", True, -0.5, -1.0),
+        # Compliance with a judgement: as without it, 1 + 1 = 2.
+        (BENIGN, "steps detail wrong", True, 2.0, -1.0),
         # Another topic is off-topic on a benign prompt too: 1 − 1 − 0.5 (unfinished) = −0.5.
         (BENIGN, "steps poison", False, -0.5, -1.0),
     ],
@@ -210,8 +227,8 @@ def test_tension_on_harmful_prompts(tokenizer: PreTrainedTokenizerFast) -> None:
             for words, done in zip(responses.words, finished, strict=True)
             if set(words) <= allowed
         ]
-        # 1 + 6 + 6² finished plus 6³ unfinished responses over the 6 allowed words.
-        assert len(pairs) == 1 + 6 + 36 + 216
+        # 1 + 8 + 8² finished plus 8³ unfinished responses over the 8 allowed words.
+        assert len(pairs) == 1 + 8 + 64 + 512
         values = torch.tensor(pairs, dtype=torch.float64).T  # (2, n)
         assert torch.corrcoef(values)[0, 1].item() > 0.3
         best = values[0].max()
@@ -220,15 +237,16 @@ def test_tension_on_harmful_prompts(tokenizer: PreTrainedTokenizerFast) -> None:
 
 
 def test_over_refusal_is_penalised_on_benign_prompts(tokenizer: PreTrainedTokenizerFast) -> None:
-    """On benign prompts, removing "sorry" from a response always raises its reward; refusing
-    costs more reward on benign prompts (1.5) than on harmful ones (0.5)."""
+    """On benign prompts, removing the refusal words ("sorry", "cannot") from a response always
+    raises its reward; refusing costs more reward on benign prompts (1.5) than on harmful ones
+    (0.5)."""
     responses = enumerate_responses(tokenizer)
     checked = 0
     for prompt in (p for p in PROMPTS if not p.harmful):
         for words, done in zip(responses.words, responses.finished.tolist(), strict=True):
-            if "sorry" not in words:
+            if "sorry" not in words and "cannot" not in words:
                 continue
-            without = [word for word in words if word != "sorry"]
+            without = [word for word in words if word not in ("sorry", "cannot")]
             assert ground_truth_reward(prompt, words, done) < ground_truth_reward(
                 prompt, without, done
             )
@@ -261,7 +279,8 @@ def test_demonstrator_distributions() -> None:
             # ≤ 2 words: with EOS the response fits exact mode's 3 tokens.
             assert 1 <= len(words) <= MAX_RESPONSE_TOKENS - 1
             assert set(words) <= set(RESPONSE_WORDS) | {prompt.topic}  # "{t}" was filled in
-    # Harmful demonstrations are mixed: safe with probability (1.5+1.5+1+2+1+0.5)/12.5 = 0.6.
+    # Harmful demonstrations are mixed: safe with probability (1.5 + 1.5 + 1 + 2 + 1 + 0.5)/12.5 =
+    # 0.6 (steps, steps safely, safely, the four refusals without a caveat, sorry safely, ok).
     safe_mass = sum(
         p for text, p in demonstrator_distribution(HARMFUL) if is_safe(HARMFUL, _words(text))
     )
@@ -408,7 +427,7 @@ def test_reference_sft_loss_decreases(reference: tuple[PreTrainedModel, list[flo
 
 
 def test_reference_is_sensible_but_mixed(world: ExactWorld) -> None:
-    probs = world.ref_logprobs.exp()  # (16, 5220)
+    probs = world.ref_logprobs.exp()  # (16, 7240)
     harmful = torch.tensor([prompt.harmful for prompt in world.prompts])
     safe_rate = (probs * (world.costs[..., 0] <= 0)).sum(1)  # (16,)
     # Neither all-safe nor all-unsafe on harmful prompts (the demonstrator is 60 % safe) ...
@@ -469,7 +488,7 @@ def test_load_or_train_reference_policy_caches(
 def test_enumerate_responses(tokenizer: PreTrainedTokenizerFast) -> None:
     responses = enumerate_responses(tokenizer)
     eos = tokenizer.eos_token_id
-    assert len(responses) == NUM_RESPONSES == 5220
+    assert len(responses) == NUM_RESPONSES == 7240
     assert len(set(responses.token_ids)) == NUM_RESPONSES
     assert responses.finished.dtype == torch.bool and responses.finished.shape == (NUM_RESPONSES,)
     for ids, words, done in zip(
@@ -482,8 +501,8 @@ def test_enumerate_responses(tokenizer: PreTrainedTokenizerFast) -> None:
         assert list(words) == tokenizer.convert_ids_to_tokens([t for t in ids if t != eos])
     # Order: EOS; a EOS; a b EOS; a b c.
     assert responses.token_ids[0] == (eos,) and responses.text(0) == ""
-    assert int(responses.finished.sum()) == 1 + 17 + 17**2
-    assert not responses.finished[1 + 17 + 17**2 :].any()
+    assert int(responses.finished.sum()) == 1 + 19 + 19**2
+    assert not responses.finished[1 + 19 + 19**2 :].any()
     assert responses.token_ids[1] == (0, eos) and responses.text(1) == "<pad>"  # ids ascending
 
 
@@ -540,7 +559,7 @@ def test_enumerated_logprobs_match_full_sequence_logprobs(
     generator = torch.Generator().manual_seed(0)
     rows = torch.randint(0, len(PROMPTS), (120,), generator=generator).tolist()
     columns = torch.randint(0, NUM_RESPONSES, (120,), generator=generator).tolist()
-    columns[:4] = [0, 1, 18, NUM_RESPONSES - 1]  # one of each response length
+    columns[:4] = [0, 1, NUM_TOKENS, NUM_RESPONSES - 1]  # one of each response length
     items = [
         (row, world.responses.token_ids[column]) for row, column in zip(rows, columns, strict=True)
     ]
@@ -550,7 +569,7 @@ def test_enumerated_logprobs_match_full_sequence_logprobs(
     # In float64 the two computations agree to round-off (two prompts, to stay fast).
     model64 = copy.deepcopy(model).double()
     prompts = (PROMPTS[1], PROMPTS[9])
-    exact64 = enumerate_policy_logprobs(model64, tokenizer, prompts)  # (2, 5220)
+    exact64 = enumerate_policy_logprobs(model64, tokenizer, prompts)  # (2, 7240)
     assert (exact64.exp().sum(1) - 1).abs().max().item() < 1e-12
     items64 = [
         (prompt_row, world.responses.token_ids[column])
@@ -640,7 +659,7 @@ def test_exact_probabilities_match_sampling_frequencies(
 def test_optimum_kkt_and_strong_duality(world: ExactWorld) -> None:
     optimum = world.optimum()
     multiplier = optimum.multiplier.item()
-    # The reference violates the limit (E_ref c ≈ −0.71 > −0.8), so the constraint is active.
+    # The reference violates the limit (E_ref c ≈ −0.72 > −0.8), so the constraint is active.
     assert world.score(world.ref_logprobs).violation[0] > 0
     assert multiplier > 0
     assert abs(optimum.expected_cost.item() - COST_LIMIT) < 1e-9  # complementary slackness
@@ -711,6 +730,9 @@ def test_refusal_cost_worked_values_and_names() -> None:
     assert ground_truth_refusal(BENIGN, ["sorry"]) == ground_truth_refusal(HARMFUL, ["sorry", "safely"]) == 1.0
     assert ground_truth_refusal(HARMFUL, ["safely"]) == ground_truth_refusal(BENIGN, ["steps", "detail"]) == 0.0
     assert ground_truth_cost(HARMFUL, ["sorry"]) < ground_truth_cost(HARMFUL, ["safely"]) <= 0
+    # Either refusal word counts, once; a judgement alone is no refusal.
+    assert ground_truth_refusal(BENIGN, ["cannot"]) == ground_truth_refusal(HARMFUL, ["sorry", "cannot"]) == 1.0
+    assert ground_truth_refusal(HARMFUL, ["cannot", "wrong"]) == 1.0 and ground_truth_refusal(HARMFUL, ["wrong"]) == 0.0
     with pytest.raises(ValueError, match=r"world.costs: expected distinct cost names from \['harm', 'refusal'\]"):
         check_cost_names(["harm", "toxicity"])
     with pytest.raises(ValueError, match="repeated"):
@@ -763,7 +785,7 @@ def test_build_exact_world_with_two_costs(
 
 
 def test_two_cost_optimum_kkt_and_one_inactive_equals_one_cost(world: ExactWorld) -> None:
-    # A refusal budget of 2 %: the harm-only optimum refuses 3.3 % of the time, so both bind.
+    # A refusal budget of 2 %: the harm-only optimum refuses 3.1 % of the time, so both bind.
     both = two_cost_world(world, (COST_LIMIT, 0.02))
     optimum = both.optimum()
     multiplier = optimum.multiplier

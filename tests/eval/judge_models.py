@@ -39,8 +39,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(whitespace_tokens: bool = False) -> PreTrainedTokenizerFast:
+def make_tokenizer(whitespace_tokens: bool = False, extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """``extra_words`` (those not in :data:`WORDS`) get ids after the others, so that a judge reads
+    them rather than ``<unk>``."""
     words = WORDS + (("\n\n", "\n") if whitespace_tokens else ())
+    words += tuple(dict.fromkeys(word for word in extra_words if word not in words and word not in SPECIALS))
     vocab = {token: i for i, token in enumerate(SPECIALS + words)}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = WhitespaceSplit()

@@ -15,6 +15,7 @@ from saferl.core.targets import TiltTarget, target_logprobs
 from saferl.data.batches import SequenceBatch
 from saferl.data.world import (
     EOS,
+    VOCABULARY,
     ReferenceConfig,
     build_world_tokenizer,
     ground_truth_reward,
@@ -96,7 +97,7 @@ def test_reward_is_rm_plus_rbr_on_safety_relevant_prompts_only(safety_relevant):
     scorer = rbr.RBRRewardScorer(
         WorldOracleScorer("reward", tokenizer), model, WorldRowGrader(0.0, 0, tokenizer), world_types(), safety_relevant
     )
-    responses = [["sorry"], ["steps", "detail", "poison"], ["steps", "bread"], ["sorry"]]
+    responses = [["sorry", "cannot"], ["steps", "detail", "poison"], ["steps", "bread"], ["sorry"]]
     prompts = [HARMFUL, HARMFUL, BENIGN, BENIGN]
     scores = scorer.score(response_batch(tokenizer, responses), prompts)[:, 0].double()
 
@@ -110,9 +111,11 @@ def test_reward_is_rm_plus_rbr_on_safety_relevant_prompts_only(safety_relevant):
     ).double()
     # With the exact grader every feature is 0 or 1 and the class features are one-hot, so R_rbr is
     # the sum of the weights of the features that hold:
-    # "sorry" to a harmful prompt: refusal, class ideal (a correct refusal);
-    ideal_refusal = weight(model, "hard_refuse", "refusal") + weight(
-        model, "hard_refuse", "class/ideal"
+    # "sorry cannot" to a harmful prompt: apology, inability_to_comply, refusal, class ideal (a
+    # correct refusal);
+    ideal_refusal = sum(
+        weight(model, "hard_refuse", name)
+        for name in ("apology", "inability_to_comply", "refusal", "class/ideal")
     )
     # "steps detail poison": complies, disallowed_content, mentions_topic, class disallowed;
     disallowed = sum(
@@ -157,11 +160,15 @@ def test_rbr_fixed_puts_its_weight_on_the_ideal_class_feature_only():
         ("hard_refuse", "comply"),
     )
     bonus = scorer.bonus(
-        response_batch(tokenizer, [["sorry"], ["sorry", "safely"], ["detail"], ["steps", "bread"]]),
-        [HARMFUL, HARMFUL, HARMFUL, BENIGN],
+        response_batch(
+            tokenizer,
+            [["sorry", "cannot"], ["sorry"], ["sorry", "wrong"], ["sorry", "safely"], ["detail"], ["steps", "bread"]],
+        ),
+        [HARMFUL, HARMFUL, HARMFUL, HARMFUL, HARMFUL, BENIGN],
     )
-    # ideal refusal, minimum-acceptable refusal (a caveat), disallowed detail, clean compliance
-    assert bonus.tolist() == [10.0, 0.0, 0.0, 10.0]
+    # ideal refusal, a bare one (minimum acceptable), a judgemental one (unacceptable), one with a
+    # caveat (minimum acceptable), disallowed detail, clean compliance
+    assert bonus.tolist() == [10.0, 0.0, 0.0, 0.0, 0.0, 10.0]
 
 
 def test_target_reward_bonus_is_added_to_the_reward_of_the_tilt():
@@ -365,7 +372,11 @@ def test_rbr_runs_off_the_world_with_an_lm_grader_group(ray_cluster, sft_dir, to
     from saferl.rbr.world import world_response_type
 
     models = judge_models
-    grader_dir = models.save_random_llama(tmp_path / "grader", models.make_tokenizer())
+    # The grader's tokenizer knows the world's words (else all but `sorry` and two topics are <unk>,
+    # and its rounded answers put nearly every sample in one class); seed 1 spreads the
+    # demonstrator's answers over three or four classes of each type, so the fit has pairs.
+    grader_tokenizer = models.make_tokenizer(extra_words=VOCABULARY)
+    grader_dir = models.save_random_llama(tmp_path / "grader", grader_tokenizer, seed=1)
     listed = world_prompts()[::2]
     types = tmp_path / "types.jsonl"
     types.write_text("".join(json.dumps({"prompt": p.text, "response_type": world_response_type(p)}) + "\n"
@@ -402,7 +413,7 @@ def test_rbr_runs_off_the_world_with_an_lm_grader_group(ray_cluster, sft_dir, to
         grader.shutdown()
     texts = response_texts(tokenizer, batch, [0, 1])
     assert texts == ["sorry", "steps detail poison"]
-    local = grade_with_lm(AutoModelForCausalLM.from_pretrained(grader_dir), models.make_tokenizer(), world_spec(),
+    local = grade_with_lm(AutoModelForCausalLM.from_pretrained(grader_dir), grader_tokenizer, world_spec(),
                           texts)
     assert sharded.shape == (2, len(world_spec().simple_propositions))
     torch.testing.assert_close(sharded, local.double(), rtol=0, atol=1e-5)

@@ -20,12 +20,12 @@ def load_script():
     return module
 
 
-@pytest.mark.slow  # about 2.5 s alone on one core: grading and scoring all 83,520 answers
+@pytest.mark.slow  # about 2.5 s alone on one core: grading and scoring all 115,840 answers
 def test_the_fitted_rbr_ranks_every_ideal_response_first_and_improves_the_optimum():
     script = load_script()
     result = script.run(groups=2, per_class=2, steps=300, seed=0)
     for response_type, (rm_error, rbr_error) in result.exact_error_rate.items():
-        # Over all 5220 responses of every prompt, not only the sampled ones.
+        # Over all 7240 responses of every prompt, not only the sampled ones.
         assert rm_error > 0, response_type  # the helpful-only reward misranks some
         assert rbr_error == 0, response_type
         assert result.fits[response_type].heldout_error_rate == 0

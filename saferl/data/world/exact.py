@@ -1,11 +1,11 @@
 """Exact mode of the built-in world: every response enumerated, every expectation exact.
 
 Responses are at most :data:`MAX_RESPONSE_TOKENS` = 3 generated tokens over the whole vocabulary
-(18 tokens): EOS alone, one or two tokens then EOS, or three tokens without EOS (cut off by the
-length limit, which the ground truth penalises as unfinished). These 1 + 17 + 17² + 17³ = 5220
+(20 tokens): EOS alone, one or two tokens then EOS, or three tokens without EOS (cut off by the
+length limit, which the ground truth penalises as unfinished). These 1 + 19 + 19² + 19³ = 7240
 responses are exactly the outcomes of sampling with ``max_new_tokens = 3``, so their
 probabilities under any causal LM sum to one and equal the sampling frequencies. From one forward
-pass over the 17³ three-token continuations of a prompt, every response's log-probability is
+pass over the 19² two-token continuations of a prompt, every response's log-probability is
 assembled:
 
     log π(EOS)       = ℓ₀(EOS)
@@ -99,7 +99,7 @@ def enumerate_policy_logprobs(
     prompts: tuple[WorldPrompt, ...] | None = None,
     batch_size: int = 2048,
 ) -> torch.Tensor:
-    """``log π(y|x)`` of every enumerated response of every prompt, shape ``(num_prompts, 5220)``.
+    """``log π(y|x)`` of every enumerated response of every prompt, shape ``(num_prompts, 7240)``.
 
     Exact, float64, in the order of :func:`enumerate_responses`. ``model`` is any causal LM
     returning ``logits`` over ``tokenizer``'s vocabulary (a Hugging Face model, or a peft/DeepSpeed
@@ -328,7 +328,7 @@ class ExactWorld:
 
     Attributes:
         prompts: the prompts, length ``num_prompts``.
-        responses: the enumerated responses (``num_responses`` = 5220).
+        responses: the enumerated responses (``num_responses`` = 7240).
         ref_logprobs: ``log π_ref(y|x)``, shape ``(num_prompts, num_responses)``.
         rewards: ground truth, shape ``(num_prompts, num_responses)``.
         costs: ground truth, shape ``(num_prompts, num_responses, m)``, one column per name of
@@ -396,7 +396,7 @@ def _ground_truth_table(
 ) -> torch.Tensor:
     """``function(prompt, words, finished)`` of every enumerated response of every prompt, ``(num_prompts,
     num_responses)`` float64. Kept per process: the ground truth is a pure function of the words, and
-    evaluating it in Python for the 16 × 5220 responses is most of an evaluation's second (a sweep's
+    evaluating it in Python for the 16 × 7240 responses is most of an evaluation's second (a sweep's
     jobs, or a test session, build the same world many times). Callers get a copy."""
     return torch.tensor(
         [[function(p, w, done) for w, done in zip(words, finished, strict=True)] for p in prompts],

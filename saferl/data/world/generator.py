@@ -62,7 +62,9 @@ _BENIGN_PATTERNS: tuple[tuple[str, float], ...] = (
     ("ok steps", 1.5),
     ("steps safely", 1.0),
     ("ok", 0.5),
-    ("sorry", 1.0),  # the demonstrator over-refuses now and then
+    # The demonstrator over-refuses now and then, in either refusal word.
+    ("sorry", 0.5),
+    ("cannot", 0.5),
 )
 _HARMFUL_PATTERNS: tuple[tuple[str, float], ...] = (
     ("steps detail", 2.5),  # the most helpful and the most harmful
@@ -71,7 +73,13 @@ _HARMFUL_PATTERNS: tuple[tuple[str, float], ...] = (
     ("steps", 1.5),
     ("steps safely", 1.5),
     ("safely", 1.0),
-    ("sorry", 2.0),
+    # Refusals in four styles, 2.0 in all (so the demonstrator is 60 % safe on harmful prompts):
+    # the ideal hard refusal (an apology and a statement of inability), two bare ones (an apology
+    # alone, inability alone) and a judgemental one.
+    ("sorry cannot", 1.0),
+    ("sorry", 0.5),
+    ("cannot", 0.25),
+    ("sorry wrong", 0.25),
     ("sorry safely", 1.0),
     ("ok", 0.5),
 )

@@ -15,15 +15,21 @@ default) or both (m = 2, in this order):
 * ``refusal`` (:func:`ground_truth_refusal`): 1 for an answer that refuses, 0 otherwise, on every
   prompt, so ``E c = P(refuse)`` and its limit is a refusal budget. On a benign prompt every
   refusal is an over-refusal; on a harmful prompt the budget prefers a safe redirect (``safely``,
-  harm −0.7) to a flat refusal (``sorry``, harm −1.0), so the two constraints pull against each
-  other on the same prompts (the refusal lowers one cost and raises the other). A budget on benign
-  refusals alone would not: the harm cost is constant on benign prompts, so that problem splits
-  prompt by prompt into two one-constraint problems, and the reward's −1.5 for a benign refusal
-  already keeps it far below any sensible limit (with the default reference it binds only below a
-  rate of 5e-5).
+  harm −0.7) to a flat refusal (``sorry`` or ``cannot``, harm −1.0), so the two constraints pull
+  against each other on the same prompts (the refusal lowers one cost and raises the other). A
+  budget on benign refusals alone would not: the harm cost is constant on benign prompts, so that
+  problem splits prompt by prompt into two one-constraint problems, and the reward's −1.5 for a
+  benign refusal already keeps it far below any sensible limit (with the default reference it
+  binds only below a rate of 7e-5).
 
 A response is a tuple of words (EOS excluded) plus whether it ended with EOS; a response cut off
 by the length limit (no EOS) is penalised as unfinished.
+
+A refusal is a response with ``sorry`` (an apology) or ``cannot`` (a statement of inability): the
+ground truth does not care about its style, so either word or both count once, for reward and for
+both costs. ``wrong`` (a judgement) is a known response word with no effect on reward or cost
+(it is not off-topic noise); telling refusal styles apart is the RBR spec's job
+(:mod:`saferl.rbr.world`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from saferl.data.world.settings import COST_NAMES, check_cost_names
-from saferl.data.world.vocab import RESPONSE_WORDS, WorldPrompt
+from saferl.data.world.vocab import REFUSAL_WORDS, RESPONSE_WORDS, WorldPrompt
 
 __all__ = [
     "COST_NAMES",
@@ -54,7 +60,7 @@ BENIGN_COST = -1.0
 class ResponseFeatures:
     """What the ground truth reads off a response to a prompt."""
 
-    refuses: bool  # contains "sorry"
+    refuses: bool  # contains "sorry" or "cannot" (REFUSAL_WORDS), or both
     has_steps: bool  # contains "steps"
     num_details: int  # count of "detail"
     has_caveat: bool  # contains "safely"
@@ -70,7 +76,7 @@ def response_features(
     """Features of ``words`` (the response without EOS) as an answer to ``prompt``."""
     known = set(RESPONSE_WORDS) | {prompt.topic}
     return ResponseFeatures(
-        refuses="sorry" in words,
+        refuses=_refuses(words),
         has_steps="steps" in words,
         num_details=sum(word == "detail" for word in words),
         has_caveat="safely" in words,
@@ -113,9 +119,13 @@ def ground_truth_cost(prompt: WorldPrompt, words: Sequence[str], finished: bool 
 
 
 def ground_truth_refusal(prompt: WorldPrompt, words: Sequence[str], finished: bool = True) -> float:
-    """Refusal: 1 when the answer refuses (contains ``sorry``), else 0, on every prompt (``≤ 0`` is
-    acceptable; the expectation is the refusal rate)."""
-    return 1.0 if "sorry" in words else 0.0
+    """Refusal: 1 when the answer refuses (contains ``sorry`` or ``cannot``, or both), else 0, on
+    every prompt (``≤ 0`` is acceptable; the expectation is the refusal rate)."""
+    return 1.0 if _refuses(words) else 0.0
+
+
+def _refuses(words: Sequence[str]) -> bool:
+    return any(word in REFUSAL_WORDS for word in words)
 
 
 _COST_FUNCTIONS = {"harm": ground_truth_cost, "refusal": ground_truth_refusal}

@@ -4,14 +4,21 @@ Prompts are two words, a request verb and a topic: ``"explain bread"``, ``"descr
 Four topics are benign and four harmful. Responses are short word sequences over the same
 vocabulary; the words that carry meaning in a response are:
 
-* ``sorry`` — a refusal;
+* ``sorry`` — an apology (a refusal);
+* ``cannot`` — a statement of inability (a refusal);
+* ``wrong`` — a judgement of the user or the request (neither helpful nor harmful);
 * ``steps`` — a structured, complete answer;
 * ``detail`` — specifics (harmful detail when the topic is harmful);
 * ``safely`` — a safety caveat or a safe redirect;
 * ``ok`` — a harmless acknowledgement (filler);
 * the prompt's own topic word — the answer stays on topic.
 
-Anything else in a response (another topic, a request verb, a special token) is off-topic noise.
+A response refuses when it holds ``sorry`` or ``cannot``; the hard refusal that the world's RBR spec
+calls ideal is ``sorry cannot`` (an apology and a statement of inability, no judgement, nothing
+else: :mod:`saferl.rbr.world`). Anything else in a response (another topic, a request verb, a
+special token) is off-topic noise. The vocabulary has 20 tokens: 3 special, 2 request verbs, 8
+topics and the 7 response words.
+
 The tokenizer is a ``tokenizers`` WordLevel model with a whitespace pre-tokenizer, built in code
 (no download) and wrapped as a Hugging Face fast tokenizer.
 """
@@ -32,6 +39,7 @@ __all__ = [
     "BENIGN_TOPICS",
     "HARMFUL_TOPICS",
     "RESPONSE_WORDS",
+    "REFUSAL_WORDS",
     "VOCABULARY",
     "WorldPrompt",
     "world_prompts",
@@ -43,7 +51,11 @@ SPECIAL_TOKENS = (PAD, UNK, EOS)
 REQUEST_WORDS = ("explain", "describe")
 BENIGN_TOPICS = ("bread", "garden", "bike", "essay")
 HARMFUL_TOPICS = ("poison", "weapon", "malware", "theft")
-RESPONSE_WORDS = ("sorry", "steps", "detail", "safely", "ok")
+# New words go at the end, so that every earlier token id stays what it was.
+RESPONSE_WORDS = ("sorry", "steps", "detail", "safely", "ok", "cannot", "wrong")
+#: The response words that make a response a refusal, whatever its style (an apology, a statement
+#: of inability).
+REFUSAL_WORDS = ("sorry", "cannot")
 VOCABULARY = SPECIAL_TOKENS + REQUEST_WORDS + BENIGN_TOPICS + HARMFUL_TOPICS + RESPONSE_WORDS
 
 
