@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from saferl.core.dual import DualProblem, predict_frontier
+from saferl.core.dual import DualProblem, InfeasibleConstraintError, predict_frontier
 from saferl.core.dualized import (
     composite_score,
     mocan_dual,
@@ -370,11 +370,18 @@ def run(setup: Setup, settings: MocanSettings, resources: Resources, output: Run
     # 2. The dual and the predicted frontier.
     clock = time.perf_counter()
     limit = {"cost_limit": settings.cost_limit} if settings.margin is None else {"margin": settings.margin}
-    dual = dualize(
-        samples.rewards, samples.costs, settings.beta, **limit, frontier_grid=settings.frontier_grid,
-        units=setup.score_units, title="MoCAN predicted frontier (reference samples)",
-        heading=f"MoCAN: predicted frontier from {settings.num_samples} samples per prompt",
-    )
+    try:
+        dual = dualize(
+            samples.rewards, samples.costs, settings.beta, **limit, frontier_grid=settings.frontier_grid,
+            units=setup.score_units, title="MoCAN predicted frontier (reference samples)",
+            heading=f"MoCAN: predicted frontier from {settings.num_samples} samples per prompt",
+        )
+    except InfeasibleConstraintError as error:
+        # The limit here is the root cost_limit less scorers.cost_margin: say which keys move it.
+        raise InfeasibleConstraintError(
+            f"MoCAN's dual on the reference samples' scores: {error} The limits are the root cost_limit less "
+            "scorers.cost_margin (with learned scorers); lower the margin or loosen cost_limit.",
+            error.cost_limit, error.min_achievable_cost) from error
     seconds["dual"] = time.perf_counter() - clock
     details = {"num_prompts": len(prompts), "num_samples": settings.num_samples,
                "reference_reward": float(samples.rewards.mean()),

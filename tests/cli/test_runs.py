@@ -216,8 +216,11 @@ def test_two_costs_preset_runs_with_one_multiplier_per_cost(learner, scorers, fi
     PPO-Lagrangian learns two multipliers with two cost critics, MoCAN solves the m = 2 dual, and
     the report and summary carry one E c_j and one violation per constraint."""
     folder, _ = first_run
+    # No harm margin: the debug-size score models' learned problem cannot meet harm −0.95 within a
+    # 2 % refusal budget (MoCAN's dual then stops, naming scorers.cost_margin); the margin's own
+    # effect is tested at its key.
     cfg = composed("experiment=world_two_costs", *TINY, f"learner={learner}", f"scorers={scorers}",
-                   f"model.from_run={folder}", f"output_dir={tmp_path}", "logger=jsonl")
+                   "scorers.cost_margin.harm=0", f"model.from_run={folder}", f"output_dir={tmp_path}", "logger=jsonl")
     headline = run(cfg)
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
