@@ -25,7 +25,9 @@ METHOD_NAMES = {"ppo_lag": "PPO-Lagrangian", "mocan": "MoCAN", "pecan": "PeCAN"}
 
 
 def _values(values) -> str:
-    return ", ".join(f"{v:.4f}" for v in values)
+    # A multiplier that ran away (a near-infeasible sampled dual reaches 1e6) stays readable and
+    # keeps the table's other columns from being squeezed out of their headers.
+    return ", ".join(f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}" for v in values)
 
 
 def write_dual_prediction(result: RunResult) -> tuple[Path, Path] | None:

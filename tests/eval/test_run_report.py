@@ -59,3 +59,12 @@ def test_a_smoke_test_report_says_its_numbers_are_not_results(tmp_path: Path):
     assert texts[True].startswith("SMOKE TEST (debug=tiny)") and "not results" in texts[True].splitlines()[0]
     assert "Score models on held-out pairs [SMOKE TEST: not results]" in texts[True]
     assert "SMOKE TEST" not in texts[False] and "Score models on held-out pairs" in texts[False]
+
+
+def test_a_runaway_multiplier_prints_in_scientific_notation_and_others_to_four_decimals():
+    """A near-infeasible sampled dual can put λ̂ near 1e6: printed with four decimals it would widen
+    the λ column until rich squeezes the violation columns' headers out of the table."""
+    from saferl.eval.run_report import _values
+
+    assert _values([0.65386, 1095379.6081]) == "0.6539, 1.095e+06"
+    assert _values([9999.5]) == "9999.5000"
