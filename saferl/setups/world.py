@@ -45,6 +45,7 @@ from saferl.data.world import (
     build_exact_world,
     build_world_tokenizer,
     enumerate_policy_logprobs,
+    enumerate_responses,
     world_dataset_paths,
     world_model_spec,
     write_demonstrations,
@@ -538,8 +539,6 @@ def pair_sampler(source: str, sft_dir: Path, tokenizer):
 
     if source == "demonstrator":
         return demonstrator_sampler()
-    from saferl.data.world import enumerate_responses
-
     policy, _ = load_policy(sft_dir)
     return policy_sampler(enumerate_responses(tokenizer), enumerate_policy_logprobs(policy.eval(), tokenizer))
 

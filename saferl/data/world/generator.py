@@ -227,22 +227,16 @@ def write_pair_datasets(
     file is never overwritten unless ``overwrite``."""
     folder = Path(folder)
     paths = world_dataset_paths(folder)
-    extra = [name for name in check_cost_names(costs, "costs") if name != "harm"]
-    targets = (
-        paths.preferences_train,
-        paths.preferences_test,
-        paths.statistics,
-        *(paths.preferences(split, name) for name in extra for split in ("train", "test")),
-    )
-    _refuse_existing(folder, targets, overwrite)
+    _refuse_existing(folder, _pair_files(paths, costs), overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     train = make_preference_pairs(num_pairs_train, seed + 1, temperature, sampler=sampler)
     test = make_preference_pairs(num_pairs_test, seed + 2, temperature, sampler=sampler)
     write_records(train, paths.preferences_train, overwrite=overwrite)
     write_records(test, paths.preferences_test, overwrite=overwrite)
-    for name in extra:
-        write_cost_pairs(folder, name, seed, num_pairs_train, num_pairs_test, temperature, overwrite=overwrite,
-                         sampler=sampler)
+    for name in costs:
+        if name != "harm":
+            write_cost_pairs(folder, name, seed, num_pairs_train, num_pairs_test, temperature, overwrite=overwrite,
+                             sampler=sampler)
     statistics = world_statistics(train)
     paths.statistics.write_text(json.dumps(statistics, indent=2) + "\n")
     return paths
@@ -268,14 +262,18 @@ def write_world_datasets(
     """
     folder = Path(folder)
     paths = world_dataset_paths(folder)
-    extra = [name for name in check_cost_names(costs, "costs") if name != "harm"]
     # Checked for the whole set first, so that a refusal writes nothing at all.
-    _refuse_existing(folder, (
-        paths.prompts, paths.sft, paths.preferences_train, paths.preferences_test, paths.statistics,
-        *(paths.preferences(split, name) for name in extra for split in ("train", "test")),
-    ), overwrite)
+    _refuse_existing(folder, (paths.prompts, paths.sft, *_pair_files(paths, costs)), overwrite)
     write_demonstrations(folder, seed, num_sft, overwrite=True)
     return write_pair_datasets(folder, seed, num_pairs_train, num_pairs_test, temperature, overwrite=True, costs=costs)
+
+
+def _pair_files(paths: WorldDatasetPaths, costs: Sequence[str]) -> tuple[Path, ...]:
+    """What :func:`write_pair_datasets` writes for ``costs`` (checked names): the harm pairs, their
+    statistics, and each further cost's train and test pairs."""
+    extra = [name for name in check_cost_names(costs, "costs") if name != "harm"]
+    return (paths.preferences_train, paths.preferences_test, paths.statistics,
+            *(paths.preferences(split, name) for name in extra for split in ("train", "test")))
 
 
 def _refuse_existing(folder: Path, targets: Sequence[Path], overwrite: bool) -> None:
