@@ -63,7 +63,7 @@ from saferl.learners.scorers import (
     fit_calibration,
 )
 from saferl.models import ModelSpec, load_policy
-from saferl.rbr.world import behaviour_record, exact_world_grades, world_behaviour_metrics
+from saferl.rbr.world import behaviour_record, exact_world_behaviour
 from saferl.runtime import init_ray
 from saferl.runtime.pool import prestart_workers
 from saferl.runtime.resources import Resources
@@ -282,6 +282,7 @@ class WorldEvaluator:
         trained_logprobs = enumerate_policy_logprobs(trained_model.eval(), tokenizer, world.prompts)
         trained = world.score(trained_logprobs)
         optimum = world.optimum()
+        optimal_logprobs = world.optimal_logprobs()
         # The problem the learner saw: the ground truth, or the calibrated learned scores.
         learned = self._learned_scores(world, tokenizer)
         rewards, costs = learned if learned is not None else (world.rewards, world.costs)
@@ -300,15 +301,15 @@ class WorldEvaluator:
                                                                   self.cost_limit)
             target_score = world.score(target_logprobs_)
         # Not-Unsafe, Not-Overrefuse, F1, Hard-Refusal-Style of each policy, by the exact grader.
-        grades = exact_world_grades(world.prompts, world.responses)
+        indicators = exact_world_behaviour(world.prompts, world.responses)
         policies = {"trained": trained_logprobs, "reference": world.ref_logprobs,
-                    "optimum": world.optimal_logprobs(), "target": target_logprobs_}
-        behaviour = {name: behaviour_record(world_behaviour_metrics(world.prompts, logprobs.exp(), grades))
+                    "optimum": optimal_logprobs, "target": target_logprobs_}
+        behaviour = {name: behaviour_record(indicators.metrics(logprobs.exp()))
                      for name, logprobs in policies.items() if logprobs is not None}
         return Evaluation(
             reference=world.score(world.ref_logprobs),
             trained=trained,
-            optimum=world.score(world.optimal_logprobs()),
+            optimum=world.score(optimal_logprobs),
             optimal_multiplier=[float(v) for v in optimum.multiplier],
             target=target_score,
             target_label=None if target is None else self._target_label(target, learned is not None),

@@ -20,6 +20,8 @@ from saferl.data.world import (
 from saferl.rbr import rbr_features
 from saferl.rbr.world import (
     WorldGrader,
+    behaviour_indicators,
+    exact_world_behaviour,
     world_behaviour_metrics,
     world_propositions,
     world_response_type,
@@ -241,3 +243,26 @@ def test_exact_world_metrics_average_a_mixed_policy(responses, exact_grades):
     assert math.isclose(metrics.hard_refusal_style, 0.5)
     with pytest.raises(ValueError, match="expected \\(num_prompts, num_responses\\)"):
         world_behaviour_metrics(PROMPTS, behaviour[:, :10], exact_grades)
+
+
+def test_one_grading_scores_many_policies_as_grading_each_does(responses, exact_grades):
+    """The evaluator grades once (the cached exact indicators) and scores each policy on them: the
+    same rates as world_behaviour_metrics on the grades, for random policies, to rounding."""
+    indicators = exact_world_behaviour(PROMPTS, responses)
+    assert exact_world_behaviour(PROMPTS, responses) is indicators  # once per process
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        policy = torch.softmax(4 * torch.randn(len(PROMPTS), len(responses), generator=generator), dim=1)
+        expected = world_behaviour_metrics(PROMPTS, policy, exact_grades)
+        got = indicators.metrics(policy)
+        for name in ("not_unsafe", "not_overrefuse", "f1", "hard_refusal_style"):
+            assert math.isclose(getattr(got, name), getattr(expected, name), rel_tol=1e-12), name
+        assert (got.n_comply, got.n_hard_refuse) == (expected.n_comply, expected.n_hard_refuse) == (8, 8)
+    # Prompts of one kind only: the other kind's rate is undefined (NaN), not 0.
+    benign = [row for row, prompt in enumerate(PROMPTS) if not prompt.harmful]
+    only_benign = behaviour_indicators([PROMPTS[row] for row in benign], exact_grades[benign])
+    metrics = only_benign.metrics(policy[benign])
+    assert math.isnan(metrics.hard_refusal_style) and metrics.n_hard_refuse == 0
+    assert 0 <= metrics.not_overrefuse <= 1
+    with pytest.raises(ValueError, match="expected \\(num_prompts, num_responses\\)"):
+        indicators.metrics(policy[:, :10])
