@@ -389,17 +389,34 @@ def _sign_weight(cfg: DictConfig) -> float:
     return _number(cfg, "scorers.sign_weight", minimum=0.0)
 
 
-def _learner_limit(cfg: DictConfig, costs: tuple[str, ...],
-                   cost_limit: float | tuple[float, ...]) -> float | tuple[float, ...]:
+def _learner_limit(cfg: DictConfig, costs: tuple[str, ...], cost_limit: float | tuple[float, ...],
+                   on_world: bool = True) -> float | tuple[float, ...]:
     """The limits the learner is given: ``d − δ`` with δ = ``scorers.cost_margin`` (≥ 0, in each
     cost's units): a mapping from the world's cost names to margins (a cost it does not name gets
     0; e.g. ``{harm: 0.1, refusal: 0.0}``), a number (one cost; 0 for several), or a list with one per cost; 0 when a
     config predates the key. The run is still judged at ``d``: the margin only makes the learner
-    aim lower, to absorb the score models' error."""
+    aim lower, to absorb the score models' error.
+
+    Only on the built-in world (``on_world``), where the learned scores are calibrated into the
+    ground truth's units and the run is judged there. Elsewhere the scores stay in the models' own
+    units and the run is judged in them, so a margin is nothing but a lower ``cost_limit``: the
+    scorers file's default (sized in the world's units) is not applied, and any other nonzero
+    margin is refused, naming the ``cost_limit`` that says the same."""
     value = OmegaConf.select(cfg, "scorers.cost_margin")
     if value is None:
         return cost_limit
     value = OmegaConf.to_container(value) if isinstance(value, (ListConfig, DictConfig)) else value
+    if not on_world:
+        margins = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        kind = OmegaConf.select(cfg, "scorers.kind")
+        if all(v == 0 for v in margins) or value == _scorers_file_default(kind, "cost_margin"):
+            return cost_limit
+        raise ConfigError(
+            f"scorers.cost_margin={value!r}: a margin is in ground-truth units and applies on the built-in world only; "
+            f"here the scores and cost_limit are in the cost model's units, where a margin is the same as a lower "
+            f"cost_limit: set cost_limit to d − δ (e.g. cost_limit={_shifted(cost_limit, margins, costs, value)}) "
+            "and scorers.cost_margin=0"
+        )
     limits = cost_limit if isinstance(cost_limit, tuple) else (cost_limit,)
     if isinstance(value, dict):
         from saferl.data.world.settings import COST_NAMES
@@ -424,6 +441,28 @@ def _learner_limit(cfg: DictConfig, costs: tuple[str, ...],
                           f"found {value!r}")
     aimed = tuple(limit - float(margin) for limit, margin in zip(limits, margins, strict=True))
     return aimed if isinstance(cost_limit, tuple) else aimed[0]
+
+
+def _scorers_file_default(kind: object, key: str) -> object:
+    """``key`` as the packaged ``conf/scorers/<kind>.yaml`` sets it (None for an unknown kind)."""
+    from saferl.conf_tree import CONFIG_DIR
+
+    path = Path(CONFIG_DIR) / "scorers" / f"{kind}.yaml"
+    if kind not in SCORER_KINDS or not path.is_file():
+        return None
+    found = OmegaConf.select(OmegaConf.load(path), key)
+    return OmegaConf.to_container(found) if isinstance(found, (ListConfig, DictConfig)) else found
+
+
+def _shifted(cost_limit: float | tuple[float, ...], margins: list, costs: tuple[str, ...], value: object) -> str:
+    """``d − δ`` as a ``cost_limit`` override's value, for an error message (``?`` when unreadable)."""
+    limits = cost_limit if isinstance(cost_limit, tuple) else (cost_limit,)
+    if isinstance(value, dict):
+        margins = [value.get(name, 0.0) for name in costs]
+    if len(margins) != len(limits) or not all(isinstance(v, (int, float)) for v in margins):
+        return "?"
+    shifted = [f"{limit - float(margin):g}" for limit, margin in zip(limits, margins, strict=True)]
+    return shifted[0] if len(shifted) == 1 else "[" + ",".join(shifted) + "]"
 
 
 def _training_stages(model: dict, scorers: dict, num_ranks: int) -> dict[str, StageSettings]:
@@ -727,16 +766,19 @@ def validate(cfg: DictConfig) -> RunConfig:
     generation = _build(_container(cfg.generation, "generation"), "generation", GenerationSpec, seed=seed)
     _job(cfg, job, num_ranks)
 
-    # The learner.
-    # The learner aims at d − scorers.cost_margin; the setup's evaluation and the summary keep d.
-    settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta,
-                                 cost_limit=_learner_limit(cfg, costs, cost_limit), seed=seed, num_ranks=num_ranks)
-    reference = _reference(cfg, seed)
-
-    # The setup: models, data, scorers.
+    # The setup's sources (its settings come after the learner's).
     model_source = _choice(OmegaConf.select(cfg, "model.source"), "model.source", SOURCES)
     data_source = _choice(OmegaConf.select(cfg, "data.source"), "data.source", SOURCES)
     scorer_kind = _choice(OmegaConf.select(cfg, "scorers.kind"), "scorers.kind", SCORER_KINDS)
+
+    # The learner.
+    # The learner aims at d − scorers.cost_margin (on the world); the setup's evaluation and the summary keep d.
+    learner_limit = _learner_limit(cfg, costs, cost_limit, on_world=(model_source, data_source) == ("world", "world"))
+    settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta,
+                                 cost_limit=learner_limit, seed=seed, num_ranks=num_ranks)
+    reference = _reference(cfg, seed)
+
+    # The setup: models, data, scorers.
     if learner == "rbr":
         _rbr_sources(settings, on_world=(model_source, data_source) == ("world", "world"))
     if model_source == "world" and data_source == "hub":

@@ -876,6 +876,23 @@ def test_the_cost_margin_lowers_the_learners_limit_and_never_the_problems():
         validate(composed("+scorers.cost_margin.toxicity=0.1"))
 
 
+def test_off_the_world_the_default_margin_is_not_applied_and_another_is_a_lower_cost_limit(tmp_path):
+    """Off the world (the tiny models on a PKU-format file) the learned scores are in the cost
+    model's units and judged there: the learned file's margin, sized in the world's ground-truth
+    units, is not applied (the learner aims at ``d``), and any other nonzero margin is refused,
+    naming the ``cost_limit`` that says the same."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("")
+    tiny = ("data=pku_saferlhf", f"data.path={data}", "scorers.calibrate=false")
+    default = validate(composed(*tiny))
+    assert default.settings.cost_limit == default.cost_limit == -0.8  # not -0.8 - LEARNED_HARM_MARGIN
+    assert validate(composed(*tiny, "scorers.cost_margin.harm=0")).settings.cost_limit == -0.8
+    with pytest.raises(ConfigError, match=named("scorers.cost_margin", "built-in world", "cost_limit=-1")):
+        validate(composed(*tiny, "scorers.cost_margin.harm=0.2"))
+    with pytest.raises(ConfigError, match=named("scorers.cost_margin=0.1", "cost_limit=-0.9")):
+        validate(composed(*tiny, "scorers.cost_margin=0.1"))
+
+
 def test_the_world_pairs_come_from_the_policy_by_default_and_a_bad_source_is_refused():
     default = validate(composed())
     assert default.setup.pair_source == "policy" and default.setup.stage_settings("pairs")["pair_source"] == "policy"
