@@ -29,9 +29,10 @@ several costs may reuse a harm-only run, and then makes the other costs' pairs a
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from saferl.data.world import (
     build_world_tokenizer,
     enumerate_policy_logprobs,
     enumerate_responses,
+    ground_truth_tables,
     world_dataset_paths,
     world_model_spec,
     write_demonstrations,
@@ -73,6 +75,7 @@ from saferl.setups.stages import run_score_stage, run_sft_stage, run_stages_side
 
 __all__ = [
     "PREPARED_STAGES",
+    "EvaluationPrefetch",
     "StageSettings",
     "WorldEvaluator",
     "WorldScorerSource",
@@ -262,6 +265,8 @@ class WorldEvaluator:
         sources: the run's reward source then one source per cost (their calibration, once built,
             maps the learned models into ground-truth units); None when the learner read no scorer.
         costs: the world's costs the run constrains (``world.costs``), in column order.
+        prefetch: the evaluation's inputs that training does not change, being computed in the
+            background (:func:`prefetch_evaluation`); None: all are computed when evaluating.
     """
 
     sft_dir: Path
@@ -270,10 +275,13 @@ class WorldEvaluator:
     scorers: str = "oracle"
     sources: tuple[WorldScorerSource, ...] | None = None
     costs: tuple[str, ...] = ("harm",)
+    prefetch: EvaluationPrefetch | None = field(default=None, compare=False, repr=False)
 
     def evaluate(self, policy_dir: Path, target: TiltTarget | None = None) -> Evaluation:
         """Enumerate every response; with learned scorers the target is taken on the calibrated
         learned scores (the problem the learner optimised) and every row is scored on the truth."""
+        if self.prefetch is not None:
+            self.prefetch.wait()  # what it computed is in this process's caches now
         tokenizer = build_world_tokenizer()
         reference_model, _ = load_policy(self.sft_dir)
         trained_model, _ = load_policy(policy_dir)
@@ -332,24 +340,73 @@ class WorldEvaluator:
     def _learned_scores(self, world, tokenizer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The calibrated learned reward ``(N, K)`` and costs ``(N, K, m)`` of every enumerated
         response, or None (oracle scorers, no scorers read, or a scorer never built)."""
-        from saferl.models import load_score_model
-
         if self.scorers != "learned" or self.sources is None:
             return None
         if any(source.calibration is None for source in self.sources):
             return None
-        scores = []
-        for source in self.sources:
-            key = (_folder_stamp(Path(source.model_dir)), tuple(world.prompts))
-            raw = _ENUMERATED_SCORES.get(key)
-            if raw is None:
-                model, _ = load_score_model(source.model_dir)
-                raw = enumerate_end_scores(model.eval(), tokenizer, world.prompts, world.responses)
-                if len(_ENUMERATED_SCORES) >= 8:  # a few runs' models at a time
-                    _ENUMERATED_SCORES.clear()
-                _ENUMERATED_SCORES[key] = raw
-            scores.append(apply_calibration(source.calibration, raw))
+        scores = [apply_calibration(source.calibration,
+                                    enumerated_scores(Path(source.model_dir), tokenizer, world.prompts, world.responses))
+                  for source in self.sources]
         return scores[0], torch.stack(scores[1:], dim=-1)
+
+
+def enumerated_scores(model_dir: Path, tokenizer, prompts, responses) -> torch.Tensor:
+    """:func:`enumerate_end_scores` of the score model saved in ``model_dir``, ``(num_prompts,
+    num_responses)``, kept per process by the folder's stamp and the prompts."""
+    from saferl.models import load_score_model
+
+    key = (_folder_stamp(model_dir), tuple(prompts))
+    raw = _ENUMERATED_SCORES.get(key)
+    if raw is None:
+        model, _ = load_score_model(model_dir)
+        raw = enumerate_end_scores(model.eval(), tokenizer, prompts, responses)
+        if len(_ENUMERATED_SCORES) >= 8:  # a few runs' models at a time
+            _ENUMERATED_SCORES.clear()
+        _ENUMERATED_SCORES[key] = raw
+    return raw
+
+
+class EvaluationPrefetch:
+    """The evaluation's inputs that no training changes, computed in one background thread of the
+    driver while the learner trains: the ground truth and the exact grades of every enumerated
+    response, and each score model's enumerated scores (a few seconds of a world run's evaluation).
+    The driver mostly waits on its rank processes then, so on a small machine this work takes
+    cores that would idle. The results land in this process's caches, where :meth:`WorldEvaluator.evaluate`
+    finds them after :meth:`wait`. A step that fails here is skipped: the evaluation computes it
+    again and raises its own error, in the driver's thread."""
+
+    def __init__(self, steps: Sequence[Callable[[], object]]):
+        self._thread = threading.Thread(target=self._run, args=(tuple(steps),), name="saferl-evaluation-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _run(steps: tuple[Callable[[], object], ...]) -> None:
+        for step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 -- evaluate() redoes the step and raises in the driver's thread
+                pass
+
+    def wait(self) -> None:
+        """Block until every step has run."""
+        self._thread.join()
+
+
+def prefetch_evaluation(costs: Sequence[str], score_model_dirs: Sequence[Path]) -> EvaluationPrefetch:
+    """Start computing the world evaluation's training-independent inputs (:class:`EvaluationPrefetch`)
+    for the constrained ``costs`` and the learned score models in ``score_model_dirs`` (none with
+    oracle scorers)."""
+    from saferl.data.world import world_prompts
+    from saferl.rbr.world import exact_world_behaviour
+
+    tokenizer = build_world_tokenizer()
+    prompts = world_prompts()
+    responses = enumerate_responses(tokenizer)
+    steps = [partial(ground_truth_tables, prompts, responses, tuple(costs)),
+             partial(exact_world_behaviour, prompts, responses)]
+    steps += [partial(enumerated_scores, Path(folder), tokenizer, prompts, responses) for folder in score_model_dirs]
+    return EvaluationPrefetch(steps)
 
 
 #: A score model's enumerated end scores, by its folder's stamp and the prompts: a sweep's jobs (and
@@ -448,9 +505,11 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         # One cost critic per cost, each from its own cost model (docs/algorithms.md §2).
         cost_critics=tuple(critic("cost", path, cost) for cost, path in zip(settings.costs, cost_dirs, strict=True))
         if needs.critics else (),
-        # 6. The exact evaluator.
+        # 6. The exact evaluator, its training-independent inputs computed while the learner trains.
         evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers, sources,
-                                 settings.costs),
+                                 settings.costs, prefetch_evaluation(
+                                     settings.costs,
+                                     [s.model_dir for s in sources or () if s.scorers == "learned"])),
         rows_per_call=None,
         label_temperature=settings.label_temperature,
         score_units="ground-truth units" if settings.scorers == "oracle" or settings.calibrate else "cost-model units",

@@ -110,3 +110,35 @@ def test_the_evaluator_reuses_enumerated_scores_only_while_the_score_model_is_un
     rewards, costs = evaluator._learned_scores(world, tokenizer)
     torch.testing.assert_close(rewards, 2.0 * second_scores - 1.0, rtol=0, atol=1e-6)
     torch.testing.assert_close(costs[..., 0], second_scores, rtol=0, atol=1e-6)
+
+
+def test_the_prefetch_fills_the_caches_the_evaluation_reads_and_a_failed_step_leaves_the_rest(tmp_path):
+    """prefetch_evaluation computes, in a background thread, what the evaluation would compute
+    first: each score model's enumerated scores (the same numbers as reading it in this thread),
+    the ground-truth tables and the exact grades. A step that fails (a folder with no model) is
+    left for the evaluation to redo and raise; the steps after it still run."""
+    from saferl.data.world import ground_truth_tables
+    from saferl.data.world.exact import _ground_truth_table
+    from saferl.models import save_score_model
+    from saferl.rbr.world import _exact_indicators_cached
+    from saferl.setups import world as world_setup
+
+    tokenizer = build_world_tokenizer()
+    spec = ModelSpec(tiny=TinyModelConfig(vocab_size=len(tokenizer), max_position_embeddings=32))
+    torch.manual_seed(0)
+    model = build_score_model(spec, tokenizer).eval()
+    save_score_model(model, tokenizer, tmp_path / "cost_model")
+    prompts, responses = world_prompts(), enumerate_responses(tokenizer)
+    world_setup._ENUMERATED_SCORES.clear()
+
+    prefetch = world_setup.prefetch_evaluation(("harm", "refusal"), [tmp_path / "missing", tmp_path / "cost_model"])
+    prefetch.wait()
+    key = (world_setup._folder_stamp(tmp_path / "cost_model"), tuple(prompts))
+    assert list(world_setup._ENUMERATED_SCORES) == [key]
+    torch.testing.assert_close(world_setup._ENUMERATED_SCORES[key],
+                               enumerate_end_scores(model, tokenizer, prompts, responses), rtol=0, atol=1e-6)
+    # The ground truth and the grades are in the process's caches: reading them computes nothing.
+    hits, misses = _ground_truth_table.cache_info().hits, _ground_truth_table.cache_info().misses
+    ground_truth_tables(prompts, responses, ("harm", "refusal"))
+    assert (_ground_truth_table.cache_info().hits, _ground_truth_table.cache_info().misses) == (hits + 3, misses)
+    assert _exact_indicators_cached.cache_info().currsize == 1

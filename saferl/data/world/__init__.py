@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         cost_limits,
         enumerate_policy_logprobs,
         enumerate_responses,
+        ground_truth_tables,
     )
     from saferl.data.world.generator import (
         WorldDatasetPaths,
@@ -77,6 +78,7 @@ _EXPORTS = {
     "cost_limits": "saferl.data.world.settings",
     "enumerate_policy_logprobs": "saferl.data.world.exact",
     "enumerate_responses": "saferl.data.world.exact",
+    "ground_truth_tables": "saferl.data.world.exact",
     "WorldDatasetPaths": "saferl.data.world.generator",
     "demonstrator_distribution": "saferl.data.world.generator",
     "make_preference_pairs": "saferl.data.world.generator",
@@ -132,6 +134,7 @@ __all__ = [
     "ground_truth_cost",
     "ground_truth_refusal",
     "ground_truth_reward",
+    "ground_truth_tables",
     "is_safe",
     "load_or_train_reference_policy",
     "make_preference_pairs",

@@ -48,6 +48,7 @@ __all__ = [
     "enumerate_responses",
     "enumerate_policy_logprobs",
     "build_exact_world",
+    "ground_truth_tables",
 ]
 
 
@@ -422,12 +423,21 @@ def build_exact_world(
     cost_names = check_cost_names(cost_names, "cost_names")
     limits = cost_limits(cost_limit, len(cost_names))
     responses = enumerate_responses(tokenizer)
+    rewards, costs = ground_truth_tables(prompts, responses, cost_names)
+    ref_logprobs = enumerate_policy_logprobs(model, tokenizer, prompts)
+    return ExactWorld(prompts, responses, ref_logprobs, rewards, costs, float(beta), limits, cost_names)
+
+
+def ground_truth_tables(
+    prompts: Sequence[WorldPrompt], responses: ExactResponses, cost_names: Sequence[str] = ("harm",)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ground-truth reward ``(num_prompts, num_responses)`` and costs ``(num_prompts,
+    num_responses, m)`` (one column per name of ``cost_names``) of every enumerated response, float64;
+    computed once per process (copies are returned)."""
     finished = tuple(responses.finished.tolist())
 
     def table(function) -> torch.Tensor:  # (num_prompts, num_responses)
         return _ground_truth_table(function, tuple(prompts), responses.words, finished).clone()
 
-    rewards = table(ground_truth_reward)
     costs = torch.stack([table(cost_function(name)) for name in cost_names], dim=-1)  # (N, K, m)
-    ref_logprobs = enumerate_policy_logprobs(model, tokenizer, prompts)
-    return ExactWorld(prompts, responses, ref_logprobs, rewards, costs, float(beta), limits, cost_names)
+    return table(ground_truth_reward), costs
