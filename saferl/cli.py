@@ -300,7 +300,10 @@ def _start_rank_processes(config: RunConfig) -> None:
     models onto whatever ranks its groups ask for.
 
     Two at most: every learner runs a policy and a reference group (the learner's module, which
-    says how many groups it needs, is one of the imports this overlaps)."""
+    says how many groups it needs, is one of the imports this overlaps). One for a fresh world run:
+    its first stage, the SFT, needs one, and the setup starts the rest as that stage begins, when
+    the SFT leaves cores idle; started here, the second would only slow the first one's start
+    (the driver's imports and the two processes' ones share the machine's cores)."""
     from saferl.runtime.cluster import init_ray
     from saferl.runtime.pool import prestart_workers, shared_process_limit
     from saferl.setups.settings import TinySettings, WorldSettings
@@ -309,7 +312,8 @@ def _start_rank_processes(config: RunConfig) -> None:
     if not isinstance(config.setup, WorldSettings | TinySettings):
         return
     init_ray(resources.runtime)
-    if count := min(shared_process_limit(resources.runtime, resources.group), 2):
+    first_stage_is_sft = isinstance(config.setup, WorldSettings) and config.setup.from_run is None and not config.resume
+    if count := min(shared_process_limit(resources.runtime, resources.group), 1 if first_stage_is_sft else 2):
         prestart_workers(resources.runtime, resources.group, count)
 
 
@@ -648,6 +652,22 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C before a job started (a job says what it saved itself)
         print("saferl: interrupted before the run started; nothing was saved", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
+    if not hydra_request:
+        _exit_after_cleanup()
+
+
+def _exit_after_cleanup() -> None:
+    """End the process once its jobs are done: run every exit handler as a normal exit does
+    (Ray's shutdown of the local cluster, W&B's, logging's, temporary folders'), flush the
+    console, then leave without the interpreter's teardown of its modules. With torch,
+    transformers and Ray loaded that teardown takes about 1.6 s on a 2-core machine and saves
+    nothing: every output is written and closed by then."""
+    import atexit
+
+    atexit._run_exitfuncs()  # CPython's normal-exit handlers, in their usual (reverse) order
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
