@@ -652,8 +652,13 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C before a job started (a job says what it saved itself)
         print("saferl: interrupted before the run started; nothing was saved", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
-    if not hydra_request:
-        _exit_after_cleanup()
+
+
+def console_main() -> None:
+    """The ``saferl`` console script (and ``python -m saferl.cli``): :func:`main`, then the end of
+    the process. ``main`` itself returns, for callers in a process that goes on."""
+    main()
+    _exit_after_cleanup()
 
 
 def _exit_after_cleanup() -> None:
@@ -661,7 +666,8 @@ def _exit_after_cleanup() -> None:
     (Ray's shutdown of the local cluster, W&B's, logging's, temporary folders'), flush the
     console, then leave without the interpreter's teardown of its modules. With torch,
     transformers and Ray loaded that teardown takes about 1.6 s on a 2-core machine and saves
-    nothing: every output is written and closed by then."""
+    nothing: every output is written and closed by then. Only a process that ends here may call
+    it: it never returns."""
     import atexit
 
     atexit._run_exitfuncs()  # CPython's normal-exit handlers, in their usual (reverse) order
@@ -671,4 +677,4 @@ def _exit_after_cleanup() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    console_main()
