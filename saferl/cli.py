@@ -291,6 +291,13 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> float:
     return headline
 
 
+#: SFT steps that hide a second rank process's start (its imports: about 5 s of a CPU core) on a
+#: 2-core machine: the default job's 300 steps take 7 s there. Measured side by side, one
+#: process prestarted instead of two: the default job 58.1 and 64.9 s against 62.6 and 69.5 s;
+#: ``debug=tiny`` (30 steps, 1 s) 25.6 / 26.5 / 23.6 s against 21.9 / 22.1 / 25.7 s.
+LONG_SFT_STEPS = 100
+
+
 def _start_rank_processes(config: RunConfig) -> None:
     """Start Ray and the rank processes that one-rank CPU groups share, before the driver's own
     start-up (the tracker, torch, transformers and DeepSpeed imports: seconds): each rank process
@@ -300,10 +307,11 @@ def _start_rank_processes(config: RunConfig) -> None:
     models onto whatever ranks its groups ask for.
 
     Two at most: every learner runs a policy and a reference group (the learner's module, which
-    says how many groups it needs, is one of the imports this overlaps). One for a fresh world run:
-    its first stage, the SFT, needs one, and the setup starts the rest as that stage begins, when
-    the SFT leaves cores idle; started here, the second would only slow the first one's start
-    (the driver's imports and the two processes' ones share the machine's cores)."""
+    says how many groups it needs, is one of the imports this overlaps). One for a fresh world run
+    whose SFT is long (:data:`LONG_SFT_STEPS`): the SFT needs one, and the setup starts the rest as
+    it begins, on the core it leaves idle; started here, the second would only slow the first
+    one's start (the driver's imports and both processes' share the machine's cores). A short SFT
+    would end before the second one is up, and the score models would wait for it."""
     from saferl.runtime.cluster import init_ray
     from saferl.runtime.pool import prestart_workers, shared_process_limit
     from saferl.setups.settings import TinySettings, WorldSettings
@@ -312,8 +320,9 @@ def _start_rank_processes(config: RunConfig) -> None:
     if not isinstance(config.setup, WorldSettings | TinySettings):
         return
     init_ray(resources.runtime)
-    first_stage_is_sft = isinstance(config.setup, WorldSettings) and config.setup.from_run is None and not config.resume
-    if count := min(shared_process_limit(resources.runtime, resources.group), 1 if first_stage_is_sft else 2):
+    long_sft_first = (isinstance(config.setup, WorldSettings) and config.setup.from_run is None and not config.resume
+                      and config.setup.sft.steps >= LONG_SFT_STEPS)
+    if count := min(shared_process_limit(resources.runtime, resources.group), 1 if long_sft_first else 2):
         prestart_workers(resources.runtime, resources.group, count)
 
 
