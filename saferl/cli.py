@@ -97,6 +97,8 @@ def train(config: RunConfig, folder: Path, tracker):
             display.notice(f"resuming: the finished stages {', '.join(stages)} are reused")
     with display:
         setup = build_setup(config, learner.needs(config.settings), output)
+        if setup.evaluator is not None:  # evaluated below: its training-independent part runs meanwhile
+            setup.evaluator.prefetch()
         result = learner.run(setup, config.settings, config.resources, output)
     clock = time.perf_counter()
     evaluation = None

@@ -136,6 +136,11 @@ class Evaluator(Protocol):
 
     def evaluate(self, policy_dir: Path, target: TiltTarget | None = None) -> Evaluation: ...
 
+    def prefetch(self) -> None:
+        """Start computing, in the background, what :meth:`evaluate` needs that training does not
+        change (a caller that will evaluate calls it before training; evaluating without it
+        computes the same)."""
+
 
 @dataclass(frozen=True)
 class Needs:

@@ -74,7 +74,6 @@ from saferl.setups.settings import StageSettings, WorldSettings, cost_model_name
 from saferl.setups.stages import run_score_stage, run_sft_stage, run_stages_side_by_side
 
 __all__ = [
-    "PREPARED_STAGES",
     "EvaluationPrefetch",
     "StageSettings",
     "WorldEvaluator",
@@ -84,10 +83,10 @@ __all__ = [
     "InProcessScores",
     "calibrate",
     "critic_value_scale",
+    "enumerated_scores",
+    "prefetch_evaluation",
     "world_truth",
 ]
-
-PREPARED_STAGES = ("data", "sft", "pairs", "reward_model", "cost_model")
 
 
 def world_truth(kind: str, cost: str = "harm") -> Callable[[str, str], float]:
@@ -265,8 +264,6 @@ class WorldEvaluator:
         sources: the run's reward source then one source per cost (their calibration, once built,
             maps the learned models into ground-truth units); None when the learner read no scorer.
         costs: the world's costs the run constrains (``world.costs``), in column order.
-        prefetch: the evaluation's inputs that training does not change, being computed in the
-            background (:func:`prefetch_evaluation`); None: all are computed when evaluating.
     """
 
     sft_dir: Path
@@ -275,13 +272,22 @@ class WorldEvaluator:
     scorers: str = "oracle"
     sources: tuple[WorldScorerSource, ...] | None = None
     costs: tuple[str, ...] = ("harm",)
-    prefetch: EvaluationPrefetch | None = field(default=None, compare=False, repr=False)
+    # The background computation prefetch() started (a holder, so that the evaluator stays frozen).
+    _prefetched: list[EvaluationPrefetch] = field(default_factory=list, compare=False, repr=False)
+
+    def prefetch(self) -> None:
+        """Start computing the evaluation's training-independent inputs in a background thread
+        (:class:`EvaluationPrefetch`: the ground truth and grades of every enumerated response and
+        each learned score model's enumerated scores); :meth:`evaluate` waits for it. Once."""
+        if not self._prefetched:
+            learned = [Path(source.model_dir) for source in self.sources or () if source.scorers == "learned"]
+            self._prefetched.append(prefetch_evaluation(self.costs, learned))
 
     def evaluate(self, policy_dir: Path, target: TiltTarget | None = None) -> Evaluation:
         """Enumerate every response; with learned scorers the target is taken on the calibrated
         learned scores (the problem the learner optimised) and every row is scored on the truth."""
-        if self.prefetch is not None:
-            self.prefetch.wait()  # what it computed is in this process's caches now
+        for started in self._prefetched:
+            started.wait()  # what it computed is in this process's caches now
         tokenizer = build_world_tokenizer()
         reference_model, _ = load_policy(self.sft_dir)
         trained_model, _ = load_policy(policy_dir)
@@ -505,11 +511,9 @@ def build(settings: WorldSettings, resources: Resources, output: RunOutput, need
         # One cost critic per cost, each from its own cost model (docs/algorithms.md §2).
         cost_critics=tuple(critic("cost", path, cost) for cost, path in zip(settings.costs, cost_dirs, strict=True))
         if needs.critics else (),
-        # 6. The exact evaluator, its training-independent inputs computed while the learner trains.
+        # 6. The exact evaluator.
         evaluator=WorldEvaluator(sft_dir, settings.beta, settings.cost_limit, settings.scorers, sources,
-                                 settings.costs, prefetch_evaluation(
-                                     settings.costs,
-                                     [s.model_dir for s in sources or () if s.scorers == "learned"])),
+                                 settings.costs),
         rows_per_call=None,
         label_temperature=settings.label_temperature,
         score_units="ground-truth units" if settings.scorers == "oracle" or settings.calibrate else "cost-model units",

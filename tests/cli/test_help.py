@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from saferl.conf_tree import CONFIG_DIR, group_options, root_entries
@@ -15,9 +16,10 @@ from saferl.conf_tree import CONFIG_DIR, group_options, root_entries
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_help_lists_the_groups_and_the_commented_root_keys(tmp_path):
+@pytest.mark.parametrize("module", ["saferl.cli", "saferl"])  # python -m saferl is the same command
+def test_help_lists_the_groups_and_the_commented_root_keys(tmp_path, module):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    completed = subprocess.run([sys.executable, "-m", "saferl.cli", "--help"], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
                                cwd=tmp_path, timeout=120, env={**env, "COLUMNS": "200"})
     assert completed.returncode == 0, completed.stderr
     text = completed.stdout

@@ -113,7 +113,7 @@ def test_the_evaluator_reuses_enumerated_scores_only_while_the_score_model_is_un
 
 
 def test_the_prefetch_fills_the_caches_the_evaluation_reads_and_a_failed_step_leaves_the_rest(tmp_path):
-    """prefetch_evaluation computes, in a background thread, what the evaluation would compute
+    """The evaluator's prefetch() computes, in a background thread, what the evaluation would compute
     first: each score model's enumerated scores (the same numbers as reading it in this thread),
     the ground-truth tables and the exact grades. A step that fails (a folder with no model) is
     left for the evaluation to redo and raise; the steps after it still run."""
@@ -131,7 +131,12 @@ def test_the_prefetch_fills_the_caches_the_evaluation_reads_and_a_failed_step_le
     prompts, responses = world_prompts(), enumerate_responses(tokenizer)
     world_setup._ENUMERATED_SCORES.clear()
 
-    prefetch = world_setup.prefetch_evaluation(("harm", "refusal"), [tmp_path / "missing", tmp_path / "cost_model"])
+    sources = tuple(world_setup.WorldScorerSource(kind, "learned", tmp_path / folder, True, [], tokenizer, 1)
+                    for kind, folder in (("reward", "missing"), ("cost", "cost_model")))
+    evaluator = world_setup.WorldEvaluator(tmp_path, 0.5, (-0.8, 0.02), "learned", sources, ("harm", "refusal"))
+    evaluator.prefetch()
+    evaluator.prefetch()  # once
+    (prefetch,) = evaluator._prefetched
     prefetch.wait()
     key = (world_setup._folder_stamp(tmp_path / "cost_model"), tuple(prompts))
     assert list(world_setup._ENUMERATED_SCORES) == [key]
