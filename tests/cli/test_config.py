@@ -967,3 +967,29 @@ def test_skip_nonfinite_batches_reaches_the_ppo_and_preference_settings_and_a_ba
     for learner in ("ppo_lag", "preference", "pecan", "cdpo"):
         with pytest.raises(ConfigError, match=re.escape("learner.skip_nonfinite_batches: expected true or false")):
             validate(composed(f"learner={learner}", "learner.skip_nonfinite_batches=sometimes"))
+
+
+def test_a_long_sft_first_starts_one_rank_process_early_and_any_other_run_two(monkeypatch, tmp_path):
+    """saferl.cli._start_rank_processes: a fresh world run whose SFT is long (the default job's 300
+    steps) starts one rank process before the driver's start-up (the setup starts the second as
+    the SFT begins); a short SFT (debug=tiny), a run on another run's models and an explicit limit
+    of processes start min(limit, 2). Ray's start and the pool are recorded, not started."""
+    from saferl import cli
+    from saferl.runtime import cluster, pool
+
+    started: list[int] = []
+    monkeypatch.setattr(cluster, "init_ray", lambda runtime: None)
+    monkeypatch.setattr(pool, "prestart_workers", lambda runtime, group, count: started.append(count))
+
+    def early(*overrides: str) -> int:
+        started.clear()
+        cli._start_rank_processes(validate(composed("runtime.max_single_rank_processes=4", *overrides)))
+        return started[0]
+
+    (tmp_path / "stages.json").write_text("{}")
+    assert cli.LONG_SFT_STEPS <= OmegaConf.select(composed(), "model.sft.steps")
+    assert early() == 1
+    assert early("debug=tiny") == 2
+    assert early(f"model.from_run={tmp_path}") == 2
+    assert early(f"model.sft.steps={cli.LONG_SFT_STEPS - 1}") == 2
+    assert early("runtime.max_single_rank_processes=1", "debug=tiny") == 1
