@@ -96,11 +96,15 @@ class PromptSchedule:
         self.prompts = list(prompts)
         self.batch_size = batch_size
         self.seed = seed
+        self._last_pass: tuple[int, list[str]] | None = None  # (index, its order): most batches share a pass
 
     def _pass(self, index: int) -> list[str]:
+        if self._last_pass is not None and self._last_pass[0] == index:
+            return self._last_pass[1]
         order = list(range(len(self.prompts)))
         random.Random(self.seed * 1_000_003 + index).shuffle(order)
-        return [self.prompts[i] for i in order]
+        self._last_pass = (index, [self.prompts[i] for i in order])
+        return self._last_pass[1]
 
     def batch(self, iteration: int) -> list[str]:
         """The ``batch_size`` prompts of ``iteration`` (0-based)."""

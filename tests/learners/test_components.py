@@ -492,6 +492,11 @@ def test_prompt_schedule_uses_every_prompt_once_per_pass(batch_size: int) -> Non
         assert sorted(p) == sorted(PROMPTS)  # a permutation: each prompt exactly once
     assert len({tuple(p) for p in passes}) == 4  # a new order every pass
     assert passes[0] != PROMPTS  # actually shuffled
+    # Stateless given (seed, k), though it keeps its last pass: a fresh schedule (a resumed run)
+    # and a used one agree on every iteration, asked in any order.
+    iterations = [7, 0, 7, 3, 12, 1, 0]
+    fresh = [PromptSchedule(PROMPTS, batch_size, seed=3).batch(k) for k in iterations]
+    assert [schedule.batch(k) for k in iterations] == fresh
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 5, 10, 25])
