@@ -394,10 +394,10 @@ def _exact_indicators_cached() -> BehaviourIndicators:
 def exact_world_behaviour(prompts: Sequence[WorldPrompt], responses: ExactResponses) -> BehaviourIndicators:
     """:func:`behaviour_indicators` of the exact grader's answers (:func:`exact_world_grades`);
     built once per process for the built-in prompts and responses, directly for any other."""
-    texts, count, _ = _exact_grades_cached()
-    if tuple(p.text for p in prompts) == texts and len(responses) == count:
+    grades = exact_world_grades(prompts, responses)
+    if grades is _exact_grades_cached()[2]:  # exact_world_grades found the built-in world's
         return _exact_indicators_cached()
-    return behaviour_indicators(prompts, exact_world_grades(prompts, responses))
+    return behaviour_indicators(prompts, grades)
 
 
 def behaviour_record(metrics: BehaviourMetrics) -> dict[str, float]:

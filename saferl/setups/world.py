@@ -404,7 +404,6 @@ def prefetch_evaluation(costs: Sequence[str], score_model_dirs: Sequence[Path]) 
     for the constrained ``costs`` and the learned score models in ``score_model_dirs`` (none with
     oracle scorers)."""
     from saferl.data.world import world_prompts
-    from saferl.rbr.world import exact_world_behaviour
 
     tokenizer = build_world_tokenizer()
     prompts = world_prompts()
