@@ -113,9 +113,9 @@ def run_iterations(setup: Setup, args: argparse.Namespace) -> list[dict[str, flo
 def iteration_row(rollout: str, history: list[dict[str, float]], batch: int) -> tuple:
     """Median seconds, samples/s and generated tokens/s of the timed iterations."""
     timed = history[1:] or history
-    # Every timed step of the loop (perf/<step>_s); perf/samples_per_s is a rate, not a step.
-    seconds = [sum(v for k, v in m.items() if k.startswith("perf/") and k.endswith("_s") and k != "perf/samples_per_s")
-               for m in timed]
+    # The iteration's wall time (its steps overlap: the next rollout is generated while the
+    # critics train).
+    seconds = [m["perf/iteration_s"] for m in timed]
     rollout_share = [m["perf/rollout_s"] / s for m, s in zip(timed, seconds, strict=True)]
     tokens = [m["rollout/response_length"] * batch for m in timed]
     median = statistics.median(seconds)

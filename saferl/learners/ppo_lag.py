@@ -12,7 +12,7 @@ One loop, three configurations (no copies):
 
 Each iteration, in this order:
 
-1. generate one response per prompt from the policy group;
+1. generate one response per prompt from the policy group (sampled ahead, see below);
 2. score them with the reward and cost scorers, get the reference log-probs and the critics'
    values (steps 1–2: the shared experience maker);
 3. build the per-token reward and cost streams (KL penalty + end scores, clipped);
@@ -24,6 +24,16 @@ Each iteration, in this order:
 7. update the multiplier from the raw cost scores of this rollout (its window averages them;
    the driver holds every rank's scores, so this is the average over ranks);
 8. log.
+
+**Generation ahead.** Step 1 of iteration ``k + 1`` needs only the policy as step 5 of iteration
+``k`` leaves it, its prompts and its seed (both fixed by ``k + 1``). So the policy's thread samples it
+right after step 5, while the critics still train in step 6, and iteration ``k + 1`` scores those
+responses: the same responses it would sample itself (same weights, prompts and per-row seeds), so
+the same numbers; the policy's process generates while the critics' processes train instead of
+idling. A rollout sampled ahead is dropped (and sampled again) when the policy did not take its
+update, on :meth:`PPOLagrangian.load` and after the last iteration it is never sampled; a resumed
+run samples its first rollout itself. ``perf/generate_s`` is its generation time wherever it ran,
+``perf/iteration_s`` the iteration's wall time.
 
 Numerical guards (:mod:`saferl.learners.nonfinite`): the rollout's scores and log-probs (after
 step 2), the advantages and returns (after step 4), each loss in the ranks before its ``backward``
@@ -58,6 +68,7 @@ import torch
 from saferl.core.multipliers import Multiplier, build_multiplier
 from saferl.core.ppo import explained_variance
 from saferl.core.targets import TiltTarget
+from saferl.data.collators import SequenceBatch
 from saferl.learners.advantages import compute_advantages
 from saferl.learners.nonfinite import NonFiniteGuard, last_completed
 from saferl.learners.output import RunOutput
@@ -132,6 +143,9 @@ class PPOLagrangian:
         ptx_batches: ``iteration -> SFTTrainBatch``, the supervised rows of the PTX step (e.g.
             :class:`~saferl.learners.sft.PTXBatches`; needed when ``settings.ptx_coeff > 0``). It must
             depend on the iteration alone, so that a resumed run trains on the same rows.
+        generate_ahead: sample the next rollout's responses while the critics train (the
+            module docstring's "Generation ahead"; the same numbers either way). False samples
+            each rollout at the start of its own iteration.
     """
 
     def __init__(
@@ -146,6 +160,7 @@ class PPOLagrangian:
         critic_rows_per_step: int,
         tracker: Tracker | None = None,
         ptx_batches: Callable[[int], SFTTrainBatch] | None = None,
+        generate_ahead: bool = True,
     ) -> None:
         num_costs = sum(scorer.num_outputs for scorer in maker.cost_scorers)
         if num_costs > 0 and multiplier is None:
@@ -172,6 +187,9 @@ class PPOLagrangian:
         self.iteration = 0  # iterations completed
         self.history: list[dict[str, float]] = []  # metrics of every completed iteration
         self.guard = NonFiniteGuard(settings.skip_nonfinite_batches)
+        self.generate_ahead = generate_ahead
+        # (iteration index, its responses, seconds): sampled ahead by the previous iteration.
+        self._ahead: tuple[int, SequenceBatch, float] | None = None
 
     # ------------------------------------------------------------------------------------------
     def multiplier_value(self) -> torch.Tensor:
@@ -180,16 +198,32 @@ class PPOLagrangian:
             return torch.zeros(0, dtype=torch.float64)
         return self.multiplier.value
 
+    def _rollout_seed(self, index: int) -> int:
+        """The sampling seed of iteration ``index`` (0-based)."""
+        return self.settings.seed * 1_000_003 + index
+
+    def _generate(self, index: int) -> tuple[SequenceBatch, float]:
+        """Step 1 of iteration ``index`` (0-based) from the policy as it is now, and its seconds."""
+        started = time.perf_counter()
+        generated = self.maker.generate(self.schedule.batch(index), self._rollout_seed(index))
+        return generated, time.perf_counter() - started
+
     def step(self) -> dict[str, float]:
         """Run one iteration (steps 1–8); returns its metrics."""
         s = self.settings
         timings: dict[str, float] = {}
-        clock = time.perf_counter()
+        started = clock = time.perf_counter()
         iteration = self.iteration + 1  # 1-based, as logged and as the guards' messages say
 
-        # 1–2. Rollout: generate, score, reference log-probs, critic values.
+        # 1–2. Rollout: generate (unless the previous iteration sampled it ahead), score,
+        # reference log-probs, critic values.
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == self.iteration:
+            generated, timings["perf/generate_s"] = ahead[1], ahead[2]
+        else:
+            generated, timings["perf/generate_s"] = self._generate(self.iteration)
         prompts = self.schedule.batch(self.iteration)
-        experience = self.maker.make(prompts, seed=s.seed * 1_000_003 + self.iteration)
+        experience = self.maker.make(prompts, self._rollout_seed(self.iteration), generated)
         timings["perf/rollout_s"] = time.perf_counter() - clock
         rollout = {
             "reward scores": experience.reward_scores,
@@ -223,8 +257,15 @@ class PPOLagrangian:
 
         # 5–6. The PPO update of the policy (optionally followed by the PTX step) and each critic's
         # update on its own stream's returns: different groups, issued side by side, each timed
-        # on its own (so the two timings overlap).
+        # on its own (so the two timings overlap). Once the policy is updated, its thread samples
+        # the next iteration's responses while the critics train.
         def policy_update() -> tuple[dict[str, float] | None, float]:
+            metrics, seconds = update_only()
+            if metrics is not None and self.generate_ahead and self.iteration + 1 < s.iterations:
+                self._ahead = (self.iteration + 1, *self._generate(self.iteration + 1))
+            return metrics, seconds
+
+        def update_only() -> tuple[dict[str, float] | None, float]:
             started = time.perf_counter()
             metrics = update_policy(
                 self.maker.policy,
@@ -319,7 +360,8 @@ class PPOLagrangian:
             **critic_metrics,
             **constraint_metrics,
             **timings,
-            "perf/samples_per_s": experience.batch_size / max(1e-9, sum(timings.values())),
+            "perf/iteration_s": (seconds := time.perf_counter() - started),
+            "perf/samples_per_s": experience.batch_size / max(1e-9, seconds),
             **self.guard.metrics(),
         }
         self.tracker.log(metrics, step=self.iteration)
@@ -383,6 +425,7 @@ class PPOLagrangian:
             raise FileNotFoundError(
                 f"no ppo_lag checkpoint in {folder} (missing {state_path.name})"
             )
+        self._ahead = None  # sampled from the weights being replaced
         self.maker.policy.load_checkpoint(folder / "policy")
         self.reward_critic.load_checkpoint(folder / "reward_critic")
         for j, critic in enumerate(self.cost_critics):
@@ -509,12 +552,16 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
         policy_engine = replace(resources.engine(settings.policy_learning_rate, rows),
                                 scheduler=settings.policy_lr_schedule, warmup_steps=warmup_steps,
                                 total_steps=total_steps)
+        # The start order decides which groups share a process when one-rank groups share
+        # (saferl.runtime.pool: each new group joins the least busy process, the first on a tie).
+        # On two processes: the policy and the reference in one, the critics in the other, so
+        # the policy's process generates the next rollout while the other trains the critics.
         policy_group = start(PolicyGroup(setup.policy, setup.tokenizer, policy_engine, resources.group,
                                          resources.runtime, role=role("policy"), seed=resources.seed, wait=False))
+        reward_critic = start_critic(setup.reward_critic, "reward")
         reference = start(ReferenceGroup(setup.policy, setup.tokenizer, resources.engine(0.0, rows),
                                          resources.group, resources.runtime, role=role("reference"),
                                          seed=resources.seed, wait=False))
-        reward_critic = start_critic(setup.reward_critic, "reward")
         cost_critics = [start_critic(critic, "cost") for critic in (setup.cost_critics if with_costs else ())]
         # 2. Scorers.
         reward = setup.reward.build(start_score_group)

@@ -1,6 +1,7 @@
 """The experience maker shared by every on-policy learner (PPO, PPO-Lagrangian, MoCAN's PPO stage).
 
-One call turns prompts into a scored :class:`~saferl.learners.types.Experience`:
+One call (:meth:`ExperienceMaker.make`) turns prompts into a scored
+:class:`~saferl.learners.types.Experience`:
 
 1. generate responses in the policy group (seeded per row);
 2. the policy's log-probs of its own samples (``old_logprobs``) and the reference's;
@@ -9,6 +10,8 @@ One call turns prompts into a scored :class:`~saferl.learners.types.Experience`:
 
 Steps 2–4 ask different groups and need nothing from each other, so they are issued side by side
 (:func:`saferl.runtime.side_by_side.side_by_side`): the groups' ranks work at the same time.
+Step 1 alone is :meth:`ExperienceMaker.generate`: a loop may sample the next rollout's responses
+as soon as the policy is updated, while the critics still train, and hand them to ``make``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from saferl.data.collators import collate_prompts
+from saferl.data.collators import SequenceBatch, collate_prompts
 from saferl.learners.scorers import Scorer
 from saferl.learners.types import Experience
 from saferl.runtime.side_by_side import side_by_side
@@ -82,14 +85,22 @@ class ExperienceMaker:
                 f"{len(self.cost_critics)} cost critic(s); each cost needs its own critic"
             )
 
-    def make(self, prompts: Sequence[str], seed: int) -> Experience:
-        """A scored rollout of one response per prompt, sampled with ``seed``."""
+    def generate(self, prompts: Sequence[str], seed: int) -> SequenceBatch:
+        """Step 1: one response per prompt from the policy group as it is now, sampled with
+        ``seed``; the prompts and responses as one ``(batch, seq_len)`` sequence batch."""
         prompt_batch = collate_prompts(
             list(prompts), self.tokenizer, self.max_prompt_length, template=self.template
         )
-        # 1. Generate.
         generated = self.policy.generate(prompt_batch, replace(self.generation, seed=seed))
-        batch = generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
+        return generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
+
+    def make(self, prompts: Sequence[str], seed: int, generated: SequenceBatch | None = None) -> Experience:
+        """A scored rollout of one response per prompt, sampled with ``seed``.
+
+        ``generated``: step 1's output when it was already sampled (:meth:`generate` with these
+        prompts and this seed, from the policy as it is now); None samples it here."""
+        # 1. Generate.
+        batch = self.generate(prompts, seed) if generated is None else generated
         # 2–4. Log-probs under the policy and the reference, the scores at the end of each
         # response and the critics' values: each from its own group, issued side by side.
         calls = {

@@ -8,6 +8,7 @@ truth (oracle), so these tests judge the optimiser apart from score models.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,6 +107,7 @@ class Groups:
         reward_scorer=None,
         with_cost: bool = True,
         ptx_batches=None,
+        generate_ahead: bool = True,
     ) -> PPOLagrangian:
         reward_scorer = reward_scorer or WorldOracleScorer("reward", self.tokenizer)
         cost_scorers = [WorldOracleScorer("cost", self.tokenizer)] if with_cost else []
@@ -132,6 +134,7 @@ class Groups:
             policy_rows_per_step=ROWS,
             critic_rows_per_step=ROWS,
             ptx_batches=ptx_batches,
+            generate_ahead=generate_ahead,
         )
 
     def save(self, folder: Path) -> None:
@@ -228,6 +231,36 @@ def test_stop_and_resume_reproduces_the_next_iteration(groups, tmp_path):
         "reward/score",
     ):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+
+
+def test_generating_ahead_gives_the_numbers_of_generating_in_turn(groups, monkeypatch):
+    """The next rollout sampled while the critics train (the default) is the rollout the next
+    iteration would sample itself: the same history to the last bit, whatever the timings."""
+
+    def history(generate_ahead: bool) -> tuple[list[dict], int]:
+        groups.restore(groups.initial)
+        learner = groups.learner(
+            LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3),
+            generate_ahead=generate_ahead,
+        )
+        calls = []
+        sample = learner.maker.generate
+        monkeypatch.setattr(
+            learner.maker, "generate",
+            lambda *args: calls.append((args[1], threading.current_thread() is threading.main_thread()))
+            or sample(*args),
+        )
+        rows = [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in learner.run()]
+        return rows, calls
+
+    in_turn, in_turn_seeds = history(False)
+    ahead, ahead_seeds = history(True)
+    assert ahead == in_turn
+    # One rollout per iteration, none after the last; ahead, the second and third are sampled in
+    # the policy update's thread (side by side with the critics'), in turn all in the loop's.
+    assert [seed for seed, _ in ahead_seeds] == [seed for seed, _ in in_turn_seeds]
+    assert [in_loop for _, in_loop in in_turn_seeds] == [True, True, True]
+    assert [in_loop for _, in_loop in ahead_seeds] == [True, False, False]
 
 
 def test_ppo_and_the_fixed_multiplier_shaping_baseline_reuse_the_loop(groups):
