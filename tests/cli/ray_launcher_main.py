@@ -23,6 +23,8 @@ def main(run_dir: str, sweep_dir: str) -> int:
                 sys.executable, "-m", "saferl.cli", "-m", "launcher=ray",
                 f"hydra.launcher.ray.init.address={cluster.address}",
                 f"runtime.address={cluster.address}",
+                # Its four groups share two rank processes (each process started costs seconds).
+                "runtime.max_single_rank_processes=2",
                 "job=evaluate", f"job.run_dir={run_dir}", "job.responses_per_prompt=1",
                 "logger=none", f"hydra.sweep.dir={sweep_dir}", "seed=3",
             ],

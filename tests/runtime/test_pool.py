@@ -187,13 +187,14 @@ def test_prestarted_processes_serve_the_next_groups(
         close_worker_pool()
 
 
-def test_one_rank_groups_beyond_the_limit_share_a_process_and_compute_the_same_numbers(
+def test_one_rank_groups_beyond_the_limit_share_a_process_and_compute_what_a_limit_of_zero_computes(
     tokenizer, model_spec, runtime_spec, train_batch
 ) -> None:
     close_worker_pool()
     one_rank = GroupSpec(1, 0.25)
     shared_spec = dataclasses.replace(runtime_spec, max_single_rank_processes=1)
-    fresh_spec = dataclasses.replace(runtime_spec, reuse_workers=False)
+    # A limit of zero: every one-rank group gets a process of its own (none is shared).
+    fresh_spec = dataclasses.replace(runtime_spec, max_single_rank_processes=0)
 
     def policy_and_reference(spec: RuntimeSpec):
         return (
@@ -219,19 +220,7 @@ def test_one_rank_groups_beyond_the_limit_share_a_process_and_compute_the_same_n
     assert [info.pid for info in reference.rank_infos] == [pid]
     shared = step_then_score(policy, reference)
 
-    # 2. The same seeds in processes of their own: the same numbers, bit for bit.
-    fresh_policy, fresh_reference = policy_and_reference(fresh_spec)
-    try:
-        assert {info.pid for info in fresh_policy.rank_infos + fresh_reference.rank_infos} != {pid}
-        fresh = step_then_score(fresh_policy, fresh_reference)
-    finally:
-        fresh_policy.shutdown()
-        fresh_reference.shutdown()
-    assert shared[:2] == fresh[:2]
-    for got, expected in zip(shared[2:], fresh[2:], strict=True):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
-
-    # 3. One group ending cleanly leaves the other working in the same process; when both
+    # 2. One group ending cleanly leaves the other working in the same process; when both
     #    have ended the process is idle, and the next group of the shape takes it.
     reference.shutdown()
     torch.testing.assert_close(policy.token_logprobs(train_batch), shared[2], rtol=0, atol=0)
@@ -240,7 +229,7 @@ def test_one_rank_groups_beyond_the_limit_share_a_process_and_compute_the_same_n
     again = ReferenceGroup(model_spec, tokenizer, ONE_RANK, one_rank, shared_spec, seed=2)
     assert [info.pid for info in again.rank_infos] == [pid]
 
-    # 4. A failed group kills the process it shares: the other group fails at its next call,
+    # 3. A failed group kills the process it shares: the other group fails at its next call,
     #    naming its role, as if the process had died.
     other = PolicyGroup(model_spec, tokenizer, ONE_RANK, one_rank, shared_spec, seed=5)
     assert [info.pid for info in other.rank_infos] == [pid]
@@ -249,20 +238,19 @@ def test_one_rank_groups_beyond_the_limit_share_a_process_and_compute_the_same_n
     assert gone([pid])
     with pytest.raises(RuntimeError, match="policy rank 0 died"):
         other.token_logprobs(train_batch)
-    close_worker_pool()
 
-
-def test_a_limit_of_zero_gives_every_one_rank_group_its_own_process(
-    tokenizer, model_spec, runtime_spec
-) -> None:
-    close_worker_pool()
-    spec = dataclasses.replace(runtime_spec, max_single_rank_processes=0)
-    one_rank = GroupSpec(1, 0.25)
-    first = ReferenceGroup(model_spec, tokenizer, ONE_RANK, one_rank, spec)
-    second = ReferenceGroup(model_spec, tokenizer, ONE_RANK, one_rank, spec)
+    # 4. The same seeds in processes of their own (a limit of zero): the same numbers, bit for bit
+    #    (the shared process is gone, so both start new ones).
+    fresh_policy, fresh_reference = policy_and_reference(fresh_spec)
     try:
-        assert first.rank_infos[0].pid != second.rank_infos[0].pid
+        (policy_pid,), (reference_pid,) = ([info.pid for info in group.rank_infos]
+                                           for group in (fresh_policy, fresh_reference))
+        assert len({pid, policy_pid, reference_pid}) == 3
+        fresh = step_then_score(fresh_policy, fresh_reference)
     finally:
-        first.shutdown()
-        second.shutdown()
-        close_worker_pool()
+        fresh_policy.shutdown()
+        fresh_reference.shutdown()
+    assert shared[:2] == fresh[:2]
+    for got, expected in zip(shared[2:], fresh[2:], strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    close_worker_pool()
