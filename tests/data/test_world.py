@@ -784,6 +784,30 @@ def test_build_exact_world_with_two_costs(
         build_exact_world(reference[0], tokenizer, BETA, COST_LIMIT, prompts, ("harm", "refusal"))
 
 
+def test_the_world_solves_its_dual_once_and_scores_as_the_function_does(world: ExactWorld, monkeypatch) -> None:
+    """The optimum, its log-probs and every score share one solution of the dual, and a score
+    equals :func:`score_policy`'s, which solves it itself."""
+    from saferl.data.world import exact
+
+    fresh = dataclasses.replace(world)  # nothing solved yet
+    solved = []
+    solve = exact.solve
+    monkeypatch.setattr(exact, "solve", lambda problem: solved.append(problem) or solve(problem))
+    optimum = fresh.optimum()
+    optimal = fresh.optimal_logprobs()
+    policies = (world.ref_logprobs, optimal.clone(), fresh.unconstrained_logprobs())
+    scores = [fresh.score(logprobs) for logprobs in policies]
+    assert len(solved) == 1 and fresh.optimum() is optimum
+    optimal.zero_()  # a caller's copy: the kept log-probs stay as they were
+    torch.testing.assert_close(fresh.optimal_logprobs(), policies[1], rtol=0, atol=0)
+    for logprobs, score in zip(policies, scores, strict=True):
+        expected = exact.score_policy(
+            logprobs, world.ref_logprobs, world.rewards, world.costs, world.beta, world.cost_limit
+        )
+        assert score == expected
+    assert len(solved) == 1 + len(policies)  # score_policy without a multiplier solves each time
+
+
 def test_two_cost_optimum_kkt_and_one_inactive_equals_one_cost(world: ExactWorld) -> None:
     # A refusal budget of 2 %: the harm-only optimum refuses 3.1 % of the time, so both bind.
     both = two_cost_world(world, (COST_LIMIT, 0.02))

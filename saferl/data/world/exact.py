@@ -248,6 +248,7 @@ def score_policy(
     costs: torch.Tensor,
     beta: float,
     cost_limit: float | Sequence[float] | torch.Tensor,
+    multiplier: torch.Tensor | None = None,
 ) -> PolicyScore:
     """Score a policy exactly on an enumerable problem with ``m ≥ 1`` constraints (docs/algorithms.md
     §1 and §8).
@@ -264,6 +265,8 @@ def score_policy(
         beta: KL coefficient β.
         cost_limit: ``d``, a float (m = 1, or the same limit for every constraint) or one per
             constraint.
+        multiplier: λ* of this very problem, ``(m,)``, when the caller has solved it already
+            (:class:`ExactWorld` keeps its solution); None solves the dual here.
 
     Raises:
         ValueError: a shape mismatch, rows that do not sum to one, or a limit per constraint whose
@@ -287,7 +290,8 @@ def score_policy(
     if costs.ndim == 2:
         costs = costs.unsqueeze(-1)  # (N, K, m = 1)
     problem = DualProblem.exact(ref_logprobs, rewards, costs, beta, cost_limit)
-    multiplier = solve(problem).multiplier  # λ*, (m,)
+    if multiplier is None:
+        multiplier = solve(problem).multiplier  # λ*, (m,)
     limit = problem.cost_limit  # d, (m,)
     optimal_logprobs = tilted_logprobs(ref_logprobs, rewards, costs, beta, multiplier)
 
@@ -357,15 +361,25 @@ class ExactWorld:
         limit = self.cost_limit if cost_limit is None else cost_limit
         return DualProblem.exact(self.ref_logprobs, self.rewards, self.costs, self.beta, limit)
 
-    def optimum(self) -> DualSolution:
-        """The exact constrained optimum ``π_λ*``."""
+    @functools.cached_property
+    def _optimum(self) -> DualSolution:
+        # Solved once per world: the fields are fixed (frozen), and an evaluation asks for the
+        # optimum, its log-probs and a score of each policy, which all need λ*.
         return solve(self.problem())
 
-    def optimal_logprobs(self) -> torch.Tensor:
-        """``log π_λ*(y|x)``, shape ``(num_prompts, num_responses)``."""
+    @functools.cached_property
+    def _optimal_logprobs(self) -> torch.Tensor:
         return tilted_logprobs(
-            self.ref_logprobs, self.rewards, self.costs, self.beta, self.optimum().multiplier
+            self.ref_logprobs, self.rewards, self.costs, self.beta, self._optimum.multiplier
         )
+
+    def optimum(self) -> DualSolution:
+        """The exact constrained optimum ``π_λ*`` (solved on the first call, then kept)."""
+        return self._optimum
+
+    def optimal_logprobs(self) -> torch.Tensor:
+        """``log π_λ*(y|x)``, shape ``(num_prompts, num_responses)`` (a copy of the kept one)."""
+        return self._optimal_logprobs.clone()
 
     def unconstrained_logprobs(self) -> torch.Tensor:
         """The unconstrained optimum ``π ∝ π_ref exp(r/β)`` (λ = 0)."""
@@ -383,7 +397,8 @@ class ExactWorld:
         causal LM, see :func:`enumerate_policy_logprobs`). See :func:`score_policy`.
         """
         return score_policy(
-            policy_logprobs, self.ref_logprobs, self.rewards, self.costs, self.beta, self.cost_limit
+            policy_logprobs, self.ref_logprobs, self.rewards, self.costs, self.beta, self.cost_limit,
+            multiplier=self._optimum.multiplier,
         )
 
     def reference_objective(self) -> float:
