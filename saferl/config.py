@@ -754,15 +754,18 @@ def validate(cfg: DictConfig) -> RunConfig:
     # checks are light modules (no torch, Ray or transformers): a mistake in these sections is said
     # in about a second; the setup's modules (and torch) load only after them.
     from saferl.runtime.resources import Resources
-    from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+    from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec, VLLMSpec
 
     runtime_values = _container(cfg.runtime, "runtime")
     num_ranks = _integer(cfg, "runtime.num_ranks", 1)
     group = GroupSpec(num_ranks=num_ranks, cpus_per_rank=_number(cfg, "runtime.cpus_per_rank", minimum=0.0),
                       gpus_per_rank=_number(cfg, "runtime.gpus_per_rank", minimum=0.0))
-    runtime = _build(runtime_values, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "gpus_per_rank"))
+    runtime = _build(runtime_values, "runtime", RuntimeSpec, ("num_ranks", "cpus_per_rank", "gpus_per_rank", "vllm"))
     deepspeed = _build(_deepspeed_section(cfg), "deepspeed", DeepSpeedSpec)
-    resources = Resources(group=group, runtime=runtime, deepspeed=deepspeed, seed=seed)
+    vllm = None
+    if runtime_values.get("vllm") is not None:
+        vllm = _build(_container(cfg.runtime.vllm, "runtime.vllm"), "runtime.vllm", VLLMSpec)
+    resources = Resources(group=group, runtime=runtime, deepspeed=deepspeed, seed=seed, vllm=vllm)
     generation = _build(_container(cfg.generation, "generation"), "generation", GenerationSpec, seed=seed)
     _job(cfg, job, num_ranks)
 
@@ -777,6 +780,11 @@ def validate(cfg: DictConfig) -> RunConfig:
     settings = _learner_settings(cfg, learner, _container(cfg.learner, "learner"), beta=beta,
                                  cost_limit=learner_limit, seed=seed, num_ranks=num_ranks)
     reference = _reference(cfg, seed)
+    if vllm is not None and _ppo_stage(settings) is None:
+        raise ConfigError(
+            f"runtime.vllm: vLLM engines generate the PPO loop's rollouts, and learner={learner} runs no PPO loop "
+            "(ppo_lag, rbr and mocan with mocan.stage=ppo do); set runtime.vllm=null"
+        )
 
     # The setup: models, data, scorers.
     if learner == "rbr":

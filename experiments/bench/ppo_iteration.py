@@ -10,8 +10,10 @@ first (it rarely does from a random model over a large vocabulary).
 
 It prints one row per rollout engine: the median over the timed iterations (every iteration
 after the first, which warms up) of the iteration's seconds, samples/s and generated tokens/s,
-with the share of the rollout step. ``--rollout vllm`` asks for vLLM engines; where the ``vllm``
-extra or a GPU is missing, the row says why instead (the same error a run gets).
+with the share of the rollout step. ``--rollout vllm`` runs the same loop with its rollouts from vLLM
+engines (``runtime.vllm``; the loop syncs the policy's weights into them after every update), after
+checking that sync on one parameter; where the ``vllm`` extra or a GPU is missing, the row says why
+instead (the same error a run gets).
 
 CPU smoke run (tiny model)::
 
@@ -33,6 +35,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,6 +50,7 @@ from saferl.runtime import (  # noqa: E402
     GenerationSpec,
     GroupSpec,
     RuntimeSpec,
+    VLLMSpec,
     require_vllm,  # noqa: E402
 )
 from saferl.runtime.resources import Resources  # noqa: E402
@@ -88,15 +92,54 @@ def bench_setup(size: ModelSize, args: argparse.Namespace) -> Setup:
     )
 
 
-def run_iterations(setup: Setup, args: argparse.Namespace) -> list[dict[str, float]]:
-    """``args.iterations`` PPO-Lagrangian iterations; every iteration's metrics."""
+#: vLLM's share of the GPU when it generates the rollouts: the six training and inference roles
+#: share what is left (each asks for 1/NUM_ROLES of the Ray GPU; memory is what vLLM's share bounds).
+VLLM = VLLMSpec(gpu_memory_utilization=0.3)
+
+
+def resources_for(args: argparse.Namespace, vllm: VLLMSpec | None = None) -> Resources:
+    """One rank per role, the six roles sharing the GPU (or the CPUs); ``vllm``: rollout engines."""
     cuda = args.device == "cuda"
-    resources = Resources(
+    return Resources(
         group=GroupSpec(num_ranks=1, cpus_per_rank=1.0, gpus_per_rank=(0.9 / NUM_ROLES) if cuda else 0.0),
         runtime=RuntimeSpec(local_num_cpus=max(NUM_ROLES, os.cpu_count() or 2)),
         deepspeed=DeepSpeedSpec(zero_stage=args.stage),
         seed=0,
+        vllm=vllm,
     )
+
+
+def check_weight_sync(setup: Setup, resources: Resources) -> str:
+    """The sync the PPO loop does with vLLM engines, checked on one parameter the engines hold
+    unfused (the final norm's weight): loaded doubled it reads back doubled, and after
+    ``sync_weights_from`` it reads back the policy's. Returns what the table's note says."""
+    from saferl.runtime import PolicyGroup
+
+    name = "model.norm.weight"
+    policy = PolicyGroup(setup.policy, setup.tokenizer, resources.engine(1e-6, 1), resources.group, resources.runtime)
+    engines = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="saferl-vllm-sync-") as folder:
+            engines = ppo_lag.start_vllm_engines(setup, resources, policy, Path(folder) / "policy")
+            state = policy.full_state_dict()
+            expected = state[name].float()
+            ray.get([engine.load_weights.remote({**state, name: state[name] * 2}) for engine in engines.engines])
+            doubled = all(torch.equal(got, 2 * expected) for got in engines.parameters_named(name))
+            engines.sync_weights_from(policy)
+            restored = all(torch.equal(got, expected) for got in engines.parameters_named(name))
+    finally:
+        if engines is not None:
+            engines.shutdown()
+        policy.shutdown()
+    if not (doubled and restored):
+        raise SystemExit(f"vLLM weight sync check failed on {name}: doubled {doubled}, synced back {restored}")
+    return f"weight sync checked ({name}: loaded doubled, then synced back to the policy's)"
+
+
+def run_iterations(setup: Setup, args: argparse.Namespace, vllm: VLLMSpec | None = None) -> list[dict[str, float]]:
+    """``args.iterations`` PPO-Lagrangian iterations (rollouts from ``vllm`` engines when given);
+    every iteration's metrics."""
+    resources = resources_for(args, vllm)
     settings = ppo_lag.PPOLagSettings(
         ppo=ppo_lag.PPOSettings(
             iterations=args.iterations, prompts_per_iteration=args.batch, kl_in_cost_stream=False
@@ -156,11 +199,10 @@ def main() -> None:
                 rows.append(("vllm", 0, float("nan"), float("nan"), float("nan"), float("nan"),
                              f"not run: {error}"))
                 continue
-            # The learner has no vLLM rollout path yet (VLLMEngineGroup is a runtime component
-            # that no learner uses), so there is no iteration to time: say so rather than time
-            # something else under this name.
-            rows.append(("vllm", 0, float("nan"), float("nan"), float("nan"), float("nan"),
-                         "not run: the PPO loop does not use vLLM engines yet"))
+            setup = bench_setup(size, args)
+            note = check_weight_sync(setup, resources_for(args, VLLM))
+            history = run_iterations(setup, args, VLLM)
+            rows.append((*iteration_row("vllm", history, args.batch)[:-1], note))
         else:
             raise SystemExit(f"--rollout: unknown engine {rollout!r}; expected hf or vllm")
 

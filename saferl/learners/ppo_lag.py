@@ -35,6 +35,12 @@ update, on :meth:`PPOLagrangian.load` and after the last iteration it is never s
 run samples its first rollout itself. ``perf/generate_s`` is its generation time wherever it ran,
 ``perf/iteration_s`` the iteration's wall time.
 
+**vLLM rollouts** (``runtime.vllm``, GPU and the ``vllm`` extra): step 1 runs in vLLM engines
+(:class:`~saferl.runtime.vllm_engine.VLLMEngineGroup`) instead of the policy group. They start from
+the policy's own folder (or an export of it, for a policy built from a config), and the loop loads
+the policy's weights into them before its first iteration and after every update that a next
+iteration follows. Their samples are vLLM's (seeded per row, but not the Hugging Face path's).
+
 Numerical guards (:mod:`saferl.learners.nonfinite`): the rollout's scores and log-probs (after
 step 2), the advantages and returns (after step 4), each loss in the ranks before its ``backward``
 (steps 5–6) and the multiplier (after step 7) must be finite. A NaN or ±inf stops the run with a
@@ -208,6 +214,11 @@ class PPOLagrangian:
         generated = self.maker.generate(self.schedule.batch(index), self._rollout_seed(index))
         return generated, time.perf_counter() - started
 
+    def _sync_rollout_engine(self) -> None:
+        """Load the policy's weights into the rollout engine, when one generates (vLLM)."""
+        if self.maker.rollout_engine is not None:
+            self.maker.rollout_engine.sync_weights_from(self.maker.policy)
+
     def step(self) -> dict[str, float]:
         """Run one iteration (steps 1–8); returns its metrics."""
         s = self.settings
@@ -261,8 +272,10 @@ class PPOLagrangian:
         # the next iteration's responses while the critics train.
         def policy_update() -> tuple[dict[str, float] | None, float]:
             metrics, seconds = update_only()
-            if metrics is not None and self.generate_ahead and self.iteration + 1 < s.iterations:
-                self._ahead = (self.iteration + 1, *self._generate(self.iteration + 1))
+            if metrics is not None and self.iteration + 1 < s.iterations:
+                self._sync_rollout_engine()
+                if self.generate_ahead:
+                    self._ahead = (self.iteration + 1, *self._generate(self.iteration + 1))
             return metrics, seconds
 
         def update_only() -> tuple[dict[str, float] | None, float]:
@@ -387,6 +400,10 @@ class PPOLagrangian:
         """
         # The running count of skipped batches goes on from the history (a resumed run's included).
         self.guard.skipped_batches = int(self.history[-1].get("perf/skipped_batches", 0)) if self.history else 0
+        if self.iteration < self.settings.iterations:
+            # The engine started from the policy's initial weights; a loaded checkpoint (or an
+            # earlier run()) moved the policy since. Each update then syncs it again (step 5).
+            self._sync_rollout_engine()
         while self.iteration < self.settings.iterations:
             self.history.append(self.step())
             if progress is not None:
@@ -482,6 +499,28 @@ def target(setup: Setup, settings: PPOLagSettings) -> TiltTarget | None:
                       cost_limit=tuple(float(v) for v in limits))
 
 
+def start_vllm_engines(setup: Setup, resources: Resources, policy_group: PolicyGroup, export_dir: Path):
+    """vLLM engines (``resources.vllm``) for the rollouts of ``setup``'s policy.
+
+    They load the policy's own folder (``model.*``'s ``name_or_path``), or, for a policy built from
+    a config, ``policy_group``'s export to ``export_dir``; the loop then keeps their weights the
+    policy's (:meth:`PPOLagrangian.run`).
+
+    Raises:
+        ValueError: a LoRA policy (the engines load full weights, and the policy group's are the
+            base model's plus adapters).
+        RuntimeError: ``vllm`` or the GPUs are missing (:func:`saferl.runtime.vllm_engine.require_vllm`).
+    """
+    from saferl.runtime.vllm_engine import VLLMEngineGroup, require_vllm
+
+    if setup.policy.lora is not None:
+        raise ValueError("runtime.vllm: vLLM rollouts load the policy's full weights, which a LoRA policy "
+                         "(model.lora) does not have in one piece; set runtime.vllm=null")
+    require_vllm(resources.vllm.gpus_needed)  # before exporting anything
+    folder = setup.policy.name_or_path or policy_group.export_hf(export_dir)
+    return VLLMEngineGroup(resources.vllm, folder, setup.tokenizer, resources.runtime)
+
+
 def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: RunOutput) -> RunResult:
     """PPO-Lagrangian on ``setup`` (plain PPO on the reward when ``settings.multiplier`` is None).
 
@@ -568,11 +607,15 @@ def run(setup: Setup, settings: PPOLagSettings, resources: Resources, output: Ru
         costs = [source.build(start_score_group) for source in cost_sources]
         for started in groups:  # they start side by side; a start-up failure surfaces here
             started.wait_ready()
+        rollout_engine = None
+        if resources.vllm is not None:
+            rollout_engine = start(start_vllm_engines(setup, resources, policy_group, output.folder / "models" / f"rollout_start_{name}"))
         # 3. Experience maker, multiplier, loop.
         maker = ExperienceMaker(
             policy=policy_group, reference=reference, reward_scorer=reward, cost_scorers=costs,
             reward_critic=reward_critic, cost_critics=cost_critics, tokenizer=setup.tokenizer,
             generation=setup.generation, max_prompt_length=setup.max_prompt_length, template=setup.template,
+            rollout_engine=rollout_engine,
         )
         lagrange = None
         if with_costs:

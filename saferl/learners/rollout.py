@@ -64,6 +64,9 @@ class ExperienceMaker:
         generation: a ``GenerationSpec``; its seed is replaced per rollout.
         max_prompt_length: prompts are cut from the left to this many tokens.
         template: prompt template (``"safe_rlhf"``, ``"chat"`` or ``"raw"``).
+        rollout_engine: generates step 1 in place of the policy group when set (e.g. a
+            :class:`~saferl.runtime.vllm_engine.VLLMEngineGroup`: ``generate(prompts, spec)`` and
+            ``sync_weights_from(policy)``); the loop keeps its weights the policy's.
     """
 
     policy: object
@@ -76,6 +79,7 @@ class ExperienceMaker:
     generation: object
     max_prompt_length: int
     template: str
+    rollout_engine: object | None = None
 
     def __post_init__(self) -> None:
         num_costs = sum(scorer.num_outputs for scorer in self.cost_scorers)
@@ -86,12 +90,14 @@ class ExperienceMaker:
             )
 
     def generate(self, prompts: Sequence[str], seed: int) -> SequenceBatch:
-        """Step 1: one response per prompt from the policy group as it is now, sampled with
-        ``seed``; the prompts and responses as one ``(batch, seq_len)`` sequence batch."""
+        """Step 1: one response per prompt from the policy as it is now (its group, or the
+        rollout engine holding its weights), sampled with ``seed``; the prompts and responses as
+        one ``(batch, seq_len)`` sequence batch."""
         prompt_batch = collate_prompts(
             list(prompts), self.tokenizer, self.max_prompt_length, template=self.template
         )
-        generated = self.policy.generate(prompt_batch, replace(self.generation, seed=seed))
+        generator = self.policy if self.rollout_engine is None else self.rollout_engine
+        generated = generator.generate(prompt_batch, replace(self.generation, seed=seed))
         return generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
 
     def make(self, prompts: Sequence[str], seed: int, generated: SequenceBatch | None = None) -> Experience:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from saferl.runtime.heads import CriticHead, PolicyHead, ScoreHead
     from saferl.runtime.judging import JudgeGroup, JudgeHead, JudgeWorker, LocalJudgeModel
     from saferl.runtime.roles import CriticGroup, PolicyGroup, ReferenceGroup, RoleGroup, ScoreGroup
-    from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec
+    from saferl.runtime.specs import DeepSpeedSpec, GenerationSpec, GroupSpec, RuntimeSpec, VLLMSpec
     from saferl.runtime.types import (
         GenerationOutput,
         LossFn,
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
         TrainStepOutput,
         response_mask_from_eos,
     )
-    from saferl.runtime.vllm_engine import VLLMEngineGroup, VLLMSpec, require_vllm
+    from saferl.runtime.vllm_engine import VLLMEngineGroup, require_vllm
     from saferl.runtime.workers import (
         CriticWorker,
         InferenceWorker,
@@ -107,7 +107,7 @@ _EXPORTS = {
     "TrainStepOutput": "saferl.runtime.types",
     "response_mask_from_eos": "saferl.runtime.types",
     "VLLMEngineGroup": "saferl.runtime.vllm_engine",
-    "VLLMSpec": "saferl.runtime.vllm_engine",
+    "VLLMSpec": "saferl.runtime.specs",
     "require_vllm": "saferl.runtime.vllm_engine",
     "CriticWorker": "saferl.runtime.workers",
     "InferenceWorker": "saferl.runtime.workers",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from saferl.runtime.specs import DeepSpeedSpec, GroupSpec, RuntimeSpec
+from saferl.runtime.specs import DeepSpeedSpec, GroupSpec, RuntimeSpec, VLLMSpec
 
 __all__ = ["Resources"]
 
@@ -25,12 +25,15 @@ class Resources:
         runtime: the Ray cluster (``runtime.*``).
         deepspeed: ZeRO stage, offload, precision and AdamW of every engine (``deepspeed.*``).
         seed: seeds every group's model build (the root ``seed``).
+        vllm: vLLM engines for the PPO loop's rollouts (``runtime.vllm``; GPU and the ``vllm``
+            extra); None: the policy group generates with Hugging Face ``generate``.
     """
 
     group: GroupSpec = field(default_factory=GroupSpec)
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     deepspeed: DeepSpeedSpec = field(default_factory=DeepSpeedSpec)
     seed: int = 0
+    vllm: VLLMSpec | None = None
 
     @property
     def num_ranks(self) -> int:

@@ -1,6 +1,6 @@
 """Typed descriptions of the distributed runtime (no Hydra: the CLI layer builds these).
 
-Four frozen dataclasses, validated on construction; an error names the dotted key to change:
+Five frozen dataclasses, validated on construction; an error names the dotted key to change:
 
 * :class:`DeepSpeedSpec` (``deepspeed.*``): ZeRO stage, offload, precision, optimizer, schedule,
   batch geometry of one role's engine;
@@ -8,7 +8,8 @@ Four frozen dataclasses, validated on construction; an error names the dotted ke
   and which role's bundles it shares;
 * :class:`RuntimeSpec` (``runtime.*``): which Ray cluster to use, the collective backend, the
   placement strategy and the timeouts that turn a hang into an error;
-* :class:`GenerationSpec` (``generation.*``): sampling parameters and the seed.
+* :class:`GenerationSpec` (``generation.*``): sampling parameters and the seed;
+* :class:`VLLMSpec` (``runtime.vllm.*``): vLLM rollout engines for the PPO loop (GPU only).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "GenerationSpec",
     "GroupSpec",
     "RuntimeSpec",
+    "VLLMSpec",
 ]
 
 #: ``DeepSpeedSpec.precision`` values; ``"auto"`` is bf16 on GPU and fp32 on CPU.
@@ -378,3 +380,40 @@ class GenerationSpec:
         if not isinstance(self.do_sample, bool):
             raise ValueError(f"generation.do_sample must be true or false, got {self.do_sample!r}")
         _require_int("generation.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class VLLMSpec:
+    """vLLM rollout engines of the PPO loop (``runtime.vllm``; :mod:`saferl.runtime.vllm_engine`).
+
+    Attributes:
+        num_engines: independent engines; prompts are split evenly over them.
+        tensor_parallel_size: GPUs per engine.
+        gpu_memory_utilization: fraction of each GPU vLLM may take (leave room for colocated
+            training engines).
+        dtype: model dtype in the engine.
+        max_model_len: longest prompt + response; None uses the model's.
+        enforce_eager: disable CUDA graphs (faster start-up, slower decoding).
+    """
+
+    num_engines: int = 1
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    dtype: str = "bfloat16"
+    max_model_len: int | None = None
+    enforce_eager: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("num_engines", "tensor_parallel_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"runtime.vllm.{key} must be an integer >= 1, got {value!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"runtime.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+
+    @property
+    def gpus_needed(self) -> int:
+        """GPUs of all engines together."""
+        return self.num_engines * self.tensor_parallel_size

@@ -13,6 +13,13 @@ once, and each engine loads them through vLLM's ``model.load_weights`` (reached 
 ``LLM.collective_rpc`` on vLLM versions that have it, else the v0 ``driver_worker`` path).
 That internal API moves between vLLM releases; for large models an NCCL broadcast from the
 policy's rank 0 into the engines is the faster route and is left for when it can be tested.
+``experiments/bench/ppo_iteration.py --rollout vllm`` checks the sync on a GPU: a parameter the
+engines load doubled reads back doubled, and after ``sync_weights_from`` reads back the policy's.
+
+The PPO loop uses these engines for its rollouts when ``runtime.vllm`` is set
+(:func:`saferl.learners.ppo_lag.start_vllm_engines`); the loop's side of it (sync before the first
+rollout and after each update, every rollout from the engines) is tested on CPU with a stand-in
+engine.
 
 Sampling: each row is one request with ``SamplingParams(seed=row_seed(seed, row, 0))``, so rows
 are reproducible and independent of how they are batched, but the samples differ from the HF path.
@@ -21,7 +28,6 @@ are reproducible and independent of how they are batched, but the samples differ
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,47 +37,10 @@ import torch
 from saferl.data.batches import PromptBatch
 from saferl.runtime.batching import pad_and_concat
 from saferl.runtime.generation import row_seed
-from saferl.runtime.specs import GenerationSpec, RuntimeSpec
+from saferl.runtime.specs import GenerationSpec, RuntimeSpec, VLLMSpec
 from saferl.runtime.types import GenerationOutput, response_mask_from_eos
 
 __all__ = ["VLLMEngineGroup", "VLLMSpec", "VLLMWorker", "require_vllm"]
-
-
-@dataclass(frozen=True)
-class VLLMSpec:
-    """vLLM rollout engines.
-
-    Attributes:
-        num_engines: independent engines; prompts are split evenly over them.
-        tensor_parallel_size: GPUs per engine.
-        gpu_memory_utilization: fraction of each GPU vLLM may take (leave room for colocated
-            training engines).
-        dtype: model dtype in the engine.
-        max_model_len: longest prompt + response; None uses the model's.
-        enforce_eager: disable CUDA graphs (faster start-up, slower decoding).
-    """
-
-    num_engines: int = 1
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.5
-    dtype: str = "bfloat16"
-    max_model_len: int | None = None
-    enforce_eager: bool = True
-
-    def __post_init__(self) -> None:
-        for key in ("num_engines", "tensor_parallel_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"vllm.{key} must be an integer >= 1, got {value!r}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(
-                f"vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
-            )
-
-    @property
-    def gpus_needed(self) -> int:
-        """GPUs of all engines together."""
-        return self.num_engines * self.tensor_parallel_size
 
 
 def _cluster_gpus() -> float:
@@ -138,18 +107,22 @@ class VLLMWorker:
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         return [list(output.outputs[0].token_ids) for output in outputs]
 
+    def _on_models(self, function: Any) -> list[Any]:
+        """``function(model)`` on the engine's model in each of its workers (one per GPU), through
+        ``LLM.collective_rpc`` where this vLLM has it, else the v0 ``driver_worker`` path."""
+        if hasattr(self.llm, "collective_rpc"):
+            return list(self.llm.collective_rpc(lambda worker: function(worker.model_runner.model)))
+        return [function(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)]
+
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the engine's weights (Hugging Face parameter names)."""
         items = list(state.items())
-        if hasattr(self.llm, "collective_rpc"):
+        self._on_models(lambda model: model.load_weights(items))
 
-            def _load(worker: Any) -> None:
-                worker.model_runner.model.load_weights(items)
-
-            self.llm.collective_rpc(_load)
-            return
-        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        model.load_weights(items)
+    def parameter(self, name: str) -> torch.Tensor:
+        """A parameter the engine holds unsharded and unfused (e.g. ``model.norm.weight``), on CPU:
+        what a check of :meth:`VLLMEngineGroup.sync_weights_from` reads back."""
+        return self._on_models(lambda model: dict(model.named_parameters())[name].detach().float().cpu())[0]
 
 
 class VLLMEngineGroup:
@@ -184,7 +157,7 @@ class VLLMEngineGroup:
         if rows % len(self.engines):
             raise ValueError(
                 f"a batch of {rows} prompts cannot be split evenly over "
-                f"vllm.num_engines={len(self.engines)}"
+                f"runtime.vllm.num_engines={len(self.engines)}"
             )
         size = rows // len(self.engines)
         prompt_ids = [
@@ -220,6 +193,11 @@ class VLLMEngineGroup:
             [engine.load_weights.remote(state_ref) for engine in self.engines],
             timeout=self.runtime_spec.call_timeout_s,
         )
+
+    def parameters_named(self, name: str) -> list[torch.Tensor]:
+        """Each engine's copy of the parameter ``name`` (see :meth:`VLLMWorker.parameter`)."""
+        return ray.get([engine.parameter.remote(name) for engine in self.engines],
+                       timeout=self.runtime_spec.call_timeout_s)
 
     def shutdown(self) -> None:
         """Kill the engines."""

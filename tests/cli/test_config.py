@@ -993,3 +993,23 @@ def test_a_long_sft_first_starts_one_rank_process_early_and_any_other_run_two(mo
     assert early(f"model.from_run={tmp_path}") == 2
     assert early(f"model.sft.steps={cli.LONG_SFT_STEPS - 1}") == 2
     assert early("runtime.max_single_rank_processes=1", "debug=tiny") == 1
+
+
+def test_runtime_vllm_builds_the_engines_spec_for_a_ppo_loop_and_is_refused_without_one():
+    """``runtime.vllm``: null generates in the policy group; a mapping is the rollout engines'
+    spec of every learner that runs the PPO loop; a learner without one, an unknown key or a bad
+    value is refused, naming the key."""
+    from saferl.runtime.specs import VLLMSpec
+
+    assert validate(composed()).resources.vllm is None
+    engines = "runtime.vllm={num_engines:2,gpu_memory_utilization:0.3}"
+    for overrides in ((), ("learner=rbr",), ("learner=mocan", "learner.mocan.stage=ppo")):
+        vllm = validate(composed(engines, *overrides)).resources.vllm
+        assert vllm == VLLMSpec(num_engines=2, gpu_memory_utilization=0.3), overrides
+    for learner in ("preference", "mocan", "pecan"):  # mocan's default stage is DPO
+        with pytest.raises(ConfigError, match=named("runtime.vllm", f"learner={learner}", "runtime.vllm=null")):
+            validate(composed(engines, f"learner={learner}"))
+    with pytest.raises(ConfigError, match=named("runtime.vllm", "gpus")):
+        validate(composed("runtime.vllm={gpus:1}"))
+    with pytest.raises(ConfigError, match=named("runtime.vllm.gpu_memory_utilization", "(0, 1]", "1.5")):
+        validate(composed("runtime.vllm={gpu_memory_utilization:1.5}"))

@@ -108,6 +108,7 @@ class Groups:
         with_cost: bool = True,
         ptx_batches=None,
         generate_ahead: bool = True,
+        rollout_engine=None,
     ) -> PPOLagrangian:
         reward_scorer = reward_scorer or WorldOracleScorer("reward", self.tokenizer)
         cost_scorers = [WorldOracleScorer("cost", self.tokenizer)] if with_cost else []
@@ -122,6 +123,7 @@ class Groups:
             generation=GenerationSpec(max_new_tokens=MAX_RESPONSE_TOKENS),
             max_prompt_length=MAX_SEQUENCE_LENGTH,
             template=WORLD_TEMPLATE,
+            rollout_engine=rollout_engine,
         )
         prompts = [prompt.text for prompt in world_prompts()]
         return PPOLagrangian(
@@ -261,6 +263,55 @@ def test_generating_ahead_gives_the_numbers_of_generating_in_turn(groups, monkey
     assert [seed for seed, _ in ahead_seeds] == [seed for seed, _ in in_turn_seeds]
     assert [in_loop for _, in_loop in in_turn_seeds] == [True, True, True]
     assert [in_loop for _, in_loop in ahead_seeds] == [True, False, False]
+
+
+class DriverRolloutEngine:
+    """Stands in for vLLM engines in this test of the loop (no GPU here): a copy of the policy's
+    model in the driver, built with other weights, that samples with the runtime's seeded sampler
+    and loads the policy's weights when the loop syncs it. It logs what it was asked, in order."""
+
+    def __init__(self, sft_dir: Path, tokenizer) -> None:
+        from saferl.models import load_policy
+
+        self.model, _ = load_policy(sft_dir)
+        with torch.no_grad():
+            for parameter in self.model.parameters():
+                parameter.add_(1.0)  # not the policy's weights until the loop syncs them
+        self.tokenizer = tokenizer
+        self.log: list[str] = []
+
+    def sync_weights_from(self, policy) -> None:
+        self.model.load_state_dict(policy.full_state_dict())
+        self.log.append("sync")
+
+    def generate(self, prompts, spec):
+        from saferl.runtime.generation import generate_sequences
+
+        self.log.append("generate")
+        return generate_sequences(self.model.eval(), prompts, spec, pad_token_id=self.tokenizer.pad_token_id,
+                                  eos_token_id=self.tokenizer.eos_token_id)
+
+
+def test_a_rollout_engine_generates_with_the_policys_weights_synced_before_each_rollout(groups, sft_dir):
+    """With a rollout engine (vLLM's place), the loop syncs the policy's weights into it before the
+    first rollout and after each update a next rollout follows, and it samples every rollout: the
+    responses of the policy's own generation (same weights, same seeded sampler), so the history of
+    the run without an engine."""
+    groups.restore(groups.initial)
+    expected = groups.learner(LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3)).run()
+    engine = DriverRolloutEngine(sft_dir, groups.tokenizer)
+    groups.restore(groups.initial)
+    found = groups.learner(LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3),
+                           rollout_engine=engine).run()
+    assert engine.log == ["sync", "generate"] * 3
+    for found_row, expected_row in zip(found, expected, strict=True):
+        for key, value in expected_row.items():
+            if not key.startswith("perf/"):
+                assert found_row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    # The engine holds the final policy's weights only after a sync the loop no longer needs:
+    # after the last update there is no rollout left, so it was not synced.
+    final = groups.policy.full_state_dict()
+    assert any(not torch.equal(final[name], tensor) for name, tensor in engine.model.state_dict().items())
 
 
 def test_ppo_and_the_fixed_multiplier_shaping_baseline_reuse_the_loop(groups):
