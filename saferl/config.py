@@ -16,6 +16,7 @@ combinations can run). Nothing below this module imports it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, fields
@@ -785,6 +786,11 @@ def validate(cfg: DictConfig) -> RunConfig:
             f"runtime.vllm: vLLM engines generate the PPO loop's rollouts, and learner={learner} runs no PPO loop "
             "(ppo_lag, rbr and mocan with mocan.stage=ppo do); set runtime.vllm=null"
         )
+    if vllm is not None and importlib.util.find_spec("vllm") is None:
+        # Said now rather than when the PPO stage starts, after the stages before it. (The GPUs
+        # are counted then, in the cluster the run joins.)
+        raise ConfigError("runtime.vllm: the 'vllm' package is not installed (pip install 'saferl[vllm]'); "
+                          "set runtime.vllm=null to generate in the policy group")
 
     # The setup: models, data, scorers.
     if learner == "rbr":

@@ -64,8 +64,8 @@ def require_vllm(gpus_needed: int = 1) -> None:
         missing.append(f"{gpus_needed} GPU(s) are needed but {gpus:g} were found {where}")
     if missing:
         raise RuntimeError(
-            "vLLM rollout engines were requested, but " + "; and ".join(missing) + ". Use the "
-            "default Hugging Face generate path of PolicyGroup.generate instead"
+            "vLLM rollout engines were requested, but " + "; and ".join(missing) + ". Set "
+            "runtime.vllm=null to generate in the policy group (Hugging Face generate)"
         )
 
 

@@ -995,14 +995,22 @@ def test_a_long_sft_first_starts_one_rank_process_early_and_any_other_run_two(mo
     assert early("runtime.max_single_rank_processes=1", "debug=tiny") == 1
 
 
-def test_runtime_vllm_builds_the_engines_spec_for_a_ppo_loop_and_is_refused_without_one():
+def test_runtime_vllm_builds_the_engines_spec_for_a_ppo_loop_and_is_refused_without_one(monkeypatch):
     """``runtime.vllm``: null generates in the policy group; a mapping is the rollout engines'
-    spec of every learner that runs the PPO loop; a learner without one, an unknown key or a bad
-    value is refused, naming the key."""
+    spec of every learner that runs the PPO loop; without the ``vllm`` package, for a learner
+    without a PPO loop, with an unknown key or a bad value it is refused, naming the key."""
+    import importlib.util
+
     from saferl.runtime.specs import VLLMSpec
 
     assert validate(composed()).resources.vllm is None
     engines = "runtime.vllm={num_engines:2,gpu_memory_utilization:0.3}"
+    if importlib.util.find_spec("vllm") is None:  # this machine: said before any stage runs
+        with pytest.raises(ConfigError, match=named("runtime.vllm", "'vllm' package is not installed")):
+            validate(composed(engines))
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *args: object() if name == "vllm" else find_spec(name, *args))
     for overrides in ((), ("learner=rbr",), ("learner=mocan", "learner.mocan.stage=ppo")):
         vllm = validate(composed(engines, *overrides)).resources.vllm
         assert vllm == VLLMSpec(num_engines=2, gpu_memory_utilization=0.3), overrides
