@@ -332,7 +332,9 @@ def test_an_interrupted_run_says_how_to_resume_and_resumes_to_the_same_final_met
     folder; the printed command resumes it (and says from where) to the same metrics, and leaves
     the original run's ``.hydra/overrides.yaml`` as it was."""
     folder, _ = first_run
-    common = [*TINY, f"model.from_run={folder}", "checkpoint_every=1", "logger=jsonl"]
+    # One rank process serves the stage's groups (they compute the same numbers however many).
+    common = [*TINY, f"model.from_run={folder}", "checkpoint_every=1", "logger=jsonl",
+              "runtime.max_single_rank_processes=1"]
     killed = tmp_path / "killed"
     history_file = killed / "checkpoints" / "ppo_lag" / "history.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "WANDB_"))}
@@ -397,7 +399,8 @@ def test_a_killed_rank_process_is_restarted_and_the_run_ends_as_if_uninterrupted
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "saferl.cli", *TINY, f"model.from_run={folder}", "checkpoint_every=1",
-             "logger=jsonl", f"hydra.run.dir={run}"],
+             "logger=jsonl", f"hydra.run.dir={run}",
+             "runtime.max_single_rank_processes=1"],  # one process to start, and to start again
             cwd=tmp_path, stdout=stdout, stderr=stderr, start_new_session=True, env=env,
         )
         killed: list[int] = []
