@@ -5,8 +5,9 @@ after the other (the cluster's start is most of the cost, so they share it):
 1. **Spread groups**: a 2-rank policy group spread over the two workers with STRICT_SPREAD and a
    reference group colocated with it; one train step, one generation and one reference forward.
 2. **PPO-Lagrangian**: two iterations of the ``ppo_lag`` learner (``saferl.learners.ppo_lag.run``) on
-   the world's pieces with one rank of 1 CPU per role, so the six roles (policy, reference, reward
-   and cost score models, both critics) cannot fit on one node and are spread over both.
+   the world's pieces with one rank of 1 CPU per role, the six roles (policy, reference, reward
+   and cost score models, both critics) sharing four rank processes, which cannot fit on one node
+   and are spread over both.
 
 3. **A lost node**: a third worker raylet joins; part 2's PPO-Lagrangian stage runs again with a
    checkpoint after each iteration, and once its second iteration is done (before that checkpoint)
@@ -188,6 +189,9 @@ def main() -> int:
             address=cluster.address,
             placement_strategy="PACK",
             ship_code=False,  # the nodes share this checkout
+            # Six one-rank groups in four processes: more than one 3-CPU node holds, and two
+            # process starts fewer than one per group.
+            max_single_rank_processes=4,
             startup_timeout_s=300.0,
             call_timeout_s=300.0,
             collective_timeout_s=240.0,
@@ -210,8 +214,8 @@ def main() -> int:
         resources = Resources(GroupSpec(num_ranks=1, cpus_per_rank=1.0), runtime, DeepSpeedSpec(), seed=0)
         run = ppo_lag.run(setup, settings, resources, RunOutput(folder / "run"))
         part_2_hosts = rank_host_ids() - earlier_hosts
-        # The node of each of this part's rank processes (saferl.runtime.pool.RankHost; one per
-        # role here, since the six groups start at once and none is reused).
+        # The node of each of this part's rank processes (saferl.runtime.pool.RankHost; four for
+        # the six roles, none reused from part 1).
         nodes = [a.node_id for a in list_actors(detail=True, limit=1000)
                  if a.class_name == "RankHost" and a.actor_id in part_2_hosts]
         recovered = recovered_from_a_lost_node(cluster, setup, settings, resources, folder)

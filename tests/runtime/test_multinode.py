@@ -48,13 +48,15 @@ def test_groups_spread_over_nodes_train_and_generate(multinode) -> None:
 
 def test_ppo_lag_iterations_with_every_role_spread_over_nodes(multinode) -> None:
     """The world's PPO-Lagrangian stage, two iterations, its six roles (one rank of 1 CPU each)
-    spread over the two 3-CPU worker raylets of Ray's multi-node test cluster."""
+    in four shared rank processes spread over the two 3-CPU worker raylets of Ray's multi-node
+    test cluster."""
     result = multinode["ppo_lag"]
     workers = set(multinode["worker_node_ids"])
-    # policy, reference, the reward and cost score models and critics: one rank process each.
+    # policy, reference, the reward and cost score models and critics: four rank processes
+    # (runtime.max_single_rank_processes=4), more than one worker node's 3 CPUs hold.
     nodes = result["rank_nodes"]
-    assert len(nodes) == 6
-    assert sorted(nodes.count(node) for node in workers) == [3, 3]  # three roles on each worker node
+    assert len(nodes) == 4
+    assert set(nodes) == workers and max(nodes.count(node) for node in workers) <= 3
     assert len(result["history"]) == 2
     assert all(value == value for metrics in result["history"] for value in metrics.values())  # finite (no NaN)
     assert result["history"][-1]["multiplier/value_0"] == result["multiplier"][0] > 0
