@@ -8,7 +8,8 @@ The keys are DeepSpeed's own (https://www.deepspeed.ai/docs/config-json/):
 * precision: ``bf16.enabled`` or ``fp16.enabled`` (``loss_scale: 0`` = dynamic loss scaling);
   neither for fp32;
 * ``zero_optimization``: ``stage``, ``offload_optimizer.device``, ``offload_param.device``,
-  ``stage3_gather_16bit_weights_on_model_save``;
+  ``stage3_gather_16bit_weights_on_model_save``, and ``contiguous_gradients: false`` for CPU
+  training engines at stages 1–2 (see :func:`_zero_section`);
 * ``optimizer``: ``{"type": "AdamW", "params": {lr, betas, eps, weight_decay, torch_adam}}``;
   ``torch_adam: true`` makes DeepSpeed build ``torch.optim.AdamW`` instead of its compiled
   CPU/fused Adam ops (no JIT build); see :func:`use_torch_adam`;
@@ -128,8 +129,14 @@ def _precision_sections(precision: str) -> dict[str, Any]:
     return {}
 
 
-def _zero_section(spec: DeepSpeedSpec, stage: int, with_optimizer: bool) -> dict[str, Any]:
+def _zero_section(spec: DeepSpeedSpec, stage: int, with_optimizer: bool, device: str = "cuda") -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": stage}
+    if with_optimizer and device == "cpu" and stage in (1, 2):
+        # DeepSpeed's default copies every gradient into one contiguous buffer as backward makes
+        # it, which keeps GPU memory from fragmenting. On CPU there is no such fragmentation to
+        # avoid, and the copy is about a tenth of a small model's step (tiny world Llama, one
+        # rank: 6.35 → 5.6 ms); the gradients, and so the steps, are the same.
+        zero["contiguous_gradients"] = False
     if with_optimizer and spec.offload_optimizer and stage > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if spec.offload_params and stage == 3:
@@ -167,7 +174,7 @@ def deepspeed_config(spec: DeepSpeedSpec, world_size: int, device: str) -> dict[
         **_batch_sections(spec, world_size),
         "gradient_clipping": float(spec.gradient_clipping),
         **_precision_sections(precision),
-        "zero_optimization": _zero_section(spec, spec.zero_stage, with_optimizer=True),
+        "zero_optimization": _zero_section(spec, spec.zero_stage, with_optimizer=True, device=device),
         "optimizer": {
             "type": "AdamW",
             "params": {
