@@ -95,6 +95,9 @@ class RankHost:
 
     def start(self, slot: str, worker_class: type, *args: Any, **kwargs: Any) -> None:
         """Construct the worker of ``slot`` (nothing heavy: :meth:`call` ``("setup", ...)`` builds)."""
+        from saferl.runtime.serialization import register_tensor_serializer
+
+        register_tensor_serializer()  # for the tensors this process sends back
         if slot in self.workers:
             raise RuntimeError(
                 f"this rank already holds a {type(self.workers[slot]).__name__} in slot {slot!r}"
@@ -364,6 +367,9 @@ def start_hosts(slot: RoleSlot, runtime_spec: RuntimeSpec) -> list[Any]:
         options["num_gpus"] = slot.num_gpus
     if (runtime_env := actor_runtime_env(runtime_spec)) is not None:
         options["runtime_env"] = runtime_env
+    from saferl.runtime.serialization import register_tensor_serializer
+
+    register_tensor_serializer()  # for the tensors the driver sends to its groups
     remote_host = ray.remote(RankHost)
     hosts = []
     for rank in range(slot.num_ranks):
