@@ -14,7 +14,7 @@ Each iteration, in this order:
 
 1. generate one response per prompt from the policy group (sampled ahead, see below);
 2. score them with the reward and cost scorers, get the reference log-probs and the critics'
-   values (steps 1–2: the shared experience maker);
+   values (steps 1–2: the shared experience maker; made ahead too, see below);
 3. build the per-token reward and cost streams (KL penalty + end scores, clipped);
 4. GAE per stream, each with its own critic;
 5. PPO update of the policy with the combined advantage ``(A_r − Σ λ_j A_cj)/(1 + Σ λ_j)``;
@@ -25,14 +25,19 @@ Each iteration, in this order:
    the driver holds every rank's scores, so this is the average over ranks);
 8. log.
 
-**Generation ahead.** Step 1 of iteration ``k + 1`` needs only the policy as step 5 of iteration
-``k`` leaves it, its prompts and its seed (both fixed by ``k + 1``). So the policy's thread samples it
-right after step 5, while the critics still train in step 6, and iteration ``k + 1`` scores those
-responses: the same responses it would sample itself (same weights, prompts and per-row seeds), so
-the same numbers; the policy's process generates while the critics' processes train instead of
-idling. A rollout sampled ahead is dropped (and sampled again) when the policy did not take its
-update, on :meth:`PPOLagrangian.load` and after the last iteration it is never sampled; a resumed
-run samples its first rollout itself. ``perf/generate_s`` is its generation time wherever it ran,
+**Generation ahead.** Steps 1–2 of iteration ``k + 1`` need only the policy as step 5 of iteration
+``k`` leaves it, the critics as step 6 leaves them, the frozen reference and scorers, its prompts
+and its seed (both fixed by ``k + 1``). So the policy's thread samples the next responses right
+after step 5 and, while the critics still train in step 6, gets their log-probs under the policy
+and the reference and their scores; each critic's thread values them once that critic is updated.
+Iteration ``k + 1`` then makes only the calls that are left (none, normally): the same responses
+and the same numbers it would get itself (same weights, prompts and per-row seeds), but the
+policy's process generates and scores while the critics' processes train instead of idling, and
+the critics value while the policy's process scores. A rollout sampled ahead is dropped (and
+sampled again) when the policy did not take its update and on :meth:`PPOLagrangian.load`; a
+critic that refused its step values it in the next iteration; after the last iteration nothing
+is sampled; a resumed run samples its first rollout itself. ``perf/generate_s`` is its generation
+time wherever it ran, ``perf/rollout_s`` the time the iteration itself spent on steps 1–2, and
 ``perf/iteration_s`` the iteration's wall time.
 
 **vLLM rollouts** (``runtime.vllm``, GPU and the ``vllm`` extra): step 1 runs in vLLM engines
@@ -65,7 +70,8 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -133,6 +139,18 @@ class PromptSchedule:
         return prompts
 
 
+@dataclass
+class _RolloutAhead:
+    """A rollout sampled ahead (the module docstring's "Generation ahead"), for iteration ``index``
+    (0-based): its responses, their generation seconds and the scoring calls already made on them
+    (:meth:`ExperienceMaker.scoring_calls` names; filled in by the update's threads)."""
+
+    index: int
+    responses: SequenceBatch
+    generate_s: float
+    ready: dict[str, torch.Tensor]
+
+
 class PPOLagrangian:
     """The PPO-Lagrangian loop over runtime groups (see the module docstring for the steps).
 
@@ -194,8 +212,7 @@ class PPOLagrangian:
         self.history: list[dict[str, float]] = []  # metrics of every completed iteration
         self.guard = NonFiniteGuard(settings.skip_nonfinite_batches)
         self.generate_ahead = generate_ahead
-        # (iteration index, its responses, seconds): sampled ahead by the previous iteration.
-        self._ahead: tuple[int, SequenceBatch, float] | None = None
+        self._ahead: _RolloutAhead | None = None  # the next rollout, sampled by this iteration
 
     # ------------------------------------------------------------------------------------------
     def multiplier_value(self) -> torch.Tensor:
@@ -229,12 +246,12 @@ class PPOLagrangian:
         # 1–2. Rollout: generate (unless the previous iteration sampled it ahead), score,
         # reference log-probs, critic values.
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == self.iteration:
-            generated, timings["perf/generate_s"] = ahead[1], ahead[2]
+        if ahead is not None and ahead.index == self.iteration:
+            generated, timings["perf/generate_s"], ready = ahead.responses, ahead.generate_s, ahead.ready
         else:
-            generated, timings["perf/generate_s"] = self._generate(self.iteration)
+            (generated, timings["perf/generate_s"]), ready = self._generate(self.iteration), {}
         prompts = self.schedule.batch(self.iteration)
-        experience = self.maker.make(prompts, self._rollout_seed(self.iteration), generated)
+        experience = self.maker.make(prompts, self._rollout_seed(self.iteration), generated, ready)
         timings["perf/rollout_s"] = time.perf_counter() - clock
         rollout = {
             "reward scores": experience.reward_scores,
@@ -269,13 +286,27 @@ class PPOLagrangian:
         # 5–6. The PPO update of the policy (optionally followed by the PTX step) and each critic's
         # update on its own stream's returns: different groups, issued side by side, each timed
         # on its own (so the two timings overlap). Once the policy is updated, its thread samples
-        # the next iteration's responses while the critics train.
+        # the next iteration's responses and scores them (steps 1–2 but the critics' values) while
+        # the critics train; each critic, once updated, values them.
+        next_index = self.iteration + 1
+        next_responses: Future[SequenceBatch | None] = Future()  # None: not sampled ahead
+        ready: dict[str, torch.Tensor] = {}  # the next rollout's scoring calls made ahead
+        critic_calls = self.maker.critic_call_names()
+
         def policy_update() -> tuple[dict[str, float] | None, float]:
-            metrics, seconds = update_only()
-            if metrics is not None and self.iteration + 1 < s.iterations:
-                self._sync_rollout_engine()
-                if self.generate_ahead:
-                    self._ahead = (self.iteration + 1, *self._generate(self.iteration + 1))
+            try:
+                metrics, seconds = update_only()
+                if metrics is not None and next_index < s.iterations:
+                    self._sync_rollout_engine()
+                    if self.generate_ahead:
+                        responses, generate_s = self._generate(next_index)
+                        self._ahead = _RolloutAhead(next_index, responses, generate_s, ready)
+                        next_responses.set_result(responses)
+                        calls = self.maker.scoring_calls(responses, self.schedule.batch(next_index))
+                        ready.update(side_by_side({k: c for k, c in calls.items() if k not in critic_calls}))
+            finally:  # never leave a critic's thread waiting
+                if not next_responses.done():
+                    next_responses.set_result(None)
             return metrics, seconds
 
         def update_only() -> tuple[dict[str, float] | None, float]:
@@ -303,23 +334,26 @@ class PPOLagrangian:
                 metrics["ptx_loss"] = ptx["loss"]
             return metrics, time.perf_counter() - started
 
-        def critic_update(critic, old_values: torch.Tensor, returns: torch.Tensor, loss_name: str):
+        def critic_update(critic, old_values: torch.Tensor, returns: torch.Tensor, loss_name: str, values_name: str):
             started = time.perf_counter()
             metrics = update_critic(
                 critic, experience, old_values, returns, s.clip_eps_value, self.critic_rows_per_step, s.ppo_epochs,
                 partial(self.guard.step_taken, loss_name=loss_name, iteration=iteration),
             )
-            return metrics, time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            if metrics is not None and (responses := next_responses.result()) is not None:
+                ready[values_name] = critic.values(responses)
+            return metrics, seconds
 
         updates = {
             "policy": policy_update,
             "reward": partial(critic_update, self.reward_critic, experience.reward_values, advantages.reward_returns,
-                              "reward critic loss"),
+                              "reward critic loss", critic_calls[0]),
         }
         for j, critic in enumerate(self.cost_critics):
             updates[f"cost_{j}"] = partial(
                 critic_update, critic, experience.cost_values[..., j], advantages.cost_returns[..., j],
-                f"cost critic {j} loss",
+                f"cost critic {j} loss", critic_calls[1 + j],
             )
         updated = side_by_side(updates)
         policy_metrics, timings["perf/policy_update_s"] = updated["policy"]

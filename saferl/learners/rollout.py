@@ -10,13 +10,15 @@ One call (:meth:`ExperienceMaker.make`) turns prompts into a scored
 
 Steps 2–4 ask different groups and need nothing from each other, so they are issued side by side
 (:func:`saferl.runtime.side_by_side.side_by_side`): the groups' ranks work at the same time.
-Step 1 alone is :meth:`ExperienceMaker.generate`: a loop may sample the next rollout's responses
-as soon as the policy is updated, while the critics still train, and hand them to ``make``.
+Step 1 alone is :meth:`ExperienceMaker.generate`, and steps 2–4 are :meth:`ExperienceMaker.scoring_calls`,
+one call per group or scorer: a loop may sample the next rollout's responses as soon as the policy is
+updated, make some of its calls early (each critic's once that critic is updated), and hand the
+responses and what it already has to ``make``, which makes the calls that are left.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -100,26 +102,55 @@ class ExperienceMaker:
         generated = generator.generate(prompt_batch, replace(self.generation, seed=seed))
         return generated.to_sequence_batch(int(self.tokenizer.pad_token_id))
 
-    def make(self, prompts: Sequence[str], seed: int, generated: SequenceBatch | None = None) -> Experience:
+    def scoring_calls(
+        self, batch: SequenceBatch, prompts: Sequence[str]
+    ) -> dict[str, Callable[[], torch.Tensor]]:
+        """Steps 2–4 on ``batch`` (rows as in ``prompts``), one call without arguments per group or
+        scorer, named by what it gives: ``old_logprobs``, ``ref_logprobs``, ``reward_scores``,
+        ``cost_scores_{j}`` (one per cost scorer), then the critics' (:meth:`critic_call_names`)."""
+        calls: dict[str, Callable[[], torch.Tensor]] = {
+            "old_logprobs": partial(self.policy.token_logprobs, batch),
+            "ref_logprobs": partial(self.reference.token_logprobs, batch),
+            "reward_scores": partial(self.reward_scorer.score, batch, prompts),
+        }
+        for j, scorer in enumerate(self.cost_scorers):
+            calls[f"cost_scores_{j}"] = partial(scorer.score, batch, prompts)
+        critics = (self.reward_critic, *self.cost_critics)
+        for name, critic in zip(self.critic_call_names(), critics, strict=True):
+            calls[name] = partial(critic.values, batch)
+        return calls
+
+    def critic_call_names(self) -> list[str]:
+        """The names :meth:`scoring_calls` gives the critics' values: ``reward_values``, then
+        ``cost_values_{j}`` per cost critic."""
+        return ["reward_values", *(f"cost_values_{j}" for j in range(len(self.cost_critics)))]
+
+    def make(
+        self,
+        prompts: Sequence[str],
+        seed: int,
+        generated: SequenceBatch | None = None,
+        ready: Mapping[str, torch.Tensor] | None = None,
+    ) -> Experience:
         """A scored rollout of one response per prompt, sampled with ``seed``.
 
-        ``generated``: step 1's output when it was already sampled (:meth:`generate` with these
-        prompts and this seed, from the policy as it is now); None samples it here."""
+        Args:
+            generated: step 1's output when it was already sampled (:meth:`generate` with these
+                prompts and this seed, from the policy as it is now); None samples it here.
+            ready: results of :meth:`scoring_calls` on ``generated`` already made, by name (each
+                from its group as it is now); the others are made here.
+        """
+        ready = dict(ready or {})
+        if ready and generated is None:
+            raise ValueError("experience maker: results made ahead (ready) need the responses they scored (generated)")
         # 1. Generate.
         batch = self.generate(prompts, seed) if generated is None else generated
         # 2–4. Log-probs under the policy and the reference, the scores at the end of each
         # response and the critics' values: each from its own group, issued side by side.
-        calls = {
-            "old_logprobs": lambda: self.policy.token_logprobs(batch),
-            "ref_logprobs": lambda: self.reference.token_logprobs(batch),
-            "reward_scores": lambda: self.reward_scorer.score(batch, prompts),
-            "reward_values": lambda: self.reward_critic.values(batch),
-        }
-        for j, scorer in enumerate(self.cost_scorers):
-            calls[f"cost_scores_{j}"] = partial(scorer.score, batch, prompts)
-        for j, critic in enumerate(self.cost_critics):
-            calls[f"cost_values_{j}"] = partial(critic.values, batch)
-        done = side_by_side(calls)
+        calls = self.scoring_calls(batch, prompts)
+        if unknown := sorted(set(ready) - set(calls)):
+            raise ValueError(f"experience maker: ready results {unknown} are none of the calls {list(calls)}")
+        done = {**ready, **side_by_side({name: call for name, call in calls.items() if name not in ready})}
         old_logprobs = done["old_logprobs"].float()
         ref_logprobs = done["ref_logprobs"].float()
         reward_scores = done["reward_scores"][:, 0].float()

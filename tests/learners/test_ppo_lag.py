@@ -236,33 +236,63 @@ def test_stop_and_resume_reproduces_the_next_iteration(groups, tmp_path):
 
 
 def test_generating_ahead_gives_the_numbers_of_generating_in_turn(groups, monkeypatch):
-    """The next rollout sampled while the critics train (the default) is the rollout the next
-    iteration would sample itself: the same history to the last bit, whatever the timings."""
+    """The next rollout sampled and scored while the critics train (the default) is the rollout the
+    next iteration would sample and score itself: the same history to the last bit, whatever the
+    timings."""
 
-    def history(generate_ahead: bool) -> tuple[list[dict], int]:
+    def history(generate_ahead: bool) -> tuple[list[dict], list, list]:
         groups.restore(groups.initial)
         learner = groups.learner(
             LogGradientAscentMultiplier(-0.8, lr=0.5, window=ROWS), settings(iterations=3),
             generate_ahead=generate_ahead,
         )
-        calls = []
+        calls, events = [], []
         sample = learner.maker.generate
         monkeypatch.setattr(
             learner.maker, "generate",
             lambda *args: calls.append((args[1], threading.current_thread() is threading.main_thread()))
             or sample(*args),
         )
-        rows = [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in learner.run()]
-        return rows, calls
+        # Each scoring call to a group, as it is made, between the iterations' ends.
+        scoring = (
+            ("policy", groups.policy, "token_logprobs"),
+            ("reference", groups.reference, "token_logprobs"),
+            ("reward critic", groups.reward_critic, "values"),
+            ("cost critic", groups.cost_critic, "values"),
+        )
+        for name, group, method in scoring:
+            call = getattr(group, method)
+            setattr(group, method, lambda batch, call=call, name=name: events.append(name) or call(batch))
+        try:
+            rows = learner.run(progress=lambda iteration, metrics: events.append(f"end {iteration}"))
+        finally:
+            for _, group, method in scoring:
+                delattr(group, method)  # the class's method again
+        return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows], calls, events
 
-    in_turn, in_turn_seeds = history(False)
-    ahead, ahead_seeds = history(True)
+    in_turn, in_turn_seeds, in_turn_events = history(False)
+    ahead, ahead_seeds, ahead_events = history(True)
     assert ahead == in_turn
     # One rollout per iteration, none after the last; ahead, the second and third are sampled in
     # the policy update's thread (side by side with the critics'), in turn all in the loop's.
     assert [seed for seed, _ in ahead_seeds] == [seed for seed, _ in in_turn_seeds]
     assert [in_loop for _, in_loop in in_turn_seeds] == [True, True, True]
     assert [in_loop for _, in_loop in ahead_seeds] == [True, False, False]
+    # Every rollout is scored once by each group; ahead, rollouts 2 and 3 are scored before the
+    # iteration before theirs ends, in turn after it.
+    groups_named = ("policy", "reference", "reward critic", "cost critic")
+
+    def scored_before_each_end(events: list[str]) -> list[dict[str, int]]:
+        counts, before = dict.fromkeys(groups_named, 0), []
+        for event in events:
+            if event.startswith("end"):
+                before.append(dict(counts))
+            else:
+                counts[event] += 1
+        return before
+
+    assert scored_before_each_end(in_turn_events) == [dict.fromkeys(groups_named, n) for n in (1, 2, 3)]
+    assert scored_before_each_end(ahead_events) == [dict.fromkeys(groups_named, n) for n in (2, 3, 3)]
 
 
 class DriverRolloutEngine:
@@ -338,6 +368,29 @@ def test_ppo_and_the_fixed_multiplier_shaping_baseline_reuse_the_loop(groups):
     torch.testing.assert_close(experience.reward_scores, expected)
     with pytest.raises(ValueError, match="no multiplier"):
         groups.learner(None, settings())
+
+
+def test_the_experience_maker_makes_only_the_calls_not_made_ahead(groups):
+    """``make`` with some scoring calls already made gives the experience it makes from scratch,
+    and uses the results handed to it (here doubled reference log-probs show up as given)."""
+    groups.restore(groups.initial)
+    maker = groups.learner(LogGradientAscentMultiplier(-0.8, window=ROWS), settings()).maker
+    prompts = [prompt.text for prompt in world_prompts()][:ROWS]
+    responses = maker.generate(prompts, 11)
+    whole = maker.make(prompts, 11, responses)
+    calls = maker.scoring_calls(responses, prompts)
+    assert list(calls)[-2:] == maker.critic_call_names() == ["reward_values", "cost_values_0"]
+    ready = {name: calls[name]() for name in ("old_logprobs", "reward_scores", "cost_values_0")}
+    partly = maker.make(prompts, 11, responses, ready)
+    for field in ("input_ids", "old_logprobs", "ref_logprobs", "reward_scores", "cost_scores",
+                  "reward_values", "cost_values"):
+        assert torch.equal(getattr(partly, field), getattr(whole, field)), field
+    given = maker.make(prompts, 11, responses, {"ref_logprobs": 2 * whole.ref_logprobs})
+    assert torch.equal(given.ref_logprobs, 2 * whole.ref_logprobs)
+    with pytest.raises(ValueError, match=r"\['values'\] are none of the calls"):
+        maker.make(prompts, 11, responses, {"values": whole.ref_logprobs})
+    with pytest.raises(ValueError, match="need the responses they scored"):
+        maker.make(prompts, 11, None, ready)
 
 
 def test_two_rank_ppo_lag_logs_finite_diagnostics(ray_cluster, sft_dir, tokenizer):
