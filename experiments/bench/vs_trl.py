@@ -29,7 +29,11 @@ What cannot be made the same (the table says so too):
 A sample is one completion scored. Each side's rate is its steady state: the wall time from the end
 of update 1 to the end of the last update (so one-off model builds, process and actor starts and the
 first update's warm-up are excluded on every side), samples/s = ``batch × (updates − 1)`` over that
-time, tokens/s = the completion tokens generated (EOS included) over that time. Each repeat builds
+time, tokens/s = the completion tokens generated (EOS included) over that time, and CPU s/update =
+the machine's busy CPU time over that time per timed update (every core, every process: on
+saferl's side the driver, the rank processes and Ray's own; Linux ``/proc/stat``, else n/a). On a
+machine with few cores, that CPU time over the core count bounds the update time from below, so it
+shows how much of the gap is work rather than waiting. Each repeat builds
 every side afresh, the sides run in turn inside each repeat (so a load change on the machine hits
 all three), and the table shows the median of ``--repeats`` repeats. The last line is
 ``ratio vs TRL RLOO: x, vs TRL GRPO: y`` (saferl's samples/s over TRL's).
@@ -132,36 +136,60 @@ class WorldReward:
 
 @dataclass(frozen=True)
 class Rate:
-    """One side's steady-state throughput in one repeat."""
+    """One side's steady-state throughput in one repeat; ``cpu_seconds_per_update`` is the
+    machine's busy CPU time per update, every process of the side included (None: unknown)."""
 
     samples_per_s: float
     tokens_per_s: float
     seconds_per_update: float
     timed_updates: int
+    cpu_seconds_per_update: float | None = None
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds this machine's cores have been busy since boot, summed over cores (Linux
+    ``/proc/stat``: user, nice, system, irq and softirq time; idle, I/O wait and time stolen by
+    a hypervisor are not busy); None where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def steady_rate(
-    update_ends: Sequence[float], samples: Sequence[int], tokens: Sequence[int]
+    update_ends: Sequence[float],
+    samples: Sequence[int],
+    tokens: Sequence[int],
+    busy_at_ends: Sequence[float | None] | None = None,
 ) -> Rate:
     """Throughput from the end of update 1 to the end of the last: ``update_ends[i]`` is when
     update ``i`` ended (seconds, any clock), ``samples[i]``/``tokens[i]`` what it generated and
-    scored; update 0 is the warm-up (its samples, and the time before its end, are not counted)."""
+    scored, ``busy_at_ends[i]`` :func:`machine_busy_s` then; update 0 is the warm-up (its samples,
+    and the time before its end, are not counted)."""
     if not (len(update_ends) == len(samples) == len(tokens)) or len(update_ends) < 2:
         raise ValueError("steady_rate: need the end time, samples and tokens of at least 2 updates")
     seconds = update_ends[-1] - update_ends[0]
     if seconds <= 0:
         raise ValueError("steady_rate: the update end times do not increase")
     timed = len(update_ends) - 1
-    return Rate(sum(samples[1:]) / seconds, sum(tokens[1:]) / seconds, seconds / timed, timed)
+    cpu = None
+    if busy_at_ends is not None and None not in (busy_at_ends[0], busy_at_ends[-1]):
+        cpu = (busy_at_ends[-1] - busy_at_ends[0]) / timed
+    return Rate(sum(samples[1:]) / seconds, sum(tokens[1:]) / seconds, seconds / timed, timed, cpu)
 
 
 def median_rate(rates: Sequence[Rate]) -> Rate:
-    """Each field's median over repeats."""
+    """Each field's median over repeats (the CPU time's over the repeats that know it)."""
+    cpu = [r.cpu_seconds_per_update for r in rates if r.cpu_seconds_per_update is not None]
     return Rate(
         statistics.median(r.samples_per_s for r in rates),
         statistics.median(r.tokens_per_s for r in rates),
         statistics.median(r.seconds_per_update for r in rates),
         rates[0].timed_updates,
+        statistics.median(cpu) if cpu else None,
     )
 
 
@@ -174,15 +202,16 @@ def table(rates: dict[str, list[Rate]], notes: dict[str, str]) -> list[str]:
     """The table's lines: per side the median samples/s, tokens/s and s/update over repeats, every
     repeat's samples/s, and what the side runs."""
     lines = [
-        "| side           | samples/s | tokens/s | s/update | samples/s per repeat | what runs",
-        "|----------------|-----------|----------|----------|----------------------|----------",
+        "| side           | samples/s | tokens/s | s/update | CPU s/update | samples/s per repeat | what runs",
+        "|----------------|-----------|----------|----------|--------------|----------------------|----------",
     ]
     for side, repeats in rates.items():
         m = median_rate(repeats)
         each = ", ".join(f"{r.samples_per_s:.1f}" for r in repeats)
+        cpu = "n/a" if m.cpu_seconds_per_update is None else f"{m.cpu_seconds_per_update:.3f}"
         lines.append(
             f"| {side:<14} | {m.samples_per_s:>9.1f} | {m.tokens_per_s:>8.1f} | "
-            f"{m.seconds_per_update:>8.3f} | {each:<20} | {notes.get(side, '')}"
+            f"{m.seconds_per_update:>8.3f} | {cpu:>12} | {each:<20} | {notes.get(side, '')}"
         )
     return lines
 
@@ -253,15 +282,17 @@ def run_saferl(settings: BenchSettings) -> Rate:
         critic_learning_rate=settings.lr,
     )
     ends: list[float] = []
+    busy: list[float | None] = []
     tokens: list[int] = []
 
     def progress(stage, step, total, metrics) -> None:
         ends.append(time.perf_counter())
+        busy.append(machine_busy_s())
         tokens.append(round(metrics["rollout/response_length"] * settings.batch))
 
     with tempfile.TemporaryDirectory(prefix="saferl-vs-trl-") as folder:
         ppo_lag.run(setup, ppo_settings, resources, RunOutput(Path(folder), progress=progress))
-    return steady_rate(ends, [settings.batch] * len(ends), tokens)
+    return steady_rate(ends, [settings.batch] * len(ends), tokens, busy)
 
 
 def run_trl(kind: str, settings: BenchSettings) -> Rate:
@@ -283,10 +314,12 @@ def run_trl(kind: str, settings: BenchSettings) -> Rate:
     tokenizer, spec, prompts = world_parts(settings)
     reward = WorldReward(tokenizer)
     ends: list[float] = []
+    busy: list[float | None] = []
 
     class UpdateEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             ends.append(time.perf_counter())
+            busy.append(machine_busy_s())
 
     # Enough rows that the sampler never runs out: each step takes batch / generations prompts.
     dataset = Dataset.from_dict(
@@ -339,7 +372,7 @@ def run_trl(kind: str, settings: BenchSettings) -> Rate:
             "(expected one generation per update)"
         )
     samples, tokens = zip(*reward.calls, strict=True)
-    return steady_rate(ends, samples, tokens)
+    return steady_rate(ends, samples, tokens, busy)
 
 
 def trl_version() -> str | None:

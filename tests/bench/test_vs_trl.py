@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,10 @@ def test_steady_rate_times_from_the_end_of_the_first_update(bench):
     assert rate.tokens_per_s == pytest.approx(80 / 3)
     assert rate.seconds_per_update == pytest.approx(1.5)
     assert rate.timed_updates == 2
+    assert rate.cpu_seconds_per_update is None
+    with_cpu = bench.steady_rate([10.0, 11.0, 13.0], [16, 16, 16], [40, 48, 32], [100.0, 101.5, 103.5])
+    assert with_cpu.cpu_seconds_per_update == pytest.approx(3.5 / 2)
+    assert bench.steady_rate([10.0, 11.0], [16, 16], [4, 4], [None, None]).cpu_seconds_per_update is None
     with pytest.raises(ValueError, match="at least 2 updates"):
         bench.steady_rate([1.0], [16], [3])
     with pytest.raises(ValueError, match="at least 2 updates"):
@@ -123,16 +128,27 @@ def test_steady_rate_times_from_the_end_of_the_first_update(bench):
 
 def test_median_ratio_line_and_table(bench):
     Rate = bench.Rate
-    rates = [Rate(10.0, 30.0, 1.6, 7), Rate(30.0, 90.0, 0.5, 7), Rate(20.0, 50.0, 0.8, 7)]
-    assert bench.median_rate(rates) == Rate(20.0, 50.0, 0.8, 7)
+    rates = [Rate(10.0, 30.0, 1.6, 7, 2.0), Rate(30.0, 90.0, 0.5, 7, None), Rate(20.0, 50.0, 0.8, 7, 1.0)]
+    assert bench.median_rate(rates) == Rate(20.0, 50.0, 0.8, 7, 1.5)  # CPU: of the repeats that know it
+    assert bench.median_rate(rates[1:2]).cpu_seconds_per_update is None
     assert bench.ratio_line(183.0, 100.0, 107.0) == "ratio vs TRL RLOO: 1.83, vs TRL GRPO: 1.71"
     assert bench.ratio_line(50.0, 100.0, 200.0) == "ratio vs TRL RLOO: 0.50, vs TRL GRPO: 0.25"
     lines = bench.table({"saferl PPO-Lag": rates, "TRL RLOO": rates[:1]}, {"TRL RLOO": "no critic"})
     assert lines[0].startswith("| side ") and len(lines) == 4
     assert lines[2].startswith(
-        "| saferl PPO-Lag |      20.0 |     50.0 |    0.800 | 10.0, 30.0, 20.0"
+        "| saferl PPO-Lag |      20.0 |     50.0 |    0.800 |        1.500 | 10.0, 30.0, 20.0"
     )
-    assert lines[3].endswith("| no critic")
+    assert lines[3].endswith("| no critic") and "|        2.000 |" in lines[3]
+
+
+def test_the_machines_busy_time_grows_with_work_in_this_process(bench):
+    before, started = bench.machine_busy_s(), time.process_time()
+    if before is None:
+        pytest.skip("no /proc/stat on this machine")
+    while time.process_time() - started < 0.3:  # 0.3 s of this process's CPU
+        pass
+    # Every process counts, so the machine's busy time grew by at least this process's.
+    assert bench.machine_busy_s() - before >= 0.3 - 0.02
 
 
 def test_settings_are_checked(bench):
