@@ -34,7 +34,9 @@ the machine's busy CPU time over that time per timed update (every core, every p
 saferl's side the driver, the rank processes and Ray's own; Linux ``/proc/stat``, else n/a). On a
 machine with few cores, that CPU time over the core count bounds the update time from below, so it
 shows how much of the gap is work rather than waiting. Each repeat builds
-every side afresh, the sides run in turn inside each repeat (so a load change on the machine hits
+every side afresh, each side starts once the machine is quiet (less than 15 % busy over half a
+second, so it does not share the cores with the previous side's processes winding down), the sides
+run in turn inside each repeat (so a load change on the machine hits
 all three), and the table shows the median of ``--repeats`` repeats. The last line is
 ``ratio vs TRL RLOO: x, vs TRL GRPO: y`` (saferl's samples/s over TRL's).
 
@@ -157,6 +159,26 @@ def machine_busy_s() -> float | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(
+    busy: Callable[[], float | None] = None, share: float = 0.15, window_s: float = 0.5, limit_s: float = 30.0
+) -> float:
+    """Wait until the machine's cores were busy less than ``share`` of a ``window_s`` window
+    (:func:`machine_busy_s`), at most ``limit_s``; returns the seconds waited. The sides run one
+    after the other, and a side's processes wind down for a second or two after it returns (Ray's
+    rank processes, TRL's trainer): the next side's timed updates must not share the cores with them."""
+    busy = busy or machine_busy_s
+    started = time.perf_counter()
+    cores = os.cpu_count() or 1
+    while time.perf_counter() - started < limit_s:
+        before = busy()
+        if before is None:
+            break
+        time.sleep(window_s)
+        if (busy() - before) / (window_s * cores) < share:
+            break
+    return time.perf_counter() - started
 
 
 def steady_rate(
@@ -452,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rates: dict[str, list[Rate]] = {side: [] for side in SIDES}
     for repeat in range(settings.repeats):
         for side, runner in runners.items():
+            wait_until_quiet()
             rate = runner()
             rates[side].append(rate)
             print(

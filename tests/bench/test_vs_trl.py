@@ -174,3 +174,26 @@ def test_trl_runs_with_the_worlds_reward_of_its_own_completions(bench, tokenizer
     settings = bench.BenchSettings(batch=4, new_tokens=3, updates=2, generations=2, repeats=1)
     rate = bench.run_trl("grpo", settings)
     assert rate.timed_updates == 1 and rate.samples_per_s > 0 and rate.tokens_per_s > 0
+
+
+def test_the_next_side_waits_until_the_machine_is_quiet(bench):
+    cores = bench.os.cpu_count() or 1
+    clock = {"busy": 0.0}
+
+    def busy_for(shares):  # each call after the first adds the next share of a 0.01 s window
+        shares = iter(shares)
+
+        def busy():
+            clock["busy"] += next(shares, 0.0) * 0.01 * cores
+            return clock["busy"]
+
+        return busy
+
+    # Busy (90 %) for two windows, then quiet: it waits three windows.
+    waited = bench.wait_until_quiet(busy_for([0, 0.9, 0, 0.9, 0, 0.05]), window_s=0.01, limit_s=5.0)
+    assert 0.03 <= waited < 1.0
+    # Always busy: it gives up at the limit.
+    always = busy_for([1.0] * 1000)
+    assert 0.1 <= bench.wait_until_quiet(always, window_s=0.01, limit_s=0.1) < 1.0
+    # No /proc/stat: no wait.
+    assert bench.wait_until_quiet(lambda: None, window_s=0.5) < 0.1
