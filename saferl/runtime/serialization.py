@@ -21,7 +21,8 @@ What is not the same as torch's pickling:
   conjugate or negative bit, or a subclass such as ``nn.Parameter``) travels as before, through
   torch's own pickling.
 
-Ray keeps such a serializer per process, for what that process sends: the driver registers it
+Ray keeps such a serializer per process, for what that process sends (a Ray Client driver sends
+as before): the driver registers it
 before it starts its rank processes (:func:`saferl.runtime.pool.start_hosts`) and every
 :class:`~saferl.runtime.pool.RankHost` when it starts. A process that receives only needs
 :mod:`saferl` importable, which a rank process has.
@@ -82,5 +83,10 @@ def tensor_from_wire(wire: tuple[Any, ...]) -> torch.Tensor:
 
 def register_tensor_serializer() -> None:
     """Send torch tensors from this process as described in the module docstring (idempotent;
-    needs a connected Ray worker or driver)."""
+    needs a connected Ray worker or driver). A Ray Client driver (``runtime.address=ray://...``)
+    keeps torch's pickling: the client pickles calls itself and has no serialization context."""
+    from ray.util.client import ray as client
+
+    if client.is_connected():
+        return
     ray.util.register_serializer(torch.Tensor, serializer=tensor_to_wire, deserializer=tensor_from_wire)

@@ -113,3 +113,17 @@ def test_tensors_through_a_rank_process_arrive_equal_in_both_directions(ray_clus
         assert_same_tensor(ray.get(host.call.remote("slot", "pop")), needs_grad)
     finally:
         ray.kill(host)
+
+
+def test_a_ray_client_driver_keeps_torchs_pickling(monkeypatch):
+    """Through Ray Client the driver has no serialization context to register in: it sends as before."""
+    from ray.util.client import ray as client
+
+    registered = []
+    monkeypatch.setattr(client, "is_connected", lambda: True)
+    monkeypatch.setattr(ray.util, "register_serializer", lambda *args, **kwargs: registered.append(args))
+    register_tensor_serializer()
+    assert registered == []
+    monkeypatch.setattr(client, "is_connected", lambda: False)
+    register_tensor_serializer()
+    assert registered == [(torch.Tensor,)]
