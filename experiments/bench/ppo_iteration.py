@@ -10,7 +10,9 @@ first (it rarely does from a random model over a large vocabulary).
 
 It prints one row per rollout engine: the median over the timed iterations (every iteration
 after the first, which warms up) of the iteration's seconds, samples/s and generated tokens/s,
-with the share of the rollout step. ``--rollout vllm`` runs the same loop with its rollouts from vLLM
+with the generation's time as a share of it (``perf/generate_s``: the loop samples the next rollout,
+and scores it, while the critics train, so the share says what generation costs, not what the
+iteration waits for). ``--rollout vllm`` runs the same loop with its rollouts from vLLM
 engines (``runtime.vllm``; the loop syncs the policy's weights into them after every update), after
 checking that sync on one parameter; where the ``vllm`` extra or a GPU is missing, the row says why
 instead (the same error a run gets).
@@ -154,17 +156,17 @@ def run_iterations(setup: Setup, args: argparse.Namespace, vllm: VLLMSpec | None
 
 
 def iteration_row(rollout: str, history: list[dict[str, float]], batch: int) -> tuple:
-    """Median seconds, samples/s and generated tokens/s of the timed iterations."""
+    """Median seconds, samples/s, generated tokens/s and generation share of the timed iterations."""
     timed = history[1:] or history
-    # The iteration's wall time (its steps overlap: the next rollout is generated while the
-    # critics train).
+    # The iteration's wall time (its steps overlap: the next rollout is generated and scored while
+    # the critics train).
     seconds = [m["perf/iteration_s"] for m in timed]
-    rollout_share = [m["perf/rollout_s"] / s for m, s in zip(timed, seconds, strict=True)]
+    generate_share = [m["perf/generate_s"] / s for m, s in zip(timed, seconds, strict=True)]
     tokens = [m["rollout/response_length"] * batch for m in timed]
     median = statistics.median(seconds)
     return (rollout, len(timed), median, batch / median,
             statistics.median(t / s for t, s in zip(tokens, seconds, strict=True)),
-            statistics.median(rollout_share), "")
+            statistics.median(generate_share), "")
 
 
 def main() -> None:
@@ -212,7 +214,7 @@ def main() -> None:
           f"({size.num_parameters() / 1e6:.1f}M parameters, {'bf16' if args.device == 'cuda' else 'fp32'}); "
           f"ZeRO {args.stage}; batch {args.batch}, prompt {args.prompt_len} tokens, response ≤ "
           f"{args.new_tokens} tokens; 6 roles, 1 rank each")
-    print("| rollout     | timed | s/iteration | samples/s | gen tokens/s | rollout share | note")
+    print("| rollout     | timed | s/iteration | samples/s | gen tokens/s | gen share     | note")
     print("|-------------|-------|-------------|-----------|--------------|---------------|-----")
     for rollout, timed, seconds, samples, tokens, share, note in rows:
         print(f"| {rollout:<11} | {timed:>5} | {seconds:>11.3f} | {samples:>9.2f} | {tokens:>12.1f} | "
