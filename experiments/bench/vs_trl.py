@@ -162,7 +162,10 @@ def machine_busy_s() -> float | None:
 
 
 def wait_until_quiet(
-    busy: Callable[[], float | None] = None, share: float = 0.15, window_s: float = 0.5, limit_s: float = 30.0
+    busy: Callable[[], float | None] | None = None,
+    share: float = 0.15,
+    window_s: float = 0.5,
+    limit_s: float = 30.0,
 ) -> float:
     """Wait until the machine's cores were busy less than ``share`` of a ``window_s`` window
     (:func:`machine_busy_s`), at most ``limit_s``; returns the seconds waited. The sides run one

@@ -289,7 +289,7 @@ class PPOLagrangian:
         # the next iteration's responses and scores them (steps 1–2 but the critics' values) while
         # the critics train; each critic, once updated, values them.
         next_index = self.iteration + 1
-        next_responses: Future[SequenceBatch | None] = Future()  # None: not sampled ahead
+        next_calls: Future[dict | None] = Future()  # its scoring calls; None: not sampled ahead
         ready: dict[str, torch.Tensor] = {}  # the next rollout's scoring calls made ahead
         critic_calls = self.maker.critic_call_names()
 
@@ -301,12 +301,12 @@ class PPOLagrangian:
                     if self.generate_ahead:
                         responses, generate_s = self._generate(next_index)
                         self._ahead = _RolloutAhead(next_index, responses, generate_s, ready)
-                        next_responses.set_result(responses)
                         calls = self.maker.scoring_calls(responses, self.schedule.batch(next_index))
+                        next_calls.set_result(calls)
                         ready.update(side_by_side({k: c for k, c in calls.items() if k not in critic_calls}))
             finally:  # never leave a critic's thread waiting
-                if not next_responses.done():
-                    next_responses.set_result(None)
+                if not next_calls.done():
+                    next_calls.set_result(None)
             return metrics, seconds
 
         def update_only() -> tuple[dict[str, float] | None, float]:
@@ -341,8 +341,8 @@ class PPOLagrangian:
                 partial(self.guard.step_taken, loss_name=loss_name, iteration=iteration),
             )
             seconds = time.perf_counter() - started
-            if metrics is not None and (responses := next_responses.result()) is not None:
-                ready[values_name] = critic.values(responses)
+            if metrics is not None and (calls := next_calls.result()) is not None:
+                ready[values_name] = calls[values_name]()
             return metrics, seconds
 
         updates = {

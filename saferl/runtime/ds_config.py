@@ -129,7 +129,7 @@ def _precision_sections(precision: str) -> dict[str, Any]:
     return {}
 
 
-def _zero_section(spec: DeepSpeedSpec, stage: int, with_optimizer: bool, device: str = "cuda") -> dict[str, Any]:
+def _zero_section(spec: DeepSpeedSpec, stage: int, with_optimizer: bool, device: str) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": stage}
     if with_optimizer and device == "cpu" and stage in (1, 2):
         # DeepSpeed's default copies every gradient into one contiguous buffer as backward makes
@@ -206,7 +206,7 @@ def deepspeed_inference_config(spec: DeepSpeedSpec, world_size: int, device: str
     return {
         **_batch_sections(spec, world_size),
         **_precision_sections(precision),
-        "zero_optimization": _zero_section(spec, stage, with_optimizer=False),
+        "zero_optimization": _zero_section(spec, stage, with_optimizer=False, device=device),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

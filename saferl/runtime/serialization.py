@@ -22,10 +22,10 @@ What is not the same as torch's pickling:
   torch's own pickling.
 
 Ray keeps such a serializer per process, for what that process sends (a Ray Client driver sends
-as before): the driver registers it
-before it starts its rank processes (:func:`saferl.runtime.pool.start_hosts`) and every
-:class:`~saferl.runtime.pool.RankHost` when it starts. A process that receives only needs
-:mod:`saferl` importable, which a rank process has.
+as before): the driver registers it before it starts its rank processes
+(:func:`saferl.runtime.pool.start_hosts`) and every :class:`~saferl.runtime.pool.RankHost` when it
+starts a worker. A process that receives only needs :mod:`saferl` importable, which a rank
+process has.
 """
 
 from __future__ import annotations
